@@ -1,0 +1,36 @@
+# kvd — `make help` lists the targets.
+GO      ?= go
+BIN     := bin
+MODEL   ?= models/tiny
+PROMPT  ?= The key-value cache
+
+.PHONY: help build run test test-short bench lint goldens clean
+
+help: ## show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## build bin/kvd and bin/gateway
+	$(GO) build -o $(BIN)/ ./kvd ./gateway
+
+$(MODEL)/config.json:
+	$(GO) run ./tools/mktiny -out $(MODEL)
+
+run: build $(MODEL)/config.json ## generate from the bundled tiny model on the CPU
+	$(BIN)/gateway generate --model $(MODEL) --prompt "$(PROMPT)" --max-tokens 24
+
+test: ## vet and run every test (what CI runs)
+	$(GO) vet ./...
+	$(GO) test -race -count=1 ./...
+
+bench: ## CPU micro-benchmarks (prefill and decode tokens/s)
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./gateway/model/ ./gateway/tokenizer/
+
+lint: ## gofmt and vet
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+goldens: ## list what the GPU machine must run to remake the HF golden files
+	@echo "run on the GPU machine: python3 tools/goldens/tokenizer_goldens.py && python3 tools/goldens/model_goldens.py"
+
+clean: ## remove build outputs and the generated tiny model
+	rm -rf $(BIN) $(MODEL)

@@ -1,0 +1,134 @@
+// Package cli implements the gateway's command line; main only calls Run.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/kvd-project/kvd/gateway/model"
+	"github.com/kvd-project/kvd/gateway/runner"
+	"github.com/kvd-project/kvd/gateway/tokenizer"
+	"github.com/kvd-project/kvd/kernels"
+)
+
+// ErrUsage marks a command line that cannot be run; it exits with status 2.
+var ErrUsage = errors.New("usage")
+
+// ExitCode maps an error from Run to a process exit status.
+func ExitCode(err error) int {
+	if errors.Is(err, ErrUsage) {
+		return 2
+	}
+	return 1
+}
+
+const usage = `usage: gateway <command> [flags]
+
+commands:
+  generate   complete a prompt with a model, greedily, on the CPU
+`
+
+// Run executes one gateway command.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: no command\n%s", ErrUsage, usage)
+	}
+	switch args[0] {
+	case "generate":
+		return generate(ctx, args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	return fmt.Errorf("%w: unknown command %q\n%s", ErrUsage, args[0], usage)
+}
+
+func generate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("gateway generate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("model", "", "Hugging Face model directory (required)")
+	format := fs.String("load-format", model.LoadAuto, "weights: auto (safetensors) or dummy (random, for benchmarks)")
+	prompt := fs.String("prompt", "", "prompt text (required)")
+	chat := fs.Bool("chat", false, "wrap the prompt as a user message with the model's chat template")
+	maxTokens := fs.Int("max-tokens", 32, "tokens to generate")
+	ignoreEOS := fs.Bool("ignore-eos", false, "keep generating after an end-of-sequence token")
+	maxLen := fs.Int("max-model-len", 0, "context length (0: the model's max_position_embeddings)")
+	blockSize := fs.Int("block-size", 16, "tokens per KV layer-block")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: %v", ErrUsage, err)
+	}
+	switch {
+	case *dir == "":
+		return fmt.Errorf("%w: --model is required", ErrUsage)
+	case *prompt == "":
+		return fmt.Errorf("%w: --prompt is required", ErrUsage)
+	case *maxTokens < 1:
+		return fmt.Errorf("%w: --max-tokens must be at least 1", ErrUsage)
+	case *blockSize < 1:
+		return fmt.Errorf("%w: --block-size must be at least 1", ErrUsage)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	tok, err := tokenizer.Load(*dir)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	b := kernels.NewCPU()
+	m, err := model.Load(ctx, *dir, b, model.LoadOptions{Format: *format, Progress: stderr, Logger: log})
+	if err != nil {
+		return err
+	}
+	log.Info("model loaded", "dir", *dir, "backend", b.Name(), "layers", m.Config.NumLayers, "seconds", time.Since(start).Seconds())
+	text := *prompt
+	if *chat {
+		if text, err = tok.ApplyChatTemplate([]tokenizer.Message{{Role: "user", Content: *prompt}}, true); err != nil {
+			return err
+		}
+	}
+	ids, err := tok.Encode(text, !*chat)
+	if err != nil {
+		return err
+	}
+	ctxLen := *maxLen
+	if ctxLen == 0 {
+		ctxLen = m.Config.MaxPositionEmbeddings
+	}
+	if len(ids)+*maxTokens > ctxLen {
+		return fmt.Errorf("%w: prompt of %d tokens plus %d new tokens exceeds --max-model-len %d", ErrUsage, len(ids), *maxTokens, ctxLen)
+	}
+	r, err := runner.New(m, runner.BlocksFor(m.Config, len(ids)+*maxTokens, *blockSize), *blockSize)
+	if err != nil {
+		return err
+	}
+	var stop []int32
+	if !*ignoreEOS {
+		for _, id := range tok.EOS() {
+			stop = append(stop, int32(id))
+		}
+	}
+	prompt32 := make([]int32, len(ids))
+	for i, id := range ids {
+		prompt32[i] = int32(id)
+	}
+	dec := tok.NewStreamDecoder(true)
+	var sb strings.Builder
+	t0 := time.Now()
+	out, err := r.Greedy(ctx, 1, prompt32, *maxTokens, stop, func(t int32) {
+		s := dec.Add(int(t))
+		sb.WriteString(s)
+		fmt.Fprint(stdout, s)
+	})
+	fmt.Fprintln(stdout, dec.Flush())
+	if err != nil {
+		return err
+	}
+	el := time.Since(t0).Seconds()
+	log.Info("generated", "prompt_tokens", len(ids), "completion_tokens", len(out), "seconds", el, "tokens_per_second", float64(len(out))/el)
+	return nil
+}

@@ -1,0 +1,127 @@
+// Package kernels is the compute layer: the Backend interface that the
+// forward pass is written against, and its implementations. The pure-Go CPU
+// backend here is both the production CPU path and the reference that every
+// other backend is tested against.
+//
+// kernels may import shm (for the pool layout) and nothing else of this
+// module; cgo, when a GPU backend arrives, stays inside this package.
+package kernels
+
+import (
+	"fmt"
+
+	"github.com/kvd-project/kvd/shm"
+)
+
+// Tensor is a dense row-major float32 array owned by the Backend that made
+// it. Shapes are written outermost first, as in PyTorch.
+type Tensor struct {
+	shape []int
+	data  []float32 // host storage (CPU backend)
+}
+
+// Shape returns the tensor's dimensions; callers must not modify it.
+func (t *Tensor) Shape() []int { return t.shape }
+
+// Len is the number of elements.
+func (t *Tensor) Len() int { return len(t.data) }
+
+// Rows is the size of the outermost dimension.
+func (t *Tensor) Rows() int { return t.shape[0] }
+
+// Cols is the number of elements per outermost index.
+func (t *Tensor) Cols() int { return len(t.data) / t.shape[0] }
+
+func numel(shape []int) int {
+	n := 1
+	for _, d := range shape {
+		n *= d
+	}
+	return n
+}
+
+// AttnBatch describes, CSR-style, which cached tokens each sequence's new
+// queries attend to in one layer. Sequence i owns query rows
+// QIndptr[i]..QIndptr[i+1] and the layer-blocks
+// Blocks[BlockIndptr[i]:BlockIndptr[i+1]], whose first KVLen[i] slots hold
+// its cached tokens in order, the new tokens of this step last. The j-th new
+// query of sequence i sees cached tokens 0..KVLen[i]-n_i+j (causal), where
+// n_i is its number of new queries. A sparse layer that evicted tokens has a
+// shorter KVLen; positions no longer matter once RoPE is applied to K.
+type AttnBatch struct {
+	QIndptr     []int32 // [numSeqs+1]
+	KVLen       []int32 // [numSeqs]
+	BlockIndptr []int32 // [numSeqs+1]
+	Blocks      []int32 // [BlockIndptr[numSeqs]] layer-block ids
+}
+
+// Validate checks the batch against the number of query rows and the pool.
+func (b *AttnBatch) Validate(numQueries int, l shm.Layout) error {
+	n := len(b.KVLen)
+	if len(b.QIndptr) != n+1 || len(b.BlockIndptr) != n+1 {
+		return fmt.Errorf("attention batch: %d sequences but indptr lengths %d and %d", n, len(b.QIndptr), len(b.BlockIndptr))
+	}
+	if int(b.QIndptr[n]) != numQueries || int(b.BlockIndptr[n]) != len(b.Blocks) {
+		return fmt.Errorf("attention batch: indptr ends %d/%d, want %d/%d", b.QIndptr[n], b.BlockIndptr[n], numQueries, len(b.Blocks))
+	}
+	for i := 0; i < n; i++ {
+		nq := int(b.QIndptr[i+1] - b.QIndptr[i])
+		nb := int(b.BlockIndptr[i+1] - b.BlockIndptr[i])
+		if nq < 0 || int(b.KVLen[i]) < nq || int(b.KVLen[i]) > nb*l.BlockSize {
+			return fmt.Errorf("attention batch: sequence %d has %d queries, %d cached tokens, %d blocks", i, nq, b.KVLen[i], nb)
+		}
+	}
+	for _, id := range b.Blocks {
+		if id <= 0 || int(id) >= l.NumBlocks {
+			return fmt.Errorf("attention batch: block %d outside pool of %d", id, l.NumBlocks)
+		}
+	}
+	return nil
+}
+
+// Backend is the set of operations a forward pass needs. A Backend is used
+// by one forward pass at a time; its methods may parallelise internally.
+// Tensors are allocated by the Backend (Alloc, FromHost) and freed by the
+// garbage collector; later backends with device memory add an explicit Free.
+//
+// Shapes in the comments: T tokens in the step, D hidden size, N output
+// features, H heads, Hd head dim.
+type Backend interface {
+	// Name says which backend this is, for logs.
+	Name() string
+
+	// Alloc returns a zeroed tensor.
+	Alloc(shape ...int) *Tensor
+	// FromHost wraps or copies host data; the CPU backend aliases it, so
+	// the caller must not modify data afterwards.
+	FromHost(data []float32, shape ...int) *Tensor
+	// ToHost copies t into dst, which must have t.Len() elements.
+	ToHost(dst []float32, t *Tensor)
+
+	// Embedding gathers rows: out[T,D] = table[ids[t], :].
+	Embedding(out, table *Tensor, ids []int32)
+	// RMSNorm: out[T,D] = x / sqrt(mean(x²) + eps) * w[D].
+	RMSNorm(out, x, w *Tensor, eps float32)
+	// Linear: out[T,N] = x[T,K] · w[N,K]ᵀ (the HF weight layout).
+	Linear(out, x, w *Tensor)
+	// RoPE rotates, in place, each head of x[T, heads*Hd] by the angle
+	// positions[t]*invFreq[i], pairing element i with i+Hd/2 (HF's
+	// rotate_half convention).
+	RoPE(x *Tensor, heads int, positions []int32, invFreq []float32)
+	// SiLUMul: out[T,F] = silu(gateUp[T, :F]) * gateUp[T, F:].
+	SiLUMul(out, gateUp *Tensor)
+	// Add: dst += x, elementwise.
+	Add(dst, x *Tensor)
+	// Gather copies rows: out[len(rows), C] = x[rows[i], :].
+	Gather(out, x *Tensor, rows []int32)
+	// Columns copies a band of columns: out[T, C] = x[T, start:start+C].
+	Columns(out, x *Tensor, start int)
+
+	// WriteKV stores k, v [T, KVHeads*Hd] into the pool at slots[t]
+	// (block*BlockSize + offset); a negative slot skips the token.
+	WriteKV(pool *Tensor, l shm.Layout, k, v *Tensor, slots []int32)
+	// Attention computes, for q [T, H*Hd], out [T, H*Hd] = softmax(q·Kᵀ·scale)·V
+	// over the cached tokens that b gives each sequence, grouping H/KVHeads
+	// query heads per KV head.
+	Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale float32)
+}

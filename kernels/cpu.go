@@ -1,0 +1,237 @@
+package kernels
+
+import (
+	"math"
+	"runtime"
+	"sync"
+
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/blas32"
+
+	"github.com/kvd-project/kvd/shm"
+)
+
+// CPU is the pure-Go backend. GEMMs go through gonum's float32 BLAS
+// (assembly inner loops), split across cores by output features so that
+// decode's one-row products use every core too.
+type CPU struct {
+	workers int
+}
+
+// NewCPU returns a CPU backend using up to GOMAXPROCS goroutines per op.
+func NewCPU() *CPU { return &CPU{workers: runtime.GOMAXPROCS(0)} }
+
+func (c *CPU) Name() string { return "cpu" }
+
+func (c *CPU) Alloc(shape ...int) *Tensor {
+	return &Tensor{shape: append([]int(nil), shape...), data: make([]float32, numel(shape))}
+}
+
+func (c *CPU) FromHost(data []float32, shape ...int) *Tensor {
+	if numel(shape) != len(data) {
+		panic("kernels: FromHost shape does not match data") // programming error, not input
+	}
+	return &Tensor{shape: append([]int(nil), shape...), data: data}
+}
+
+func (c *CPU) ToHost(dst []float32, t *Tensor) { copy(dst, t.data) }
+
+// parallel runs fn over [0,n) split into at most c.workers chunks of at
+// least minChunk items.
+func (c *CPU) parallel(n, minChunk int, fn func(lo, hi int)) {
+	chunks := c.workers
+	if minChunk < 1 {
+		minChunk = 1
+	}
+	if m := n / minChunk; m < chunks {
+		chunks = m
+	}
+	if chunks <= 1 {
+		fn(0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	step := (n + chunks - 1) / chunks
+	for lo := 0; lo < n; lo += step {
+		hi := min(lo+step, n)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fn(lo, hi)
+		}()
+	}
+	wg.Wait()
+}
+
+func (c *CPU) Embedding(out, table *Tensor, ids []int32) {
+	d := table.Cols()
+	for t, id := range ids {
+		copy(out.data[t*d:(t+1)*d], table.data[int(id)*d:int(id+1)*d])
+	}
+}
+
+func (c *CPU) RMSNorm(out, x, w *Tensor, eps float32) {
+	d := w.Len()
+	c.parallel(x.Rows(), 8, func(lo, hi int) {
+		for t := lo; t < hi; t++ {
+			row := x.data[t*d : (t+1)*d]
+			var ss float64
+			for _, v := range row {
+				ss += float64(v) * float64(v)
+			}
+			inv := float32(1 / math.Sqrt(ss/float64(d)+float64(eps)))
+			o := out.data[t*d : (t+1)*d]
+			for i, v := range row {
+				o[i] = v * inv * w.data[i]
+			}
+		}
+	})
+}
+
+func (c *CPU) Linear(out, x, w *Tensor) {
+	t, k := x.Rows(), x.Cols()
+	n := w.Rows()
+	// Each worker owns a band of output features: a contiguous band of w's
+	// rows and a column band of out.
+	c.parallel(n, 16, func(lo, hi int) {
+		a := blas32.General{Rows: t, Cols: k, Stride: k, Data: x.data}
+		b := blas32.General{Rows: hi - lo, Cols: k, Stride: k, Data: w.data[lo*k : hi*k]}
+		o := blas32.General{Rows: t, Cols: hi - lo, Stride: n, Data: out.data[lo:]}
+		blas32.Gemm(blas.NoTrans, blas.Trans, 1, a, b, 0, o)
+	})
+}
+
+func (c *CPU) RoPE(x *Tensor, heads int, positions []int32, invFreq []float32) {
+	hd := x.Cols() / heads
+	half := hd / 2
+	c.parallel(len(positions), 4, func(lo, hi int) {
+		cos := make([]float32, half)
+		sin := make([]float32, half)
+		for t := lo; t < hi; t++ {
+			for i := range half {
+				// Angles in float64: HF computes them in float32, and
+				// the difference is far below the tolerance we test.
+				s, c := math.Sincos(float64(positions[t]) * float64(invFreq[i]))
+				cos[i], sin[i] = float32(c), float32(s)
+			}
+			row := x.data[t*heads*hd : (t+1)*heads*hd]
+			for h := range heads {
+				v := row[h*hd : (h+1)*hd]
+				for i := range half {
+					a, b := v[i], v[i+half]
+					v[i] = a*cos[i] - b*sin[i]
+					v[i+half] = b*cos[i] + a*sin[i]
+				}
+			}
+		}
+	})
+}
+
+func (c *CPU) SiLUMul(out, gateUp *Tensor) {
+	f := out.Cols()
+	c.parallel(out.Rows(), 4, func(lo, hi int) {
+		for t := lo; t < hi; t++ {
+			g := gateUp.data[t*2*f : t*2*f+f]
+			u := gateUp.data[t*2*f+f : (t+1)*2*f]
+			o := out.data[t*f : (t+1)*f]
+			for i := range o {
+				o[i] = g[i] / (1 + float32(math.Exp(float64(-g[i])))) * u[i]
+			}
+		}
+	})
+}
+
+func (c *CPU) Add(dst, x *Tensor) {
+	for i, v := range x.data {
+		dst.data[i] += v
+	}
+}
+
+func (c *CPU) Gather(out, x *Tensor, rows []int32) {
+	d := x.Cols()
+	for i, r := range rows {
+		copy(out.data[i*d:(i+1)*d], x.data[int(r)*d:int(r+1)*d])
+	}
+}
+
+func (c *CPU) Columns(out, x *Tensor, start int) {
+	w, xc := out.Cols(), x.Cols()
+	for t := range out.Rows() {
+		copy(out.data[t*w:(t+1)*w], x.data[t*xc+start:])
+	}
+}
+
+func (c *CPU) WriteKV(pool *Tensor, l shm.Layout, k, v *Tensor, slots []int32) {
+	hd := l.HeadDim
+	for t, s := range slots {
+		if s < 0 {
+			continue
+		}
+		blk, off := int(s)/l.BlockSize, int(s)%l.BlockSize
+		for h := range l.KVHeads {
+			src := (t*l.KVHeads + h) * hd
+			copy(pool.data[l.K(blk, h, off):][:hd], k.data[src:src+hd])
+			copy(pool.data[l.V(blk, h, off):][:hd], v.data[src:src+hd])
+		}
+	}
+}
+
+// attnJob is one (query row, KV head) pair: the query heads of that KV head's
+// group share the keys they read.
+type attnJob struct {
+	seq, row, kvHead, visible int
+}
+
+func (c *CPU) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale float32) {
+	hd := l.HeadDim
+	heads := q.Cols() / hd
+	group := heads / l.KVHeads
+	var jobs []attnJob
+	for s := range b.KVLen {
+		q0, q1 := int(b.QIndptr[s]), int(b.QIndptr[s+1])
+		past := int(b.KVLen[s]) - (q1 - q0)
+		for r := q0; r < q1; r++ {
+			for h := range l.KVHeads {
+				jobs = append(jobs, attnJob{seq: s, row: r, kvHead: h, visible: past + r - q0 + 1})
+			}
+		}
+	}
+	c.parallel(len(jobs), 1, func(lo, hi int) {
+		var logits []float32
+		for _, j := range jobs[lo:hi] {
+			blocks := b.Blocks[b.BlockIndptr[j.seq]:b.BlockIndptr[j.seq+1]]
+			if cap(logits) < j.visible {
+				logits = make([]float32, j.visible)
+			}
+			p := logits[:j.visible]
+			for g := range group {
+				h := j.kvHead*group + g
+				qv := q.data[(j.row*heads+h)*hd:][:hd]
+				mx := float32(math.Inf(-1))
+				for i := range p {
+					kv := pool.data[l.K(int(blocks[i/l.BlockSize]), j.kvHead, i%l.BlockSize):][:hd]
+					p[i] = dot(qv, kv) * scale
+					mx = max(mx, p[i])
+				}
+				var sum float32
+				for i := range p {
+					p[i] = float32(math.Exp(float64(p[i] - mx)))
+					sum += p[i]
+				}
+				o := out.data[(j.row*heads+h)*hd:][:hd]
+				clear(o)
+				for i := range p {
+					vv := pool.data[l.V(int(blocks[i/l.BlockSize]), j.kvHead, i%l.BlockSize):][:hd]
+					w := p[i] / sum
+					for d := range o {
+						o[d] += w * vv[d]
+					}
+				}
+			}
+		}
+	})
+}
+
+func dot(a, b []float32) float32 {
+	return blas32.Dot(blas32.Vector{N: len(a), Inc: 1, Data: a}, blas32.Vector{N: len(a), Inc: 1, Data: b})
+}

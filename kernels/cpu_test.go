@@ -1,0 +1,194 @@
+package kernels
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/kvd-project/kvd/shm"
+)
+
+func randSlice(rng *rand.Rand, n int) []float32 {
+	s := make([]float32, n)
+	for i := range s {
+		s[i] = float32(rng.NormFloat64())
+	}
+	return s
+}
+
+func maxRel(t *testing.T, what string, got, want []float32, tol float64) {
+	t.Helper()
+	var d, m float64
+	for i := range want {
+		d = math.Max(d, math.Abs(float64(got[i]-want[i])))
+		m = math.Max(m, math.Abs(float64(want[i])))
+	}
+	if d > tol*math.Max(m, 1e-30) {
+		t.Fatalf("%s: max error %.3g (scale %.3g)", what, d, m)
+	}
+}
+
+func TestLinear(t *testing.T) {
+	for _, s := range []struct{ t, k, n int }{{1, 1, 1}, {1, 64, 17}, {7, 33, 97}, {64, 128, 300}, {3, 1979, 5}} {
+		rng := rand.New(rand.NewPCG(uint64(s.t*s.k*s.n), 1))
+		c := NewCPU()
+		x, w := randSlice(rng, s.t*s.k), randSlice(rng, s.n*s.k)
+		out := c.Alloc(s.t, s.n)
+		c.Linear(out, c.FromHost(x, s.t, s.k), c.FromHost(w, s.n, s.k))
+		want := make([]float32, s.t*s.n)
+		for i := range s.t {
+			for j := range s.n {
+				var acc float64
+				for e := range s.k {
+					acc += float64(x[i*s.k+e]) * float64(w[j*s.k+e])
+				}
+				want[i*s.n+j] = float32(acc)
+			}
+		}
+		maxRel(t, "linear", out.data, want, 1e-5)
+	}
+}
+
+func TestElementwise(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 1))
+	c := NewCPU()
+	const T, D = 5, 24
+	x, w := randSlice(rng, T*D), randSlice(rng, D)
+	out := c.Alloc(T, D)
+	c.RMSNorm(out, c.FromHost(x, T, D), c.FromHost(w, D), 1e-5)
+	want := make([]float32, T*D)
+	for i := range T {
+		var ss float64
+		for e := range D {
+			ss += float64(x[i*D+e]) * float64(x[i*D+e])
+		}
+		r := 1 / math.Sqrt(ss/D+1e-5)
+		for e := range D {
+			want[i*D+e] = float32(float64(x[i*D+e]) * r * float64(w[e]))
+		}
+	}
+	maxRel(t, "rmsnorm", out.data, want, 1e-6)
+
+	gu := randSlice(rng, T*2*D)
+	act := c.Alloc(T, D)
+	c.SiLUMul(act, c.FromHost(gu, T, 2*D))
+	for i := range T {
+		for e := range D {
+			g, u := float64(gu[i*2*D+e]), float64(gu[i*2*D+D+e])
+			want[i*D+e] = float32(g / (1 + math.Exp(-g)) * u)
+		}
+	}
+	maxRel(t, "silu_mul", act.data, want, 1e-6)
+
+	// RoPE against the complex-number form: the pair (x[i], x[i+half]) is
+	// multiplied by e^{i·pos·freq}.
+	const H, Hd = 3, 8
+	q := randSlice(rng, T*H*Hd)
+	orig := append([]float32(nil), q...)
+	freq := []float32{1, 0.1, 0.01, 0.001}
+	pos := []int32{0, 1, 7, 100, 4095}
+	c.RoPE(c.FromHost(q, T, H*Hd), H, pos, freq)
+	for tt := range T {
+		for h := range H {
+			for i := range Hd / 2 {
+				o := (tt*H+h)*Hd + i
+				z := complex(float64(orig[o]), float64(orig[o+Hd/2])) *
+					complex(math.Cos(float64(pos[tt])*float64(freq[i])), math.Sin(float64(pos[tt])*float64(freq[i])))
+				want := []float32{float32(real(z)), float32(imag(z))}
+				maxRel(t, "rope", []float32{q[o], q[o+Hd/2]}, want, 1e-5)
+			}
+		}
+	}
+}
+
+// TestAttentionPaged scatters each sequence's K/V over shuffled blocks and
+// compares with dense causal attention over the same K/V.
+func TestAttentionPaged(t *testing.T) {
+	cases := []struct {
+		name               string
+		heads, kvHeads, hd int
+		blockSize          int
+		past, new          []int // per sequence: tokens already cached, new queries
+	}{
+		{"decode batch, GQA 4", 8, 2, 16, 16, []int{0, 15, 16, 97}, []int{1, 1, 1, 1}},
+		{"prefill chunk after cache, MHA, block 3", 3, 3, 8, 3, []int{10, 0}, []int{7, 17}},
+		{"MQA, head dim 128, block 32", 4, 1, 128, 32, []int{33}, []int{5}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(uint64(len(tc.name)), 5))
+			c := NewCPU()
+			l := shm.Layout{NumBlocks: 64, BlockSize: tc.blockSize, KVHeads: tc.kvHeads, HeadDim: tc.hd}
+			pool := c.Alloc(l.PoolElems())
+			perm := rng.Perm(l.NumBlocks - 1)
+			nextBlock := 0
+			b := &AttnBatch{QIndptr: []int32{0}, BlockIndptr: []int32{0}}
+			var qAll []float32
+			var want []float32
+			kvw := tc.kvHeads * tc.hd
+			for s := range tc.past {
+				total := tc.past[s] + tc.new[s]
+				k, v := randSlice(rng, total*kvw), randSlice(rng, total*kvw)
+				nb := l.BlocksFor(total)
+				var slots []int32
+				for i := range nb {
+					b.Blocks = append(b.Blocks, int32(perm[nextBlock+i]+1))
+				}
+				for i := range total {
+					slots = append(slots, b.Blocks[len(b.Blocks)-nb+i/tc.blockSize]*int32(tc.blockSize)+int32(i%tc.blockSize))
+				}
+				nextBlock += nb
+				c.WriteKV(pool, l, c.FromHost(k, total, kvw), c.FromHost(v, total, kvw), slots)
+				b.BlockIndptr = append(b.BlockIndptr, int32(len(b.Blocks)))
+				b.KVLen = append(b.KVLen, int32(total))
+				b.QIndptr = append(b.QIndptr, b.QIndptr[len(b.QIndptr)-1]+int32(tc.new[s]))
+				q := randSlice(rng, tc.new[s]*tc.heads*tc.hd)
+				qAll = append(qAll, q...)
+				want = append(want, denseAttention(q, k, v, tc.heads, tc.kvHeads, tc.hd, tc.past[s])...)
+			}
+			nq := len(qAll) / (tc.heads * tc.hd)
+			if err := b.Validate(nq, l); err != nil {
+				t.Fatal(err)
+			}
+			out := c.Alloc(nq, tc.heads*tc.hd)
+			c.Attention(out, c.FromHost(qAll, nq, tc.heads*tc.hd), pool, l, b, float32(1/math.Sqrt(float64(tc.hd))))
+			maxRel(t, "attention", out.data, want, 1e-5)
+		})
+	}
+}
+
+// denseAttention is causal attention of new queries (after past cached
+// tokens) over contiguous k, v [total, kvHeads*hd], in float64.
+func denseAttention(q, k, v []float32, heads, kvHeads, hd, past int) []float32 {
+	n := len(q) / (heads * hd)
+	out := make([]float32, len(q))
+	for i := range n {
+		for h := range heads {
+			kh := h / (heads / kvHeads)
+			visible := past + i + 1
+			s := make([]float64, visible)
+			mx := math.Inf(-1)
+			for j := range visible {
+				var d float64
+				for e := range hd {
+					d += float64(q[(i*heads+h)*hd+e]) * float64(k[(j*kvHeads+kh)*hd+e])
+				}
+				s[j] = d / math.Sqrt(float64(hd))
+				mx = math.Max(mx, s[j])
+			}
+			var sum float64
+			for j := range s {
+				s[j] = math.Exp(s[j] - mx)
+				sum += s[j]
+			}
+			for e := range hd {
+				var acc float64
+				for j := range s {
+					acc += s[j] / sum * float64(v[(j*kvHeads+kh)*hd+e])
+				}
+				out[(i*heads+h)*hd+e] = float32(acc)
+			}
+		}
+	}
+	return out
+}
