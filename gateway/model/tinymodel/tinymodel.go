@@ -123,15 +123,40 @@ func Write(dir string, o Options) error {
 		return err
 	}
 	ts := tensors(o)
-	var total int64
-	for _, t := range ts {
-		total += int64(len(t.Data)) * int64(o.DType.Bits()/8)
+	return safetensors.Write(dir, ts, o.DType, shardLimit(ts, o.DType, o.Shards), nil)
+}
+
+// shardLimit is the smallest shard size for which the writer's in-order
+// packing makes at most n shards (0, one file, for n <= 1).
+func shardLimit(ts []safetensors.WriteTensor, d safetensors.DType, n int) int64 {
+	if n <= 1 {
+		return 0
 	}
-	shard := int64(0)
-	if o.Shards > 1 {
-		shard = total/int64(o.Shards) + 1
+	sizes := make([]int64, len(ts))
+	var lo, hi int64
+	for i, t := range ts {
+		sizes[i] = int64(len(t.Data)) * int64(d.Bits()/8)
+		lo, hi = max(lo, sizes[i]), hi+sizes[i]
 	}
-	return safetensors.Write(dir, ts, o.DType, shard, nil)
+	shards := func(limit int64) int {
+		count, cur := 1, int64(0)
+		for _, s := range sizes {
+			if cur+s > limit {
+				count, cur = count+1, 0
+			}
+			cur += s
+		}
+		return count
+	}
+	for lo < hi {
+		mid := (lo + hi) / 2
+		if shards(mid) <= n {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	return lo
 }
 
 func dtypeName(d safetensors.DType) string {
