@@ -167,7 +167,7 @@ func TestForwardRejectsBadBatches(t *testing.T) {
 		t.Fatalf("good batch: %v", err)
 	}
 	cases := []struct {
-		name  string
+		name   string
 		break_ func(b *model.Batch)
 	}{
 		{"token outside vocabulary", func(b *model.Batch) { b.Seqs[0].Tokens[0] = int32(c.VocabSize) }},
