@@ -67,7 +67,10 @@ func pagedSeqs(t *testing.T, m *model.Model, blockSize int, seqs [][]int32, chun
 		if len(apps) == 0 {
 			return out
 		}
-		plans, err := a.Reserve(apps)
+		if _, err := a.Reserve(apps); err != nil {
+			t.Fatal(err)
+		}
+		plans, err := a.Plan(apps)
 		if err != nil {
 			t.Fatal(err)
 		}

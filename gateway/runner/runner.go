@@ -103,7 +103,10 @@ func (r *Runner) Step(ctx context.Context, work []Work) ([][]float32, error) {
 			bt.LogitRows = append(bt.LogitRows, row-1)
 		}
 	}
-	plans, err := r.alloc.Reserve(appends)
+	if _, err := r.alloc.Reserve(appends); err != nil {
+		return nil, err
+	}
+	plans, err := r.alloc.Plan(appends)
 	if err != nil {
 		return nil, err
 	}

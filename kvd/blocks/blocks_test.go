@@ -3,113 +3,143 @@ package blocks
 import (
 	"errors"
 	"math/rand/v2"
+	"reflect"
 	"testing"
 
 	"github.com/kvd-project/kvd/shm"
 )
 
-// check verifies the allocator's invariants: every block is either free or
-// in exactly one table, block 0 is in neither, and each table has exactly
-// the blocks its token count needs.
+// check verifies the allocator's invariants: a block is free exactly when
+// no table holds it, its reference count is the number of tables holding
+// it, block 0 is never used, each table has exactly the blocks its tokens
+// need, and free + used = total.
 func check(t *testing.T, a *Allocator) {
 	t.Helper()
-	owner := map[int32]string{}
-	for _, id := range a.free {
-		if id == 0 {
-			t.Fatal("null block on the free list")
-		}
-		if owner[id] != "" {
-			t.Fatalf("block %d free twice", id)
-		}
-		owner[id] = "free"
-	}
+	held := map[int32]int{}
 	for s, ts := range a.seqs {
 		for l, tb := range ts {
 			if len(tb.blocks) != a.layout.BlocksFor(tb.tokens) {
 				t.Fatalf("seq %d layer %d: %d blocks for %d tokens", s, l, len(tb.blocks), tb.tokens)
 			}
 			for _, id := range tb.blocks {
-				if id == 0 || owner[id] != "" {
-					t.Fatalf("block %d in seq %d layer %d is also %q", id, s, l, owner[id])
+				if id == 0 {
+					t.Fatal("null block in a table")
 				}
-				owner[id] = "used"
+				held[id]++
 			}
 		}
 	}
-	if len(owner) != a.Total() {
-		t.Fatalf("%d blocks accounted for, %d total", len(owner), a.Total())
+	free := map[int32]bool{}
+	for _, id := range a.free {
+		if id == 0 || free[id] || held[id] > 0 {
+			t.Fatalf("block %d on the free list is null, repeated or held by %d tables", id, held[id])
+		}
+		free[id] = true
+	}
+	for id := 1; id < a.layout.NumBlocks; id++ {
+		if int(a.refs[id]) != held[int32(id)] {
+			t.Fatalf("block %d: refcount %d, held by %d tables", id, a.refs[id], held[int32(id)])
+		}
+	}
+	if len(free)+len(held) != a.Total() {
+		t.Fatalf("free %d + used %d != total %d", len(free), len(held), a.Total())
 	}
 }
 
+// TestRandomWorkload runs thousands of random open/reserve/fork/truncate/
+// close operations and checks the invariants after each, and that a client
+// mirror fed only with deltas plans every step exactly as the allocator's
+// own tables do.
 func TestRandomWorkload(t *testing.T) {
-	seed := uint64(42)
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(seed, 1))
-	a, err := New(shm.Layout{NumBlocks: 200, BlockSize: 4, KVHeads: 1, HeadDim: 1}, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	open := map[SeqID]bool{}
-	next := SeqID(1)
-	for range 5000 {
-		switch op := rng.IntN(10); {
-		case op < 2:
-			if err := a.Open(next); err != nil {
-				t.Fatal(err)
-			}
-			open[next] = true
-			next++
-		case op < 4 && len(open) > 0:
-			for s := range open {
+	for _, seed := range []uint64{1, 2, 3} {
+		t.Logf("seed %d", seed)
+		rng := rand.New(rand.NewPCG(seed, 1))
+		const layers = 3
+		a, err := New(shm.Layout{NumBlocks: 300, BlockSize: 4, KVHeads: 1, HeadDim: 1}, layers)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mirror := NewTables(layers, 4)
+		var open []SeqID
+		next := SeqID(1)
+		pick := func() (SeqID, int) { i := rng.IntN(len(open)); return open[i], i }
+		for range 4000 {
+			switch op := rng.IntN(12); {
+			case op < 2:
+				if err := a.Open(next); err != nil {
+					t.Fatal(err)
+				}
+				mirror.Add(next)
+				open = append(open, next)
+				next++
+			case op < 4 && len(open) > 0:
+				s, i := pick()
 				if err := a.Close(s); err != nil {
 					t.Fatal(err)
 				}
-				delete(open, s)
-				break
-			}
-		case op < 5 && len(open) > 0:
-			for s := range open {
-				n, _ := a.Tokens(s, 0)
-				if err := a.Truncate(s, rng.IntN(n+1)); err != nil {
+				mirror.Remove(s)
+				open = append(open[:i], open[i+1:]...)
+			case op < 5 && len(open) > 0:
+				s, _ := pick()
+				if err := a.Fork(s, next); err != nil {
 					t.Fatal(err)
 				}
-				break
-			}
-		default:
-			var step []Append
-			for s := range open {
-				if rng.IntN(2) == 0 {
-					step = append(step, Append{Seq: s, N: 1 + rng.IntN(9)})
+				mirror.Add(next)
+				for l := range layers {
+					n, _ := a.Tokens(next, l)
+					mirror.seqs[next][l] = table{blocks: append([]int32(nil), a.Blocks(next, l)...), tokens: n}
+				}
+				open = append(open, next)
+				next++
+			case op < 6 && len(open) > 0:
+				s, _ := pick()
+				n, _ := a.Tokens(s, 0)
+				n = rng.IntN(n + 1)
+				if err := a.Truncate(s, n); err != nil {
+					t.Fatal(err)
+				}
+				mirror.Truncate(s, n)
+			default:
+				var step []Append
+				for _, s := range open {
+					if rng.IntN(2) == 0 {
+						step = append(step, Append{Seq: s, N: rng.IntN(10)})
+					}
+				}
+				free := a.Free()
+				d, err := a.Reserve(step)
+				if errors.Is(err, ErrPoolExhausted) {
+					if a.Free() != free {
+						t.Fatal("failed reserve changed the pool")
+					}
+					continue
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := mirror.Apply(step, d); err != nil {
+					t.Fatal(err)
+				}
+				want, err := a.Plan(step)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := mirror.Plan(step)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !reflect.DeepEqual(got, want) {
+					t.Fatal("mirror plans differ from the allocator's")
 				}
 			}
-			free := a.Free()
-			plans, err := a.Reserve(step)
-			if errors.Is(err, ErrPoolExhausted) {
-				if a.Free() != free {
-					t.Fatal("failed reserve changed the pool")
-				}
-				continue
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			for l, p := range plans {
-				n := 0
-				for _, s := range step {
-					n += s.N
-				}
-				if len(p.Slots) != n || len(p.KVLen) != len(step) {
-					t.Fatalf("layer %d: %d slots for %d tokens", l, len(p.Slots), n)
-				}
-			}
+			check(t, a)
 		}
-		check(t, a)
-	}
-	for s := range open {
-		a.Close(s)
-	}
-	if a.Free() != a.Total() {
-		t.Fatalf("leak: %d of %d free after closing everything", a.Free(), a.Total())
+		for _, s := range open {
+			a.Close(s)
+		}
+		if a.Free() != a.Total() {
+			t.Fatalf("leak: %d of %d free after closing everything", a.Free(), a.Total())
+		}
 	}
 }
 
@@ -128,6 +158,9 @@ func TestErrors(t *testing.T) {
 	if _, err := a.Reserve([]Append{{Seq: 1, N: 5}}); !errors.Is(err, ErrPoolExhausted) {
 		t.Errorf("5 tokens in 2 blocks of 2: %v", err)
 	}
+	if _, err := a.Reserve([]Append{{Seq: 1, N: 1}, {Seq: 1, N: 1}}); err == nil {
+		t.Error("a sequence twice in one step was accepted")
+	}
 	if _, err := a.Reserve([]Append{{Seq: 1, N: 4}}); err != nil {
 		t.Errorf("4 tokens in 2 blocks of 2: %v", err)
 	}
@@ -136,5 +169,29 @@ func TestErrors(t *testing.T) {
 	}
 	if _, err := New(shm.Layout{NumBlocks: 1, BlockSize: 2, KVHeads: 1, HeadDim: 1}, 1); !errors.Is(err, shm.ErrLayout) {
 		t.Errorf("pool of only the null block: %v", err)
+	}
+}
+
+func TestForkSharesFullBlocks(t *testing.T) {
+	a, _ := New(shm.Layout{NumBlocks: 20, BlockSize: 4, KVHeads: 1, HeadDim: 1}, 2)
+	a.Open(1)
+	a.Reserve([]Append{{Seq: 1, N: 10}}) // 3 blocks per layer, the last partly full
+	if err := a.Fork(1, 2); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := a.Tokens(2, 1); n != 8 {
+		t.Fatalf("fork holds %d tokens, want the 8 of the two full blocks", n)
+	}
+	shared := a.Blocks(2, 0)[0]
+	if a.Refs(shared) != 2 {
+		t.Fatalf("shared block has %d refs", a.Refs(shared))
+	}
+	a.Close(1)
+	if a.Refs(shared) != 1 || a.Free() != 19-4 {
+		t.Fatalf("after closing the source: refs %d, free %d", a.Refs(shared), a.Free())
+	}
+	a.Close(2)
+	if a.Free() != 19 {
+		t.Fatalf("leak: %d free", a.Free())
 	}
 }

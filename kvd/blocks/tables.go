@@ -1,0 +1,173 @@
+package blocks
+
+import "fmt"
+
+// Tables holds block tables: for each sequence, one table per layer. kvd's
+// allocator keeps the authoritative copy; each client keeps a mirror, fed by
+// the Deltas that reservations return, so a step's reply carries only the
+// blocks that step added, never whole tables. Not safe for concurrent use.
+type Tables struct {
+	layers    int
+	blockSize int
+	seqs      map[SeqID][]table
+}
+
+// table is one (sequence, layer) block table: block ids in order and the
+// number of tokens they hold.
+type table struct {
+	blocks []int32
+	tokens int
+}
+
+// NewTables returns empty tables for a model of layers layers.
+func NewTables(layers, blockSize int) *Tables {
+	return &Tables{layers: layers, blockSize: blockSize, seqs: map[SeqID][]table{}}
+}
+
+// Layers is the number of layers each sequence has a table for.
+func (t *Tables) Layers() int { return t.layers }
+
+// Has reports whether the sequence is open.
+func (t *Tables) Has(id SeqID) bool { _, ok := t.seqs[id]; return ok }
+
+// Len is the number of open sequences.
+func (t *Tables) Len() int { return len(t.seqs) }
+
+// Add starts an empty sequence.
+func (t *Tables) Add(id SeqID) error {
+	if _, ok := t.seqs[id]; ok {
+		return fmt.Errorf("sequence %d: %w", id, ErrSeqExists)
+	}
+	t.seqs[id] = make([]table, t.layers)
+	return nil
+}
+
+// Remove forgets a sequence, returning its tables (for the allocator to
+// release the blocks).
+func (t *Tables) Remove(id SeqID) ([]table, error) {
+	ts, ok := t.seqs[id]
+	if !ok {
+		return nil, fmt.Errorf("sequence %d: %w", id, ErrUnknownSeq)
+	}
+	delete(t.seqs, id)
+	return ts, nil
+}
+
+// Tokens is the number of tokens the sequence holds in layer.
+func (t *Tables) Tokens(id SeqID, layer int) (int, error) {
+	ts, ok := t.seqs[id]
+	if !ok {
+		return 0, fmt.Errorf("sequence %d: %w", id, ErrUnknownSeq)
+	}
+	return ts[layer].tokens, nil
+}
+
+// Blocks is the sequence's block table in layer; callers must not modify it.
+func (t *Tables) Blocks(id SeqID, layer int) []int32 { return t.seqs[id][layer].blocks }
+
+// Append is one sequence's share of a step: N new tokens.
+type Append struct {
+	Seq SeqID
+	N   int
+}
+
+// Delta is what one reservation changed, in step order: for append i and
+// layer l, NewCounts[i*layers+l] blocks were added, whose ids come next in
+// NewBlocks. Applying it to a mirror that was equal to the allocator's
+// tables before the reservation makes it equal again.
+type Delta struct {
+	NewCounts []uint32
+	NewBlocks []int32
+}
+
+// Apply extends the tables by a step's appends and the blocks they took.
+func (t *Tables) Apply(step []Append, d *Delta) error {
+	if len(d.NewCounts) != len(step)*t.layers {
+		return fmt.Errorf("delta of %d counts for %d appends × %d layers", len(d.NewCounts), len(step), t.layers)
+	}
+	for _, s := range step {
+		if !t.Has(s.Seq) {
+			return fmt.Errorf("sequence %d: %w", s.Seq, ErrUnknownSeq)
+		}
+	}
+	next := 0
+	for i, s := range step {
+		ts := t.seqs[s.Seq]
+		for l := range ts {
+			n := int(d.NewCounts[i*t.layers+l])
+			if next+n > len(d.NewBlocks) {
+				return fmt.Errorf("delta names %d blocks, holds %d", next+n, len(d.NewBlocks))
+			}
+			ts[l].blocks = append(ts[l].blocks, d.NewBlocks[next:next+n]...)
+			next += n
+			ts[l].tokens += s.N
+			if len(ts[l].blocks)*t.blockSize < ts[l].tokens {
+				return fmt.Errorf("sequence %d layer %d: %d tokens in %d blocks", s.Seq, l, ts[l].tokens, len(ts[l].blocks))
+			}
+		}
+	}
+	return nil
+}
+
+// Truncate drops tokens beyond n in every layer of the sequence and returns
+// the block ids that emptied, last first.
+func (t *Tables) Truncate(id SeqID, n int) ([]int32, error) {
+	ts, ok := t.seqs[id]
+	if !ok {
+		return nil, fmt.Errorf("sequence %d: %w", id, ErrUnknownSeq)
+	}
+	var freed []int32
+	for l := range ts {
+		tb := &ts[l]
+		if n >= tb.tokens {
+			continue
+		}
+		keep := (n + t.blockSize - 1) / t.blockSize
+		for i := len(tb.blocks) - 1; i >= keep; i-- {
+			freed = append(freed, tb.blocks[i])
+		}
+		tb.blocks = tb.blocks[:keep]
+		tb.tokens = n
+	}
+	return freed, nil
+}
+
+// LayerPlan is what the forward pass needs for one layer of a step: where
+// each new token goes, and what each sequence attends to (CSR over
+// sequences).
+type LayerPlan struct {
+	Slots       []int32 // [step tokens] block*BlockSize+offset
+	KVLen       []int32 // [seqs]
+	BlockIndptr []int32 // [seqs+1]
+	Blocks      []int32
+}
+
+// Plan describes a step whose appends have already been applied: the last
+// N tokens of each sequence are the new ones.
+func (t *Tables) Plan(step []Append) ([]LayerPlan, error) {
+	plans := make([]LayerPlan, t.layers)
+	for l := range plans {
+		plans[l].BlockIndptr = append(make([]int32, 0, len(step)+1), 0)
+		plans[l].KVLen = make([]int32, 0, len(step))
+	}
+	bs := t.blockSize
+	for _, s := range step {
+		ts, ok := t.seqs[s.Seq]
+		if !ok {
+			return nil, fmt.Errorf("sequence %d: %w", s.Seq, ErrUnknownSeq)
+		}
+		for l := range ts {
+			tb, p := &ts[l], &plans[l]
+			if s.N > tb.tokens {
+				return nil, fmt.Errorf("sequence %d layer %d: step of %d tokens but %d held", s.Seq, l, s.N, tb.tokens)
+			}
+			for i := tb.tokens - s.N; i < tb.tokens; i++ {
+				p.Slots = append(p.Slots, tb.blocks[i/bs]*int32(bs)+int32(i%bs))
+			}
+			p.KVLen = append(p.KVLen, int32(tb.tokens))
+			p.Blocks = append(p.Blocks, tb.blocks...)
+			p.BlockIndptr = append(p.BlockIndptr, int32(len(p.Blocks)))
+		}
+	}
+	return plans, nil
+}
