@@ -167,3 +167,12 @@ func (a *Allocator) Truncate(id SeqID, n int) error {
 	}
 	return err
 }
+
+// Rollback removes the last n tokens from every layer of the sequence: the
+// rollback of a step that reserved them but never ran. Unknown sequences
+// (closed meanwhile) are ignored.
+func (a *Allocator) Rollback(id SeqID, n int) {
+	for _, b := range a.Unappend(id, n) {
+		a.release(b)
+	}
+}

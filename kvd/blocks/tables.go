@@ -171,3 +171,40 @@ func (t *Tables) Plan(step []Append) ([]LayerPlan, error) {
 	}
 	return plans, nil
 }
+
+// Unappend removes the last n tokens of every layer of the sequence (a step
+// that never ran) and returns the block ids that emptied, last first.
+// Unknown sequences are ignored.
+func (t *Tables) Unappend(id SeqID, n int) []int32 {
+	ts, ok := t.seqs[id]
+	if !ok {
+		return nil
+	}
+	var freed []int32
+	for l := range ts {
+		tb := &ts[l]
+		tb.tokens = max(0, tb.tokens-n)
+		keep := (tb.tokens + t.blockSize - 1) / t.blockSize
+		for i := len(tb.blocks) - 1; i >= keep; i-- {
+			freed = append(freed, tb.blocks[i])
+		}
+		tb.blocks = tb.blocks[:keep]
+	}
+	return freed
+}
+
+// EachTable calls fn with every (sequence, layer) table's size.
+func (t *Tables) EachTable(fn func(layer, tokens, blocks int)) {
+	for _, ts := range t.seqs {
+		for l, tb := range ts {
+			fn(l, tb.tokens, len(tb.blocks))
+		}
+	}
+}
+
+// Each calls fn with every open sequence (fn may Remove it).
+func (t *Tables) Each(fn func(SeqID)) {
+	for id := range t.seqs {
+		fn(id)
+	}
+}

@@ -3,14 +3,12 @@ package cli
 
 import (
 	"errors"
-	"flag"
+	goflag "flag"
 	"fmt"
 	"io"
 	"strconv"
 	"strings"
 
-	"github.com/kvd-project/kvd/gateway/model"
-	"github.com/kvd-project/kvd/shm"
 )
 
 // ErrUsage marks a command line that cannot be run; it exits with status 2.
@@ -27,6 +25,8 @@ func ExitCode(err error) int {
 const usage = `usage: kvd <command> [flags]
 
 commands:
+  serve    run the daemon: own the KV pool and answer on the unix socket
+  status   show the running daemon's pool, clients and layers (--json for machines)
   layout   show the pool geometry for a model and a memory budget
 `
 
@@ -36,6 +36,10 @@ func Run(args []string, out io.Writer) error {
 		return fmt.Errorf("%w: no command\n%s", ErrUsage, usage)
 	}
 	switch args[0] {
+	case "serve":
+		return serve(args[1:], out)
+	case "status":
+		return status(args[1:], out)
 	case "layout":
 		return layout(args[1:], out)
 	case "help", "-h", "--help":
@@ -46,8 +50,7 @@ func Run(args []string, out io.Writer) error {
 }
 
 func layout(args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("kvd layout", flag.ContinueOnError)
-	fs.SetOutput(out)
+	fs := flag("kvd layout", out)
 	dir := fs.String("model", "", "model directory whose config.json gives the geometry (required)")
 	mem := fs.String("kv-memory", "1GiB", "pool size in bytes, with an optional KiB/MiB/GiB suffix")
 	bs := fs.Int("block-size", 16, "tokens per layer-block")
@@ -57,24 +60,26 @@ func layout(args []string, out io.Writer) error {
 	if *dir == "" {
 		return fmt.Errorf("%w: --model is required", ErrUsage)
 	}
-	bytes, err := ParseSize(*mem)
-	if err != nil {
-		return fmt.Errorf("%w: --kv-memory: %v", ErrUsage, err)
-	}
-	c, err := model.LoadConfig(*dir)
+	g, err := readGeometry(*dir, 0, 0, 0)
 	if err != nil {
 		return err
 	}
-	l := shm.Layout{BlockSize: *bs, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim}
-	per := int64(l.BlockElems()) * 4
-	l.NumBlocks = int(bytes / per)
-	if err := l.Validate(); err != nil {
-		return fmt.Errorf("--kv-memory %s holds %d blocks of %d bytes: %w", *mem, l.NumBlocks, per, err)
+	l, err := layoutFor(*mem, *bs, g)
+	if err != nil {
+		return err
 	}
-	tokens := int64(l.NumBlocks-1) * int64(l.BlockSize) / int64(c.NumLayers)
+	per := int64(l.BlockElems()) * 4
+	tokens := int64(l.NumBlocks-1) * int64(l.BlockSize) / int64(g.layers)
 	fmt.Fprintf(out, "layers          %d\nkv heads        %d\nhead dim        %d\nblock size      %d tokens\nbytes per block %d (float32 K, V and scores)\nblocks          %d (block 0 reserved)\nfull-KV tokens  %d (every layer full)\n",
-		c.NumLayers, c.NumKVHeads, c.HeadDim, l.BlockSize, per, l.NumBlocks, tokens)
+		g.layers, g.kvHeads, g.headDim, l.BlockSize, per, l.NumBlocks, tokens)
 	return nil
+}
+
+// flag returns a flag set that reports errors instead of exiting.
+func flag(name string, out io.Writer) *goflag.FlagSet {
+	fs := goflag.NewFlagSet(name, goflag.ContinueOnError)
+	fs.SetOutput(out)
+	return fs
 }
 
 // ParseSize reads "1073741824", "512MiB", "1GiB", "64KiB" (also KB/MB/GB as

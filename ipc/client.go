@@ -1,0 +1,428 @@
+package ipc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kvd-project/kvd/kvd/blocks"
+	"github.com/kvd-project/kvd/observability"
+	"github.com/kvd-project/kvd/shm"
+)
+
+// Options configure a Client.
+type Options struct {
+	// Name identifies the client in kvd status.
+	Name string
+	// Wait is how long Dial (and a reconnect) keeps retrying while kvd is
+	// not yet listening; 0 tries once.
+	Wait time.Duration
+}
+
+// Client is the typed client of kvd's socket: the gateway's scheduler and
+// `kvd status` both use it. It keeps a mirror of its sequences' block
+// tables, fed by each step's delta, so steps cost one small round trip.
+//
+// A Client is safe for concurrent use; calls are serialised. When the
+// connection drops, the call in progress fails with ErrDisconnected and the
+// next call reconnects, reclaiming the lease's sequences; if kvd restarted
+// meanwhile, that call fails with ErrRestarted, every sequence is gone, and
+// later calls work on the new kvd.
+type Client struct {
+	mu     sync.Mutex
+	path   string
+	opts   Options
+	conn   *net.UnixConn
+	nextID uint64
+	out    []byte
+	in     []byte
+
+	hello  *HelloReply
+	lease  string
+	pool   *shm.Segment
+	tables *blocks.Tables
+	// inflight is the step reserved but not reported done, for rolling the
+	// mirror back if the connection drops (kvd rolls its own back).
+	inflight *Step
+	// done is a finished step to report with the next Step request.
+	done *StepDone
+}
+
+// Step is a reserved step: its id and the plan of every layer.
+type Step struct {
+	ID      uint64
+	Appends []blocks.Append
+	Plans   []blocks.LayerPlan
+}
+
+// Dial connects to kvd at path and says hello.
+func Dial(ctx context.Context, path string, opts Options) (*Client, error) {
+	c := &Client{path: path, opts: opts}
+	if err := c.connect(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Hello is kvd's reply to the current connection's hello.
+func (c *Client) Hello() *HelloReply {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.hello
+}
+
+// Layout is the pool's geometry.
+func (c *Client) Layout() shm.Layout {
+	h := c.Hello()
+	return shm.Layout{NumBlocks: h.NumBlocks, BlockSize: h.BlockSize, KVHeads: h.KVHeads, HeadDim: h.HeadDim}
+}
+
+// Pool is the mapped pool; it changes if kvd restarts.
+func (c *Client) Pool() *shm.Segment {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pool
+}
+
+func dialOnce(path string) (*net.UnixConn, error) {
+	return net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+}
+
+// connect dials (retrying while kvd starts) and says hello, reclaiming the
+// lease if there is one. Called with mu held, or before c is shared.
+func (c *Client) connect(ctx context.Context) error {
+	deadline := time.Now().Add(c.opts.Wait)
+	backoff := 5 * time.Millisecond
+	var uc *net.UnixConn
+	for {
+		var err error
+		uc, err = dialOnce(c.path)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("kvd at %s: %w", c.path, err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w at %s (start it with `kvd serve`): %v", ErrNotRunning, c.path, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for kvd at %s: %w", c.path, ctx.Err())
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 200*time.Millisecond)
+	}
+	c.conn = uc
+	req, _ := json.Marshal(HelloRequest{Name: c.opts.Name, Lease: c.lease})
+	p, fd, err := c.roundTrip(ctx, TypeHello, req, true)
+	if err != nil {
+		c.drop()
+		return err
+	}
+	var h HelloReply
+	if err := json.Unmarshal(p, &h); err != nil {
+		unix.Close(fd)
+		c.drop()
+		return fmt.Errorf("hello reply: %w", err)
+	}
+	restarted := c.hello != nil && c.hello.Instance != h.Instance
+	if c.hello == nil || restarted {
+		if fd < 0 {
+			c.drop()
+			return fmt.Errorf("kvd sent no pool fd")
+		}
+		seg, err := shm.Map(fd, h.PoolBytes)
+		if err != nil {
+			c.drop()
+			return err
+		}
+		if c.pool != nil {
+			c.pool.Close()
+		}
+		c.pool = seg
+	} else if fd >= 0 {
+		unix.Close(fd) // the same pool, already mapped
+	}
+	old := c.tables
+	c.hello, c.lease = &h, h.Lease
+	c.tables = blocks.NewTables(h.Layers, h.BlockSize)
+	c.done = nil
+	if old != nil && !restarted {
+		if c.inflight != nil {
+			for _, a := range c.inflight.Appends {
+				old.Unappend(a.Seq, a.N)
+			}
+		}
+		keep := map[uint64]bool{}
+		for _, id := range h.Reclaimed {
+			keep[id] = true
+		}
+		old.Each(func(id blocks.SeqID) {
+			if !keep[uint64(id)] {
+				old.Remove(id)
+			}
+		})
+		c.tables = old
+	}
+	c.inflight = nil
+	if restarted {
+		return fmt.Errorf("%w (instance %.8s, now %.8s)", ErrRestarted, c.hello.Instance, h.Instance)
+	}
+	return nil
+}
+
+// drop closes the connection; the next call reconnects.
+func (c *Client) drop() {
+	if c.conn != nil {
+		c.conn.Close()
+		c.conn = nil
+	}
+}
+
+// call makes one request, reconnecting first if the connection dropped.
+func (c *Client) call(ctx context.Context, typ uint16, payload []byte) ([]byte, error) {
+	if c.conn == nil {
+		if err := c.connect(ctx); err != nil {
+			return nil, err
+		}
+	}
+	p, _, err := c.roundTrip(ctx, typ, payload, false)
+	return p, err
+}
+
+// roundTrip writes a request frame and reads its reply; a transport error
+// drops the connection.
+func (c *Client) roundTrip(ctx context.Context, typ uint16, payload []byte, wantFD bool) ([]byte, int, error) {
+	c.nextID++
+	c.out = AppendFrame(c.out[:0], &Frame{Version: Version, Type: typ, ID: c.nextID, TraceParent: observability.Inject(ctx), Payload: payload})
+	if d, ok := ctx.Deadline(); ok {
+		c.conn.SetDeadline(d)
+	} else {
+		c.conn.SetDeadline(time.Time{})
+	}
+	if _, err := c.conn.Write(c.out); err != nil {
+		c.drop()
+		return nil, -1, fmt.Errorf("%w: %v", ErrDisconnected, err)
+	}
+	fd := -1
+	var r io.Reader = c.conn
+	if wantFD {
+		// The fd rides on the reply's first bytes: read them with recvmsg.
+		head := make([]byte, 4096)
+		oob := make([]byte, unix.CmsgSpace(4))
+		n, oobn, _, _, err := c.conn.ReadMsgUnix(head, oob)
+		if err != nil {
+			c.drop()
+			return nil, -1, fmt.Errorf("%w: %v", ErrDisconnected, err)
+		}
+		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil && len(msgs) > 0 {
+			if fds, err := unix.ParseUnixRights(&msgs[0]); err == nil && len(fds) > 0 {
+				fd = fds[0]
+			}
+		}
+		r = io.MultiReader(bytesReader(head[:n]), c.conn)
+	}
+	f, buf, err := ReadFrame(r, c.in)
+	c.in = buf
+	if err != nil {
+		c.drop()
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return nil, -1, fmt.Errorf("%w: %v", ErrDisconnected, err)
+	}
+	if f.ID != c.nextID {
+		c.drop()
+		return nil, -1, fmt.Errorf("%w: reply %d to request %d", ErrDisconnected, f.ID, c.nextID)
+	}
+	if f.Type == TypeError {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return nil, -1, DecodeError(f.Payload)
+	}
+	return f.Payload, fd, nil
+}
+
+type sliceReader struct{ b []byte }
+
+func bytesReader(b []byte) *sliceReader { return &sliceReader{b} }
+
+func (s *sliceReader) Read(p []byte) (int, error) {
+	if len(s.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, s.b)
+	s.b = s.b[n:]
+	return n, nil
+}
+
+// Open starts sequences with ids the caller chooses.
+func (c *Client) Open(ctx context.Context, ids ...uint64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, err := c.call(ctx, TypeOpen, EncodeSeqs(nil, ids)); err != nil {
+		return err
+	}
+	for _, id := range ids {
+		c.tables.Add(blocks.SeqID(id))
+	}
+	return nil
+}
+
+// Close ends sequences and frees their blocks.
+func (c *Client) Close(ctx context.Context, ids ...uint64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, err := c.call(ctx, TypeClose, EncodeSeqs(nil, ids))
+	for _, id := range ids {
+		c.tables.Remove(blocks.SeqID(id))
+		if c.inflight != nil {
+			c.inflight.drop(blocks.SeqID(id))
+		}
+	}
+	return err
+}
+
+func (s *Step) drop(id blocks.SeqID) {
+	for i, a := range s.Appends {
+		if a.Seq == id {
+			s.Appends = append(s.Appends[:i], s.Appends[i+1:]...)
+			return
+		}
+	}
+}
+
+// Step reserves slots for the step's appends (sequence ids are the caller's)
+// and returns every layer's plan. A step reported with Done is sent along in
+// the same round trip.
+func (c *Client) Step(ctx context.Context, appends []blocks.Append) (*Step, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	req := StepRequest{Appends: appends}
+	if c.done != nil {
+		req.Done, req.Failed = c.done.ID, c.done.Failed
+	}
+	p, err := c.call(ctx, TypeStep, req.Encode(nil))
+	if err != nil {
+		return nil, err
+	}
+	c.done = nil
+	var rep StepReply
+	if err := rep.Decode(p); err != nil {
+		c.drop()
+		return nil, fmt.Errorf("step reply: %w", err)
+	}
+	if err := c.tables.Apply(appends, &rep.Delta); err != nil {
+		c.drop()
+		return nil, fmt.Errorf("step reply does not fit the client's tables: %w", err)
+	}
+	plans, err := c.tables.Plan(appends)
+	if err != nil {
+		return nil, err
+	}
+	c.inflight = &Step{ID: rep.StepID, Appends: append([]blocks.Append(nil), appends...), Plans: plans}
+	return c.inflight, nil
+}
+
+// Done marks a step finished without a round trip; the next Step reports it.
+// failed rolls its tokens back in kvd and in the client's tables.
+func (c *Client) Done(id uint64, failed bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.finish(id, failed)
+	c.done = &StepDone{ID: id, Failed: failed}
+}
+
+func (c *Client) finish(id uint64, failed bool) {
+	if c.inflight == nil || c.inflight.ID != id {
+		return
+	}
+	if failed {
+		for _, a := range c.inflight.Appends {
+			c.tables.Unappend(a.Seq, a.N)
+		}
+	}
+	c.inflight = nil
+}
+
+// StepDone reports a step finished in its own round trip.
+func (c *Client) StepDone(ctx context.Context, id uint64, failed bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d := StepDone{ID: id, Failed: failed}
+	if _, err := c.call(ctx, TypeStepDone, d.Encode(nil)); err != nil {
+		return err
+	}
+	c.finish(id, failed)
+	return nil
+}
+
+// Status asks kvd for its status.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, err := c.call(ctx, TypeStatus, nil)
+	if err != nil {
+		return nil, err
+	}
+	var s Status
+	if err := json.Unmarshal(p, &s); err != nil {
+		return nil, fmt.Errorf("status reply: %w", err)
+	}
+	return &s, nil
+}
+
+// Tables is the client's mirror of its sequences' block tables; callers
+// must not modify it.
+func (c *Client) Tables() *blocks.Tables {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tables
+}
+
+// Shutdown closes the connection and unmaps the pool; kvd keeps the lease's
+// sequences for its grace period.
+func (c *Client) Shutdown() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.drop()
+	if c.pool != nil {
+		err := c.pool.Close()
+		c.pool = nil
+		return err
+	}
+	return nil
+}
+
+// QueryStatus asks kvd at path for its status without opening a session
+// (no lease, so `kvd status` does not show up as a client).
+func QueryStatus(ctx context.Context, path string) (*Status, error) {
+	uc, err := dialOnce(path)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("%w at %s (start it with `kvd serve`)", ErrNotRunning, path)
+		}
+		return nil, fmt.Errorf("kvd at %s: %w", path, err)
+	}
+	c := &Client{path: path, conn: uc}
+	defer c.drop()
+	p, _, err := c.roundTrip(ctx, TypeStatus, nil, false)
+	if err != nil {
+		return nil, err
+	}
+	var s Status
+	if err := json.Unmarshal(p, &s); err != nil {
+		return nil, fmt.Errorf("status reply: %w", err)
+	}
+	return &s, nil
+}

@@ -1,0 +1,145 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/kvd-project/kvd/gateway/model"
+	"github.com/kvd-project/kvd/ipc"
+	"github.com/kvd-project/kvd/kvd/api"
+	"github.com/kvd-project/kvd/kvd/engine"
+	"github.com/kvd-project/kvd/kvd/pool"
+	"github.com/kvd-project/kvd/observability"
+	"github.com/kvd-project/kvd/shm"
+)
+
+// geometry is the model shape the pool is laid out for.
+type geometry struct {
+	layers, kvHeads, headDim int
+	model                    string
+}
+
+func serve(args []string, out io.Writer) error {
+	fs := flag("kvd serve", out)
+	socket := fs.String("socket", ipc.DefaultSocket(), "unix socket to listen on")
+	mem := fs.String("kv-memory", "0.1", "pool size: bytes with an optional KiB/MiB/GiB suffix, or a fraction (0,1] of available memory")
+	bs := fs.Int("block-size", 16, "tokens per layer-block")
+	dir := fs.String("model", "", "model directory whose config.json gives the geometry")
+	layers := fs.Int("layers", 0, "decoder layers (instead of --model)")
+	kvHeads := fs.Int("kv-heads", 0, "KV heads (instead of --model)")
+	headDim := fs.Int("head-dim", 0, "head dimension (instead of --model)")
+	dtype := fs.String("dtype", "float32", "KV element type (the CPU pool holds float32)")
+	grace := fs.Duration("grace", 10*time.Second, "how long a dropped client's sequences are kept for it to reconnect")
+	level := fs.String("log-level", observability.LogLevelFromEnv(), "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: %v", ErrUsage, err)
+	}
+	log, err := observability.NewLogger(os.Stderr, *level, "text")
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrUsage, err)
+	}
+	if *dtype != "float32" {
+		return fmt.Errorf("%w: --dtype %s: the host pool holds float32 only", ErrUsage, *dtype)
+	}
+	if *bs < 1 || *grace < 0 {
+		return fmt.Errorf("%w: --block-size must be positive and --grace not negative", ErrUsage)
+	}
+	g, err := readGeometry(*dir, *layers, *kvHeads, *headDim)
+	if err != nil {
+		return err
+	}
+	l, err := layoutFor(*mem, *bs, g)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	shutdown, err := observability.Setup(ctx, "kvd")
+	if err != nil {
+		return err
+	}
+	defer shutdown(context.Background())
+	p, err := pool.NewHost(l)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	e, err := engine.New(p, engine.Config{Layers: g.layers, Model: g.model, Grace: *grace})
+	if err != nil {
+		return err
+	}
+	ln, err := api.Listen(*socket)
+	if err != nil {
+		return err
+	}
+	log.Info("kvd serving", "socket", *socket, "pool", p.Kind(), "bytes", p.Bytes(), "blocks", l.NumBlocks-1,
+		"block_size", l.BlockSize, "layers", g.layers, "kv_heads", g.kvHeads, "head_dim", g.headDim, "pid", os.Getpid())
+	err = api.New(e, log, *grace).Serve(ctx, ln)
+	log.Info("kvd stopped")
+	return err
+}
+
+func readGeometry(dir string, layers, kvHeads, headDim int) (geometry, error) {
+	if dir != "" {
+		if layers != 0 || kvHeads != 0 || headDim != 0 {
+			return geometry{}, fmt.Errorf("%w: give --model or --layers/--kv-heads/--head-dim, not both", ErrUsage)
+		}
+		c, err := model.LoadConfig(dir)
+		if err != nil {
+			return geometry{}, err
+		}
+		return geometry{c.NumLayers, c.NumKVHeads, c.HeadDim, dir}, nil
+	}
+	if layers < 1 || kvHeads < 1 || headDim < 1 {
+		return geometry{}, fmt.Errorf("%w: the pool's geometry is needed: --model DIR, or --layers, --kv-heads and --head-dim", ErrUsage)
+	}
+	return geometry{layers, kvHeads, headDim, ""}, nil
+}
+
+// layoutFor sizes the pool: mem is bytes (with a unit) or a fraction of the
+// host's available memory.
+func layoutFor(mem string, bs int, g geometry) (shm.Layout, error) {
+	var bytes int64
+	if f, err := strconv.ParseFloat(mem, 64); err == nil && f > 0 && f <= 1 {
+		avail, err := availableMemory()
+		if err != nil {
+			return shm.Layout{}, fmt.Errorf("--kv-memory %s as a fraction: %w", mem, err)
+		}
+		bytes = int64(f * float64(avail))
+	} else if bytes, err = ParseSize(mem); err != nil {
+		return shm.Layout{}, fmt.Errorf("%w: --kv-memory: %v", ErrUsage, err)
+	}
+	l := shm.Layout{BlockSize: bs, KVHeads: g.kvHeads, HeadDim: g.headDim}
+	per := int64(l.BlockElems()) * 4
+	l.NumBlocks = int(bytes / per)
+	if err := l.Validate(); err != nil {
+		return l, fmt.Errorf("--kv-memory %s holds %d blocks of %d bytes: %w", mem, l.NumBlocks, per, err)
+	}
+	return l, nil
+}
+
+// availableMemory reads MemAvailable from /proc/meminfo.
+func availableMemory() (int64, error) {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "MemAvailable:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no MemAvailable in /proc/meminfo")
+}
+

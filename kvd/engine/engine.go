@@ -1,0 +1,341 @@
+// Package engine is kvd's state: the pool, the allocator, the clients and
+// their leases, and the steps in flight. The socket server (kvd/api) and the
+// gateway's embedded mode both drive the same Engine, so the sidecar and the
+// single process behave alike.
+//
+// engine must not import kernels.
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/kvd-project/kvd/ipc"
+	"github.com/kvd-project/kvd/kvd/blocks"
+	"github.com/kvd-project/kvd/kvd/pool"
+	"github.com/kvd-project/kvd/observability"
+)
+
+// Config is what the engine is started with.
+type Config struct {
+	Layers int
+	Model  string        // shown in status
+	Grace  time.Duration // how long a dropped client's sequences are kept
+	Now    func() time.Time
+}
+
+// Engine is safe for concurrent use; calls are serialised by one mutex,
+// which is what the per-step cost budget assumes (one round trip per step,
+// microseconds of work under the lock).
+type Engine struct {
+	mu       sync.Mutex
+	cfg      Config
+	pool     pool.Pool
+	alloc    *blocks.Allocator
+	policies []ipc.LayerPolicy
+	instance string
+	start    time.Time
+	clients  map[string]*client // by lease
+	nextSeq  blocks.SeqID
+	nextStep uint64
+	steps    uint64
+}
+
+// client is one lease: a client's sequences, mapped from the ids it chose to
+// the allocator's, and its step in flight.
+type client struct {
+	name      string
+	connected bool
+	dropped   time.Time
+	seqs      map[uint64]blocks.SeqID
+	inflight  *pending
+}
+
+// pending is a reserved step not yet reported done: enough to roll it back.
+type pending struct {
+	id      uint64
+	appends []blocks.Append // allocator ids
+}
+
+// New starts an engine over p.
+func New(p pool.Pool, cfg Config) (*Engine, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	a, err := blocks.New(p.Layout(), cfg.Layers)
+	if err != nil {
+		return nil, err
+	}
+	pol := make([]ipc.LayerPolicy, cfg.Layers)
+	for i := range pol {
+		pol[i] = ipc.LayerPolicy{Policy: "full"}
+	}
+	return &Engine{
+		cfg: cfg, pool: p, alloc: a, policies: pol,
+		instance: randomID(), start: cfg.Now(), clients: map[string]*client{},
+	}, nil
+}
+
+func randomID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+var tracer = observability.Tracer("kvd/engine")
+
+// Pool is the engine's pool.
+func (e *Engine) Pool() pool.Pool { return e.pool }
+
+// Hello connects a client. An empty lease, or one kvd does not know (it
+// expired, or kvd restarted), starts a new lease with no sequences; a known
+// lease whose connection dropped is reclaimed with its sequences.
+func (e *Engine) Hello(ctx context.Context, req ipc.HelloRequest) (*ipc.HelloReply, error) {
+	_, span := tracer.Start(ctx, "kvd.hello")
+	defer span.End()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	lease := req.Lease
+	c, ok := e.clients[lease]
+	var reclaimed []uint64
+	switch {
+	case ok && c.connected:
+		return nil, fmt.Errorf("lease %.8s: %w", lease, ipc.ErrLeaseInUse)
+	case ok:
+		c.connected = true
+		e.rollback(c)
+		for id := range c.seqs {
+			reclaimed = append(reclaimed, id)
+		}
+	default:
+		lease = randomID()
+		e.clients[lease] = &client{name: req.Name, connected: true, seqs: map[uint64]blocks.SeqID{}}
+	}
+	l := e.pool.Layout()
+	return &ipc.HelloReply{
+		Instance: e.instance, Lease: lease, Reclaimed: reclaimed,
+		PoolKind: e.pool.Kind(), PoolBytes: e.pool.Bytes(),
+		NumBlocks: l.NumBlocks, BlockSize: l.BlockSize, Layers: e.cfg.Layers, KVHeads: l.KVHeads, HeadDim: l.HeadDim,
+		DType: "float32", Policies: e.policies,
+	}, nil
+}
+
+// Disconnect starts the lease's grace period; Reap frees it when the grace
+// has passed and the client has not come back. A step in flight is rolled
+// back: its tokens were never reported written.
+func (e *Engine) Disconnect(lease string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if c, ok := e.clients[lease]; ok {
+		c.connected = false
+		c.dropped = e.cfg.Now()
+		e.rollback(c)
+	}
+}
+
+// Reap frees the sequences of every lease dropped longer than the grace
+// period ago and returns how many leases it ended.
+func (e *Engine) Reap() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now, n := e.cfg.Now(), 0
+	for lease, c := range e.clients {
+		if !c.connected && now.Sub(c.dropped) >= e.cfg.Grace {
+			for _, id := range c.seqs {
+				e.alloc.Close(id)
+			}
+			delete(e.clients, lease)
+			n++
+		}
+	}
+	return n
+}
+
+func (e *Engine) client(lease string) (*client, error) {
+	c, ok := e.clients[lease]
+	if !ok || !c.connected {
+		return nil, fmt.Errorf("%w: no session for this connection (send hello first)", ipc.ErrBadRequest)
+	}
+	return c, nil
+}
+
+// Open starts sequences with the client's ids; all or none.
+func (e *Engine) Open(ctx context.Context, lease string, ids []uint64) error {
+	_, span := tracer.Start(ctx, "kvd.open")
+	defer span.End()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, err := e.client(lease)
+	if err != nil {
+		return err
+	}
+	for i, id := range ids {
+		if _, ok := c.seqs[id]; ok {
+			return fmt.Errorf("sequence %d: %w", id, blocks.ErrSeqExists)
+		}
+		for _, o := range ids[:i] {
+			if o == id {
+				return fmt.Errorf("sequence %d: %w", id, blocks.ErrSeqExists)
+			}
+		}
+	}
+	for _, id := range ids {
+		e.nextSeq++
+		if err := e.alloc.Open(e.nextSeq); err != nil {
+			return err
+		}
+		c.seqs[id] = e.nextSeq
+	}
+	return nil
+}
+
+// Close ends sequences and frees their blocks. Unknown ids are an error,
+// but the known ones are still closed.
+func (e *Engine) Close(ctx context.Context, lease string, ids []uint64) error {
+	_, span := tracer.Start(ctx, "kvd.close")
+	defer span.End()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, err := e.client(lease)
+	if err != nil {
+		return err
+	}
+	var first error
+	for _, id := range ids {
+		sid, ok := c.seqs[id]
+		if !ok {
+			if first == nil {
+				first = fmt.Errorf("sequence %d: %w", id, blocks.ErrUnknownSeq)
+			}
+			continue
+		}
+		if c.inflight != nil {
+			c.inflight.drop(sid)
+		}
+		e.alloc.Close(sid)
+		delete(c.seqs, id)
+	}
+	return first
+}
+
+func (p *pending) drop(sid blocks.SeqID) {
+	for i, a := range p.appends {
+		if a.Seq == sid {
+			p.appends = append(p.appends[:i], p.appends[i+1:]...)
+			return
+		}
+	}
+}
+
+// Step reports the previous step done (if req.Done is set) and reserves
+// slots for the next. A client has at most one step in flight.
+func (e *Engine) Step(ctx context.Context, lease string, req *ipc.StepRequest) (*ipc.StepReply, error) {
+	_, span := tracer.Start(ctx, "kvd.step")
+	defer span.End()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, err := e.client(lease)
+	if err != nil {
+		return nil, err
+	}
+	if req.Done != 0 {
+		if err := e.done(c, req.Done, req.Failed); err != nil {
+			return nil, err
+		}
+	}
+	if c.inflight != nil {
+		return nil, fmt.Errorf("%w: step %d is still in flight; report it done first", ipc.ErrBadRequest, c.inflight.id)
+	}
+	appends := make([]blocks.Append, len(req.Appends))
+	for i, a := range req.Appends {
+		sid, ok := c.seqs[uint64(a.Seq)]
+		if !ok {
+			return nil, fmt.Errorf("sequence %d: %w", a.Seq, blocks.ErrUnknownSeq)
+		}
+		appends[i] = blocks.Append{Seq: sid, N: a.N}
+	}
+	d, err := e.alloc.Reserve(appends)
+	if err != nil {
+		return nil, err
+	}
+	e.nextStep++
+	c.inflight = &pending{id: e.nextStep, appends: appends}
+	return &ipc.StepReply{StepID: e.nextStep, Delta: *d}, nil
+}
+
+// StepDone reports a step finished; failed rolls its tokens back.
+func (e *Engine) StepDone(ctx context.Context, lease string, id uint64, failed bool) error {
+	_, span := tracer.Start(ctx, "kvd.step_done")
+	defer span.End()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, err := e.client(lease)
+	if err != nil {
+		return err
+	}
+	return e.done(c, id, failed)
+}
+
+func (e *Engine) done(c *client, id uint64, failed bool) error {
+	if c.inflight == nil || c.inflight.id != id {
+		return fmt.Errorf("%w: step %d is not in flight", ipc.ErrBadRequest, id)
+	}
+	if failed {
+		e.rollback(c)
+	}
+	c.inflight = nil
+	e.steps++
+	return nil
+}
+
+// rollback removes the tokens of the client's step in flight.
+func (e *Engine) rollback(c *client) {
+	if c.inflight == nil {
+		return
+	}
+	for _, a := range c.inflight.appends {
+		e.alloc.Rollback(a.Seq, a.N)
+	}
+	c.inflight = nil
+}
+
+// Status is a snapshot for `kvd status`.
+func (e *Engine) Status(ctx context.Context) *ipc.Status {
+	_, span := tracer.Start(ctx, "kvd.status")
+	defer span.End()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	l := e.pool.Layout()
+	now := e.cfg.Now()
+	s := &ipc.Status{
+		Instance: e.instance, PID: os.Getpid(), UptimeSeconds: now.Sub(e.start).Seconds(), Model: e.cfg.Model,
+		PoolKind: e.pool.Kind(), PoolBytes: e.pool.Bytes(),
+		BlockSize: l.BlockSize, BlockBytes: int64(l.BlockElems()) * 4,
+		BlocksTotal: e.alloc.Total(), BlocksFree: e.alloc.Free(), BlocksUsed: e.alloc.Total() - e.alloc.Free(),
+		Sequences: e.alloc.Len(), Steps: e.steps,
+		Leases: []ipc.LeaseStatus{}, Layers: make([]ipc.LayerStatus, e.cfg.Layers),
+	}
+	for _, c := range e.clients {
+		ls := ipc.LeaseStatus{Name: c.name, Connected: c.connected, Sequences: len(c.seqs)}
+		if c.connected {
+			s.Clients++
+		} else {
+			ls.DisconnectedFor = now.Sub(c.dropped).Seconds()
+			ls.GraceLeftSeconds = max(0, (e.cfg.Grace - now.Sub(c.dropped)).Seconds())
+		}
+		s.Leases = append(s.Leases, ls)
+	}
+	for i := range s.Layers {
+		s.Layers[i] = ipc.LayerStatus{Index: i, Policy: e.policies[i].Policy, Budget: e.policies[i].Budget}
+	}
+	e.alloc.EachTable(func(layer, tokens, nblocks int) {
+		s.Layers[layer].TokensRetained += tokens
+		s.Layers[layer].BlocksUsed += nblocks
+	})
+	return s
+}
