@@ -8,7 +8,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-
 )
 
 // ErrUsage marks a command line that cannot be run; it exits with status 2.

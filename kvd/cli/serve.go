@@ -142,4 +142,3 @@ func availableMemory() (int64, error) {
 	}
 	return 0, fmt.Errorf("no MemAvailable in /proc/meminfo")
 }
-
