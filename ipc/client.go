@@ -56,11 +56,11 @@ type Client struct {
 	done *StepDone
 }
 
-// Step is a reserved step: its id and the plan of every layer.
+// Step is a reserved step: its id and its appends (sequence ids are the
+// client's).
 type Step struct {
 	ID      uint64
 	Appends []blocks.Append
-	Plans   []blocks.LayerPlan
 }
 
 // Dial connects to kvd at path and says hello.
@@ -303,8 +303,9 @@ func (s *Step) drop(id blocks.SeqID) {
 }
 
 // Step reserves slots for the step's appends (sequence ids are the caller's)
-// and returns every layer's plan. A step reported with Done is sent along in
-// the same round trip.
+// and applies the blocks they took to the client's tables; Plan then gives
+// the forward pass its slots and tables. A step reported with Done is sent
+// along in the same round trip.
 func (c *Client) Step(ctx context.Context, appends []blocks.Append) (*Step, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -326,12 +327,19 @@ func (c *Client) Step(ctx context.Context, appends []blocks.Append) (*Step, erro
 		c.drop()
 		return nil, fmt.Errorf("step reply does not fit the client's tables: %w", err)
 	}
-	plans, err := c.tables.Plan(appends)
-	if err != nil {
-		return nil, err
-	}
-	c.inflight = &Step{ID: rep.StepID, Appends: append([]blocks.Append(nil), appends...), Plans: plans}
+	c.inflight = &Step{ID: rep.StepID, Appends: append([]blocks.Append(nil), appends...)}
 	return c.inflight, nil
+}
+
+// Plan returns every layer's slots and attention tables for the step in
+// flight. Call it before the next Step.
+func (c *Client) Plan(st *Step) ([]blocks.LayerPlan, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.inflight != st {
+		return nil, fmt.Errorf("step %d is no longer in flight", st.ID)
+	}
+	return c.tables.Plan(st.Appends)
 }
 
 // Done marks a step finished without a round trip; the next Step reports it.
@@ -425,4 +433,14 @@ func QueryStatus(ctx context.Context, path string) (*Status, error) {
 		return nil, fmt.Errorf("status reply: %w", err)
 	}
 	return &s, nil
+}
+
+// ForceDisconnect closes the connection as a crash would, without ending the
+// lease; the next call reconnects. For tests and for a gateway that detects
+// a wedged socket.
+func (c *Client) ForceDisconnect() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.drop()
+	return nil
 }

@@ -81,13 +81,10 @@ func (r *StepRequest) Decode(p []byte) error {
 func (r *StepReply) Encode(buf []byte) []byte {
 	e := enc{buf}
 	e.u64(r.StepID)
-	e.u32(uint32(len(r.Delta.NewCounts)))
-	for _, c := range r.Delta.NewCounts {
-		e.u32(c)
-	}
-	e.u32(uint32(len(r.Delta.NewBlocks)))
-	for _, b := range r.Delta.NewBlocks {
-		e.u32(uint32(b))
+	e.u32(uint32(len(r.Delta.Added)))
+	for _, a := range r.Delta.Added {
+		e.u32(a.Pos)
+		e.u32(uint32(a.Block))
 	}
 	return e.b
 }
@@ -95,13 +92,9 @@ func (r *StepReply) Encode(buf []byte) []byte {
 func (r *StepReply) Decode(p []byte) error {
 	d := dec{b: p}
 	r.StepID = d.u64()
-	r.Delta.NewCounts = make([]uint32, d.count(4))
-	for i := range r.Delta.NewCounts {
-		r.Delta.NewCounts[i] = d.u32()
-	}
-	r.Delta.NewBlocks = make([]int32, d.count(4))
-	for i := range r.Delta.NewBlocks {
-		r.Delta.NewBlocks[i] = int32(d.u32())
+	r.Delta.Added = make([]blocks.Added, d.count(8))
+	for i := range r.Delta.Added {
+		r.Delta.Added[i] = blocks.Added{Pos: d.u32(), Block: int32(d.u32())}
 	}
 	return d.end()
 }

@@ -139,21 +139,20 @@ func (a *Allocator) Reserve(step []Append) (*Delta, error) {
 	if need > len(a.free) {
 		return nil, fmt.Errorf("step needs %d blocks, %d free: %w", need, len(a.free), ErrPoolExhausted)
 	}
-	d := &Delta{NewCounts: make([]uint32, len(step)*a.layers), NewBlocks: make([]int32, 0, need)}
+	d := &Delta{Added: make([]Added, 0, need)}
 	for i, s := range step {
-		for l, t := range a.seqs[s.Seq] {
-			n := a.layout.BlocksFor(t.tokens+s.N) - len(t.blocks)
-			d.NewCounts[i*a.layers+l] = uint32(n)
-			for range n {
+		ts := a.seqs[s.Seq]
+		for l := range ts {
+			t := &ts[l]
+			t.tokens += s.N
+			for len(t.blocks)*a.blockSize < t.tokens {
 				id := a.free[len(a.free)-1]
 				a.free = a.free[:len(a.free)-1]
 				a.refs[id] = 1
-				d.NewBlocks = append(d.NewBlocks, id)
+				t.blocks = append(t.blocks, id)
+				d.Added = append(d.Added, Added{Pos: uint32(i*a.layers + l), Block: id})
 			}
 		}
-	}
-	if err := a.Apply(step, d); err != nil {
-		return nil, fmt.Errorf("blocks: applying own delta: %w", err) // cannot happen: counts were checked
 	}
 	return d, nil
 }

@@ -71,35 +71,42 @@ type Append struct {
 	N   int
 }
 
-// Delta is what one reservation changed, in step order: for append i and
-// layer l, NewCounts[i*layers+l] blocks were added, whose ids come next in
-// NewBlocks. Applying it to a mirror that was equal to the allocator's
+// Delta is what one reservation changed: every block it added, in step
+// order. Most decode steps add no block to most tables, so the delta lists
+// additions only. Applying it to a mirror that was equal to the allocator's
 // tables before the reservation makes it equal again.
 type Delta struct {
-	NewCounts []uint32
-	NewBlocks []int32
+	Added []Added
+}
+
+// Added is one block appended to the table of layer Pos%layers of the
+// step's append Pos/layers.
+type Added struct {
+	Pos   uint32
+	Block int32
 }
 
 // Apply extends the tables by a step's appends and the blocks they took.
 func (t *Tables) Apply(step []Append, d *Delta) error {
-	if len(d.NewCounts) != len(step)*t.layers {
-		return fmt.Errorf("delta of %d counts for %d appends × %d layers", len(d.NewCounts), len(step), t.layers)
-	}
-	for _, s := range step {
-		if !t.Has(s.Seq) {
+	seqs := make([][]table, len(step))
+	for i, s := range step {
+		ts, ok := t.seqs[s.Seq]
+		if !ok {
 			return fmt.Errorf("sequence %d: %w", s.Seq, ErrUnknownSeq)
 		}
+		seqs[i] = ts
 	}
-	next := 0
+	limit := uint32(len(step) * t.layers)
+	for _, a := range d.Added {
+		if a.Pos >= limit {
+			return fmt.Errorf("delta adds a block at %d, past %d appends × %d layers", a.Pos, len(step), t.layers)
+		}
+		tb := &seqs[a.Pos/uint32(t.layers)][a.Pos%uint32(t.layers)]
+		tb.blocks = append(tb.blocks, a.Block)
+	}
 	for i, s := range step {
-		ts := t.seqs[s.Seq]
+		ts := seqs[i]
 		for l := range ts {
-			n := int(d.NewCounts[i*t.layers+l])
-			if next+n > len(d.NewBlocks) {
-				return fmt.Errorf("delta names %d blocks, holds %d", next+n, len(d.NewBlocks))
-			}
-			ts[l].blocks = append(ts[l].blocks, d.NewBlocks[next:next+n]...)
-			next += n
 			ts[l].tokens += s.N
 			if len(ts[l].blocks)*t.blockSize < ts[l].tokens {
 				return fmt.Errorf("sequence %d layer %d: %d tokens in %d blocks", s.Seq, l, ts[l].tokens, len(ts[l].blocks))
@@ -143,19 +150,36 @@ type LayerPlan struct {
 }
 
 // Plan describes a step whose appends have already been applied: the last
-// N tokens of each sequence are the new ones.
+// N tokens of each sequence are the new ones. Each layer's slices are sized
+// exactly up front: a step's plan is rebuilt every step, so it must not
+// grow slices as it goes.
 func (t *Tables) Plan(step []Append) ([]LayerPlan, error) {
+	tokens := 0
+	for _, s := range step {
+		if !t.Has(s.Seq) {
+			return nil, fmt.Errorf("sequence %d: %w", s.Seq, ErrUnknownSeq)
+		}
+		tokens += s.N
+	}
 	plans := make([]LayerPlan, t.layers)
 	for l := range plans {
-		plans[l].BlockIndptr = append(make([]int32, 0, len(step)+1), 0)
-		plans[l].KVLen = make([]int32, 0, len(step))
+		nb := 0
+		for _, s := range step {
+			nb += len(t.seqs[s.Seq][l].blocks)
+		}
+		// One allocation per layer, cut into its four slices.
+		buf := make([]int32, tokens+len(step)+len(step)+1+nb)
+		plans[l] = LayerPlan{
+			Slots:       buf[:0:tokens],
+			KVLen:       buf[tokens : tokens : tokens+len(step)],
+			BlockIndptr: buf[tokens+len(step) : tokens+len(step) : tokens+2*len(step)+1],
+			Blocks:      buf[tokens+2*len(step)+1 : tokens+2*len(step)+1],
+		}
+		plans[l].BlockIndptr = append(plans[l].BlockIndptr, 0)
 	}
 	bs := t.blockSize
 	for _, s := range step {
-		ts, ok := t.seqs[s.Seq]
-		if !ok {
-			return nil, fmt.Errorf("sequence %d: %w", s.Seq, ErrUnknownSeq)
-		}
+		ts := t.seqs[s.Seq]
 		for l := range ts {
 			tb, p := &ts[l], &plans[l]
 			if s.N > tb.tokens {

@@ -1,0 +1,93 @@
+package api_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/kvd-project/kvd/ipc"
+	"github.com/kvd-project/kvd/kvd/blocks"
+)
+
+// BenchmarkStepRoundTrip measures one decode step's control-plane cost
+// against a real kvd process: 64 sequences, each adding a token in all 32
+// layers (Llama-3.1-8B's depth), with 128 tokens of context at the start.
+// "two-trips" reports the step done in its own round trip; "piggyback"
+// carries it on the next step's request, as the gateway does; "+plan" adds
+// building every layer's slots and block tables from the client's mirror.
+func BenchmarkStepRoundTrip(b *testing.B) {
+	for _, mode := range []string{"two-trips", "piggyback", "piggyback+plan"} {
+		b.Run(mode, func(b *testing.B) {
+			d := startKVDB(b)
+			ctx := context.Background()
+			c, err := ipc.Dial(ctx, d, ipc.Options{Name: "bench"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Shutdown()
+			const seqs, ctxLen, reset = 64, 128, 512
+			open := func() {
+				ids := make([]uint64, seqs)
+				prefill := make([]blocks.Append, seqs)
+				for i := range ids {
+					ids[i] = uint64(i + 1)
+					prefill[i] = blocks.Append{Seq: blocks.SeqID(i + 1), N: ctxLen}
+				}
+				if err := c.Open(ctx, ids...); err != nil {
+					b.Fatal(err)
+				}
+				st, err := c.Step(ctx, prefill)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := c.StepDone(ctx, st.ID, false); err != nil {
+					b.Fatal(err)
+				}
+			}
+			closeAll := func() {
+				for i := range seqs {
+					c.Close(ctx, uint64(i+1))
+				}
+			}
+			step := make([]blocks.Append, seqs)
+			for i := range step {
+				step[i] = blocks.Append{Seq: blocks.SeqID(i + 1), N: 1}
+			}
+			open()
+			b.ResetTimer()
+			for i := range b.N {
+				if i > 0 && i%reset == 0 { // keep the context from growing without bound
+					b.StopTimer()
+					closeAll()
+					open()
+					b.StartTimer()
+				}
+				st, err := c.Step(ctx, step)
+				if err != nil {
+					b.Fatal(err)
+				}
+				switch mode {
+				case "two-trips":
+					err = c.StepDone(ctx, st.ID, false)
+				case "piggyback+plan":
+					_, err = c.Plan(st)
+					c.Done(st.ID, false)
+				default:
+					c.Done(st.ID, false)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/step")
+		})
+	}
+}
+
+// startKVDB starts kvd for a benchmark with 32 layers and a large pool of
+// small blocks (the round trip's cost does not depend on the head size).
+func startKVDB(b *testing.B) string {
+	b.Helper()
+	d := startKVDWith(b, fmt.Sprintf("%s/kvd.sock", b.TempDir()), "--layers", "32", "--kv-heads", "1", "--head-dim", "8", "--kv-memory", "512MiB")
+	return d.sock
+}
