@@ -14,6 +14,7 @@ import (
 	"github.com/kvd-project/kvd/gateway/model"
 	"github.com/kvd-project/kvd/gateway/runner"
 	"github.com/kvd-project/kvd/gateway/tokenizer"
+	"github.com/kvd-project/kvd/ipc"
 	"github.com/kvd-project/kvd/kernels"
 )
 
@@ -59,7 +60,8 @@ func generate(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	maxTokens := fs.Int("max-tokens", 32, "tokens to generate")
 	ignoreEOS := fs.Bool("ignore-eos", false, "keep generating after an end-of-sequence token")
 	maxLen := fs.Int("max-model-len", 0, "context length (0: the model's max_position_embeddings)")
-	blockSize := fs.Int("block-size", 16, "tokens per KV layer-block")
+	blockSize := fs.Int("block-size", 16, "tokens per KV layer-block (embedded mode)")
+	socket := fs.String("kvd-socket", "", "use the kvd daemon on this socket for the KV cache (default: embedded, in process)")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %v", ErrUsage, err)
 	}
@@ -102,8 +104,19 @@ func generate(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if len(ids)+*maxTokens > ctxLen {
 		return fmt.Errorf("%w: prompt of %d tokens plus %d new tokens exceeds --max-model-len %d", ErrUsage, len(ids), *maxTokens, ctxLen)
 	}
-	r, err := runner.New(m, runner.BlocksFor(m.Config, len(ids)+*maxTokens, *blockSize), *blockSize)
-	if err != nil {
+	var r *runner.Runner
+	if *socket != "" {
+		c, err := ipc.Dial(ctx, *socket, ipc.Options{Name: "gateway generate", Wait: 2 * time.Second})
+		if err != nil {
+			return err
+		}
+		defer c.Shutdown()
+		log.Info("using kvd", "socket", *socket, "pool", c.Hello().PoolKind, "blocks", c.Hello().NumBlocks-1)
+		r, err = runner.New(m, runner.Sidecar{Client: c})
+		if err != nil {
+			return err
+		}
+	} else if r, err = runner.NewEmbedded(m, runner.BlocksFor(m.Config, len(ids)+*maxTokens, *blockSize), *blockSize); err != nil {
 		return err
 	}
 	var stop []int32

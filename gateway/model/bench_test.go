@@ -8,7 +8,6 @@ import (
 
 	"github.com/kvd-project/kvd/gateway/model/tinymodel"
 	"github.com/kvd-project/kvd/gateway/runner"
-	"github.com/kvd-project/kvd/kvd/blocks"
 )
 
 // BenchmarkCPU reports prefill and decode tokens/s on the CPU backend for the
@@ -27,30 +26,30 @@ func BenchmarkCPU(b *testing.B) {
 		rng := rand.New(rand.NewPCG(1, 2))
 		ctx := context.Background()
 		b.Run(fmt.Sprintf("%s/prefill-%d", s.name, prompt), func(b *testing.B) {
-			r, err := runner.New(m, runner.BlocksFor(m.Config, prompt, 16), 16)
+			r, err := runner.NewEmbedded(m, runner.BlocksFor(m.Config, prompt, 16), 16)
 			if err != nil {
 				b.Fatal(err)
 			}
 			toks := randomTokens(rng, prompt, m.Config.VocabSize)
 			b.ResetTimer()
 			for range b.N {
-				r.Open(1)
+				r.Open(ctx, 1)
 				if _, err := r.Step(ctx, []runner.Work{{Seq: 1, Tokens: toks}}); err != nil {
 					b.Fatal(err)
 				}
-				r.Close(1)
+				r.Close(ctx, 1)
 			}
 			b.ReportMetric(float64(prompt*b.N)/b.Elapsed().Seconds(), "tok/s")
 		})
 		b.Run(fmt.Sprintf("%s/decode-batch%d-ctx%d", s.name, batch, prompt), func(b *testing.B) {
-			r, err := runner.New(m, batch*runner.BlocksFor(m.Config, prompt+decode*b.N, 16), 16)
+			r, err := runner.NewEmbedded(m, batch*runner.BlocksFor(m.Config, prompt+decode*b.N, 16), 16)
 			if err != nil {
 				b.Fatal(err)
 			}
 			work := make([]runner.Work, batch)
 			for i := range work {
-				r.Open(blocks.SeqID(i))
-				work[i] = runner.Work{Seq: blocks.SeqID(i), Tokens: randomTokens(rng, prompt, m.Config.VocabSize)}
+				r.Open(ctx, uint64(i))
+				work[i] = runner.Work{Seq: uint64(i), Tokens: randomTokens(rng, prompt, m.Config.VocabSize)}
 			}
 			if _, err := r.Step(ctx, work); err != nil {
 				b.Fatal(err)

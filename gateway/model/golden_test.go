@@ -121,11 +121,11 @@ func TestHFGoldens(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := runner.New(m, runner.BlocksFor(m.Config, len(c.IDs)+len(c.Greedy), 16), 16)
+		r, err := runner.NewEmbedded(m, runner.BlocksFor(m.Config, len(c.IDs)+len(c.Greedy), 16), 16)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := r.Open(1); err != nil {
+		if err := r.Open(ctx, 1); err != nil {
 			t.Fatal(err)
 		}
 		cached, err := r.Step(ctx, []runner.Work{{Seq: 1, Tokens: c.IDs, AllLogits: true}})
@@ -142,7 +142,7 @@ func TestHFGoldens(t *testing.T) {
 		if worst > 1e-3 || worstCached > 1e-3 {
 			t.Errorf("case %d: relative error %.2e / %.2e against HF, want < 1e-3", i, worst, worstCached)
 		}
-		r.Close(1)
+		r.Close(ctx, 1)
 		got, err := r.Greedy(ctx, 2, c.IDs, len(c.Greedy), nil, nil)
 		if err != nil {
 			t.Fatal(err)

@@ -1,7 +1,8 @@
-// Package runner drives the model over a paged KV cache: it asks the block
-// allocator for slots, builds each step's batch, runs the forward pass and
-// tracks every sequence's position. The scheduler (issue C) decides what
-// goes into a step; the runner only executes it.
+// Package runner drives the model over kvd's paged KV cache: it reserves
+// each step's slots from kvd (in process or over the socket), builds the
+// step's batch, runs the forward pass, reports the step done, and tracks
+// every sequence's position. The scheduler decides what goes into a step;
+// the runner only executes it.
 //
 // runner must not import the HTTP layer.
 package runner
@@ -11,38 +12,76 @@ import (
 	"fmt"
 
 	"github.com/kvd-project/kvd/gateway/model"
+	"github.com/kvd-project/kvd/ipc"
 	"github.com/kvd-project/kvd/kernels"
 	"github.com/kvd-project/kvd/kvd/blocks"
+	"github.com/kvd-project/kvd/kvd/engine"
 	"github.com/kvd-project/kvd/shm"
 )
 
-// Runner owns an in-process KV pool (the embedded mode; kvd's shared pool
-// replaces it in sidecar mode). Not safe for concurrent use.
-type Runner struct {
-	m     *model.Model
-	alloc *blocks.Allocator
-	cache *model.Cache
-	pos   map[blocks.SeqID]int // tokens seen, which is the next position
+// KV is the runner's view of kvd: the pool's memory and the block tables.
+// engine.Local (embedded) and Sidecar (ipc) implement it.
+type KV interface {
+	Layout() shm.Layout
+	// PoolMemory is the pool as this process maps it; it may change after
+	// a reconnect to a restarted kvd, so callers fetch it every step.
+	PoolMemory() []float32
+	Open(ctx context.Context, ids ...uint64) error
+	Close(ctx context.Context, ids ...uint64) error
+	// Reserve appends a step's tokens and returns the step id and plans.
+	Reserve(ctx context.Context, appends []blocks.Append) (uint64, []blocks.LayerPlan, error)
+	// Done reports the step finished (failed rolls it back).
+	Done(id uint64, failed bool)
 }
 
-// New makes a pool of numBlocks layer-blocks of blockSize tokens for m.
-func New(m *model.Model, numBlocks, blockSize int) (*Runner, error) {
+// Sidecar adapts an ipc.Client to KV.
+type Sidecar struct{ *ipc.Client }
+
+func (s Sidecar) PoolMemory() []float32 { return s.Pool().Float32s() }
+
+func (s Sidecar) Reserve(ctx context.Context, appends []blocks.Append) (uint64, []blocks.LayerPlan, error) {
+	st, err := s.Step(ctx, appends)
+	if err != nil {
+		return 0, nil, err
+	}
+	plans, err := s.Plan(st)
+	if err != nil {
+		s.Client.Done(st.ID, true)
+		return 0, nil, err
+	}
+	return st.ID, plans, nil
+}
+
+// Runner executes steps. Not safe for concurrent use.
+type Runner struct {
+	m   *model.Model
+	kv  KV
+	pos map[uint64]int // tokens seen, which is the next position
+}
+
+// New returns a runner of m over kv. The pool's geometry must match m.
+func New(m *model.Model, kv KV) (*Runner, error) {
+	c, l := m.Config, kv.Layout()
+	if l.KVHeads != c.NumKVHeads || l.HeadDim != c.HeadDim {
+		return nil, fmt.Errorf("kvd's pool is laid out for %d KV heads of dim %d, the model has %d of dim %d: start kvd with --model for this model",
+			l.KVHeads, l.HeadDim, c.NumKVHeads, c.HeadDim)
+	}
+	return &Runner{m: m, kv: kv, pos: map[uint64]int{}}, nil
+}
+
+// NewEmbedded runs kvd's engine in process with a pool of numBlocks
+// layer-blocks of blockSize tokens: the single-process mode.
+func NewEmbedded(m *model.Model, numBlocks, blockSize int) (*Runner, error) {
 	c := m.Config
-	l := shm.Layout{NumBlocks: numBlocks, BlockSize: blockSize, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim}
-	a, err := blocks.New(l, c.NumLayers)
+	kv, err := engine.NewLocal(shm.Layout{NumBlocks: numBlocks, BlockSize: blockSize, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim}, c.NumLayers)
 	if err != nil {
 		return nil, err
 	}
-	return &Runner{
-		m:     m,
-		alloc: a,
-		cache: &model.Cache{Pool: m.Backend().Alloc(l.PoolElems()), Layout: l},
-		pos:   map[blocks.SeqID]int{},
-	}, nil
+	return New(m, kv)
 }
 
 // BlocksFor returns how many layer-blocks hold n tokens of context in every
-// layer: a pool-sizing helper.
+// layer, the null block included: a pool-sizing helper.
 func BlocksFor(c *model.Config, n, blockSize int) int {
 	return c.NumLayers*((n+blockSize-1)/blockSize) + 1
 }
@@ -50,12 +89,9 @@ func BlocksFor(c *model.Config, n, blockSize int) int {
 // Model is the runner's model.
 func (r *Runner) Model() *model.Model { return r.m }
 
-// FreeBlocks is the number of unused layer-blocks.
-func (r *Runner) FreeBlocks() int { return r.alloc.Free() }
-
 // Open starts a sequence.
-func (r *Runner) Open(id blocks.SeqID) error {
-	if err := r.alloc.Open(id); err != nil {
+func (r *Runner) Open(ctx context.Context, id uint64) error {
+	if err := r.kv.Open(ctx, id); err != nil {
 		return err
 	}
 	r.pos[id] = 0
@@ -63,14 +99,14 @@ func (r *Runner) Open(id blocks.SeqID) error {
 }
 
 // Close ends a sequence and frees its blocks.
-func (r *Runner) Close(id blocks.SeqID) error {
+func (r *Runner) Close(ctx context.Context, id uint64) error {
 	delete(r.pos, id)
-	return r.alloc.Close(id)
+	return r.kv.Close(ctx, id)
 }
 
 // Work is one sequence's share of a step.
 type Work struct {
-	Seq    blocks.SeqID
+	Seq    uint64
 	Tokens []int32
 	// AllLogits asks for logits after every token (prompt log-probs);
 	// otherwise only after the last.
@@ -91,7 +127,7 @@ func (r *Runner) Step(ctx context.Context, work []Work) ([][]float32, error) {
 		if len(w.Tokens) == 0 {
 			return nil, fmt.Errorf("sequence %d: no tokens in step", w.Seq)
 		}
-		appends[i] = blocks.Append{Seq: w.Seq, N: len(w.Tokens)}
+		appends[i] = blocks.Append{Seq: blocks.SeqID(w.Seq), N: len(w.Tokens)}
 		bt.Seqs[i] = model.Seq{Tokens: w.Tokens, Pos: pos}
 		first := row
 		row += int32(len(w.Tokens))
@@ -103,10 +139,7 @@ func (r *Runner) Step(ctx context.Context, work []Work) ([][]float32, error) {
 			bt.LogitRows = append(bt.LogitRows, row-1)
 		}
 	}
-	if _, err := r.alloc.Reserve(appends); err != nil {
-		return nil, err
-	}
-	plans, err := r.alloc.Plan(appends)
+	id, plans, err := r.kv.Reserve(ctx, appends)
 	if err != nil {
 		return nil, err
 	}
@@ -114,12 +147,11 @@ func (r *Runner) Step(ctx context.Context, work []Work) ([][]float32, error) {
 	for l, p := range plans {
 		bt.Layers[l] = model.LayerKV{Slots: p.Slots, Attn: kernels.AttnBatch{KVLen: p.KVLen, BlockIndptr: p.BlockIndptr, Blocks: p.Blocks}}
 	}
-	logits, err := r.m.Forward(ctx, bt, r.cache)
+	b := r.m.Backend()
+	cache := &model.Cache{Pool: b.FromHost(r.kv.PoolMemory(), r.kv.Layout().PoolElems()), Layout: r.kv.Layout()}
+	logits, err := r.m.Forward(ctx, bt, cache)
+	r.kv.Done(id, err != nil)
 	if err != nil {
-		// Roll the tables back so a failed step leaves no half-written tokens.
-		for _, w := range work {
-			_ = r.alloc.Truncate(w.Seq, r.pos[w.Seq])
-		}
 		return nil, err
 	}
 	v := r.m.Config.VocabSize
@@ -150,11 +182,11 @@ func Argmax(logits []float32) int32 {
 
 // Greedy prefills prompt as one sequence and decodes up to maxTokens tokens
 // greedily, stopping after any token in stop. It returns the new tokens.
-func (r *Runner) Greedy(ctx context.Context, id blocks.SeqID, prompt []int32, maxTokens int, stop []int32, emit func(int32)) ([]int32, error) {
-	if err := r.Open(id); err != nil {
+func (r *Runner) Greedy(ctx context.Context, id uint64, prompt []int32, maxTokens int, stop []int32, emit func(int32)) ([]int32, error) {
+	if err := r.Open(ctx, id); err != nil {
 		return nil, err
 	}
-	defer r.Close(id)
+	defer r.Close(context.WithoutCancel(ctx), id)
 	var out []int32
 	next := prompt
 	for len(out) < maxTokens {

@@ -77,7 +77,8 @@ func clientMain(sock string) {
 type daemon struct {
 	cmd  *exec.Cmd
 	sock string
-	logs *syncBuffer
+	logs *syncBuffer // stderr
+	out  *syncBuffer // stdout
 }
 
 // syncBuffer collects a child's output while the test reads it.
@@ -112,12 +113,12 @@ func startKVDWith(t testing.TB, sock string, flags ...string) *daemon {
 	t.Helper()
 	args := append([]string{"serve", "--socket", sock}, flags...)
 	cmd := exec.Command(kvdBin, args...)
-	logs := &syncBuffer{}
-	cmd.Stderr = logs
+	logs, out := &syncBuffer{}, &syncBuffer{}
+	cmd.Stderr, cmd.Stdout = logs, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{cmd: cmd, sock: sock, logs: logs}
+	d := &daemon{cmd: cmd, sock: sock, logs: logs, out: out}
 	t.Cleanup(func() { d.stop() })
 	deadline := time.Now().Add(10 * time.Second)
 	for {

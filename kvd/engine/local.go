@@ -1,0 +1,105 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/kvd-project/kvd/ipc"
+	"github.com/kvd-project/kvd/kvd/blocks"
+	"github.com/kvd-project/kvd/kvd/pool"
+	"github.com/kvd-project/kvd/shm"
+)
+
+// Local is a client of an engine in the same process: the gateway's
+// embedded mode. It offers what ipc.Client offers, by direct calls, and
+// reads plans straight from the allocator's tables instead of a mirror.
+// Not safe for concurrent use (the runner drives it from one goroutine).
+type Local struct {
+	e     *Engine
+	pool  *pool.Host
+	lease string
+	done  *ipc.StepDone
+}
+
+// NewLocal starts an engine over a fresh host pool of l and connects to it.
+func NewLocal(l shm.Layout, layers int) (*Local, error) {
+	p, err := pool.NewHost(l)
+	if err != nil {
+		return nil, err
+	}
+	e, err := New(p, Config{Layers: layers, Model: "embedded"})
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
+	h, err := e.Hello(context.Background(), ipc.HelloRequest{Name: "embedded"})
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
+	return &Local{e: e, pool: p, lease: h.Lease}, nil
+}
+
+// Engine is the engine behind this client.
+func (c *Local) Engine() *Engine { return c.e }
+
+// Layout is the pool's geometry.
+func (c *Local) Layout() shm.Layout { return c.pool.Layout() }
+
+// PoolMemory is the pool as this process maps it.
+func (c *Local) PoolMemory() []float32 { return c.pool.Float32s() }
+
+func (c *Local) Open(ctx context.Context, ids ...uint64) error { return c.e.Open(ctx, c.lease, ids) }
+
+func (c *Local) Close(ctx context.Context, ids ...uint64) error { return c.e.Close(ctx, c.lease, ids) }
+
+// Reserve reserves a step (reporting the previous one done) and returns its
+// id and every layer's plan.
+func (c *Local) Reserve(ctx context.Context, appends []blocks.Append) (uint64, []blocks.LayerPlan, error) {
+	req := ipc.StepRequest{Appends: appends}
+	if c.done != nil {
+		req.Done, req.Failed = c.done.ID, c.done.Failed
+	}
+	rep, err := c.e.Step(ctx, c.lease, &req)
+	if err != nil {
+		return 0, nil, err
+	}
+	c.done = nil
+	plans, err := c.e.plan(c.lease, appends)
+	if err != nil {
+		return 0, nil, err
+	}
+	return rep.StepID, plans, nil
+}
+
+// Done marks the step finished; the next Reserve reports it.
+func (c *Local) Done(id uint64, failed bool) {
+	if failed {
+		// Roll back now, so the tables are right before the next Reserve.
+		c.e.StepDone(context.Background(), c.lease, id, true)
+		return
+	}
+	c.done = &ipc.StepDone{ID: id}
+}
+
+// Shutdown releases the pool.
+func (c *Local) Shutdown() error { return c.pool.Close() }
+
+// plan builds the client's step plan from the allocator's tables.
+func (e *Engine) plan(lease string, appends []blocks.Append) ([]blocks.LayerPlan, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, err := e.client(lease)
+	if err != nil {
+		return nil, err
+	}
+	internal := make([]blocks.Append, len(appends))
+	for i, a := range appends {
+		sid, ok := c.seqs[uint64(a.Seq)]
+		if !ok {
+			return nil, fmt.Errorf("sequence %d: %w", a.Seq, blocks.ErrUnknownSeq)
+		}
+		internal[i] = blocks.Append{Seq: sid, N: a.N}
+	}
+	return e.alloc.Plan(internal)
+}
