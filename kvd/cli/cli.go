@@ -6,8 +6,6 @@ import (
 	goflag "flag"
 	"fmt"
 	"io"
-	"strconv"
-	"strings"
 )
 
 // ErrUsage marks a command line that cannot be run; it exits with status 2.
@@ -79,25 +77,4 @@ func flag(name string, out io.Writer) *goflag.FlagSet {
 	fs := goflag.NewFlagSet(name, goflag.ContinueOnError)
 	fs.SetOutput(out)
 	return fs
-}
-
-// ParseSize reads "1073741824", "512MiB", "1GiB", "64KiB" (also KB/MB/GB as
-// powers of 1000).
-func ParseSize(s string) (int64, error) {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
-	mult := int64(1)
-	for _, u := range units {
-		if strings.HasSuffix(s, u.suffix) {
-			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("%q is not a positive size", s)
-	}
-	return int64(n * float64(mult)), nil
 }

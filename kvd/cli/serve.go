@@ -1,14 +1,11 @@
 package cli
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -107,38 +104,13 @@ func readGeometry(dir string, layers, kvHeads, headDim int) (geometry, error) {
 // layoutFor sizes the pool: mem is bytes (with a unit) or a fraction of the
 // host's available memory.
 func layoutFor(mem string, bs int, g geometry) (shm.Layout, error) {
-	var bytes int64
-	if f, err := strconv.ParseFloat(mem, 64); err == nil && f > 0 && f <= 1 {
-		avail, err := availableMemory()
-		if err != nil {
-			return shm.Layout{}, fmt.Errorf("--kv-memory %s as a fraction: %w", mem, err)
-		}
-		bytes = int64(f * float64(avail))
-	} else if bytes, err = ParseSize(mem); err != nil {
+	bytes, err := pool.ParseSize(mem)
+	if err != nil {
 		return shm.Layout{}, fmt.Errorf("%w: --kv-memory: %v", ErrUsage, err)
 	}
-	l := shm.Layout{BlockSize: bs, KVHeads: g.kvHeads, HeadDim: g.headDim}
-	per := int64(l.BlockElems()) * 4
-	l.NumBlocks = int(bytes / per)
-	if err := l.Validate(); err != nil {
-		return l, fmt.Errorf("--kv-memory %s holds %d blocks of %d bytes: %w", mem, l.NumBlocks, per, err)
+	l, err := pool.LayoutFor(bytes, bs, g.kvHeads, g.headDim)
+	if err != nil {
+		return l, fmt.Errorf("--kv-memory %s: %w", mem, err)
 	}
 	return l, nil
-}
-
-// availableMemory reads MemAvailable from /proc/meminfo.
-func availableMemory() (int64, error) {
-	f, err := os.Open("/proc/meminfo")
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "MemAvailable:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, fmt.Errorf("no MemAvailable in /proc/meminfo")
 }
