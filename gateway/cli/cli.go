@@ -29,10 +29,10 @@ func ExitCode(err error) int {
 	return 1
 }
 
-const usage = `usage: gateway <command> [flags]
+const usage = `usage: gateway [serve] --model DIR [flags]   serve the OpenAI-compatible API
+       gateway generate --model DIR --prompt TEXT   complete one prompt greedily
 
-commands:
-  generate   complete a prompt with a model, greedily, on the CPU
+Run "gateway serve -h" or "gateway generate -h" for the flags.
 `
 
 // Run executes one gateway command.
@@ -40,7 +40,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return fmt.Errorf("%w: no command\n%s", ErrUsage, usage)
 	}
+	if len(args[0]) > 1 && args[0][0] == '-' && args[0] != "-h" && args[0] != "--help" {
+		return serve(ctx, args, stderr)
+	}
 	switch args[0] {
+	case "serve":
+		return serve(ctx, args[1:], stderr)
 	case "generate":
 		return generate(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
@@ -50,9 +55,15 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return fmt.Errorf("%w: unknown command %q\n%s", ErrUsage, args[0], usage)
 }
 
+// newFlags returns a flag set that reports errors instead of exiting.
+func newFlags(name string, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	return fs
+}
+
 func generate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("gateway generate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("gateway generate", stderr)
 	dir := fs.String("model", "", "Hugging Face model directory (required)")
 	format := fs.String("load-format", model.LoadAuto, "weights: auto (safetensors) or dummy (random, for benchmarks)")
 	prompt := fs.String("prompt", "", "prompt text (required)")

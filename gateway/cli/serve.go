@@ -1,0 +1,187 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/kvd-project/kvd/gateway/api"
+	"github.com/kvd-project/kvd/gateway/model"
+	"github.com/kvd-project/kvd/gateway/runner"
+	"github.com/kvd-project/kvd/gateway/sched"
+	"github.com/kvd-project/kvd/gateway/tokenizer"
+	"github.com/kvd-project/kvd/ipc"
+	"github.com/kvd-project/kvd/kernels"
+	"github.com/kvd-project/kvd/kvd/engine"
+	"github.com/kvd-project/kvd/kvd/pool"
+	"github.com/kvd-project/kvd/observability"
+)
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlags("gateway", stderr)
+	dir := fs.String("model", "", "Hugging Face model directory (required)")
+	name := fs.String("served-model-name", "", "model id clients send (default: the model directory's name)")
+	listen := fs.String("listen", "127.0.0.1:8080", "address to serve HTTP on")
+	socket := fs.String("kvd-socket", ipc.DefaultSocket(), "kvd's unix socket (sidecar mode)")
+	embedded := fs.Bool("embedded", false, "run kvd's engine in this process instead of talking to a kvd daemon")
+	kvMem := fs.String("kv-memory", "0.1", "embedded mode: KV pool size in bytes (512MiB, 4GiB) or a fraction of available memory")
+	blockSize := fs.Int("block-size", 16, "embedded mode: tokens per KV layer-block")
+	format := fs.String("load-format", model.LoadAuto, "weights: auto (safetensors) or dummy (random, for benchmarks)")
+	maxLen := fs.Int("max-model-len", 0, "context length (default: the model's max_position_embeddings)")
+	maxSeqs := fs.Int("max-num-seqs", 64, "sequences running at once")
+	maxBatched := fs.Int("max-num-batched-tokens", 2048, "tokens per scheduler step (a longer prompt runs alone)")
+	maxQueue := fs.Int("max-queue-len", 1024, "waiting requests before new ones get 503")
+	apiKey := fs.String("api-key", os.Getenv("KVD_API_KEY"), "require Authorization: Bearer <key> on /v1 (also KVD_API_KEY)")
+	level := fs.String("log-level", observability.LogLevelFromEnv(), "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: %v", ErrUsage, err)
+	}
+	log, err := observability.NewLogger(stderr, *level, "text")
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrUsage, err)
+	}
+	switch {
+	case *dir == "":
+		return fmt.Errorf("%w: --model is required", ErrUsage)
+	case *maxSeqs < 1 || *maxBatched < 1 || *maxQueue < 1 || *blockSize < 1:
+		return fmt.Errorf("%w: --max-num-seqs, --max-num-batched-tokens, --max-queue-len and --block-size must be positive", ErrUsage)
+	case *maxLen < 0:
+		return fmt.Errorf("%w: --max-model-len must not be negative", ErrUsage)
+	}
+	if *name == "" {
+		*name = filepath.Base(filepath.Clean(*dir))
+	}
+	shutdown, err := observability.Setup(ctx, "gateway")
+	if err != nil {
+		return err
+	}
+	defer shutdown(context.Background())
+
+	tok, err := tokenizer.Load(*dir)
+	if err != nil {
+		return err
+	}
+	m, err := model.Load(ctx, *dir, kernels.NewCPU(), model.LoadOptions{Format: *format, Progress: stderr, Logger: log})
+	if err != nil {
+		return err
+	}
+	c := m.Config
+	if *maxLen == 0 {
+		*maxLen = c.MaxPositionEmbeddings
+	}
+	var r *runner.Runner
+	var status func(context.Context) (*ipc.Status, error)
+	var ready func(context.Context) error
+	if *embedded {
+		bytes, err := pool.ParseSize(*kvMem)
+		if err != nil {
+			return fmt.Errorf("%w: --kv-memory: %v", ErrUsage, err)
+		}
+		l, err := pool.LayoutFor(bytes, *blockSize, c.NumKVHeads, c.HeadDim)
+		if err != nil {
+			return fmt.Errorf("--kv-memory %s: %w", *kvMem, err)
+		}
+		local, err := engine.NewLocal(l, c.NumLayers)
+		if err != nil {
+			return err
+		}
+		defer local.Shutdown()
+		if r, err = runner.New(m, local); err != nil {
+			return err
+		}
+		status = func(ctx context.Context) (*ipc.Status, error) { return local.Engine().Status(ctx), nil }
+		log.Info("kv cache in process", "blocks", l.NumBlocks-1, "block_size", l.BlockSize)
+	} else {
+		cl, err := ipc.Dial(ctx, *socket, ipc.Options{Name: "gateway " + *listen, Wait: 10 * time.Second})
+		if err != nil {
+			return fmt.Errorf("%w; or run with --embedded", err)
+		}
+		defer cl.Shutdown()
+		if r, err = runner.New(m, runner.Sidecar{Client: cl}); err != nil {
+			return err
+		}
+		status = func(ctx context.Context) (*ipc.Status, error) { return ipc.QueryStatus(ctx, *socket) }
+		ready = func(ctx context.Context) error { _, err := status(ctx); return err }
+		log.Info("kv cache in kvd", "socket", *socket, "blocks", cl.Hello().NumBlocks-1, "block_size", cl.Hello().BlockSize)
+	}
+	if err := kvGauges(status); err != nil {
+		return err
+	}
+	s, err := sched.New(r, sched.Config{MaxNumSeqs: *maxSeqs, MaxBatchTokens: *maxBatched, MaxModelLen: *maxLen, MaxQueue: *maxQueue, Logger: log})
+	if err != nil {
+		return err
+	}
+	schedDone := make(chan struct{})
+	schedCtx, stopSched := context.WithCancel(context.Background())
+	go func() { s.Run(schedCtx); close(schedDone) }()
+	defer func() { stopSched(); <-schedDone }()
+
+	srv := api.New(ctx, api.Config{
+		Tokenizer: tok, Scheduler: s, ModelName: *name, MaxModelLen: *maxLen, VocabSize: c.VocabSize,
+		APIKey: *apiKey, Logger: log, Ready: ready,
+	})
+	hs := &fasthttp.Server{
+		Handler:            srv.Handler,
+		Name:               "kvd-gateway",
+		ReadTimeout:        time.Minute, // reading a request; responses (long streams) have no write timeout
+		IdleTimeout:        2 * time.Minute,
+		MaxRequestBodySize: 64 << 20,
+		Logger:             fasthttpLogger{log},
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	log.Info("gateway serving", "listen", ln.Addr().String(), "model", *name, "max_model_len", *maxLen, "backend", m.Backend().Name())
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	stopSched() // fails requests still running, so streams end
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := hs.ShutdownWithContext(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return nil
+}
+
+// kvGauges exports the pool's block counts, read from kvd at scrape time.
+func kvGauges(status func(context.Context) (*ipc.Status, error)) error {
+	meter := observability.Meter("gateway")
+	used, err := meter.Int64ObservableGauge("kvd_kv_blocks_used", metric.WithDescription("KV layer-blocks in use in kvd's pool."))
+	if err != nil {
+		return err
+	}
+	total, err := meter.Int64ObservableGauge("kvd_kv_blocks_total", metric.WithDescription("KV layer-blocks in kvd's pool."))
+	if err != nil {
+		return err
+	}
+	_, err = meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		st, err := status(ctx)
+		if err != nil {
+			return nil // kvd is away; the scrape shows no sample
+		}
+		o.ObserveInt64(used, int64(st.BlocksUsed))
+		o.ObserveInt64(total, int64(st.BlocksTotal))
+		return nil
+	}, used, total)
+	return err
+}
+
+type fasthttpLogger struct{ log *slog.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) { l.log.Warn(fmt.Sprintf(format, args...)) }

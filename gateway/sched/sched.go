@@ -1,0 +1,366 @@
+package sched
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/kvd-project/kvd/gateway/runner"
+	"github.com/kvd-project/kvd/gateway/sample"
+	"github.com/kvd-project/kvd/ipc"
+	"github.com/kvd-project/kvd/kvd/blocks"
+	"github.com/kvd-project/kvd/observability"
+)
+
+// Config bounds the scheduler.
+type Config struct {
+	MaxNumSeqs     int // running sequences at most
+	MaxBatchTokens int // tokens per step at most (a lone prompt may exceed it)
+	MaxModelLen    int // prompt + generated tokens at most
+	MaxQueue       int // waiting requests at most; more get ErrQueueFull
+	Logger         *slog.Logger
+}
+
+// Scheduler batches requests onto one runner. Submit is safe for concurrent
+// use; Run must be called once.
+type Scheduler struct {
+	r   *runner.Runner
+	cfg Config
+	log *slog.Logger
+	m   *metrics
+
+	mu       sync.Mutex
+	incoming []*Request
+	wake     chan struct{}
+	stopped  bool
+
+	// Owned by the Run goroutine.
+	waiting []*Request // FIFO; preempted requests go back to the front
+	running []*Request // in admission order
+	nextID  uint64
+
+	numRunning atomic.Int64 // len(running), for the metrics callback
+}
+
+var tracer = observability.Tracer("gateway/sched")
+
+// New returns a scheduler over r.
+func New(r *runner.Runner, cfg Config) (*Scheduler, error) {
+	if cfg.MaxNumSeqs < 1 || cfg.MaxBatchTokens < 1 || cfg.MaxModelLen < 1 || cfg.MaxQueue < 1 {
+		return nil, fmt.Errorf("sched: every limit must be positive: %+v", cfg)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Scheduler{r: r, cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1)}
+	m, err := newMetrics(s)
+	if err != nil {
+		return nil, err
+	}
+	s.m = m
+	return s, nil
+}
+
+// Submit queues a request; it fails at once with ErrQueueFull when
+// MaxQueue requests are already waiting.
+func (s *Scheduler) Submit(req *Request) error {
+	if n := len(req.Prompt) + max(req.Params.MaxTokens, 1); n > s.cfg.MaxModelLen {
+		return fmt.Errorf("%w: %d tokens exceed the context of %d", ErrTooLarge, n, s.cfg.MaxModelLen)
+	}
+	req.events = make(chan Event, req.Params.MaxTokens+2)
+	req.Events = req.events
+	req.tokens = append([]int32(nil), req.Prompt...)
+	req.sampler = sample.New(req.Params.Sampling)
+	req.arrived = time.Now()
+	_, req.span = tracer.Start(req.Ctx, "queue")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return ErrStopped
+	}
+	if s.m.waiting.Load() >= int64(s.cfg.MaxQueue) {
+		req.span.End()
+		return ErrQueueFull
+	}
+	s.incoming = append(s.incoming, req)
+	s.m.waiting.Add(1)
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Run steps until ctx ends, then fails whatever is left with ErrStopped.
+func (s *Scheduler) Run(ctx context.Context) {
+	defer s.shutdown()
+	for ctx.Err() == nil {
+		s.collect()
+		s.dropCancelled()
+		if len(s.running) == 0 && len(s.waiting) == 0 {
+			select {
+			case <-ctx.Done():
+			case <-s.wake:
+			}
+			continue
+		}
+		s.step(ctx)
+		s.numRunning.Store(int64(len(s.running)))
+	}
+}
+
+// collect moves submitted requests to the waiting queue.
+func (s *Scheduler) collect() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range s.incoming {
+		s.nextID++
+		r.id = s.nextID
+		s.waiting = append(s.waiting, r)
+	}
+	s.incoming = s.incoming[:0]
+}
+
+// dropCancelled aborts requests whose clients left, freeing their blocks.
+func (s *Scheduler) dropCancelled() {
+	keep := func(list []*Request) []*Request {
+		return slices.DeleteFunc(list, func(r *Request) bool {
+			if r.Ctx.Err() == nil {
+				return false
+			}
+			s.finish(r, FinishAbort, nil)
+			return true
+		})
+	}
+	s.running = keep(s.running)
+	s.waiting = keep(s.waiting)
+}
+
+// item is one request's share of a step.
+type item struct {
+	req     *Request
+	tokens  []int32
+	prefill bool
+}
+
+// step schedules, runs and samples one forward pass.
+func (s *Scheduler) step(ctx context.Context) {
+	batch := s.schedule()
+	for {
+		if len(batch) == 0 {
+			return
+		}
+		logits, err := s.run(ctx, batch)
+		if errors.Is(err, blocks.ErrPoolExhausted) {
+			batch = s.preempt(batch)
+			continue
+		}
+		if err != nil {
+			s.fail(batch, err)
+			return
+		}
+		s.sample(batch, logits)
+		return
+	}
+}
+
+// schedule picks this step's work: every running sequence decodes one
+// token, then waiting prompts are admitted in order while the token budget
+// and the sequence limit allow. A prompt larger than the budget runs alone.
+func (s *Scheduler) schedule() []item {
+	var batch []item
+	budget := s.cfg.MaxBatchTokens
+	for _, r := range s.running {
+		batch = append(batch, item{req: r, tokens: r.tokens[r.computed:]})
+		budget -= len(r.tokens) - r.computed
+	}
+	for len(s.waiting) > 0 && len(s.running) < s.cfg.MaxNumSeqs {
+		r := s.waiting[0]
+		n := len(r.tokens) - r.computed
+		if n > budget && len(batch) > 0 {
+			break
+		}
+		s.waiting = s.waiting[1:]
+		s.m.waiting.Add(-1)
+		if err := s.admit(r); err != nil {
+			s.finish(r, "", err)
+			continue
+		}
+		s.running = append(s.running, r)
+		batch = append(batch, item{req: r, tokens: r.tokens[r.computed:], prefill: true})
+		budget -= n
+	}
+	return batch
+}
+
+// admit opens the request's sequence in kvd.
+func (s *Scheduler) admit(r *Request) error {
+	r.span.End() // queue
+	_, r.span = tracer.Start(r.Ctx, "prefill", trace.WithAttributes(attribute.Int("tokens", len(r.tokens))))
+	if err := s.r.Open(r.Ctx, r.id); err != nil {
+		return err
+	}
+	r.open = true
+	return nil
+}
+
+// run is the forward pass; kvd's calls join the oldest request's trace.
+func (s *Scheduler) run(ctx context.Context, batch []item) ([][]float32, error) {
+	work := make([]runner.Work, len(batch))
+	for i, it := range batch {
+		work[i] = runner.Work{Seq: it.req.id, Tokens: it.tokens, AllLogits: it.prefill && it.req.Params.PromptLogprobs && !it.req.scored}
+	}
+	stepCtx := trace.ContextWithSpan(ctx, batch[0].req.span)
+	return s.r.Step(stepCtx, work)
+}
+
+// preempt makes room after kvd said the pool is full: the newest admitted
+// request leaves the batch; a prompt goes back to the queue's front, a
+// running sequence is closed and recomputed later. A request alone in the
+// batch that still does not fit can never run and fails.
+func (s *Scheduler) preempt(batch []item) []item {
+	if len(batch) == 1 {
+		s.running = slices.DeleteFunc(s.running, func(r *Request) bool { return r == batch[0].req })
+		s.finish(batch[0].req, "", fmt.Errorf("%w (%d tokens)", ErrTooLarge, len(batch[0].req.tokens)))
+		return nil
+	}
+	victim := s.running[len(s.running)-1]
+	s.running = s.running[:len(s.running)-1]
+	if victim.open {
+		s.r.Close(context.WithoutCancel(victim.Ctx), victim.id)
+		victim.open = false
+	}
+	victim.computed = 0
+	s.waiting = append([]*Request{victim}, s.waiting...)
+	s.m.waiting.Add(1)
+	s.m.preemptions.Add(context.Background(), 1)
+	s.log.Debug("preempted", "request", victim.id, "tokens", len(victim.tokens))
+	return slices.DeleteFunc(batch, func(it item) bool { return it.req == victim })
+}
+
+// sample turns each item's logits into its next token and events.
+func (s *Scheduler) sample(batch []item, logits [][]float32) {
+	now := time.Now()
+	for i, it := range batch {
+		r := it.req
+		r.computed = len(r.tokens)
+		lg := logits[i]
+		v := s.r.Model().Config.VocabSize
+		if rows := len(lg) / v; rows > 1 { // prompt logits: score the prompt once
+			r.events <- Event{PromptLogprobs: s.scorePrompt(r, lg, v)}
+			r.scored = true
+			lg = lg[(rows-1)*v:]
+		}
+		if r.Params.MaxTokens == 0 {
+			s.finishRunning(r, FinishLength)
+			continue
+		}
+		tok := s.next(r, lg)
+		r.tokens = append(r.tokens, tok.ID)
+		if r.first.IsZero() {
+			r.first = now
+			s.m.ttft.Record(r.Ctx, now.Sub(r.arrived).Seconds())
+			r.span.End() // prefill
+			_, r.span = tracer.Start(r.Ctx, "decode")
+		} else {
+			s.m.tpot.Record(r.Ctx, now.Sub(r.last).Seconds())
+		}
+		r.last = now
+		s.m.generated.Add(r.Ctx, 1)
+		r.events <- Event{Token: &tok}
+		switch {
+		case !r.Params.IgnoreEOS && slices.Contains(r.Params.StopTokens, tok.ID):
+			s.finishRunning(r, FinishStop)
+		case r.generated() >= r.Params.MaxTokens || len(r.tokens) >= s.cfg.MaxModelLen:
+			s.finishRunning(r, FinishLength)
+		}
+	}
+}
+
+func (s *Scheduler) next(r *Request, lg []float32) Token {
+	if r.generated() < r.Params.MinTokens && len(r.Params.StopTokens) > 0 {
+		lg = slices.Clone(lg)
+		sample.Suppress(lg, r.Params.StopTokens)
+	}
+	tok := Token{ID: r.sampler.Sample(lg)}
+	if r.Params.Logprobs >= 0 {
+		lp := make([]float32, len(lg))
+		sample.LogSoftmax(lp, lg)
+		tok.Logprob = lp[tok.ID]
+		tok.Top = sample.TopN(lp, r.Params.Logprobs)
+	}
+	return tok
+}
+
+// scorePrompt gives each prompt token after the first its log-probability
+// under the logits of the position before it.
+func (s *Scheduler) scorePrompt(r *Request, lg []float32, v int) []Token {
+	out := make([]Token, 0, len(r.Prompt)-1)
+	lp := make([]float32, v)
+	for i := 1; i < len(r.Prompt); i++ {
+		sample.LogSoftmax(lp, lg[(i-1)*v:i*v])
+		out = append(out, Token{ID: r.Prompt[i], Logprob: lp[r.Prompt[i]], Top: sample.TopN(lp, max(r.Params.Logprobs, 0))})
+	}
+	return out
+}
+
+func (s *Scheduler) finishRunning(r *Request, reason string) {
+	s.running = slices.DeleteFunc(s.running, func(x *Request) bool { return x == r })
+	s.finish(r, reason, nil)
+}
+
+// finish closes the request's sequence and sends its last event.
+func (s *Scheduler) finish(r *Request, reason string, err error) {
+	if r.open {
+		s.r.Close(context.WithoutCancel(r.Ctx), r.id)
+		r.open = false
+	}
+	if err != nil {
+		r.span.RecordError(err)
+	}
+	r.span.End()
+	if !r.first.IsZero() {
+		s.m.e2e.Record(r.Ctx, time.Since(r.arrived).Seconds())
+	}
+	r.events <- Event{Finish: reason, Err: err}
+	close(r.events)
+}
+
+// fail ends every request of a batch that could not run (kvd went away,
+// for one); the scheduler itself keeps going.
+func (s *Scheduler) fail(batch []item, err error) {
+	if errors.Is(err, ipc.ErrRestarted) || errors.Is(err, ipc.ErrDisconnected) || errors.Is(err, ipc.ErrNotRunning) {
+		// Every sequence is gone with kvd: fail all running requests.
+		for _, r := range s.running {
+			r.open = false
+			s.finish(r, "", err)
+		}
+		s.running = nil
+		return
+	}
+	s.log.Error("step failed", "err", err, "requests", len(batch))
+	for _, it := range batch {
+		s.running = slices.DeleteFunc(s.running, func(x *Request) bool { return x == it.req })
+		s.finish(it.req, "", err)
+	}
+}
+
+func (s *Scheduler) shutdown() {
+	s.mu.Lock()
+	s.stopped = true
+	s.waiting = append(s.waiting, s.incoming...)
+	s.incoming = nil
+	s.mu.Unlock()
+	for _, r := range append(s.running, s.waiting...) {
+		s.finish(r, "", ErrStopped)
+	}
+	s.running, s.waiting = nil, nil
+}
