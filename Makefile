@@ -4,7 +4,7 @@ BIN     := bin
 MODEL   ?= models/tiny
 PROMPT  ?= The key-value cache
 
-.PHONY: help build run test test-short bench lint goldens clean
+.PHONY: help build run generate test bench lint goldens clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -15,15 +15,19 @@ build: ## build bin/kvd and bin/gateway
 $(MODEL)/config.json:
 	$(GO) run ./tools/mktiny -out $(MODEL)
 
-run: build $(MODEL)/config.json ## generate from the bundled tiny model on the CPU
+run: build $(MODEL)/config.json ## serve the bundled model on 127.0.0.1:8080 (kvd + gateway; Ctrl-C stops both)
+	tools/run.sh $(MODEL)
+
+generate: build $(MODEL)/config.json ## complete PROMPT once from the bundled model, no server
 	$(BIN)/gateway generate --model $(MODEL) --prompt "$(PROMPT)" --max-tokens 24
 
 test: ## vet and run every test (what CI runs)
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 
-bench: ## CPU micro-benchmarks (prefill and decode tokens/s)
+bench: ## CPU micro-benchmarks: prefill/decode tokens/s, tokenizer, kvd step round trip
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./gateway/model/ ./gateway/tokenizer/
+	$(GO) test -run '^$$' -bench StepRoundTrip -benchtime 5000x ./kvd/api/
 
 lint: ## gofmt and vet
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }

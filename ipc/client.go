@@ -314,10 +314,13 @@ func (c *Client) Step(ctx context.Context, appends []blocks.Append) (*Step, erro
 		req.Done, req.Failed = c.done.ID, c.done.Failed
 	}
 	p, err := c.call(ctx, TypeStep, req.Encode(nil))
+	// kvd takes the done report before it reserves, so it is delivered
+	// even when the reservation fails; after a lost connection the
+	// reconnect forgets it (kvd rolled that step back).
+	c.done = nil
 	if err != nil {
 		return nil, err
 	}
-	c.done = nil
 	var rep StepReply
 	if err := rep.Decode(p); err != nil {
 		c.drop()

@@ -58,26 +58,26 @@ type chatLogprob struct {
 	TopLogprobs []chatLogprob `json:"top_logprobs"`
 }
 
-func (s *Server) chatLogprobs(toks []sched.Token) []chatLogprob {
+func (s *Server) chatLogprobs(toks []sched.Token, asIDs bool) []chatLogprob {
 	out := make([]chatLogprob, len(toks))
 	for i, t := range toks {
-		out[i] = s.chatLogprob(t.ID, t.Logprob)
+		out[i] = s.chatLogprob(t.ID, t.Logprob, asIDs)
 		out[i].TopLogprobs = make([]chatLogprob, len(t.Top))
 		for j, a := range t.Top {
-			out[i].TopLogprobs[j] = s.chatLogprob(a.Token, a.Logprob)
+			out[i].TopLogprobs[j] = s.chatLogprob(a.Token, a.Logprob, asIDs)
 			out[i].TopLogprobs[j].TopLogprobs = nil
 		}
 	}
 	return out
 }
 
-func (s *Server) chatLogprob(id int32, lp float32) chatLogprob {
+func (s *Server) chatLogprob(id int32, lp float32, asIDs bool) chatLogprob {
 	text := s.tokenText(id)
 	b := make([]int, len(text))
 	for i := range len(text) {
 		b[i] = int(text[i])
 	}
-	return chatLogprob{Token: text, Logprob: lp, Bytes: b}
+	return chatLogprob{Token: s.tokenName(id, asIDs), Logprob: lp, Bytes: b}
 }
 
 func (s *Server) chat(ctx *fasthttp.RequestCtx) *apiError {
@@ -166,7 +166,7 @@ func (s *Server) chat(ctx *fasthttp.RequestCtx) *apiError {
 		ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
 			defer span.End()
 			defer cancel()
-			s.streamChat(sse{w}, id, req.Logprobs, gens, includeUsage)
+			s.streamChat(sse{w}, id, req, gens, includeUsage)
 		})
 		return nil
 	}
@@ -183,7 +183,7 @@ func (s *Server) chat(ctx *fasthttp.RequestCtx) *apiError {
 		"finish_reason": finishPtr(update{finish: g.finish}),
 	}
 	if req.Logprobs {
-		choice["logprobs"] = map[string]any{"content": s.chatLogprobs(g.tokens)}
+		choice["logprobs"] = map[string]any{"content": s.chatLogprobs(g.tokens, req.ReturnTokensAsTokenIDs)}
 	}
 	writeJSON(ctx, fasthttp.StatusOK, map[string]any{
 		"id": id, "object": "chat.completion", "created": s.created, "model": s.cfg.ModelName,
@@ -192,7 +192,7 @@ func (s *Server) chat(ctx *fasthttp.RequestCtx) *apiError {
 	return nil
 }
 
-func (s *Server) streamChat(out sse, id string, logprobs bool, gens []*generation, includeUsage bool) {
+func (s *Server) streamChat(out sse, id string, req chatRequest, gens []*generation, includeUsage bool) {
 	chunk := func(delta map[string]any, lp any, finish *string) map[string]any {
 		return map[string]any{
 			"id": id, "object": "chat.completion.chunk", "created": s.created, "model": s.cfg.ModelName,
@@ -208,8 +208,8 @@ func (s *Server) streamChat(out sse, id string, logprobs bool, gens []*generatio
 			return out.event(streamErrorEvent(u.err))
 		}
 		var lp any
-		if logprobs && len(u.tokens) > 0 {
-			lp = map[string]any{"content": s.chatLogprobs(u.tokens)}
+		if req.Logprobs && len(u.tokens) > 0 {
+			lp = map[string]any{"content": s.chatLogprobs(u.tokens, req.ReturnTokensAsTokenIDs)}
 		}
 		if u.text == "" && u.finish == "" && lp == nil {
 			return nil

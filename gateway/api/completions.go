@@ -96,10 +96,10 @@ type completionLogprobs struct {
 }
 
 // add appends tokens; offset is where the first one's text starts.
-func (s *Server) addLogprobs(lp *completionLogprobs, toks []sched.Token, offset int, first bool) int {
+func (s *Server) addLogprobs(lp *completionLogprobs, toks []sched.Token, offset int, first, asIDs bool) int {
 	for i, t := range toks {
 		text := s.tokenText(t.ID)
-		lp.Tokens = append(lp.Tokens, text)
+		lp.Tokens = append(lp.Tokens, s.tokenName(t.ID, asIDs))
 		lp.TextOffset = append(lp.TextOffset, offset)
 		offset += utf8.RuneCountInString(text)
 		if first && i == 0 {
@@ -111,7 +111,7 @@ func (s *Server) addLogprobs(lp *completionLogprobs, toks []sched.Token, offset 
 		lp.TokenLogprobs = append(lp.TokenLogprobs, &v)
 		top := map[string]float32{}
 		for _, a := range t.Top {
-			top[s.tokenText(a.Token)] = a.Logprob
+			top[s.tokenName(a.Token, asIDs)] = a.Logprob
 		}
 		lp.TopLogprobs = append(lp.TopLogprobs, top)
 	}
@@ -211,9 +211,9 @@ func (s *Server) completions(ctx *fasthttp.RequestCtx) *apiError {
 			c.Logprobs = &completionLogprobs{}
 			off := 0
 			if req.Echo {
-				off = s.addLogprobs(c.Logprobs, promptTokens(g.req.Prompt, g.promptLP), 0, true)
+				off = s.addLogprobs(c.Logprobs, promptTokens(g.req.Prompt, g.promptLP), 0, true, req.ReturnTokensAsTokenIDs)
 			}
-			s.addLogprobs(c.Logprobs, g.tokens, off, false)
+			s.addLogprobs(c.Logprobs, g.tokens, off, false, req.ReturnTokensAsTokenIDs)
 		}
 		choices[i] = c
 	}
@@ -252,9 +252,9 @@ func (s *Server) streamCompletions(out sse, id string, req completionRequest, ge
 				if req.Echo {
 					c.Text = s.cfg.Tokenizer.Decode(toInts(gens[u.index].req.Prompt), true)
 				}
-				s.addLogprobs(c.Logprobs, promptTokens(gens[u.index].req.Prompt, u.promptLP), 0, true)
+				s.addLogprobs(c.Logprobs, promptTokens(gens[u.index].req.Prompt, u.promptLP), 0, true, req.ReturnTokensAsTokenIDs)
 			} else {
-				offsets[u.index] = s.addLogprobs(c.Logprobs, u.tokens, offsets[u.index], false)
+				offsets[u.index] = s.addLogprobs(c.Logprobs, u.tokens, offsets[u.index], false, req.ReturnTokensAsTokenIDs)
 			}
 		}
 		if c.Text == "" && c.FinishReason == nil && c.Logprobs == nil {

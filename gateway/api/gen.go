@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -35,6 +36,9 @@ type samplingFields struct {
 	RepetitionPenalty *float64           `json:"repetition_penalty"`
 	LogitBias         map[string]float64 `json:"logit_bias"`
 	BestOf            *int               `json:"best_of"`
+	// ReturnTokensAsTokenIDs names tokens in logprobs "token_id:N", as
+	// vLLM's flag of the same name does, for clients that need exact ids.
+	ReturnTokensAsTokenIDs bool `json:"return_tokens_as_token_ids"`
 }
 
 // maxStops is OpenAI's limit on stop strings.
@@ -332,9 +336,17 @@ func streamHeaders(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.Set("X-Accel-Buffering", "no")
 }
 
-// tokenText is how a token appears in logprobs: its own decoded text.
+// tokenText is a token's own decoded text.
 func (s *Server) tokenText(id int32) string {
 	return s.cfg.Tokenizer.Decode([]int{int(id)}, false)
+}
+
+// tokenName is how a token appears in logprobs: its text, or "token_id:N".
+func (s *Server) tokenName(id int32, asIDs bool) string {
+	if asIDs {
+		return "token_id:" + strconv.Itoa(int(id))
+	}
+	return s.tokenText(id)
 }
 
 func finishPtr(u update) *string {

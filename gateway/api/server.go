@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -194,7 +195,8 @@ func decodeBody(ctx *fasthttp.RequestCtx, v any) *apiError {
 	if err := json.Unmarshal(body, v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			return badParam(te.Field, "%s: expected %s, got a JSON %s", te.Field, te.Type, te.Value)
+			field := strings.TrimPrefix(te.Field, "samplingFields.")
+			return badParam(field, "%s: expected %s, got a JSON %s", field, te.Type, te.Value)
 		}
 		return badRequest("malformed JSON: %v", err)
 	}

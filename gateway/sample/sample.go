@@ -46,9 +46,9 @@ type Sampler struct {
 	topK   int     // 0 = off
 	rng    *rand.Rand
 
-	w       []float32 // [vocab] unnormalised probabilities, full-vocabulary paths
-	cand    []cand    // top-k heap, then kept candidates best first
-	buckets [nBuckets]float64
+	w       []float32                                 // [vocab] unnormalised probabilities, full-vocabulary paths
+	cand    []cand                                    // top-k heap, then kept candidates best first
+	buckets [1 << (level1Shift - level2Shift)]float64 // top-p histograms
 }
 
 // cand is a candidate token: v is its raw logit while top-k selects, its
@@ -114,8 +114,8 @@ func (s *Sampler) Sample(logits []float32) int32 {
 		}
 		return s.pick(c, total)
 	case s.topP < 1:
-		c, total := s.topPCands(logits)
-		return s.pick(c, total)
+		last, total := s.topPCut(logits)
+		return s.pickPrefix(logits, last, total)
 	default:
 		total := s.weights(logits)
 		return s.pickFull(s.w, total)
@@ -154,7 +154,7 @@ func weight(v, m float32, invT float64) float32 {
 	if v == m {
 		return 1
 	}
-	return float32(math.Exp((float64(v) - float64(m)) * invT))
+	return float32(expNeg((float64(v) - float64(m)) * invT))
 }
 
 // weights fills s.w [vocab] with the unnormalised probabilities of logits at
@@ -245,20 +245,22 @@ func (s *Sampler) topKCands(logits []float32) []cand {
 // selectTop appends to h the k best (value, index) pairs of vals, in heap
 // order, NaN as -Inf. Precondition: 0 < k <= len(vals).
 func selectTop(h []cand, vals []float32, k int) []cand {
-	for i, v := range vals {
+	for i, v := range vals[:k] {
 		if v != v {
 			v = float32(math.Inf(-1))
 		}
-		c := cand{v, int32(i)}
-		if len(h) < k {
-			h = append(h, c)
-			siftUp(h, len(h)-1)
-			continue
-		}
-		// Indices only grow, so an equal value never beats the root.
-		if v > h[0].v {
-			h[0] = c
+		h = append(h, cand{v, int32(i)})
+		siftUp(h, len(h)-1)
+	}
+	// Indices only grow, so an equal value never beats the root; NaN fails
+	// the compare too. Keeping the root's value in a register makes this
+	// one compare per token.
+	floor := h[0].v
+	for i, v := range vals[k:] {
+		if v > floor {
+			h[0] = cand{v, int32(k + i)}
 			siftDown(h, 0)
+			floor = h[0].v
 		}
 	}
 	return h
@@ -320,46 +322,52 @@ func cutTopP(c []cand, total, p float64) ([]cand, float64) {
 	return c, cum // rounding: keep everything
 }
 
-// nBuckets covers the float32 bit patterns of weights in [0, 1] shifted
-// right by bucketShift: the exponent and the top two mantissa bits, so a
-// bucket spans a factor of at most 1.25 and the one sorted besides the
-// needed tokens stays small.
+// Top-p without top-k is a radix select over the float32 bits of the
+// weights, which order like the weights since they are non-negative: a
+// histogram of mass per bucket of the top bits finds the bucket where the
+// cumulative mass from the top reaches p; everything above it is kept
+// unsorted, and only the tokens of that bucket go on, to the next bits,
+// until few enough remain to sort. No pass sorts the vocabulary.
 const (
-	bucketShift = 21
-	nBuckets    = 0x3f800000>>bucketShift + 1 // bucket of 1.0, plus one
+	level1Shift = 21 // sign, exponent and two mantissa bits
+	level2Shift = 10
+	level2Mask  = 1<<(level1Shift-level2Shift) - 1
+	level3Mask  = 1<<level2Shift - 1
+	nBuckets    = 0x3f800000>>level1Shift + 1 // up to the bucket of 1.0
+	sortBelow   = 256                         // candidates sorted directly
 )
 
-// topPCands returns the top-p set of the whole vocabulary, best first, with
-// weights in v, and its weight. Rather than sort 128k tokens it histograms
-// the weights by their float32 bits (monotone for non-negative floats),
-// finds the bucket where the cumulative mass from the top reaches p, and
-// sorts only the tokens at or above that bucket: every token below it
-// weighs less than every token kept.
-func (s *Sampler) topPCands(logits []float32) ([]cand, float64) {
+// topPCut finds the last token kept by top-p in (logit descending, id
+// ascending) order, which every kept token precedes, and the kept weight.
+// It leaves every token's weight in s.w.
+func (s *Sampler) topPCut(logits []float32) (last cand, kept float64) {
 	w := s.scratchW(len(logits))
 	m := maxLogit(logits)
-	clear(s.buckets[:])
+	hist := s.buckets[:nBuckets]
+	clear(hist)
 	var total float64
 	for i, v := range logits {
 		x := weight(v, m, s.invT)
 		w[i] = x
 		total += float64(x)
-		s.buckets[math.Float32bits(x)>>bucketShift] += float64(x)
+		hist[math.Float32bits(x)>>level1Shift] += float64(x)
 	}
 	want := s.topP * total
-	b := nBuckets - 1
-	for cum := 0.0; b > 0; b-- {
-		cum += s.buckets[b]
-		if cum >= want {
-			break
-		}
-	}
-	floor := math.Float32frombits(uint32(b) << bucketShift)
+	b, above := findBucket(hist, 0, want)
 	c := s.cand[:0]
 	for i, x := range w {
-		if x >= floor {
+		if math.Float32bits(x)>>level1Shift == uint32(b) {
 			c = append(c, cand{logits[i], int32(i)})
 		}
+	}
+	if len(c) == 0 {
+		return cand{m, argmax(logits)}, 1 // not reached: the maximum weighs 1
+	}
+	if len(c) > sortBelow {
+		c, above = s.narrow(c, above, want, level2Shift, level2Mask)
+	}
+	if len(c) > sortBelow {
+		c, above = s.narrow(c, above, want, 0, level3Mask)
 	}
 	s.cand = c
 	// Sort by logit, not weight: distinct logits can round to one weight,
@@ -370,8 +378,73 @@ func (s *Sampler) topPCands(logits []float32) ([]cand, float64) {
 		}
 	}
 	slices.SortFunc(c, compareCands)
-	for i := range c {
-		c[i].v = w[c[i].id]
+	cum := above
+	for _, x := range c {
+		cum += float64(w[x.id])
+		if cum >= want {
+			return x, cum
+		}
 	}
-	return cutTopP(c, total, s.topP)
+	return c[len(c)-1], cum // rounding: keep them all
+}
+
+// narrow keeps the candidates c of the bucket, by the weight bits under
+// mask after shift, where the mass from the top reaches want, and returns
+// them with the mass above them.
+func (s *Sampler) narrow(c []cand, above, want float64, shift, mask uint32) ([]cand, float64) {
+	hist := s.buckets[:mask+1]
+	clear(hist)
+	for _, x := range c {
+		wx := s.w[x.id]
+		hist[math.Float32bits(wx)>>shift&mask] += float64(wx)
+	}
+	b, above := findBucket(hist, above, want)
+	kept := c[:0]
+	for _, x := range c {
+		if math.Float32bits(s.w[x.id])>>shift&mask == uint32(b) {
+			kept = append(kept, x)
+		}
+	}
+	return kept, above
+}
+
+// findBucket returns the highest bucket of hist at which above plus the
+// mass from the top reaches want, and the mass above that bucket. If
+// rounding keeps it from being reached, the lowest bucket with mass.
+func findBucket(hist []float64, above, want float64) (int, float64) {
+	last := 0
+	for b := len(hist) - 1; b >= 0; b-- {
+		h := hist[b]
+		if h == 0 {
+			continue
+		}
+		if above+h >= want {
+			return b, above
+		}
+		above += h
+		last = b
+	}
+	return last, above - hist[last]
+}
+
+// pickPrefix draws a token among those at or before last in (logit
+// descending, id ascending) order, with probability w/kept. It walks the
+// vocabulary in id order: the draw need not follow the sort order, only be
+// deterministic.
+func (s *Sampler) pickPrefix(logits []float32, last cand, kept float64) int32 {
+	u := s.rng.Float64() * kept
+	var cum float64
+	ninf := float32(math.Inf(-1))
+	for i, v := range logits {
+		if v != v {
+			v = ninf
+		}
+		if v > last.v || (v == last.v && int32(i) <= last.id) {
+			cum += float64(s.w[i])
+			if u < cum {
+				return int32(i)
+			}
+		}
+	}
+	return last.id // rounding left u past the sum
 }

@@ -376,6 +376,17 @@ func TestKeptSetMatchesFullSort(t *testing.T) {
 			for iter := range 100 {
 				n := 1 + rng.IntN(3000)
 				logits := randomLogits(rng, n)
+				switch iter % 10 {
+				case 1: // a wide, flat row: the radix select narrows twice
+					n = 20000 + rng.IntN(20000)
+					logits = make([]float32, n)
+					for i := range logits {
+						logits[i] = float32(rng.NormFloat64() * 0.1)
+					}
+				case 2: // all equal: one weight, a sort by id decides
+					n = 1000 + rng.IntN(1000)
+					logits = make([]float32, n)
+				}
 				if iter%3 == 0 { // ties
 					for i := range logits {
 						logits[i] = float32(math.Round(float64(logits[i]) * 2))
@@ -386,9 +397,13 @@ func TestKeptSetMatchesFullSort(t *testing.T) {
 						logits[rng.IntN(n)] = []float32{nan, ninf}[rng.IntN(2)]
 					}
 				}
+				topK := s.topK > 0 && s.topK < n
+				if !topK && s.topP == 1 {
+					continue // no filter: Sample draws from the whole row
+				}
 				want := refKeep(logits, tc.p)
 				var got []cand
-				if s.topK > 0 && s.topK < n {
+				if topK {
 					got = s.topKCands(logits)
 					var total float64
 					total = toWeights(got, s.invT)
@@ -396,7 +411,7 @@ func TestKeptSetMatchesFullSort(t *testing.T) {
 						got, _ = cutTopP(got, total, s.topP)
 					}
 				} else {
-					got, _ = s.topPCands(logits)
+					got = keptByCut(t, s, logits)
 				}
 				if !slices.Equal(got, want) {
 					t.Fatalf("iter %d, vocab %d: kept %d tokens, reference %d\n got %v\nwant %v",
@@ -421,4 +436,30 @@ func TestSampleAllocatesNothing(t *testing.T) {
 			}
 		})
 	}
+}
+
+// keptByCut lists the tokens topPCut keeps, in reference order, with their
+// weights.
+func keptByCut(t *testing.T, s *Sampler, logits []float32) []cand {
+	t.Helper()
+	last, kept := s.topPCut(logits)
+	var got []cand
+	var sum float64
+	for i, v := range logits {
+		if v != v {
+			v = ninf
+		}
+		if v > last.v || (v == last.v && int32(i) <= last.id) {
+			got = append(got, cand{v, int32(i)})
+			sum += float64(s.w[i])
+		}
+	}
+	slices.SortFunc(got, compareCands)
+	for i := range got {
+		got[i].v = s.w[got[i].id]
+	}
+	if math.Abs(sum-kept) > 1e-9*kept {
+		t.Fatalf("topPCut says kept weight %v, its tokens weigh %v", kept, sum)
+	}
+	return got
 }

@@ -105,6 +105,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 	for ctx.Err() == nil {
 		s.collect()
 		s.dropCancelled()
+		s.numRunning.Store(int64(len(s.running)))
 		if len(s.running) == 0 && len(s.waiting) == 0 {
 			select {
 			case <-ctx.Done():

@@ -61,10 +61,10 @@ func (c *Local) Reserve(ctx context.Context, appends []blocks.Append) (uint64, [
 		req.Done, req.Failed = c.done.ID, c.done.Failed
 	}
 	rep, err := c.e.Step(ctx, c.lease, &req)
+	c.done = nil // taken even when the reservation fails
 	if err != nil {
 		return 0, nil, err
 	}
-	c.done = nil
 	plans, err := c.e.plan(c.lease, appends)
 	if err != nil {
 		return 0, nil, err

@@ -1,0 +1,422 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var modes = []string{"sidecar", "embedded"}
+
+func TestSuite(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) {
+			s := startStack(t, mode, options{})
+			t.Run("concurrent greedy equals reference", func(t *testing.T) { concurrentGreedy(t, s, 16) })
+			t.Run("stream equals non-stream", func(t *testing.T) { streamEqualsNonStream(t, s) })
+			t.Run("echo logprobs equal reference", func(t *testing.T) { echoLogprobs(t, s) })
+			t.Run("chat", func(t *testing.T) { chat(t, s) })
+			t.Run("stop strings", func(t *testing.T) { stopStrings(t, s) })
+			t.Run("disconnect frees blocks", func(t *testing.T) { disconnect(t, s) })
+			t.Run("bad inputs", func(t *testing.T) { badInputs(t, s) })
+		})
+	}
+}
+
+// TestPreemption gives the pool 39 blocks: 16 requests that need up to 20
+// blocks each must take turns, preempted and recomputed, and every one must
+// still equal the reference.
+func TestPreemption(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) {
+			s := startStack(t, mode, options{kvMemory: "168960B"}) // 40 blocks of 4224 bytes
+			concurrentGreedy(t, s, 16)
+			if n := s.metric(t, "kvd_num_preemptions_total"); !(n > 0) {
+				t.Errorf("no preemption happened (kvd_num_preemptions_total %v); the test does not test it", n)
+			}
+		})
+	}
+}
+
+func randomPrompt(rng *rand.Rand, n int) []int32 {
+	p := make([]int32, n)
+	for i := range p {
+		p[i] = int32(rng.IntN(ref.Config.VocabSize - 8)) // no special tokens
+	}
+	return p
+}
+
+func concurrentGreedy(t *testing.T, s *stack, n int) {
+	rng := rand.New(rand.NewPCG(uint64(n), 99))
+	var wg sync.WaitGroup
+	errs := make(chan string, n)
+	for i := range n {
+		prompt := randomPrompt(rng, 3+i*3)
+		maxTokens := 8 + i%5*4
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := s.complete(t, map[string]any{
+				"prompt": prompt, "max_tokens": maxTokens, "temperature": 0, "ignore_eos": true,
+				"logprobs": 0, "return_tokens_as_token_ids": true,
+			})
+			got := ids(t, c.Choices[0].Logprobs.Tokens)
+			want := refGreedy(t, prompt, maxTokens)
+			if !slices.Equal(got, want) {
+				errs <- fmt.Sprintf("request %d (%d prompt tokens): got %v, reference %v", i, len(prompt), got, want)
+			}
+			if c.Usage.PromptTokens != len(prompt) || c.Usage.CompletionTokens != maxTokens || c.Choices[0].FinishReason != "length" {
+				errs <- fmt.Sprintf("request %d: usage %+v, finish %q", i, c.Usage, c.Choices[0].FinishReason)
+			}
+			if c.Choices[0].Text != tok.Decode(toInts(want), true) {
+				errs <- fmt.Sprintf("request %d: text %q, reference decodes to %q", i, c.Choices[0].Text, tok.Decode(toInts(want), true))
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+}
+
+func toInts(ids []int32) []int {
+	out := make([]int, len(ids))
+	for i, id := range ids {
+		out[i] = int(id)
+	}
+	return out
+}
+
+func streamEqualsNonStream(t *testing.T, s *stack) {
+	for _, prompt := range []any{"The key-value cache", []string{"Le cache 🙂", "func main() {"}} {
+		body := func() map[string]any {
+			return map[string]any{"prompt": prompt, "max_tokens": 20, "temperature": 0, "ignore_eos": true}
+		}
+		c := s.complete(t, body())
+		b := body()
+		b["stream_options"] = map[string]any{"include_usage": true}
+		events := s.stream(t, "/v1/completions", b)
+		texts := make([]string, len(c.Choices))
+		finish := make([]string, len(c.Choices))
+		var usage map[string]any
+		for _, e := range events {
+			if e["object"] != "text_completion" {
+				t.Fatalf("chunk object %v", e["object"])
+			}
+			if u, ok := e["usage"].(map[string]any); ok {
+				usage = u
+				continue
+			}
+			for _, ch := range e["choices"].([]any) {
+				ch := ch.(map[string]any)
+				i := int(ch["index"].(float64))
+				texts[i] += ch["text"].(string)
+				if f, ok := ch["finish_reason"].(string); ok {
+					finish[i] = f
+				}
+			}
+		}
+		for i := range c.Choices {
+			if texts[i] != c.Choices[i].Text || finish[i] != c.Choices[i].FinishReason {
+				t.Errorf("prompt %v choice %d: stream %q (%s), non-stream %q (%s)", prompt, i, texts[i], finish[i], c.Choices[i].Text, c.Choices[i].FinishReason)
+			}
+		}
+		if usage == nil || int(usage["completion_tokens"].(float64)) != c.Usage.CompletionTokens || int(usage["prompt_tokens"].(float64)) != c.Usage.PromptTokens {
+			t.Errorf("stream usage %v, non-stream %+v", usage, c.Usage)
+		}
+		if last := events[len(events)-1]; len(last["choices"].([]any)) != 0 {
+			t.Errorf("the usage chunk must come last with no choices: %v", last)
+		}
+	}
+}
+
+func echoLogprobs(t *testing.T, s *stack) {
+	prompt := randomPrompt(rand.New(rand.NewPCG(5, 5)), 37)
+	c := s.complete(t, map[string]any{"prompt": prompt, "max_tokens": 0, "echo": true, "logprobs": 3, "return_tokens_as_token_ids": true})
+	lp := c.Choices[0].Logprobs
+	if !slices.Equal(ids(t, lp.Tokens), prompt) {
+		t.Fatalf("echoed tokens %v, prompt %v", lp.Tokens, prompt)
+	}
+	if lp.TokenLogprobs[0] != nil {
+		t.Errorf("the first prompt token has no logprob, got %v", *lp.TokenLogprobs[0])
+	}
+	want := refPromptLogprobs(t, prompt)
+	for i, w := range want {
+		got := lp.TokenLogprobs[i+1]
+		if got == nil || math.Abs(*got-w) > 1e-4 {
+			t.Fatalf("prompt token %d: logprob %v, reference %.6f", i+1, got, w)
+		}
+	}
+	if c.Choices[0].Text != tok.Decode(toInts(prompt), true) || c.Usage.CompletionTokens != 0 {
+		t.Errorf("echo text %q, usage %+v", c.Choices[0].Text, c.Usage)
+	}
+	// With generation too: prompt scores, then the generated tokens'.
+	c = s.complete(t, map[string]any{"prompt": prompt, "max_tokens": 4, "echo": true, "logprobs": 1, "temperature": 0, "ignore_eos": true, "return_tokens_as_token_ids": true})
+	got := ids(t, c.Choices[0].Logprobs.Tokens)
+	if !slices.Equal(got[:len(prompt)], prompt) || !slices.Equal(got[len(prompt):], refGreedy(t, prompt, 4)) {
+		t.Errorf("echo + generation tokens %v", got)
+	}
+}
+
+func chat(t *testing.T, s *stack) {
+	body := map[string]any{
+		"messages":    []map[string]any{{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is a KV cache?"}},
+		"max_tokens":  12,
+		"temperature": 0,
+		"ignore_eos":  true,
+	}
+	code, b, _ := s.post(t, "/v1/chat/completions", body)
+	if code != 200 {
+		t.Fatalf("%d: %s", code, b)
+	}
+	var c struct {
+		Object  string `json:"object"`
+		Choices []struct {
+			Message struct{ Role, Content string } `json:"message"`
+			Finish  string                         `json:"finish_reason"`
+		} `json:"choices"`
+		Usage struct {
+			PromptTokens     int `json:"prompt_tokens"`
+			CompletionTokens int `json:"completion_tokens"`
+		} `json:"usage"`
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	// The reference: the same template and tokenizer in process.
+	msgs := renderChat(t)
+	want := tok.Decode(toInts(refGreedy(t, msgs, 12)), true)
+	if c.Object != "chat.completion" || c.Choices[0].Message.Role != "assistant" || c.Choices[0].Message.Content != want || c.Usage.PromptTokens != len(msgs) {
+		t.Errorf("chat: %+v, want content %q and %d prompt tokens", c, want, len(msgs))
+	}
+	events := s.stream(t, "/v1/chat/completions", body)
+	var text string
+	for i, e := range events {
+		if e["object"] != "chat.completion.chunk" {
+			t.Fatalf("chunk object %v", e["object"])
+		}
+		delta := e["choices"].([]any)[0].(map[string]any)["delta"].(map[string]any)
+		if i == 0 && delta["role"] != "assistant" {
+			t.Errorf("first chunk must carry the role: %v", delta)
+		}
+		if s, ok := delta["content"].(string); ok {
+			text += s
+		}
+	}
+	if text != want {
+		t.Errorf("streamed chat %q, non-stream %q", text, want)
+	}
+}
+
+func renderChat(t *testing.T) []int32 {
+	t.Helper()
+	text, err := tok.ApplyChatTemplate([]tokenizerMessage{{Role: "system", Content: "Be brief."}, {Role: "user", Content: "What is a KV cache?"}}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := tok.Encode(text, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]int32, len(ids))
+	for i, id := range ids {
+		out[i] = int32(id)
+	}
+	return out
+}
+
+func stopStrings(t *testing.T, s *stack) {
+	full := s.complete(t, map[string]any{"prompt": "The key-value cache", "max_tokens": 30, "temperature": 0, "ignore_eos": true}).Choices[0].Text
+	// Stop at a piece of text that occurs in the middle of the greedy output.
+	runes := []rune(full)
+	if len(runes) < 10 {
+		t.Skipf("output too short to cut: %q", full)
+	}
+	stop := string(runes[len(runes)/2 : len(runes)/2+2])
+	want := full[:strings.Index(full, stop)]
+	c := s.complete(t, map[string]any{"prompt": "The key-value cache", "max_tokens": 30, "temperature": 0, "ignore_eos": true, "stop": []string{"\x00never", stop}})
+	if c.Choices[0].Text != want || c.Choices[0].FinishReason != "stop" {
+		t.Errorf("stop %q: got %q (%s), want %q", stop, c.Choices[0].Text, c.Choices[0].FinishReason, want)
+	}
+	events := s.stream(t, "/v1/completions", map[string]any{"prompt": "The key-value cache", "max_tokens": 30, "temperature": 0, "ignore_eos": true, "stop": stop})
+	var text string
+	for _, e := range events {
+		for _, ch := range e["choices"].([]any) {
+			text += ch.(map[string]any)["text"].(string)
+		}
+	}
+	if text != want {
+		t.Errorf("streamed with stop %q: %q, want %q", stop, text, want)
+	}
+}
+
+// disconnect starts a long stream, reads two chunks, hangs up, and checks
+// that the request's KV blocks come back.
+func disconnect(t *testing.T, s *stack) {
+	conn, err := net.Dial("tcp", strings.TrimPrefix(s.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"prompt":"The key-value cache","max_tokens":3000,"ignore_eos":true,"stream":true}`
+	fmt.Fprintf(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	r := bufio.NewReader(conn)
+	chunks := 0
+	for chunks < 2 {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(line, "data: ") {
+			chunks++
+		}
+	}
+	if used := s.metric(t, "kvd_kv_blocks_used"); !(used > 0) {
+		t.Fatalf("blocks used during the stream: %v", used)
+	}
+	conn.Close()
+	waitFor(t, "blocks back after the disconnect", 10*time.Second, func() bool {
+		return s.metric(t, "kvd_kv_blocks_used") == 0 && s.metric(t, "kvd_num_requests_running") == 0
+	})
+	if s.mode == "sidecar" {
+		out, err := exec.Command(filepath.Join(binDir, "kvd"), "status", "--socket", s.sock, "--json").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st struct {
+			BlocksUsed  int `json:"blocks_used"`
+			BlocksFree  int `json:"blocks_free"`
+			BlocksTotal int `json:"blocks_total"`
+			Sequences   int `json:"sequences"`
+		}
+		json.Unmarshal(out, &st)
+		if st.BlocksUsed != 0 || st.BlocksFree != st.BlocksTotal || st.Sequences != 0 {
+			t.Errorf("kvd status after the disconnect: %s", out)
+		}
+	}
+}
+
+func badInputs(t *testing.T, s *stack) {
+	long := strings.Repeat("word ", 5000)
+	cases := []struct {
+		name   string
+		path   string
+		body   string
+		status int
+		param  string
+	}{
+		{"malformed JSON", "/v1/completions", `{"prompt": "x",`, 400, ""},
+		{"empty body", "/v1/completions", ``, 400, ""},
+		{"not an object", "/v1/completions", `[1,2]`, 400, ""},
+		{"prompt of wrong type", "/v1/completions", `{"prompt": {"a": 1}}`, 400, "prompt"},
+		{"max_tokens of wrong type", "/v1/completions", `{"prompt": "x", "max_tokens": "ten"}`, 400, "max_tokens"},
+		{"unknown model", "/v1/completions", `{"model": "gpt-9", "prompt": "x"}`, 400, "model"},
+		{"prompt beyond context", "/v1/completions", `{"prompt": "` + long + `"}`, 400, "max_tokens"},
+		{"max_tokens beyond context", "/v1/completions", `{"prompt": "x", "max_tokens": 100000}`, 400, "max_tokens"},
+		{"negative max_tokens", "/v1/completions", `{"prompt": "x", "max_tokens": -1}`, 400, "max_tokens"},
+		{"n > 1", "/v1/completions", `{"prompt": "x", "n": 2}`, 400, "n"},
+		{"token outside vocabulary", "/v1/completions", `{"prompt": [1, 99999999]}`, 400, "prompt"},
+		{"empty prompt list", "/v1/completions", `{"prompt": []}`, 400, "prompt"},
+		{"temperature out of range", "/v1/completions", `{"prompt": "x", "temperature": 7}`, 400, "temperature"},
+		{"logprobs too many", "/v1/completions", `{"prompt": "x", "logprobs": 99}`, 400, "logprobs"},
+		{"too many stops", "/v1/completions", `{"prompt": "x", "stop": ["a","b","c","d","e"]}`, 400, "stop"},
+		{"max_tokens 0 without echo", "/v1/completions", `{"prompt": "x", "max_tokens": 0}`, 400, "max_tokens"},
+		{"chat without messages", "/v1/chat/completions", `{"messages": []}`, 400, "messages"},
+		{"chat bad role", "/v1/chat/completions", `{"messages": [{"role": "robot", "content": "x"}]}`, 400, "messages"},
+		{"chat content of wrong type", "/v1/chat/completions", `{"messages": [{"role": "user", "content": 5}]}`, 400, "messages"},
+		{"chat image part", "/v1/chat/completions", `{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}`, 400, "messages"},
+		{"unknown route", "/v1/embeddings", `{}`, 404, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			code, b, _ := s.post(t, tc.path, tc.body)
+			var e struct {
+				Error *struct {
+					Message string  `json:"message"`
+					Type    string  `json:"type"`
+					Param   *string `json:"param"`
+				} `json:"error"`
+			}
+			if code != tc.status || json.Unmarshal(b, &e) != nil || e.Error == nil || e.Error.Message == "" || e.Error.Type == "" {
+				t.Fatalf("status %d (want %d), body %s", code, tc.status, b)
+			}
+			if tc.param != "" && (e.Error.Param == nil || *e.Error.Param != tc.param) {
+				t.Errorf("param %v, want %q: %s", e.Error.Param, tc.param, b)
+			}
+		})
+	}
+	// GET on a POST route.
+	resp, err := httpGet(s.base + "/v1/completions")
+	if err != nil || resp != 405 {
+		t.Errorf("GET /v1/completions: %d %v", resp, err)
+	}
+	// Still serving.
+	c := s.complete(t, map[string]any{"prompt": "still here", "max_tokens": 3})
+	if c.Usage.CompletionTokens == 0 {
+		t.Error("no tokens after the bad inputs")
+	}
+	for _, l := range s.logs {
+		if strings.Contains(l.String(), "panic") {
+			t.Fatalf("a process panicked:\n%s", s.allLogs())
+		}
+	}
+}
+
+func TestAPIKey(t *testing.T) {
+	s := startStack(t, "embedded", options{gateway: []string{"--api-key", "sekret"}})
+	if code, b, _ := s.post(t, "/v1/completions", `{"prompt":"x","max_tokens":1}`); code != 401 || !strings.Contains(string(b), `"error"`) {
+		t.Errorf("no key: %d %s", code, b)
+	}
+	if code, _, _ := s.post(t, "/v1/completions", `{"prompt":"x","max_tokens":1}`, "Authorization", "Bearer wrong"); code != 401 {
+		t.Errorf("wrong key: %d", code)
+	}
+	if code, b, _ := s.post(t, "/v1/completions", `{"prompt":"x","max_tokens":1}`, "Authorization", "Bearer sekret"); code != 200 {
+		t.Errorf("right key: %d %s", code, b)
+	}
+	if code, err := httpGet(s.base + "/health"); code != 200 || err != nil {
+		t.Errorf("/health must stay open: %d %v", code, err)
+	}
+}
+
+// TestQueueFull fills the one running slot and the one queue place; the
+// next request gets 503 with Retry-After, and the server keeps serving.
+func TestQueueFull(t *testing.T) {
+	s := startStack(t, "embedded", options{gateway: []string{"--max-num-seqs", "1", "--max-queue-len", "1"}})
+	long := map[string]any{"prompt": "x", "max_tokens": 3000, "ignore_eos": true}
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.post(t, "/v1/completions", long) }()
+		time.Sleep(50 * time.Millisecond)
+	}
+	waitFor(t, "one running and one waiting", 10*time.Second, func() bool {
+		return s.metric(t, "kvd_num_requests_running") == 1 && s.metric(t, "kvd_num_requests_waiting") == 1
+	})
+	code, b, h := s.post(t, "/v1/completions", `{"prompt":"x","max_tokens":1}`)
+	if code != 503 || h.Get("Retry-After") == "" || !strings.Contains(string(b), "queue is full") {
+		t.Errorf("queue full: %d, Retry-After %q, %s", code, h.Get("Retry-After"), b)
+	}
+	wg.Wait()
+	if c := s.complete(t, map[string]any{"prompt": "x", "max_tokens": 2}); c.Usage.CompletionTokens == 0 {
+		t.Error("not serving after the queue drained")
+	}
+}
+
+func httpGet(url string) (int, error) {
+	resp, err := httpClient.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
