@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/valyala/fasthttp"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kvd-project/kvd/gateway/sample"
 	"github.com/kvd-project/kvd/gateway/sched"
@@ -149,6 +150,7 @@ type generation struct {
 		Flush() string
 	}
 
+	detok    trace.Span      // from the first token to the end
 	text     strings.Builder // completion text emitted so far
 	tokens   []sched.Token
 	promptLP []sched.Token
@@ -202,6 +204,9 @@ func (g *generation) next() update {
 		return u
 	}
 	if ev.Token != nil {
+		if g.detok == nil {
+			_, g.detok = tracer.Start(g.ctx, "detokenize")
+		}
 		g.tokens = append(g.tokens, *ev.Token)
 		u.tokens = []sched.Token{*ev.Token}
 		text, stopped := g.stop.Add(g.dec.Add(int(ev.Token.ID)))
@@ -233,6 +238,9 @@ func (g *generation) next() update {
 // the request is cancelled (freeing its blocks) and its events drained.
 func (g *generation) end(reason string, err error) {
 	g.finish, g.err, g.done = reason, err, true
+	if g.detok != nil {
+		g.detok.End()
+	}
 	if g.finish == sched.FinishAbort && err == nil {
 		g.err = context.Canceled
 	}

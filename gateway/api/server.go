@@ -152,9 +152,12 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 		ctx.Response.Header.Set("Allow", r.method)
 		writeError(ctx, &apiError{status: fasthttp.StatusMethodNotAllowed, Type: "invalid_request_error", Message: fmt.Sprintf("%s needs %s, not %s", path, r.method, method)})
 	default:
+		start := time.Now()
 		if e := r.fn(ctx); e != nil {
 			writeError(ctx, e)
 		}
+		s.log.Info("request", "method", method, "path", path, "status", ctx.Response.StatusCode(),
+			"seconds", time.Since(start).Seconds(), "remote", ctx.RemoteAddr().String())
 	}
 }
 
@@ -213,6 +216,8 @@ func randomID(prefix string) string {
 // gateway stops or the request ends, carrying the request's trace.
 func (s *Server) requestContext(ctx *fasthttp.RequestCtx, name string) (context.Context, context.CancelFunc, trace.Span) {
 	c, cancel := context.WithCancel(s.base)
+	// A caller's W3C traceparent makes this request part of its trace.
+	c = observability.Extract(c, string(ctx.Request.Header.Peek("traceparent")))
 	c, span := tracer.Start(c, name, trace.WithSpanKind(trace.SpanKindServer))
 	return c, cancel, span
 }

@@ -2,6 +2,13 @@ package sample
 
 import "math"
 
+const (
+	expScale = 64 / math.Ln2
+	expLn2Hi = 6.93147180369123816490e-01 / 64 // ln2/64 in two parts, as math.Exp
+	expLn2Lo = 1.90821492927058770002e-10 / 64
+	expBias  = 1 << 16 // makes x*expScale non-negative so truncation rounds
+)
+
 // exp2Frac[j] is 2^(j/64).
 var exp2Frac [64]float64
 
@@ -23,15 +30,57 @@ func expNeg(x float64) float64 {
 	if x < -708 {
 		return 0
 	}
-	const (
-		scale = 64 / math.Ln2
-		ln2Hi = 6.93147180369123816490e-01 / 64 // ln2/64 in two parts, as math.Exp
-		ln2Lo = 1.90821492927058770002e-10 / 64
-		bias  = 1 << 16 // makes x*scale non-negative so truncation rounds
-	)
-	k := int64(x*scale+bias+0.5) - bias
+	k := int64(x*expScale+expBias+0.5) - expBias
 	kf := float64(k)
-	r := x - kf*ln2Hi - kf*ln2Lo
+	r := x - kf*expLn2Hi - kf*expLn2Lo
 	p := 1 + r*(1+r*(1./2+r*(1./6+r*(1./24)))) // error < (ln2/128)^5/120 ≈ 4e-14
 	return p * exp2Frac[k&63] * math.Float64frombits(uint64(k>>6+1023)<<52)
+}
+
+// expRow sets dst[i] (if dst is not nil) to the weight of logits[i] under
+// their maximum m (NaN as -Inf) at temperature 1/invT > 0, that is
+// exp((logits[i]-m)*invT), and returns
+// the float64 sum of the float32 weights, or of the float64 ones when dst
+// is nil. NaN counts as -Inf, and a logit equal to m weighs 1, so +Inf
+// logits share all the mass and an all -Inf row is uniform.
+//
+// It is expNeg written out in the loop: a call per element costs more than
+// the exponential on some machines, and expNeg is too big to be inlined.
+// TestExpRow holds the two to the same results.
+func expRow(dst, logits []float32, m float32, invT float64) float64 {
+	if dst != nil {
+		dst = dst[:len(logits)]
+	}
+	// Below -104 a float32 weight rounds to 0 anyway; the float64 sum
+	// keeps what it can.
+	floor := -708.0
+	if dst != nil {
+		floor = -104
+	}
+	var sum float64
+	ninf := float32(math.Inf(-1))
+	for i, v := range logits {
+		if v != v {
+			v = ninf
+		}
+		e := 1.0
+		if v != m {
+			e = 0
+			if x := (float64(v) - float64(m)) * invT; x >= floor {
+				k := int64(x*expScale+expBias+0.5) - expBias
+				kf := float64(k)
+				r := x - kf*expLn2Hi - kf*expLn2Lo
+				p := 1 + r*(1+r*(1./2+r*(1./6+r*(1./24))))
+				e = p * exp2Frac[k&63] * math.Float64frombits(uint64(k>>6+1023)<<52)
+			}
+		}
+		if dst != nil {
+			w := float32(e)
+			dst[i] = w
+			sum += float64(w)
+		} else {
+			sum += e
+		}
+	}
+	return sum
 }

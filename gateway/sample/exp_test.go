@@ -45,3 +45,43 @@ func TestExpNeg(t *testing.T) {
 func closeRel(got, want, tol float64) bool {
 	return got == want || math.Abs(got-want) <= tol*math.Abs(want)
 }
+
+// TestExpRow holds the written-out loop to expNeg and weight.
+func TestExpRow(t *testing.T) {
+	rng := rand.New(rand.NewPCG(2, 2))
+	for _, tc := range []struct {
+		name   string
+		logits []float32
+		invT   float64
+	}{
+		{"random", randomLogits(rng, 5000), 1.25},
+		{"cold", randomLogits(rng, 5000), 1e5},
+		{"hot", randomLogits(rng, 5000), 1e-3},
+		{"non-finite", []float32{nan, 1, ninf, 3, nan}, 1},
+		{"with +Inf", []float32{inf, 1, ninf, inf, nan}, 2},
+		{"all -Inf and NaN", []float32{ninf, nan, ninf}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := maxLogit(tc.logits)
+			dst := make([]float32, len(tc.logits))
+			sum := expRow(dst, tc.logits, m, tc.invT)
+			sum64 := expRow(nil, tc.logits, m, tc.invT)
+			var want, want64 float64
+			for i, v := range tc.logits {
+				w := weight(v, m, tc.invT)
+				if dst[i] != w {
+					t.Fatalf("logit %v: expRow weight %v, weight() %v", v, dst[i], w)
+				}
+				want += float64(w)
+				if v == v && v != m {
+					want64 += expNeg((float64(v) - float64(m)) * tc.invT)
+				} else if v == m || (v != v && m == ninf) {
+					want64++
+				}
+			}
+			if sum != want || !closeRel(sum64, want64, 1e-15) {
+				t.Errorf("sums %v and %v, want %v and %v", sum, sum64, want, want64)
+			}
+		})
+	}
+}

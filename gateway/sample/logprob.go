@@ -18,19 +18,8 @@ func LogSoftmax(dst, logits []float32) {
 		return
 	}
 	m := maxLogit(logits)
-	var sum float64
+	logSum := math.Log(expRow(nil, logits, m, 1))
 	ninf := float32(math.Inf(-1))
-	for _, v := range logits {
-		if v != v {
-			v = ninf
-		}
-		if v == m {
-			sum++
-		} else {
-			sum += math.Exp(float64(v) - float64(m))
-		}
-	}
-	logSum := math.Log(sum)
 	n := min(len(dst), len(logits))
 	for i, v := range logits[:n] {
 		if v != v {

@@ -160,15 +160,7 @@ func weight(v, m float32, invT float64) float32 {
 // weights fills s.w [vocab] with the unnormalised probabilities of logits at
 // the Sampler's temperature and returns their sum.
 func (s *Sampler) weights(logits []float32) float64 {
-	w := s.scratchW(len(logits))
-	m := maxLogit(logits)
-	var total float64
-	for i, v := range logits {
-		x := weight(v, m, s.invT)
-		w[i] = x
-		total += float64(x)
-	}
-	return total
+	return expRow(s.scratchW(len(logits)), logits, maxLogit(logits), s.invT)
 }
 
 func (s *Sampler) scratchW(n int) []float32 {
@@ -341,15 +333,12 @@ const (
 // ascending) order, which every kept token precedes, and the kept weight.
 // It leaves every token's weight in s.w.
 func (s *Sampler) topPCut(logits []float32) (last cand, kept float64) {
-	w := s.scratchW(len(logits))
 	m := maxLogit(logits)
+	w := s.scratchW(len(logits))
+	total := expRow(w, logits, m, s.invT)
 	hist := s.buckets[:nBuckets]
 	clear(hist)
-	var total float64
-	for i, v := range logits {
-		x := weight(v, m, s.invT)
-		w[i] = x
-		total += float64(x)
+	for _, x := range w {
 		hist[math.Float32bits(x)>>level1Shift] += float64(x)
 	}
 	want := s.topP * total

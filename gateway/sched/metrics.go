@@ -17,6 +17,7 @@ type metrics struct {
 	tpot        metric.Float64Histogram
 	e2e         metric.Float64Histogram
 	generated   metric.Int64Counter
+	prompt      metric.Int64Counter
 	preemptions metric.Int64Counter
 }
 
@@ -41,6 +42,9 @@ func newMetrics(s *Scheduler) (*metrics, error) {
 		return nil, err
 	}
 	if m.generated, err = meter.Int64Counter("kvd_generation_tokens", metric.WithDescription("Generated tokens; its rate is output tokens per second.")); err != nil {
+		return nil, err
+	}
+	if m.prompt, err = meter.Int64Counter("kvd_prompt_tokens", metric.WithDescription("Prompt tokens of admitted requests.")); err != nil {
 		return nil, err
 	}
 	if m.preemptions, err = meter.Int64Counter("kvd_num_preemptions", metric.WithDescription("Sequences preempted for recompute because the KV pool was full.")); err != nil {

@@ -210,6 +210,9 @@ func (s *Scheduler) admit(r *Request) error {
 		return err
 	}
 	r.open = true
+	if r.computed == 0 && r.generated() == 0 {
+		s.m.prompt.Add(r.Ctx, int64(len(r.Prompt)))
+	}
 	return nil
 }
 
