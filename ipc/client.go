@@ -122,7 +122,11 @@ func (c *Client) connect(ctx context.Context) error {
 		backoff = min(2*backoff, 200*time.Millisecond)
 	}
 	c.conn = uc
-	req, _ := json.Marshal(HelloRequest{Name: c.opts.Name, Lease: c.lease})
+	hreq := HelloRequest{Name: c.opts.Name, Lease: c.lease}
+	if c.done != nil {
+		hreq.Done, hreq.Failed = c.done.ID, c.done.Failed
+	}
+	req, _ := json.Marshal(hreq)
 	p, fd, err := c.roundTrip(ctx, TypeHello, req, true)
 	if err != nil {
 		c.drop()
@@ -188,15 +192,38 @@ func (c *Client) drop() {
 	}
 }
 
-// call makes one request, reconnecting first if the connection dropped.
+// errNotSent marks a request that never reached kvd (the write failed), so
+// it is safe to send again on a new connection.
+var errNotSent = errors.New("request not sent")
+
+// retryable are the requests that may be sent again even if kvd saw them
+// before the connection dropped: status reads, and steps, because a
+// reclaimed lease rolls back a step the client never saw finish.
+var retryable = map[uint16]bool{TypeStep: true, TypeStatus: true}
+
+// call makes one request, reconnecting first if the connection dropped. A
+// request lost with its connection is sent once more after reconnecting if
+// it never reached kvd or is retryable. If kvd restarted meanwhile the call
+// fails with ErrRestarted instead.
 func (c *Client) call(ctx context.Context, typ uint16, payload []byte) ([]byte, error) {
-	if c.conn == nil {
-		if err := c.connect(ctx); err != nil {
-			return nil, err
+	return c.callWith(ctx, typ, func() []byte { return payload })
+}
+
+// callWith is call with the payload built for each attempt (a step's
+// payload drops its done report once a reconnect's hello delivered it).
+func (c *Client) callWith(ctx context.Context, typ uint16, payload func() []byte) ([]byte, error) {
+	for attempt := 0; ; attempt++ {
+		if c.conn == nil {
+			if err := c.connect(ctx); err != nil {
+				return nil, err
+			}
 		}
+		p, _, err := c.roundTrip(ctx, typ, payload(), false)
+		if attempt == 0 && errors.Is(err, ErrDisconnected) && (errors.Is(err, errNotSent) || retryable[typ]) {
+			continue
+		}
+		return p, err
 	}
-	p, _, err := c.roundTrip(ctx, typ, payload, false)
-	return p, err
 }
 
 // roundTrip writes a request frame and reads its reply; a transport error
@@ -211,7 +238,7 @@ func (c *Client) roundTrip(ctx context.Context, typ uint16, payload []byte, want
 	}
 	if _, err := c.conn.Write(c.out); err != nil {
 		c.drop()
-		return nil, -1, fmt.Errorf("%w: %v", ErrDisconnected, err)
+		return nil, -1, fmt.Errorf("%w: %w: %v", ErrDisconnected, errNotSent, err)
 	}
 	fd := -1
 	var r io.Reader = c.conn
@@ -309,15 +336,16 @@ func (s *Step) drop(id blocks.SeqID) {
 func (c *Client) Step(ctx context.Context, appends []blocks.Append) (*Step, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	req := StepRequest{Appends: appends}
-	if c.done != nil {
-		req.Done, req.Failed = c.done.ID, c.done.Failed
+	p, err := c.callWith(ctx, TypeStep, func() []byte {
+		req := StepRequest{Appends: appends}
+		if c.done != nil {
+			req.Done, req.Failed = c.done.ID, c.done.Failed
+		}
+		return req.Encode(nil)
+	})
+	if err == nil || !errors.Is(err, ErrDisconnected) {
+		c.done = nil // kvd took the report (it does so even when the reservation fails)
 	}
-	p, err := c.call(ctx, TypeStep, req.Encode(nil))
-	// kvd takes the done report before it reserves, so it is delivered
-	// even when the reservation fails; after a lost connection the
-	// reconnect forgets it (kvd rolled that step back).
-	c.done = nil
 	if err != nil {
 		return nil, err
 	}

@@ -98,6 +98,11 @@ func (e *RemoteError) Unwrap() error { return codeErrors[e.Code] }
 type HelloRequest struct {
 	Name  string `json:"name"`
 	Lease string `json:"lease,omitempty"`
+	// Done reports, when reclaiming a lease, the last step the client saw
+	// finish (and whether it failed): kvd commits that step if it is the
+	// one in flight and rolls back any other.
+	Done   uint64 `json:"done,omitempty"`
+	Failed bool   `json:"failed,omitempty"`
 }
 
 // LayerPolicy is one layer's sparsity policy.

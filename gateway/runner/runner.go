@@ -104,6 +104,10 @@ func (r *Runner) Close(ctx context.Context, id uint64) error {
 	return r.kv.Close(ctx, id)
 }
 
+// Forget drops a sequence that kvd no longer has (it restarted) without
+// asking kvd to close it.
+func (r *Runner) Forget(id uint64) { delete(r.pos, id) }
+
 // Work is one sequence's share of a step.
 type Work struct {
 	Seq    uint64

@@ -1,6 +1,7 @@
 package sample
 
 import (
+	"math"
 	"math/rand/v2"
 	"testing"
 )
@@ -73,4 +74,29 @@ func BenchmarkTopN(b *testing.B) {
 	for b.Loop() {
 		TopN(logits, 20)
 	}
+}
+
+var sinkSum float64
+
+// BenchmarkExpRow compares the row of weights with the same loop over
+// math.Exp, the reason expReduced exists.
+func BenchmarkExpRow(b *testing.B) {
+	logits := randomLogits(rand.New(rand.NewPCG(1, 2)), llama3Vocab)
+	w := make([]float32, len(logits))
+	m := maxLogit(logits)
+	b.Run("expRow", func(b *testing.B) {
+		for b.Loop() {
+			sinkSum = expRow(w, logits, m, 1.25)
+		}
+	})
+	b.Run("math.Exp", func(b *testing.B) {
+		for b.Loop() {
+			var sum float64
+			for i, v := range logits {
+				w[i] = float32(math.Exp((float64(v) - float64(m)) * 1.25))
+				sum += float64(w[i])
+			}
+			sinkSum = sum
+		}
+	})
 }

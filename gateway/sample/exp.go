@@ -4,8 +4,6 @@ import "math"
 
 const (
 	expScale = 64 / math.Ln2
-	expLn2Hi = 6.93147180369123816490e-01 / 64 // ln2/64 in two parts, as math.Exp
-	expLn2Lo = 1.90821492927058770002e-10 / 64
 	// Adding expMagic = 1.5 * 2^52 rounds to an integer, which then sits in
 	// the low mantissa bits. That is several times faster than converting
 	// to int64 and back, which stalls here.
@@ -22,70 +20,89 @@ func init() {
 	}
 }
 
-// expNeg returns e^x for x <= 0 (0 below -708, -Inf included; NaN stays
-// NaN) with a relative error below 1e-12: plenty for float32 weights and a
-// float64 log-sum-exp, and faster than math.Exp, which otherwise dominates
-// sampling a 128k vocabulary. Callers pass logit minus the maximum, so
-// x > 0 does not occur; values up to 709 come out right all the same.
+// expReduced returns e^x for -708 <= x <= 709 with a relative error below
+// 1e-12: plenty for float32 weights and a float64 log-sum-exp, and it
+// inlines, so a loop over a 128k vocabulary pays neither math.Exp's call
+// nor its full-precision work, which otherwise dominate sampling.
 //
 // It writes x = (64q + j) ln2/64 + r with |r| <= ln2/128, so that
 // e^x = 2^q * 2^(j/64) * e^r, and e^r needs only a degree-4 polynomial.
-func expNeg(x float64) float64 {
-	if x < -708 {
-		return 0
-	}
-	kd := x*expScale + expMagic
-	k := int64(math.Float64bits(kd) - expMagicBits)
+func expReduced(x float64) float64 {
+	kd := x*expScale + expMagic // k = 64q + j, rounded, in the low bits
 	kf := kd - expMagic
-	r := x - kf*expLn2Hi - kf*expLn2Lo
+	// k + 1023*64 >= 0 for x >= -708, so q+1023, the biased exponent of
+	// 2^q, is its top bits and j its low six.
+	u := math.Float64bits(kd) - (expMagicBits - 1023*64)
+	// One-part ln2/64 costs |k| ulp of k ln2/64 in r, under 1e-13 for
+	// x >= -708, and keeps this under the inlining budget.
+	r := x - kf*(math.Ln2/64)
 	p := 1 + r*(1+r*(1./2+r*(1./6+r*(1./24)))) // error < (ln2/128)^5/120 ≈ 4e-14
-	return p * exp2Frac[k&63] * math.Float64frombits(uint64(k>>6+1023)<<52)
+	return p * exp2Frac[u&63] * math.Float64frombits(u>>6<<52)
 }
 
-// expRow sets dst[i] (if dst is not nil) to the weight of logits[i] under
-// their maximum m (NaN as -Inf) at temperature 1/invT > 0, that is
-// exp((logits[i]-m)*invT), and returns
-// the float64 sum of the float32 weights, or of the float64 ones when dst
-// is nil. NaN counts as -Inf, and a logit equal to m weighs 1, so +Inf
-// logits share all the mass and an all -Inf row is uniform.
-//
-// It is expNeg written out in the loop: a call per element costs more than
-// the exponential on some machines, and expNeg is too big to be inlined.
-// TestExpRow holds the two to the same results.
+// Below these, e^x underflows: float32's normal range ends at e^-87.3
+// (denormal weights are flushed to 0 rather than pay for denormal
+// arithmetic), float64's at e^-708.
+const (
+	floor32 = -87
+	floor64 = -708
+)
+
+// weight is exp((v-m)*invT) as a float32, for a logit v under the maximum
+// m (NaN as -Inf) and 1/temperature invT > 0. NaN and -Inf weigh 0, except
+// that a logit equal to m weighs 1, so that the non-finite cases come out
+// as limits: +Inf logits share all the mass, and a row of nothing but -Inf
+// and NaN is uniform.
+func weight(v, m float32, invT float64) float32 {
+	if v == m || (v != v && m == float32(math.Inf(-1))) {
+		return 1
+	}
+	if x := (float64(v) - float64(m)) * invT; x >= floor32 { // false for NaN
+		return float32(expReduced(x))
+	}
+	return 0
+}
+
+// expRow sets dst[i] = weight(logits[i], m, invT) for a whole row [vocab]
+// (dst at least as long) and returns the float64 sum of the weights. The
+// loop is weight's, with the non-finite maximum taken out of it.
 func expRow(dst, logits []float32, m float32, invT float64) float64 {
-	if dst != nil {
-		dst = dst[:len(logits)]
-	}
-	// Below -104 a float32 weight rounds to 0 anyway; the float64 sum
-	// keeps what it can.
-	floor := -708.0
-	if dst != nil {
-		floor = -104
-	}
+	dst = dst[:len(logits)]
 	var sum float64
-	ninf := float32(math.Inf(-1))
+	if math.IsInf(float64(m), 0) {
+		for i, v := range logits {
+			dst[i] = weight(v, m, invT)
+			sum += float64(dst[i])
+		}
+		return sum
+	}
+	mf := float64(m)
 	for i, v := range logits {
-		if v != v {
-			v = ninf
+		e := 0.0
+		if x := (float64(v) - mf) * invT; x >= floor32 { // false for NaN, -Inf
+			e = expReduced(x)
 		}
-		e := 1.0
-		if v != m {
-			e = 0
-			if x := (float64(v) - float64(m)) * invT; x >= floor {
-				kd := x*expScale + expMagic
-				k := int64(math.Float64bits(kd) - expMagicBits)
-				kf := kd - expMagic
-				r := x - kf*expLn2Hi - kf*expLn2Lo
-				p := 1 + r*(1+r*(1./2+r*(1./6+r*(1./24))))
-				e = p * exp2Frac[k&63] * math.Float64frombits(uint64(k>>6+1023)<<52)
-			}
+		w := float32(e)
+		dst[i] = w
+		sum += float64(w)
+	}
+	return sum
+}
+
+// expSum returns Σ exp(logits[i]-m) in float64, the normaliser of
+// LogSoftmax, with weight's treatment of non-finite values.
+func expSum(logits []float32, m float32) float64 {
+	var sum float64
+	if math.IsInf(float64(m), 0) {
+		for _, v := range logits {
+			sum += float64(weight(v, m, 1))
 		}
-		if dst != nil {
-			w := float32(e)
-			dst[i] = w
-			sum += float64(w)
-		} else {
-			sum += e
+		return sum
+	}
+	mf := float64(m)
+	for _, v := range logits {
+		if x := float64(v) - mf; x >= floor64 {
+			sum += expReduced(x)
 		}
 	}
 	return sum

@@ -6,29 +6,29 @@ import (
 	"testing"
 )
 
-func TestExpNeg(t *testing.T) {
+func TestExpReduced(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		x    float64
-		want float64
 	}{
-		{"zero", 0, 1},
-		{"minus one", -1, math.Exp(-1)},
-		{"tiny", -1e-300, 1},
-		{"half ln2 boundary", -math.Ln2 / 2, math.Exp(-math.Ln2 / 2)},
-		{"large negative", -700, math.Exp(-700)},
-		{"underflow", -709, 0},
-		{"-Inf", math.Inf(-1), 0},
-		{"positive", 5, math.Exp(5)},
+		{"zero", 0},
+		{"minus one", -1},
+		{"tiny", -1e-300},
+		{"half step", -math.Ln2 / 128},
+		{"floor32", floor32},
+		{"large negative", -700},
+		{"floor64", floor64},
+		{"positive", 5},
+		{"largest", 709},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := expNeg(tc.x); !closeRel(got, tc.want, 1e-10) {
-				t.Errorf("expNeg(%v) = %v, want %v", tc.x, got, tc.want)
+			if got, want := expReduced(tc.x), math.Exp(tc.x); !closeRel(got, want, 1e-12) {
+				t.Errorf("expReduced(%v) = %v, math.Exp gives %v", tc.x, got, want)
 			}
 		})
 	}
-	if got := expNeg(math.NaN()); !math.IsNaN(got) {
-		t.Errorf("expNeg(NaN) = %v, want NaN", got)
+	if got := expReduced(0); got != 1 {
+		t.Errorf("expReduced(0) = %v, want exactly 1: the maximum must weigh 1", got)
 	}
 	rng := rand.New(rand.NewPCG(1, 1))
 	for range 100000 {
@@ -36,8 +36,8 @@ func TestExpNeg(t *testing.T) {
 		if rng.IntN(2) == 0 {
 			x = -rng.Float64() * 5
 		}
-		if got, want := expNeg(x), math.Exp(x); !closeRel(got, want, 1e-10) {
-			t.Fatalf("expNeg(%v) = %v, math.Exp gives %v", x, got, want)
+		if got, want := expReduced(x), math.Exp(x); !closeRel(got, want, 1e-12) {
+			t.Fatalf("expReduced(%v) = %v, math.Exp gives %v", x, got, want)
 		}
 	}
 }
@@ -46,7 +46,7 @@ func closeRel(got, want, tol float64) bool {
 	return got == want || math.Abs(got-want) <= tol*math.Abs(want)
 }
 
-// TestExpRow holds the written-out loop to expNeg and weight.
+// TestExpRow holds the row loops to weight, and weight to its definition.
 func TestExpRow(t *testing.T) {
 	rng := rand.New(rand.NewPCG(2, 2))
 	for _, tc := range []struct {
@@ -60,12 +60,12 @@ func TestExpRow(t *testing.T) {
 		{"non-finite", []float32{nan, 1, ninf, 3, nan}, 1},
 		{"with +Inf", []float32{inf, 1, ninf, inf, nan}, 2},
 		{"all -Inf and NaN", []float32{ninf, nan, ninf}, 1},
+		{"float32 extremes", []float32{math.MaxFloat32, -math.MaxFloat32, 0}, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := maxLogit(tc.logits)
 			dst := make([]float32, len(tc.logits))
 			sum := expRow(dst, tc.logits, m, tc.invT)
-			sum64 := expRow(nil, tc.logits, m, tc.invT)
 			var want, want64 float64
 			for i, v := range tc.logits {
 				w := weight(v, m, tc.invT)
@@ -73,14 +73,35 @@ func TestExpRow(t *testing.T) {
 					t.Fatalf("logit %v: expRow weight %v, weight() %v", v, dst[i], w)
 				}
 				want += float64(w)
-				if v == v && v != m {
-					want64 += expNeg((float64(v) - float64(m)) * tc.invT)
-				} else if v == m || (v != v && m == ninf) {
-					want64++
+				// The definition, with math.Exp.
+				var def float64
+				switch {
+				case v == m || (v != v && m == ninf):
+					def = 1
+				case v == v:
+					def = math.Exp((float64(v) - float64(m)) * tc.invT)
+				}
+				if def < math.SmallestNonzeroFloat32*1e7 { // flushed below float32's normal range
+					def = 0
+				}
+				if !closeRel(float64(w), def, 1e-6) {
+					t.Fatalf("weight(%v) = %v, want %v", v, w, def)
+				}
+				if tc.invT == 1 {
+					if v == m || (v != v && m == ninf) {
+						want64++
+					} else if v == v {
+						want64 += math.Exp(float64(v) - float64(m))
+					}
 				}
 			}
-			if sum != want || !closeRel(sum64, want64, 1e-15) {
-				t.Errorf("sums %v and %v, want %v and %v", sum, sum64, want, want64)
+			if sum != want {
+				t.Errorf("expRow sum %v, want %v", sum, want)
+			}
+			if tc.invT == 1 {
+				if got := expSum(tc.logits, m); !closeRel(got, want64, 1e-12) {
+					t.Errorf("expSum = %v, want %v", got, want64)
+				}
 			}
 		})
 	}

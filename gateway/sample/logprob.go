@@ -18,7 +18,7 @@ func LogSoftmax(dst, logits []float32) {
 		return
 	}
 	m := maxLogit(logits)
-	logSum := math.Log(expRow(nil, logits, m, 1))
+	logSum := math.Log(expSum(logits, m))
 	ninf := float32(math.Inf(-1))
 	n := min(len(dst), len(logits))
 	for i, v := range logits[:n] {

@@ -144,19 +144,6 @@ func maxLogit(logits []float32) float32 {
 	return m
 }
 
-// weight is exp((v-m)/T) for a logit v under the maximum m, with v == m
-// giving 1 so that the ±Inf cases come out as limits: +Inf logits share all
-// the mass, and if every logit is -Inf they are all equal.
-func weight(v, m float32, invT float64) float32 {
-	if v != v {
-		v = float32(math.Inf(-1))
-	}
-	if v == m {
-		return 1
-	}
-	return float32(expNeg((float64(v) - float64(m)) * invT))
-}
-
 // weights fills s.w [vocab] with the unnormalised probabilities of logits at
 // the Sampler's temperature and returns their sum.
 func (s *Sampler) weights(logits []float32) float64 {
@@ -374,7 +361,7 @@ func (s *Sampler) topPCut(logits []float32) (last cand, kept float64) {
 			return x, cum
 		}
 	}
-	return c[len(c)-1], cum // rounding: keep them all
+	return c[len(c)-1], cum // rounding: keep the whole bucket
 }
 
 // narrow keeps the candidates c of the bucket, by the weight bits under

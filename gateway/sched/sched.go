@@ -164,6 +164,10 @@ func (s *Scheduler) step(ctx context.Context) {
 			batch = s.preempt(batch)
 			continue
 		}
+		if errors.Is(err, ipc.ErrRestarted) {
+			s.requeueAll()
+			return
+		}
 		if err != nil {
 			s.fail(batch, err)
 			return
@@ -206,7 +210,14 @@ func (s *Scheduler) schedule() []item {
 func (s *Scheduler) admit(r *Request) error {
 	r.span.End() // queue
 	_, r.span = tracer.Start(r.Ctx, "prefill", trace.WithAttributes(attribute.Int("tokens", len(r.tokens))))
-	if err := s.r.Open(r.Ctx, r.id); err != nil {
+	err := s.r.Open(r.Ctx, r.id)
+	if errors.Is(err, ipc.ErrRestarted) {
+		// kvd came back empty: whatever was running must be recomputed,
+		// and this sequence can open on the new kvd.
+		s.requeueAll()
+		err = s.r.Open(r.Ctx, r.id)
+	}
+	if err != nil {
 		return err
 	}
 	r.open = true
@@ -338,12 +349,27 @@ func (s *Scheduler) finish(r *Request, reason string, err error) {
 	close(r.events)
 }
 
+// requeueAll puts every running request back at the front of the queue to
+// be recomputed: kvd restarted and its KV cache is gone, but the requests'
+// tokens are not, so they go on as if preempted.
+func (s *Scheduler) requeueAll() {
+	for _, r := range s.running {
+		s.r.Forget(r.id)
+		r.open, r.computed = false, 0
+	}
+	s.log.Warn("kvd restarted: recomputing running requests", "requests", len(s.running))
+	s.waiting = append(s.running, s.waiting...)
+	s.m.waiting.Add(int64(len(s.running)))
+	s.running = nil
+}
+
 // fail ends every request of a batch that could not run (kvd went away,
 // for one); the scheduler itself keeps going.
 func (s *Scheduler) fail(batch []item, err error) {
-	if errors.Is(err, ipc.ErrRestarted) || errors.Is(err, ipc.ErrDisconnected) || errors.Is(err, ipc.ErrNotRunning) {
-		// Every sequence is gone with kvd: fail all running requests.
+	if errors.Is(err, ipc.ErrDisconnected) || errors.Is(err, ipc.ErrNotRunning) {
+		// kvd is gone and with it every sequence: fail all running requests.
 		for _, r := range s.running {
+			s.r.Forget(r.id)
 			r.open = false
 			s.finish(r, "", err)
 		}

@@ -108,7 +108,10 @@ func (e *Engine) Hello(ctx context.Context, req ipc.HelloRequest) (*ipc.HelloRep
 		return nil, fmt.Errorf("lease %.8s: %w", lease, ipc.ErrLeaseInUse)
 	case ok:
 		c.connected = true
-		e.rollback(c)
+		if c.inflight != nil && c.inflight.id == req.Done {
+			e.done(c, req.Done, req.Failed)
+		}
+		e.rollback(c) // a step the client never saw finish
 		for id := range c.seqs {
 			reclaimed = append(reclaimed, id)
 		}
@@ -126,15 +129,15 @@ func (e *Engine) Hello(ctx context.Context, req ipc.HelloRequest) (*ipc.HelloRep
 }
 
 // Disconnect starts the lease's grace period; Reap frees it when the grace
-// has passed and the client has not come back. A step in flight is rolled
-// back: its tokens were never reported written.
+// has passed and the client has not come back. A step in flight stays
+// pending: the client may have run it and not yet reported it, and says
+// which when it reclaims the lease.
 func (e *Engine) Disconnect(lease string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if c, ok := e.clients[lease]; ok {
 		c.connected = false
 		c.dropped = e.cfg.Now()
-		e.rollback(c)
 	}
 }
 

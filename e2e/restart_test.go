@@ -1,0 +1,72 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+)
+
+// TestKVDRestart kills kvd under a running gateway, once between requests
+// and once under a stream, and starts a new one on the same socket: the
+// gateway reconnects, requests admitted afterwards run, and a request that
+// was running is recomputed and still completes correctly.
+func TestKVDRestart(t *testing.T) {
+	s := startStack(t, "sidecar", options{})
+	prompt := []int32{5, 17, 99, 3, 250}
+	want := refGreedy(t, prompt, 40)
+	body := map[string]any{"prompt": prompt, "max_tokens": 40, "temperature": 0, "ignore_eos": true, "logprobs": 0, "return_tokens_as_token_ids": true}
+
+	restart := func() {
+		kvd := s.cmds[0]
+		kvd.Process.Signal(syscall.SIGKILL)
+		kvd.Wait()
+		cmd := exec.Command(filepath.Join(binDir, "kvd"), "serve", "--socket", s.sock, "--model", modelDir, "--kv-memory", "8MiB")
+		cmd.Stdout, cmd.Stderr = s.logs[0], s.logs[0]
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		s.cmds[0] = cmd
+	}
+
+	restart()
+	if got := ids(t, s.complete(t, body).Choices[0].Logprobs.Tokens); !equal(got, want) {
+		t.Fatalf("after a restart between requests: %v, want %v", got, want)
+	}
+
+	// Now under a stream: kill kvd after the first chunks arrive.
+	b, _ := json.Marshal(map[string]any{"prompt": prompt, "max_tokens": 2000, "temperature": 0, "ignore_eos": true, "stream": true})
+	resp, err := http.Post(s.base+"/v1/completions", "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, 512)
+	if _, err := resp.Body.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	restart()
+	events := sseEvents(t, resp.Body)
+	last := events[len(events)-1]
+	if ch, ok := last["choices"].([]any); !ok || len(ch) != 1 || ch[0].(map[string]any)["finish_reason"] != "length" {
+		t.Fatalf("the stream across the restart ended with %v:\n%s", last, s.allLogs())
+	}
+	if got := ids(t, s.complete(t, body).Choices[0].Logprobs.Tokens); !equal(got, want) {
+		t.Fatalf("after a restart under a stream: %v, want %v", got, want)
+	}
+}
+
+func equal(a, b []int32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
