@@ -222,6 +222,7 @@ func (g *generation) next() update {
 	text, stopped := g.stop.Add(g.dec.Flush())
 	if !stopped {
 		text += g.stop.Flush()
+		stopped = g.stop.Stopped() // Flush may cut at a stop it had to wait on
 	}
 	u.text = text
 	g.text.WriteString(text)
