@@ -414,6 +414,10 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
+	return decodeStatus(p)
+}
+
+func decodeStatus(p []byte) (*Status, error) {
 	var s Status
 	if err := json.Unmarshal(p, &s); err != nil {
 		return nil, fmt.Errorf("status reply: %w", err)
@@ -459,11 +463,7 @@ func QueryStatus(ctx context.Context, path string) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	var s Status
-	if err := json.Unmarshal(p, &s); err != nil {
-		return nil, fmt.Errorf("status reply: %w", err)
-	}
-	return &s, nil
+	return decodeStatus(p)
 }
 
 // ForceDisconnect closes the connection as a crash would, without ending the

@@ -68,14 +68,8 @@ func (m *Model) Forward(ctx context.Context, bt *Batch, cache *Cache) ([]float32
 		return nil, fmt.Errorf("forward: %d layer plans for %d layers", len(bt.Layers), c.NumLayers)
 	}
 	T := len(ids)
-	d, f := c.HiddenSize, c.IntermediateSize
-	qd, kvd := c.NumHeads*c.HeadDim, c.NumKVHeads*c.HeadDim
-	x, h := b.Alloc(T, d), b.Alloc(T, d)
-	qkv := b.Alloc(T, qd+2*kvd)
-	q, k, v := b.Alloc(T, qd), b.Alloc(T, kvd), b.Alloc(T, kvd)
-	attn := b.Alloc(T, qd)
-	gu, act := b.Alloc(T, 2*f), b.Alloc(T, f)
-	eps := float32(c.RMSNormEps)
+	x, sc := b.Alloc(T, c.HiddenSize), m.newScratch(T)
+	attn := b.Alloc(T, c.NumHeads*c.HeadDim)
 
 	b.Embedding(x, w.embed, ids)
 	for i := range w.layers {
@@ -90,24 +84,54 @@ func (m *Model) Forward(ctx context.Context, bt *Batch, cache *Cache) ([]float32
 		if err := plan.Attn.Validate(T, cache.Layout); err != nil {
 			return nil, fmt.Errorf("forward: layer %d: %w", i, err)
 		}
-		b.RMSNorm(h, x, l.attnNorm, eps)
-		b.Linear(qkv, h, l.qkv)
-		b.Columns(q, qkv, 0)
-		b.Columns(k, qkv, qd)
-		b.Columns(v, qkv, qd+kvd)
-		b.RoPE(q, c.NumHeads, pos, m.invFreq)
-		b.RoPE(k, c.NumKVHeads, pos, m.invFreq)
-		b.WriteKV(cache.Pool, cache.Layout, k, v, plan.Slots)
-		b.Attention(attn, q, cache.Pool, cache.Layout, &plan.Attn, m.scale)
-		b.Linear(h, attn, l.o)
-		b.Add(x, h)
-		b.RMSNorm(h, x, l.mlpNorm, eps)
-		b.Linear(gu, h, l.gateUp)
-		b.SiLUMul(act, gu)
-		b.Linear(h, act, l.down)
-		b.Add(x, h)
+		m.attnInput(sc, x, l, pos)
+		b.WriteKV(cache.Pool, cache.Layout, sc.k, sc.v, plan.Slots)
+		b.Attention(attn, sc.q, cache.Pool, cache.Layout, &plan.Attn, m.scale)
+		m.attnOutputAndMLP(sc, x, attn, l)
 	}
 	return m.logits(x, bt.LogitRows)
+}
+
+// scratch holds one step's intermediate tensors, [T, ·].
+type scratch struct {
+	h, qkv, q, k, v, gu, act *kernels.Tensor
+}
+
+func (m *Model) newScratch(T int) *scratch {
+	c, b := m.Config, m.b
+	qd, kvd := c.NumHeads*c.HeadDim, c.NumKVHeads*c.HeadDim
+	return &scratch{
+		h: b.Alloc(T, c.HiddenSize), qkv: b.Alloc(T, qd+2*kvd),
+		q: b.Alloc(T, qd), k: b.Alloc(T, kvd), v: b.Alloc(T, kvd),
+		gu: b.Alloc(T, 2*c.IntermediateSize), act: b.Alloc(T, c.IntermediateSize),
+	}
+}
+
+// attnInput leaves the layer's RoPE'd queries and keys, and its values, for
+// the hidden states x in sc.q, sc.k, sc.v.
+func (m *Model) attnInput(sc *scratch, x *kernels.Tensor, l *layer, pos []int32) {
+	c, b := m.Config, m.b
+	qd, kvd := c.NumHeads*c.HeadDim, c.NumKVHeads*c.HeadDim
+	b.RMSNorm(sc.h, x, l.attnNorm, float32(c.RMSNormEps))
+	b.Linear(sc.qkv, sc.h, l.qkv)
+	b.Columns(sc.q, sc.qkv, 0)
+	b.Columns(sc.k, sc.qkv, qd)
+	b.Columns(sc.v, sc.qkv, qd+kvd)
+	b.RoPE(sc.q, c.NumHeads, pos, m.invFreq)
+	b.RoPE(sc.k, c.NumKVHeads, pos, m.invFreq)
+}
+
+// attnOutputAndMLP adds the attention output's projection, then the MLP, to
+// the residual stream x.
+func (m *Model) attnOutputAndMLP(sc *scratch, x, attn *kernels.Tensor, l *layer) {
+	b := m.b
+	b.Linear(sc.h, attn, l.o)
+	b.Add(x, sc.h)
+	b.RMSNorm(sc.h, x, l.mlpNorm, float32(m.Config.RMSNormEps))
+	b.Linear(sc.gu, sc.h, l.gateUp)
+	b.SiLUMul(sc.act, sc.gu)
+	b.Linear(sc.h, sc.act, l.down)
+	b.Add(x, sc.h)
 }
 
 // logits applies the final norm and the LM head to the selected rows of x.

@@ -22,18 +22,15 @@ func (m *Model) Reference(ctx context.Context, tokens []int32) ([]float32, error
 			return nil, fmt.Errorf("reference: token %d outside vocabulary of %d", t, c.VocabSize)
 		}
 	}
-	d, f, hd := c.HiddenSize, c.IntermediateSize, c.HeadDim
+	hd := c.HeadDim
 	qd, kvd := c.NumHeads*hd, c.NumKVHeads*hd
 	pos := make([]int32, T)
 	for i := range pos {
 		pos[i] = int32(i)
 	}
-	x, h := b.Alloc(T, d), b.Alloc(T, d)
-	qkv, q, k, v := b.Alloc(T, qd+2*kvd), b.Alloc(T, qd), b.Alloc(T, kvd), b.Alloc(T, kvd)
-	gu, act := b.Alloc(T, 2*f), b.Alloc(T, f)
+	x, sc := b.Alloc(T, c.HiddenSize), m.newScratch(T)
 	qh, kh, vh := make([]float32, T*qd), make([]float32, T*kvd), make([]float32, T*kvd)
 	oh := make([]float32, T*qd)
-	eps := float32(c.RMSNormEps)
 	group := c.NumHeads / c.NumKVHeads
 
 	b.Embedding(x, w.embed, tokens)
@@ -42,16 +39,10 @@ func (m *Model) Reference(ctx context.Context, tokens []int32) ([]float32, error
 			return nil, err
 		}
 		l := &w.layers[i]
-		b.RMSNorm(h, x, l.attnNorm, eps)
-		b.Linear(qkv, h, l.qkv)
-		b.Columns(q, qkv, 0)
-		b.Columns(k, qkv, qd)
-		b.Columns(v, qkv, qd+kvd)
-		b.RoPE(q, c.NumHeads, pos, m.invFreq)
-		b.RoPE(k, c.NumKVHeads, pos, m.invFreq)
-		b.ToHost(qh, q)
-		b.ToHost(kh, k)
-		b.ToHost(vh, v)
+		m.attnInput(sc, x, l, pos)
+		b.ToHost(qh, sc.q)
+		b.ToHost(kh, sc.k)
+		b.ToHost(vh, sc.v)
 		for t := range T {
 			for hh := range c.NumHeads {
 				kv := hh / group
@@ -82,14 +73,8 @@ func (m *Model) Reference(ctx context.Context, tokens []int32) ([]float32, error
 				}
 			}
 		}
-		b.Linear(h, b.FromHost(oh, T, qd), l.o)
+		m.attnOutputAndMLP(sc, x, b.FromHost(oh, T, qd), l)
 		oh = make([]float32, T*qd) // the CPU backend aliased the last one
-		b.Add(x, h)
-		b.RMSNorm(h, x, l.mlpNorm, eps)
-		b.Linear(gu, h, l.gateUp)
-		b.SiLUMul(act, gu)
-		b.Linear(h, act, l.down)
-		b.Add(x, h)
 	}
 	rows := make([]int32, T)
 	for i := range rows {
