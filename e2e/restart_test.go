@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -44,12 +46,12 @@ func TestKVDRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	buf := make([]byte, 512)
-	if _, err := resp.Body.Read(buf); err != nil {
-		t.Fatal(err)
+	stream := bufio.NewReader(resp.Body)
+	if line, err := stream.ReadString('\n'); err != nil || !strings.HasPrefix(line, "data: ") {
+		t.Fatalf("first line %q: %v", line, err)
 	}
 	restart()
-	events := sseEvents(t, resp.Body)
+	events := sseEvents(t, stream)
 	last := events[len(events)-1]
 	if ch, ok := last["choices"].([]any); !ok || len(ch) != 1 || ch[0].(map[string]any)["finish_reason"] != "length" {
 		t.Fatalf("the stream across the restart ended with %v:\n%s", last, s.allLogs())

@@ -45,10 +45,14 @@ type Client struct {
 	out    []byte
 	in     []byte
 
-	hello  *HelloReply
-	lease  string
-	pool   *shm.Segment
-	tables *blocks.Tables
+	hello *HelloReply
+	lease string
+	// helloReply and helloFD pass a hello's raw reply from hello to
+	// connect.
+	helloReply []byte
+	helloFD    int
+	pool       *shm.Segment
+	tables     *blocks.Tables
 	// inflight is the step reserved but not reported done, for rolling the
 	// mirror back if the connection drops (kvd rolls its own back).
 	inflight *Step
@@ -101,17 +105,25 @@ func dialOnce(path string) (*net.UnixConn, error) {
 func (c *Client) connect(ctx context.Context) error {
 	deadline := time.Now().Add(c.opts.Wait)
 	backoff := 5 * time.Millisecond
-	var uc *net.UnixConn
+	var p []byte
+	fd := -1
 	for {
 		var err error
-		uc, err = dialOnce(c.path)
+		p, fd, err = c.sayHello(ctx)
 		if err == nil {
 			break
 		}
-		if !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ECONNREFUSED) {
+		// Nobody listening yet, or a kvd that died under the new
+		// connection (a dying kvd can accept before its listener closes):
+		// wait and dial again, within Wait.
+		retry := errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, ErrDisconnected)
+		if !retry {
 			return fmt.Errorf("kvd at %s: %w", c.path, err)
 		}
 		if time.Now().After(deadline) {
+			if errors.Is(err, ErrDisconnected) {
+				return err
+			}
 			return fmt.Errorf("%w at %s (start it with `kvd serve`): %v", ErrNotRunning, c.path, err)
 		}
 		select {
@@ -120,17 +132,6 @@ func (c *Client) connect(ctx context.Context) error {
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 200*time.Millisecond)
-	}
-	c.conn = uc
-	hreq := HelloRequest{Name: c.opts.Name, Lease: c.lease}
-	if c.done != nil {
-		hreq.Done, hreq.Failed = c.done.ID, c.done.Failed
-	}
-	req, _ := json.Marshal(hreq)
-	p, fd, err := c.roundTrip(ctx, TypeHello, req, true)
-	if err != nil {
-		c.drop()
-		return err
 	}
 	var h HelloReply
 	if err := json.Unmarshal(p, &h); err != nil {
@@ -158,12 +159,16 @@ func (c *Client) connect(ctx context.Context) error {
 	}
 	old := c.tables
 	c.hello, c.lease = &h, h.Lease
-	c.tables = blocks.NewTables(h.Layers, h.BlockSize)
+	if len(h.Policies) != h.Layers {
+		c.drop()
+		return fmt.Errorf("kvd sent %d layer policies for %d layers", len(h.Policies), h.Layers)
+	}
+	c.tables = blocks.NewTables(h.Policies, h.BlockSize)
 	c.done = nil
 	if old != nil && !restarted {
 		if c.inflight != nil {
 			for _, a := range c.inflight.Appends {
-				old.Unappend(a.Seq, a.N)
+				old.Unappend(a.Seq)
 			}
 		}
 		keep := map[uint64]bool{}
@@ -182,6 +187,26 @@ func (c *Client) connect(ctx context.Context) error {
 		return fmt.Errorf("%w (instance %.8s, now %.8s)", ErrRestarted, c.hello.Instance, h.Instance)
 	}
 	return nil
+}
+
+// sayHello dials once and says hello, returning the raw reply and the
+// pool's fd (-1 if none came).
+func (c *Client) sayHello(ctx context.Context) ([]byte, int, error) {
+	uc, err := dialOnce(c.path)
+	if err != nil {
+		return nil, -1, err
+	}
+	c.conn = uc
+	hreq := HelloRequest{Name: c.opts.Name, Lease: c.lease}
+	if c.done != nil {
+		hreq.Done, hreq.Failed = c.done.ID, c.done.Failed
+	}
+	req, _ := json.Marshal(hreq)
+	p, fd, err := c.roundTrip(ctx, TypeHello, req, true)
+	if err != nil {
+		c.drop()
+	}
+	return p, fd, err
 }
 
 // drop closes the connection; the next call reconnects.
@@ -388,7 +413,7 @@ func (c *Client) finish(id uint64, failed bool) {
 	}
 	if failed {
 		for _, a := range c.inflight.Appends {
-			c.tables.Unappend(a.Seq, a.N)
+			c.tables.Unappend(a.Seq)
 		}
 	}
 	c.inflight = nil

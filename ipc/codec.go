@@ -86,6 +86,12 @@ func (r *StepReply) Encode(buf []byte) []byte {
 		e.u32(a.Pos)
 		e.u32(uint32(a.Block))
 	}
+	e.u32(uint32(len(r.Delta.Shrunk)))
+	for _, s := range r.Delta.Shrunk {
+		e.u64(uint64(s.Seq))
+		e.u32(s.Layer)
+		e.u32(s.Tokens)
+	}
 	return e.b
 }
 
@@ -95,6 +101,12 @@ func (r *StepReply) Decode(p []byte) error {
 	r.Delta.Added = make([]blocks.Added, d.count(8))
 	for i := range r.Delta.Added {
 		r.Delta.Added[i] = blocks.Added{Pos: d.u32(), Block: int32(d.u32())}
+	}
+	if n := d.count(16); n > 0 {
+		r.Delta.Shrunk = make([]blocks.Shrink, n)
+		for i := range r.Delta.Shrunk {
+			r.Delta.Shrunk[i] = blocks.Shrink{Seq: blocks.SeqID(d.u64()), Layer: d.u32(), Tokens: d.u32()}
+		}
 	}
 	return d.end()
 }

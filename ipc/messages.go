@@ -18,6 +18,7 @@ import (
 	"strconv"
 
 	"github.com/kvd-project/kvd/kvd/blocks"
+	"github.com/kvd-project/kvd/kvd/policy"
 )
 
 // Version is the protocol version; a frame of another version gets
@@ -105,46 +106,43 @@ type HelloRequest struct {
 	Failed bool   `json:"failed,omitempty"`
 }
 
-// LayerPolicy is one layer's sparsity policy.
-type LayerPolicy struct {
-	Policy string `json:"policy"`
-	Budget int    `json:"budget"` // tokens kept per sequence; 0 is unlimited
-}
-
 // HelloReply describes the pool; the reply frame carries the pool's fd.
 type HelloReply struct {
-	Instance  string        `json:"instance"` // changes when kvd restarts
-	Lease     string        `json:"lease"`
-	Reclaimed []uint64      `json:"reclaimed"` // sequences kept from the lease
-	PoolKind  string        `json:"pool_kind"`
-	PoolBytes int64         `json:"pool_bytes"`
-	NumBlocks int           `json:"num_blocks"`
-	BlockSize int           `json:"block_size"`
-	Layers    int           `json:"layers"`
-	KVHeads   int           `json:"kv_heads"`
-	HeadDim   int           `json:"head_dim"`
-	DType     string        `json:"dtype"`
-	Policies  []LayerPolicy `json:"policies"`
+	Instance  string      `json:"instance"` // changes when kvd restarts
+	Lease     string      `json:"lease"`
+	Reclaimed []uint64    `json:"reclaimed"` // sequences kept from the lease
+	PoolKind  string      `json:"pool_kind"`
+	PoolBytes int64       `json:"pool_bytes"`
+	NumBlocks int         `json:"num_blocks"`
+	BlockSize int         `json:"block_size"`
+	Layers    int         `json:"layers"`
+	KVHeads   int         `json:"kv_heads"`
+	HeadDim   int         `json:"head_dim"`
+	DType     string      `json:"dtype"`
+	Policies  policy.Spec `json:"policies"`
 }
 
 // Status is what `kvd status --json` prints.
 type Status struct {
-	Instance      string        `json:"instance"`
-	PID           int           `json:"pid"`
-	UptimeSeconds float64       `json:"uptime_seconds"`
-	Model         string        `json:"model,omitempty"`
-	PoolKind      string        `json:"pool_kind"`
-	PoolBytes     int64         `json:"pool_bytes"`
-	BlockSize     int           `json:"block_size"`
-	BlockBytes    int64         `json:"block_bytes"`
-	BlocksTotal   int           `json:"blocks_total"`
-	BlocksUsed    int           `json:"blocks_used"`
-	BlocksFree    int           `json:"blocks_free"`
-	Clients       int           `json:"clients"`
-	Sequences     int           `json:"sequences"`
-	Steps         uint64        `json:"steps"`
-	Leases        []LeaseStatus `json:"leases"`
-	Layers        []LayerStatus `json:"layers"`
+	Instance       string        `json:"instance"`
+	PID            int           `json:"pid"`
+	UptimeSeconds  float64       `json:"uptime_seconds"`
+	Model          string        `json:"model,omitempty"`
+	PoolKind       string        `json:"pool_kind"`
+	PoolBytes      int64         `json:"pool_bytes"`
+	BlockSize      int           `json:"block_size"`
+	BlockBytes     int64         `json:"block_bytes"`
+	BlocksTotal    int           `json:"blocks_total"`
+	BlocksUsed     int           `json:"blocks_used"`
+	BlocksFree     int           `json:"blocks_free"`
+	Clients        int           `json:"clients"`
+	Sequences      int           `json:"sequences"`
+	Steps          uint64        `json:"steps"`
+	TokensSeen     int           `json:"tokens_seen"`     // tokens given to the open sequences
+	TokensEvicted  uint64        `json:"tokens_evicted"`  // by decode-time eviction, since start
+	BlocksReturned uint64        `json:"blocks_returned"` // to the pool by eviction, since start
+	Leases         []LeaseStatus `json:"leases"`
+	Layers         []LayerStatus `json:"layers"`
 }
 
 // LeaseStatus is one client's lease.
@@ -158,11 +156,12 @@ type LeaseStatus struct {
 
 // LayerStatus is one layer's share of the pool.
 type LayerStatus struct {
-	Index          int    `json:"index"`
-	Policy         string `json:"policy"`
-	Budget         int    `json:"budget"`
-	TokensRetained int    `json:"tokens_retained"`
-	BlocksUsed     int    `json:"blocks_used"`
+	Index          int     `json:"index"`
+	Policy         string  `json:"policy"`
+	Budget         int     `json:"budget"`
+	TokensRetained int     `json:"tokens_retained"`
+	BlocksUsed     int     `json:"blocks_used"`
+	Compression    float64 `json:"compression_ratio,omitempty"` // tokens seen per token retained
 }
 
 // DefaultSocket is $XDG_RUNTIME_DIR/kvd.sock, else /tmp/kvd-$UID/kvd.sock.

@@ -53,6 +53,14 @@ type AttnBatch struct {
 	KVLen       []int32 // [numSeqs]
 	BlockIndptr []int32 // [numSeqs+1]
 	Blocks      []int32 // [BlockIndptr[numSeqs]] layer-block ids
+	// ScoreFrom, when set, makes sequence i's queries from its
+	// ScoreFrom[i]-th on add the attention they pay each cached token,
+	// summed over the KV head's query group, to that token's score in the
+	// pool: decode's H2O accumulation, or a prompt's observation window.
+	ScoreFrom []int32 // [numSeqs] or nil
+	// Skip, when set, leaves sequence i's rows of out alone (a sparse
+	// layer's prompt, whose attention SparsePrefill computes).
+	Skip []bool // [numSeqs] or nil
 }
 
 // Validate checks the batch against the number of query rows and the pool.
@@ -70,6 +78,9 @@ func (b *AttnBatch) Validate(numQueries int, l shm.Layout) error {
 		if nq < 0 || int(b.KVLen[i]) < nq || int(b.KVLen[i]) > nb*l.BlockSize {
 			return fmt.Errorf("attention batch: sequence %d has %d queries, %d cached tokens, %d blocks", i, nq, b.KVLen[i], nb)
 		}
+	}
+	if (b.ScoreFrom != nil && len(b.ScoreFrom) != n) || (b.Skip != nil && len(b.Skip) != n) {
+		return fmt.Errorf("attention batch: %d sequences but %d score starts and %d skips", n, len(b.ScoreFrom), len(b.Skip))
 	}
 	for _, id := range b.Blocks {
 		if id <= 0 || int(id) >= l.NumBlocks {
@@ -122,6 +133,16 @@ type Backend interface {
 	WriteKV(pool *Tensor, l shm.Layout, k, v *Tensor, slots []int32)
 	// Attention computes, for q [T, H*Hd], out [T, H*Hd] = softmax(q·Kᵀ·scale)·V
 	// over the cached tokens that b gives each sequence, grouping H/KVHeads
-	// query heads per KV head.
+	// query heads per KV head, and accumulates scores as b.ScoreFrom asks.
+	// Sequences with no query rows are skipped.
 	Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale float32)
+
+	// SparsePrefill is a sparse layer's whole-prompt step for one sequence
+	// (rows row0..row0+n of q, k, v): exact attention into out, then only
+	// the tokens sel keeps written to slots with their scores.
+	SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l shm.Layout, slots []int32, sel Selection, scale float32)
+	// Evict compacts one (sequence, layer) table of tokens tokens, laid out
+	// in blocks, to its keep best-scored tokens per head (sinks and recent
+	// kept always), moved in order to the first keep slots.
+	Evict(pool *Tensor, l shm.Layout, blocks []int32, tokens, keep, sinks, recent int)
 }

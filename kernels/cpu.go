@@ -172,27 +172,27 @@ func (c *CPU) WriteKV(pool *Tensor, l shm.Layout, k, v *Tensor, slots []int32) {
 			src := (t*l.KVHeads + h) * hd
 			copy(pool.data[l.K(blk, h, off):][:hd], k.data[src:src+hd])
 			copy(pool.data[l.V(blk, h, off):][:hd], v.data[src:src+hd])
+			pool.data[l.Score(blk, h, off)] = 0 // a new token has no score yet
 		}
 	}
 }
 
-// attnJob is one (query row, KV head) pair: the query heads of that KV head's
-// group share the keys they read.
+// attnJob is one (sequence, KV head) pair: the query heads of that KV
+// head's group share the keys they read, and only this job writes the
+// scores of that head's slots, so score accumulation needs no locks.
 type attnJob struct {
-	seq, row, kvHead, visible int
+	seq, kvHead int
 }
 
 func (c *CPU) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale float32) {
 	hd := l.HeadDim
 	heads := q.Cols() / hd
 	group := heads / l.KVHeads
-	var jobs []attnJob
+	jobs := make([]attnJob, 0, len(b.KVLen)*l.KVHeads)
 	for s := range b.KVLen {
-		q0, q1 := int(b.QIndptr[s]), int(b.QIndptr[s+1])
-		past := int(b.KVLen[s]) - (q1 - q0)
-		for r := q0; r < q1; r++ {
+		if b.QIndptr[s+1] > b.QIndptr[s] && (b.Skip == nil || !b.Skip[s]) {
 			for h := range l.KVHeads {
-				jobs = append(jobs, attnJob{seq: s, row: r, kvHead: h, visible: past + r - q0 + 1})
+				jobs = append(jobs, attnJob{seq: s, kvHead: h})
 			}
 		}
 	}
@@ -200,31 +200,43 @@ func (c *CPU) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale 
 		var logits []float32
 		for _, j := range jobs[lo:hi] {
 			blocks := b.Blocks[b.BlockIndptr[j.seq]:b.BlockIndptr[j.seq+1]]
-			if cap(logits) < j.visible {
-				logits = make([]float32, j.visible)
+			q0, q1 := int(b.QIndptr[j.seq]), int(b.QIndptr[j.seq+1])
+			past := int(b.KVLen[j.seq]) - (q1 - q0)
+			scoreFrom := q1
+			if b.ScoreFrom != nil {
+				scoreFrom = q0 + int(b.ScoreFrom[j.seq])
 			}
-			p := logits[:j.visible]
-			for g := range group {
-				h := j.kvHead*group + g
-				qv := q.data[(j.row*heads+h)*hd:][:hd]
-				mx := float32(math.Inf(-1))
-				for i := range p {
-					kv := pool.data[l.K(int(blocks[i/l.BlockSize]), j.kvHead, i%l.BlockSize):][:hd]
-					p[i] = dot(qv, kv) * scale
-					mx = max(mx, p[i])
-				}
-				var sum float32
-				for i := range p {
-					p[i] = float32(math.Exp(float64(p[i] - mx)))
-					sum += p[i]
-				}
-				o := out.data[(j.row*heads+h)*hd:][:hd]
-				clear(o)
-				for i := range p {
-					vv := pool.data[l.V(int(blocks[i/l.BlockSize]), j.kvHead, i%l.BlockSize):][:hd]
-					w := p[i] / sum
-					for d := range o {
-						o[d] += w * vv[d]
+			if cap(logits) < past+q1-q0 {
+				logits = make([]float32, past+q1-q0)
+			}
+			for r := q0; r < q1; r++ {
+				p := logits[:past+r-q0+1]
+				for g := range group {
+					h := j.kvHead*group + g
+					qv := q.data[(r*heads+h)*hd:][:hd]
+					mx := float32(math.Inf(-1))
+					for i := range p {
+						kv := pool.data[l.K(int(blocks[i/l.BlockSize]), j.kvHead, i%l.BlockSize):][:hd]
+						p[i] = dot(qv, kv) * scale
+						mx = max(mx, p[i])
+					}
+					var sum float32
+					for i := range p {
+						p[i] = float32(math.Exp(float64(p[i] - mx)))
+						sum += p[i]
+					}
+					o := out.data[(r*heads+h)*hd:][:hd]
+					clear(o)
+					for i := range p {
+						blk, off := int(blocks[i/l.BlockSize]), i%l.BlockSize
+						vv := pool.data[l.V(blk, j.kvHead, off):][:hd]
+						w := p[i] / sum
+						for d := range o {
+							o[d] += w * vv[d]
+						}
+						if r >= scoreFrom {
+							pool.data[l.Score(blk, j.kvHead, off)] += w
+						}
 					}
 				}
 			}

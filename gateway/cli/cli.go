@@ -127,7 +127,7 @@ func generate(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err != nil {
 			return err
 		}
-	} else if r, err = runner.NewEmbedded(m, runner.BlocksFor(m.Config, len(ids)+*maxTokens, *blockSize), *blockSize); err != nil {
+	} else if r, err = runner.NewEmbedded(m, runner.BlocksFor(m.Config, len(ids)+*maxTokens, *blockSize), *blockSize, nil); err != nil {
 		return err
 	}
 	var stop []int32

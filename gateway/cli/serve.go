@@ -22,6 +22,7 @@ import (
 	"github.com/kvd-project/kvd/ipc"
 	"github.com/kvd-project/kvd/kernels"
 	"github.com/kvd-project/kvd/kvd/engine"
+	"github.com/kvd-project/kvd/kvd/policy"
 	"github.com/kvd-project/kvd/kvd/pool"
 	"github.com/kvd-project/kvd/observability"
 )
@@ -35,6 +36,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	embedded := fs.Bool("embedded", false, "run kvd's engine in this process instead of talking to a kvd daemon")
 	kvMem := fs.String("kv-memory", "0.1", "embedded mode: KV pool size in bytes (512MiB, 4GiB) or a fraction of available memory")
 	blockSize := fs.Int("block-size", 16, "embedded mode: tokens per KV layer-block")
+	kvPolicy := fs.String("kv-policy", "", "embedded mode: per-layer sparsity (see kvd serve -h)")
+	sparseLayers := fs.Int("sparse-layers", 0, "embedded mode: the seed's preset, the last N layers sparse")
+	window := fs.Int("window", 1024, "embedded mode: tokens the --sparse-layers keep")
 	format := fs.String("load-format", model.LoadAuto, "weights: auto (safetensors) or dummy (random, for benchmarks)")
 	maxLen := fs.Int("max-model-len", 0, "context length (default: the model's max_position_embeddings)")
 	maxSeqs := fs.Int("max-num-seqs", 64, "sequences running at once")
@@ -90,7 +94,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("--kv-memory %s: %w", *kvMem, err)
 		}
-		local, err := engine.NewLocal(l, c.NumLayers)
+		spec, err := policy.FromFlags(*kvPolicy, *sparseLayers, *window, c.NumLayers)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrUsage, err)
+		}
+		local, err := engine.NewLocal(l, spec)
 		if err != nil {
 			return err
 		}

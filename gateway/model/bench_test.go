@@ -26,7 +26,7 @@ func BenchmarkCPU(b *testing.B) {
 		rng := rand.New(rand.NewPCG(1, 2))
 		ctx := context.Background()
 		b.Run(fmt.Sprintf("%s/prefill-%d", s.name, prompt), func(b *testing.B) {
-			r, err := runner.NewEmbedded(m, runner.BlocksFor(m.Config, prompt, 16), 16)
+			r, err := runner.NewEmbedded(m, runner.BlocksFor(m.Config, prompt, 16), 16, nil)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -42,7 +42,7 @@ func BenchmarkCPU(b *testing.B) {
 			b.ReportMetric(float64(prompt*b.N)/b.Elapsed().Seconds(), "tok/s")
 		})
 		b.Run(fmt.Sprintf("%s/decode-batch%d-ctx%d", s.name, batch, prompt), func(b *testing.B) {
-			r, err := runner.NewEmbedded(m, batch*runner.BlocksFor(m.Config, prompt+decode*b.N, 16), 16)
+			r, err := runner.NewEmbedded(m, batch*runner.BlocksFor(m.Config, prompt+decode*b.N, 16), 16, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -6,6 +6,7 @@ import (
 	"math"
 
 	"github.com/kvd-project/kvd/kernels"
+	"github.com/kvd-project/kvd/kvd/policy"
 	"github.com/kvd-project/kvd/shm"
 )
 
@@ -41,11 +42,17 @@ type Seq struct {
 	Pos    int
 }
 
-// LayerKV is one layer's cache plan for a step: the slot of each new token
-// (in step order) and the attention tables (QIndptr is filled by Forward).
+// LayerKV is one layer's cache plan for a step: the layer's policy, how
+// many tokens each sequence keeps in it, their slots (in step order) and
+// the attention tables (QIndptr, ScoreFrom and Skip are filled by Forward).
+// A sequence that keeps fewer tokens than it brings is a prompt the layer
+// compresses: its attention is computed over the prompt itself, then only
+// the tokens the policy selects are written.
 type LayerKV struct {
-	Slots []int32
-	Attn  kernels.AttnBatch
+	Policy policy.Layer
+	Kept   []int32 // [seqs]; nil keeps every token
+	Slots  []int32 // [sum of Kept]
+	Attn   kernels.AttnBatch
 }
 
 // Batch is one forward step over several sequences at different positions.
@@ -77,15 +84,13 @@ func (m *Model) Forward(ctx context.Context, bt *Batch, cache *Cache) ([]float32
 			return nil, err
 		}
 		l, plan := &w.layers[i], &bt.Layers[i]
-		plan.Attn.QIndptr = qIndptr
-		if len(plan.Slots) != T {
-			return nil, fmt.Errorf("forward: layer %d: %d slots for %d tokens", i, len(plan.Slots), T)
-		}
-		if err := plan.Attn.Validate(T, cache.Layout); err != nil {
+		tokSlots, err := m.preparePlan(plan, qIndptr, T, cache.Layout)
+		if err != nil {
 			return nil, fmt.Errorf("forward: layer %d: %w", i, err)
 		}
 		m.attnInput(sc, x, l, pos)
-		b.WriteKV(cache.Pool, cache.Layout, sc.k, sc.v, plan.Slots)
+		b.WriteKV(cache.Pool, cache.Layout, sc.k, sc.v, tokSlots)
+		m.sparsePrefills(plan, qIndptr, sc, attn, cache)
 		b.Attention(attn, sc.q, cache.Pool, cache.Layout, &plan.Attn, m.scale)
 		m.attnOutputAndMLP(sc, x, attn, l)
 	}
@@ -132,6 +137,97 @@ func (m *Model) attnOutputAndMLP(sc *scratch, x, attn *kernels.Tensor, l *layer)
 	b.SiLUMul(sc.act, sc.gu)
 	b.Linear(sc.h, sc.act, l.down)
 	b.Add(x, sc.h)
+}
+
+// preparePlan checks a layer's plan against the step and fills in what
+// Forward owns: the query rows, which sequences SparsePrefill handles, and
+// where scores accumulate. It returns each token's slot for WriteKV (-1 for
+// the tokens of compressed prompts, which SparsePrefill writes).
+func (m *Model) preparePlan(plan *LayerKV, qIndptr []int32, T int, l shm.Layout) ([]int32, error) {
+	n := len(qIndptr) - 1
+	kept := plan.Kept
+	if kept == nil {
+		kept = make([]int32, n)
+		for s := range kept {
+			kept[s] = qIndptr[s+1] - qIndptr[s]
+		}
+		plan.Kept = kept
+	}
+	if len(kept) != n {
+		return nil, fmt.Errorf("%d kept counts for %d sequences", len(kept), n)
+	}
+	total := 0
+	for _, k := range kept {
+		total += int(k)
+	}
+	if len(plan.Slots) != total {
+		return nil, fmt.Errorf("%d slots for %d kept tokens", len(plan.Slots), total)
+	}
+	a := &plan.Attn
+	a.QIndptr, a.Skip, a.ScoreFrom = qIndptr, nil, nil
+	if err := a.Validate(T, l); err != nil {
+		return nil, err
+	}
+	p := plan.Policy
+	obs := p.ObsWindow
+	if obs == 0 {
+		obs = policy.DefaultObsWindow
+	}
+	tokSlots := make([]int32, T)
+	next := 0
+	for s := range n {
+		rows := int(qIndptr[s+1] - qIndptr[s])
+		k := int(kept[s])
+		switch {
+		case k == rows:
+			copy(tokSlots[qIndptr[s]:qIndptr[s+1]], plan.Slots[next:next+k])
+		case k < rows && p.Selects() && int(a.KVLen[s]) == k:
+			if a.Skip == nil {
+				a.Skip = make([]bool, n)
+			}
+			a.Skip[s] = true
+			for r := qIndptr[s]; r < qIndptr[s+1]; r++ {
+				tokSlots[r] = -1
+			}
+		default:
+			return nil, fmt.Errorf("sequence %d keeps %d of %d tokens under policy %s", s, k, rows, p)
+		}
+		next += k
+		if p.Decode == policy.H2O {
+			if a.ScoreFrom == nil {
+				a.ScoreFrom = make([]int32, n)
+			}
+			// A decode token scores at once; a prompt through its
+			// observation window.
+			a.ScoreFrom[s] = int32(max(0, rows-obs))
+		}
+	}
+	return tokSlots, nil
+}
+
+// sparsePrefills runs SparsePrefill for the compressed prompts of a layer.
+func (m *Model) sparsePrefills(plan *LayerKV, qIndptr []int32, sc *scratch, attn *kernels.Tensor, cache *Cache) {
+	if plan.Attn.Skip == nil {
+		return
+	}
+	p := plan.Policy
+	sel := kernels.Selection{
+		SnapKV: p.Prefill == policy.SnapKV || p.Prefill == policy.Pyramid, Sinks: p.Sinks,
+		ObsWindow: max(p.ObsWindow, 1), Kernel: max(p.Kernel, 1), PoolAvg: p.Pool == "avg", GQAMax: p.GQA == "max",
+	}
+	if !sel.SnapKV {
+		sel.ObsWindow = policy.DefaultObsWindow // window layers score their prompt's tail too
+	}
+	next := 0
+	for s, skip := range plan.Attn.Skip {
+		k := int(plan.Kept[s])
+		if skip {
+			sel.Keep = k
+			row0, n := int(qIndptr[s]), int(qIndptr[s+1]-qIndptr[s])
+			m.b.SparsePrefill(attn, sc.q, sc.k, sc.v, row0, n, cache.Pool, cache.Layout, plan.Slots[next:next+k], sel, m.scale)
+		}
+		next += k
+	}
 }
 
 // logits applies the final norm and the LM head to the selected rows of x.

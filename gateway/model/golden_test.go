@@ -121,7 +121,7 @@ func TestHFGoldens(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := runner.NewEmbedded(m, runner.BlocksFor(m.Config, len(c.IDs)+len(c.Greedy), 16), 16)
+		r, err := runner.NewEmbedded(m, runner.BlocksFor(m.Config, len(c.IDs)+len(c.Greedy), 16), 16, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

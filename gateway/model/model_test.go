@@ -10,6 +10,7 @@ import (
 	"github.com/kvd-project/kvd/gateway/model/tinymodel"
 	"github.com/kvd-project/kvd/kernels"
 	"github.com/kvd-project/kvd/kvd/blocks"
+	"github.com/kvd-project/kvd/kvd/policy"
 	"github.com/kvd-project/kvd/shm"
 )
 
@@ -33,7 +34,7 @@ func pagedSeqs(t *testing.T, m *model.Model, blockSize int, seqs [][]int32, chun
 	t.Helper()
 	c := m.Config
 	l := shm.Layout{NumBlocks: 4096, BlockSize: blockSize, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim}
-	a, err := blocks.New(l, c.NumLayers)
+	a, err := blocks.New(l, policy.AllFull(c.NumLayers))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/kvd-project/kvd/kernels"
 	"github.com/kvd-project/kvd/kvd/blocks"
 	"github.com/kvd-project/kvd/kvd/engine"
+	"github.com/kvd-project/kvd/kvd/policy"
 	"github.com/kvd-project/kvd/shm"
 )
 
@@ -23,6 +24,8 @@ import (
 // engine.Local (embedded) and Sidecar (ipc) implement it.
 type KV interface {
 	Layout() shm.Layout
+	// Spec is every layer's sparsity policy.
+	Spec() policy.Spec
 	// PoolMemory is the pool as this process maps it; it may change after
 	// a reconnect to a restarted kvd, so callers fetch it every step.
 	PoolMemory() []float32
@@ -38,6 +41,8 @@ type KV interface {
 type Sidecar struct{ *ipc.Client }
 
 func (s Sidecar) PoolMemory() []float32 { return s.Pool().Float32s() }
+
+func (s Sidecar) Spec() policy.Spec { return s.Hello().Policies }
 
 func (s Sidecar) Reserve(ctx context.Context, appends []blocks.Append) (uint64, []blocks.LayerPlan, error) {
 	st, err := s.Step(ctx, appends)
@@ -62,6 +67,9 @@ type Runner struct {
 // New returns a runner of m over kv. The pool's geometry must match m.
 func New(m *model.Model, kv KV) (*Runner, error) {
 	c, l := m.Config, kv.Layout()
+	if len(kv.Spec()) != c.NumLayers {
+		return nil, fmt.Errorf("kvd's pool is set up for %d layers, the model has %d: start kvd with --model for this model", len(kv.Spec()), c.NumLayers)
+	}
 	if l.KVHeads != c.NumKVHeads || l.HeadDim != c.HeadDim {
 		return nil, fmt.Errorf("kvd's pool is laid out for %d KV heads of dim %d, the model has %d of dim %d: start kvd with --model for this model",
 			l.KVHeads, l.HeadDim, c.NumKVHeads, c.HeadDim)
@@ -70,10 +78,14 @@ func New(m *model.Model, kv KV) (*Runner, error) {
 }
 
 // NewEmbedded runs kvd's engine in process with a pool of numBlocks
-// layer-blocks of blockSize tokens: the single-process mode.
-func NewEmbedded(m *model.Model, numBlocks, blockSize int) (*Runner, error) {
+// layer-blocks of blockSize tokens, the layers following spec (nil: all
+// full): the single-process mode.
+func NewEmbedded(m *model.Model, numBlocks, blockSize int, spec policy.Spec) (*Runner, error) {
 	c := m.Config
-	kv, err := engine.NewLocal(shm.Layout{NumBlocks: numBlocks, BlockSize: blockSize, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim}, c.NumLayers)
+	if spec == nil {
+		spec = policy.AllFull(c.NumLayers)
+	}
+	kv, err := engine.NewLocal(shm.Layout{NumBlocks: numBlocks, BlockSize: blockSize, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim}, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -148,8 +160,9 @@ func (r *Runner) Step(ctx context.Context, work []Work) ([][]float32, error) {
 		return nil, err
 	}
 	bt.Layers = make([]model.LayerKV, len(plans))
+	spec := r.kv.Spec()
 	for l, p := range plans {
-		bt.Layers[l] = model.LayerKV{Slots: p.Slots, Attn: kernels.AttnBatch{KVLen: p.KVLen, BlockIndptr: p.BlockIndptr, Blocks: p.Blocks}}
+		bt.Layers[l] = model.LayerKV{Policy: spec[l], Kept: p.Kept, Slots: p.Slots, Attn: kernels.AttnBatch{KVLen: p.KVLen, BlockIndptr: p.BlockIndptr, Blocks: p.Blocks}}
 	}
 	b := r.m.Backend()
 	cache := &model.Cache{Pool: b.FromHost(r.kv.PoolMemory(), r.kv.Layout().PoolElems()), Layout: r.kv.Layout()}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/kvd-project/kvd/kvd/policy"
 	"github.com/kvd-project/kvd/shm"
 )
 
@@ -35,16 +36,16 @@ type Allocator struct {
 	refs []int32 // [NumBlocks] tables holding each block
 }
 
-// New returns an allocator over every block of l but block 0, for a model of
-// the given number of layers.
-func New(l shm.Layout, layers int) (*Allocator, error) {
+// New returns an allocator over every block of l but block 0, for a model
+// whose layers follow spec.
+func New(l shm.Layout, spec policy.Spec) (*Allocator, error) {
 	if err := l.Validate(); err != nil {
 		return nil, err
 	}
-	if layers < 1 {
-		return nil, fmt.Errorf("blocks: %d layers", layers)
+	if len(spec) < 1 {
+		return nil, fmt.Errorf("blocks: %d layers", len(spec))
 	}
-	a := &Allocator{layout: l, Tables: NewTables(layers, l.BlockSize), refs: make([]int32, l.NumBlocks)}
+	a := &Allocator{layout: l, Tables: NewTables(spec, l.BlockSize), refs: make([]int32, l.NumBlocks)}
 	a.free = make([]int32, 0, l.NumBlocks-1)
 	for id := l.NumBlocks - 1; id >= 1; id-- { // pop order 1, 2, 3, ...
 		a.free = append(a.free, int32(id))
@@ -132,8 +133,9 @@ func (a *Allocator) Reserve(step []Append) (*Delta, error) {
 				return nil, fmt.Errorf("sequence %d appears twice in one step", s.Seq)
 			}
 		}
-		for _, t := range ts {
-			need += a.layout.BlocksFor(t.tokens+s.N) - len(t.blocks)
+		for l := range ts {
+			t := &ts[l]
+			need += a.layout.BlocksFor(t.tokens+a.kept(l, t, s.N)) - len(t.blocks)
 		}
 	}
 	if need > len(a.free) {
@@ -144,7 +146,8 @@ func (a *Allocator) Reserve(step []Append) (*Delta, error) {
 		ts := a.seqs[s.Seq]
 		for l := range ts {
 			t := &ts[l]
-			t.tokens += s.N
+			t.last = a.kept(l, t, s.N)
+			t.tokens += t.last
 			for len(t.blocks)*a.blockSize < t.tokens {
 				id := a.free[len(a.free)-1]
 				a.free = a.free[:len(a.free)-1]
@@ -167,11 +170,22 @@ func (a *Allocator) Truncate(id SeqID, n int) error {
 	return err
 }
 
-// Rollback removes the last n tokens from every layer of the sequence: the
-// rollback of a step that reserved them but never ran. Unknown sequences
-// (closed meanwhile) are ignored.
-func (a *Allocator) Rollback(id SeqID, n int) {
-	for _, b := range a.Unappend(id, n) {
+// Rollback removes what the last step added to every layer of the
+// sequence: the rollback of a step that reserved slots but never ran.
+// Unknown sequences (closed meanwhile) are ignored.
+func (a *Allocator) Rollback(id SeqID) {
+	for _, b := range a.Unappend(id) {
 		a.release(b)
 	}
+}
+
+// Shrink cuts a table down after eviction compacted its tokens into the
+// first blocks, releasing the emptied blocks (to the pool unless another
+// table shares them); it reports how many blocks left the table.
+func (a *Allocator) Shrink(id SeqID, layer, tokens int) (int, error) {
+	freed, err := a.Tables.Shrink(id, layer, tokens)
+	for _, b := range freed {
+		a.release(b)
+	}
+	return len(freed), err
 }

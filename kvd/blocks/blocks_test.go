@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/kvd-project/kvd/kvd/policy"
 	"github.com/kvd-project/kvd/shm"
 )
 
@@ -55,11 +56,17 @@ func TestRandomWorkload(t *testing.T) {
 		t.Logf("seed %d", seed)
 		rng := rand.New(rand.NewPCG(seed, 1))
 		const layers = 3
-		a, err := New(shm.Layout{NumBlocks: 300, BlockSize: 4, KVHeads: 1, HeadDim: 1}, layers)
+		// A full layer, a SnapKV layer keeping 12 tokens of a prompt, and a
+		// StreamingLLM window of 2 sinks and 6 recent tokens.
+		spec, err := policy.Parse("1=snapkv:budget=12,obs_window=4;2=window:sinks=2,window=6", layers)
 		if err != nil {
 			t.Fatal(err)
 		}
-		mirror := NewTables(layers, 4)
+		a, err := New(shm.Layout{NumBlocks: 300, BlockSize: 4, KVHeads: 1, HeadDim: 1}, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mirror := NewTables(spec, 4)
 		var open []SeqID
 		next := SeqID(1)
 		pick := func() (SeqID, int) { i := rng.IntN(len(open)); return open[i], i }
@@ -99,6 +106,17 @@ func TestRandomWorkload(t *testing.T) {
 					t.Fatal(err)
 				}
 				mirror.Truncate(s, n)
+			case op < 7 && len(open) > 0: // an eviction compacted one layer
+				s, _ := pick()
+				l := rng.IntN(layers)
+				n, _ := a.Tokens(s, l)
+				n = rng.IntN(n + 1)
+				free := a.Free()
+				left, err := a.Shrink(s, l, n)
+				if err != nil || a.Free() < free || a.Free() > free+left {
+					t.Fatalf("%d blocks left the table, free %d -> %d: %v", left, free, a.Free(), err)
+				}
+				mirror.Shrink(s, l, n)
 			default:
 				var step []Append
 				for _, s := range open {
@@ -131,6 +149,13 @@ func TestRandomWorkload(t *testing.T) {
 				if !reflect.DeepEqual(got, want) {
 					t.Fatal("mirror plans differ from the allocator's")
 				}
+				for i, st := range step {
+					for l := range layers {
+						if k := int(want[l].Kept[i]); k != spec[l].PrefillKeep(int(want[l].KVLen[i])-k, st.N) {
+							t.Fatalf("layer %d kept %d of %d", l, k, st.N)
+						}
+					}
+				}
 			}
 			check(t, a)
 		}
@@ -144,7 +169,7 @@ func TestRandomWorkload(t *testing.T) {
 }
 
 func TestErrors(t *testing.T) {
-	a, err := New(shm.Layout{NumBlocks: 3, BlockSize: 2, KVHeads: 1, HeadDim: 1}, 1)
+	a, err := New(shm.Layout{NumBlocks: 3, BlockSize: 2, KVHeads: 1, HeadDim: 1}, policy.AllFull(1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,13 +192,13 @@ func TestErrors(t *testing.T) {
 	if err := a.Close(2); !errors.Is(err, ErrUnknownSeq) {
 		t.Errorf("close unknown: %v", err)
 	}
-	if _, err := New(shm.Layout{NumBlocks: 1, BlockSize: 2, KVHeads: 1, HeadDim: 1}, 1); !errors.Is(err, shm.ErrLayout) {
+	if _, err := New(shm.Layout{NumBlocks: 1, BlockSize: 2, KVHeads: 1, HeadDim: 1}, policy.AllFull(1)); !errors.Is(err, shm.ErrLayout) {
 		t.Errorf("pool of only the null block: %v", err)
 	}
 }
 
 func TestForkSharesFullBlocks(t *testing.T) {
-	a, _ := New(shm.Layout{NumBlocks: 20, BlockSize: 4, KVHeads: 1, HeadDim: 1}, 2)
+	a, _ := New(shm.Layout{NumBlocks: 20, BlockSize: 4, KVHeads: 1, HeadDim: 1}, policy.AllFull(2))
 	a.Open(1)
 	a.Reserve([]Append{{Seq: 1, N: 10}}) // 3 blocks per layer, the last partly full
 	if err := a.Fork(1, 2); err != nil {

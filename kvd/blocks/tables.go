@@ -1,31 +1,42 @@
 package blocks
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/kvd-project/kvd/kvd/policy"
+)
 
 // Tables holds block tables: for each sequence, one table per layer. kvd's
 // allocator keeps the authoritative copy; each client keeps a mirror, fed by
-// the Deltas that reservations return, so a step's reply carries only the
-// blocks that step added, never whole tables. Not safe for concurrent use.
+// the Deltas that reservations return, so a step's reply carries only what
+// changed, never whole tables. Both sides follow the same policy spec, so a
+// sparse layer takes only its budget of a long prompt on both. Not safe for
+// concurrent use.
 type Tables struct {
 	layers    int
 	blockSize int
+	spec      policy.Spec
 	seqs      map[SeqID][]table
 }
 
-// table is one (sequence, layer) block table: block ids in order and the
-// number of tokens they hold.
+// table is one (sequence, layer) block table: block ids in order, the number
+// of tokens they hold, and how many of those the last step added.
 type table struct {
 	blocks []int32
 	tokens int
+	last   int
 }
 
-// NewTables returns empty tables for a model of layers layers.
-func NewTables(layers, blockSize int) *Tables {
-	return &Tables{layers: layers, blockSize: blockSize, seqs: map[SeqID][]table{}}
+// NewTables returns empty tables for a model whose layers follow spec.
+func NewTables(spec policy.Spec, blockSize int) *Tables {
+	return &Tables{layers: len(spec), blockSize: blockSize, spec: spec, seqs: map[SeqID][]table{}}
 }
 
 // Layers is the number of layers each sequence has a table for.
 func (t *Tables) Layers() int { return t.layers }
+
+// Spec is the layers' policies.
+func (t *Tables) Spec() policy.Spec { return t.spec }
 
 // Has reports whether the sequence is open.
 func (t *Tables) Has(id SeqID) bool { _, ok := t.seqs[id]; return ok }
@@ -71,12 +82,25 @@ type Append struct {
 	N   int
 }
 
-// Delta is what one reservation changed: every block it added, in step
-// order. Most decode steps add no block to most tables, so the delta lists
-// additions only. Applying it to a mirror that was equal to the allocator's
-// tables before the reservation makes it equal again.
+// kept is how many of a's tokens layer l of table tb takes.
+func (t *Tables) kept(l int, tb *table, n int) int { return t.spec[l].PrefillKeep(tb.tokens, n) }
+
+// Delta is what one reservation changed: the tables that an earlier step's
+// eviction shrank, then every block the step added, in step order. Most
+// decode steps add no block to most tables, so the delta lists changes only.
+// Applying it to a mirror that was equal to the allocator's tables before
+// makes it equal again.
 type Delta struct {
-	Added []Added
+	Shrunk []Shrink
+	Added  []Added
+}
+
+// Shrink is a table cut down by eviction: it now holds Tokens tokens in its
+// first blocks, and the blocks after them went back to the pool.
+type Shrink struct {
+	Seq    SeqID
+	Layer  uint32
+	Tokens uint32
 }
 
 // Added is one block appended to the table of layer Pos%layers of the
@@ -86,8 +110,17 @@ type Added struct {
 	Block int32
 }
 
-// Apply extends the tables by a step's appends and the blocks they took.
+// Apply applies a reservation's delta: the shrinks, then the step's appends
+// and the blocks they took.
 func (t *Tables) Apply(step []Append, d *Delta) error {
+	for _, s := range d.Shrunk {
+		if !t.Has(s.Seq) {
+			continue // closed here since kvd evicted
+		}
+		if _, err := t.Shrink(s.Seq, int(s.Layer), int(s.Tokens)); err != nil {
+			return err
+		}
+	}
 	seqs := make([][]table, len(step))
 	for i, s := range step {
 		ts, ok := t.seqs[s.Seq]
@@ -107,73 +140,112 @@ func (t *Tables) Apply(step []Append, d *Delta) error {
 	for i, s := range step {
 		ts := seqs[i]
 		for l := range ts {
-			ts[l].tokens += s.N
-			if len(ts[l].blocks)*t.blockSize < ts[l].tokens {
-				return fmt.Errorf("sequence %d layer %d: %d tokens in %d blocks", s.Seq, l, ts[l].tokens, len(ts[l].blocks))
+			tb := &ts[l]
+			tb.last = t.kept(l, tb, s.N)
+			tb.tokens += tb.last
+			if len(tb.blocks)*t.blockSize < tb.tokens {
+				return fmt.Errorf("sequence %d layer %d: %d tokens in %d blocks", s.Seq, l, tb.tokens, len(tb.blocks))
 			}
 		}
 	}
 	return nil
 }
 
-// Truncate drops tokens beyond n in every layer of the sequence and returns
-// the block ids that emptied, last first.
-func (t *Tables) Truncate(id SeqID, n int) ([]int32, error) {
+// Shrink cuts the sequence's table in layer to its first tokens tokens and
+// returns the block ids that emptied, last first.
+func (t *Tables) Shrink(id SeqID, layer, tokens int) ([]int32, error) {
 	ts, ok := t.seqs[id]
 	if !ok {
 		return nil, fmt.Errorf("sequence %d: %w", id, ErrUnknownSeq)
 	}
+	if layer < 0 || layer >= t.layers || tokens < 0 {
+		return nil, fmt.Errorf("sequence %d: shrink layer %d to %d tokens", id, layer, tokens)
+	}
+	tb := &ts[layer]
+	if tokens >= tb.tokens {
+		return nil, nil
+	}
+	keep := (tokens + t.blockSize - 1) / t.blockSize
 	var freed []int32
-	for l := range ts {
-		tb := &ts[l]
-		if n >= tb.tokens {
-			continue
-		}
-		keep := (n + t.blockSize - 1) / t.blockSize
-		for i := len(tb.blocks) - 1; i >= keep; i-- {
-			freed = append(freed, tb.blocks[i])
-		}
-		tb.blocks = tb.blocks[:keep]
-		tb.tokens = n
+	for i := len(tb.blocks) - 1; i >= keep; i-- {
+		freed = append(freed, tb.blocks[i])
+	}
+	tb.blocks = tb.blocks[:keep]
+	tb.tokens = tokens
+	tb.last = min(tb.last, tokens)
+	return freed, nil
+}
+
+// Truncate drops tokens beyond n in every layer of the sequence and returns
+// the block ids that emptied, last first.
+func (t *Tables) Truncate(id SeqID, n int) ([]int32, error) {
+	if !t.Has(id) {
+		return nil, fmt.Errorf("sequence %d: %w", id, ErrUnknownSeq)
+	}
+	var freed []int32
+	for l := range t.layers {
+		f, _ := t.Shrink(id, l, n)
+		freed = append(freed, f...)
 	}
 	return freed, nil
 }
 
+// Unappend removes, in every layer of the sequence, the tokens the last
+// step added (a step that never ran) and returns the block ids that
+// emptied, last first. Unknown sequences are ignored.
+func (t *Tables) Unappend(id SeqID) []int32 {
+	ts, ok := t.seqs[id]
+	if !ok {
+		return nil
+	}
+	var freed []int32
+	for l := range ts {
+		f, _ := t.Shrink(id, l, ts[l].tokens-ts[l].last)
+		ts[l].last = 0
+		freed = append(freed, f...)
+	}
+	return freed
+}
+
 // LayerPlan is what the forward pass needs for one layer of a step: where
 // each new token goes, and what each sequence attends to (CSR over
-// sequences).
+// sequences). A sparse layer's prompt keeps only Kept[i] of sequence i's
+// tokens: its slots are those of the kept tokens, which the forward pass
+// selects.
 type LayerPlan struct {
-	Slots       []int32 // [step tokens] block*BlockSize+offset
+	Slots       []int32 // [kept tokens of the step] block*BlockSize+offset
+	Kept        []int32 // [seqs] tokens each sequence writes in this layer
 	KVLen       []int32 // [seqs]
 	BlockIndptr []int32 // [seqs+1]
 	Blocks      []int32
 }
 
-// Plan describes a step whose appends have already been applied: the last
-// N tokens of each sequence are the new ones. Each layer's slices are sized
-// exactly up front: a step's plan is rebuilt every step, so it must not
-// grow slices as it goes.
+// Plan describes a step whose appends have already been applied. Each
+// layer's slices are sized exactly up front: a step's plan is rebuilt every
+// step, so it must not grow slices as it goes.
 func (t *Tables) Plan(step []Append) ([]LayerPlan, error) {
-	tokens := 0
 	for _, s := range step {
 		if !t.Has(s.Seq) {
 			return nil, fmt.Errorf("sequence %d: %w", s.Seq, ErrUnknownSeq)
 		}
-		tokens += s.N
 	}
 	plans := make([]LayerPlan, t.layers)
+	n := len(step)
 	for l := range plans {
-		nb := 0
+		kept, nb := 0, 0
 		for _, s := range step {
-			nb += len(t.seqs[s.Seq][l].blocks)
+			tb := &t.seqs[s.Seq][l]
+			kept += tb.last
+			nb += len(tb.blocks)
 		}
-		// One allocation per layer, cut into its four slices.
-		buf := make([]int32, tokens+len(step)+len(step)+1+nb)
+		// One allocation per layer, cut into its five slices.
+		buf := make([]int32, kept+3*n+1+nb)
 		plans[l] = LayerPlan{
-			Slots:       buf[:0:tokens],
-			KVLen:       buf[tokens : tokens : tokens+len(step)],
-			BlockIndptr: buf[tokens+len(step) : tokens+len(step) : tokens+2*len(step)+1],
-			Blocks:      buf[tokens+2*len(step)+1 : tokens+2*len(step)+1],
+			Slots:       buf[:0:kept],
+			Kept:        buf[kept : kept : kept+n],
+			KVLen:       buf[kept+n : kept+n : kept+2*n],
+			BlockIndptr: buf[kept+2*n : kept+2*n : kept+3*n+1],
+			Blocks:      buf[kept+3*n+1 : kept+3*n+1],
 		}
 		plans[l].BlockIndptr = append(plans[l].BlockIndptr, 0)
 	}
@@ -182,39 +254,16 @@ func (t *Tables) Plan(step []Append) ([]LayerPlan, error) {
 		ts := t.seqs[s.Seq]
 		for l := range ts {
 			tb, p := &ts[l], &plans[l]
-			if s.N > tb.tokens {
-				return nil, fmt.Errorf("sequence %d layer %d: step of %d tokens but %d held", s.Seq, l, s.N, tb.tokens)
-			}
-			for i := tb.tokens - s.N; i < tb.tokens; i++ {
+			for i := tb.tokens - tb.last; i < tb.tokens; i++ {
 				p.Slots = append(p.Slots, tb.blocks[i/bs]*int32(bs)+int32(i%bs))
 			}
+			p.Kept = append(p.Kept, int32(tb.last))
 			p.KVLen = append(p.KVLen, int32(tb.tokens))
 			p.Blocks = append(p.Blocks, tb.blocks...)
 			p.BlockIndptr = append(p.BlockIndptr, int32(len(p.Blocks)))
 		}
 	}
 	return plans, nil
-}
-
-// Unappend removes the last n tokens of every layer of the sequence (a step
-// that never ran) and returns the block ids that emptied, last first.
-// Unknown sequences are ignored.
-func (t *Tables) Unappend(id SeqID, n int) []int32 {
-	ts, ok := t.seqs[id]
-	if !ok {
-		return nil
-	}
-	var freed []int32
-	for l := range ts {
-		tb := &ts[l]
-		tb.tokens = max(0, tb.tokens-n)
-		keep := (tb.tokens + t.blockSize - 1) / t.blockSize
-		for i := len(tb.blocks) - 1; i >= keep; i-- {
-			freed = append(freed, tb.blocks[i])
-		}
-		tb.blocks = tb.blocks[:keep]
-	}
-	return freed
 }
 
 // EachTable calls fn with every (sequence, layer) table's size.

@@ -13,6 +13,7 @@ import (
 	"github.com/kvd-project/kvd/ipc"
 	"github.com/kvd-project/kvd/kvd/api"
 	"github.com/kvd-project/kvd/kvd/engine"
+	"github.com/kvd-project/kvd/kvd/policy"
 	"github.com/kvd-project/kvd/kvd/pool"
 	"github.com/kvd-project/kvd/observability"
 	"github.com/kvd-project/kvd/shm"
@@ -34,6 +35,9 @@ func serve(args []string, out io.Writer) error {
 	kvHeads := fs.Int("kv-heads", 0, "KV heads (instead of --model)")
 	headDim := fs.Int("head-dim", 0, "head dimension (instead of --model)")
 	dtype := fs.String("dtype", "float32", "KV element type (the CPU pool holds float32)")
+	kvPolicy := fs.String("kv-policy", "", "per-layer sparsity, e.g. \"0-1=full;2-31=snapkv:budget=1024/h2o:recent=32\" (default: every layer full)")
+	sparseLayers := fs.Int("sparse-layers", 0, "the seed's preset: the last N layers keep a SnapKV window of --window tokens, held by H2O while decoding")
+	window := fs.Int("window", 1024, "tokens the --sparse-layers keep")
 	grace := fs.Duration("grace", 10*time.Second, "how long a dropped client's sequences are kept for it to reconnect")
 	level := fs.String("log-level", observability.LogLevelFromEnv(), "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -57,6 +61,10 @@ func serve(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	spec, err := policy.FromFlags(*kvPolicy, *sparseLayers, *window, g.layers)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrUsage, err)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	shutdown, err := observability.Setup(ctx, "kvd")
@@ -69,7 +77,7 @@ func serve(args []string, out io.Writer) error {
 		return err
 	}
 	defer p.Close()
-	e, err := engine.New(p, engine.Config{Layers: g.layers, Model: g.model, Grace: *grace})
+	e, err := engine.New(p, engine.Config{Spec: spec, Model: g.model, Grace: *grace})
 	if err != nil {
 		return err
 	}

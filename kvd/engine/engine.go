@@ -1,9 +1,11 @@
-// Package engine is kvd's state: the pool, the allocator, the clients and
-// their leases, and the steps in flight. The socket server (kvd/api) and the
-// gateway's embedded mode both drive the same Engine, so the sidecar and the
-// single process behave alike.
-//
-// engine must not import kernels.
+// Package engine is kvd's state: the pool, the allocator, the layers'
+// policies, the clients and their leases, and the steps in flight. It runs
+// decode-time eviction between steps: when a step is reported done, every
+// layer that exceeds its decode budget by a block is compacted with the
+// kernels backend and its emptied blocks go back to the pool; the client
+// learns the new table sizes with its next step's reply. The socket server
+// (kvd/api) and the gateway's embedded mode both drive the same Engine, so
+// the sidecar and the single process behave alike.
 package engine
 
 import (
@@ -12,21 +14,24 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/kvd-project/kvd/ipc"
+	"github.com/kvd-project/kvd/kernels"
 	"github.com/kvd-project/kvd/kvd/blocks"
+	"github.com/kvd-project/kvd/kvd/policy"
 	"github.com/kvd-project/kvd/kvd/pool"
 	"github.com/kvd-project/kvd/observability"
 )
 
 // Config is what the engine is started with.
 type Config struct {
-	Layers int
-	Model  string        // shown in status
-	Grace  time.Duration // how long a dropped client's sequences are kept
-	Now    func() time.Time
+	Spec  policy.Spec   // every layer's policy; its length is the model's depth
+	Model string        // shown in status
+	Grace time.Duration // how long a dropped client's sequences are kept
+	Now   func() time.Time
 }
 
 // Engine is safe for concurrent use; calls are serialised by one mutex,
@@ -37,13 +42,17 @@ type Engine struct {
 	cfg      Config
 	pool     pool.Pool
 	alloc    *blocks.Allocator
-	policies []ipc.LayerPolicy
+	compute  kernels.Backend
+	mem      *kernels.Tensor // the pool as kvd maps it, for eviction
 	instance string
 	start    time.Time
 	clients  map[string]*client // by lease
 	nextSeq  blocks.SeqID
 	nextStep uint64
 	steps    uint64
+	seen     map[blocks.SeqID]int // tokens each sequence has been given
+	evicted  uint64               // tokens evicted, all heads counted once
+	returned uint64               // blocks freed by eviction
 }
 
 // client is one lease: a client's sequences, mapped from the ids it chose to
@@ -53,7 +62,9 @@ type client struct {
 	connected bool
 	dropped   time.Time
 	seqs      map[uint64]blocks.SeqID
+	ids       map[blocks.SeqID]uint64 // the reverse of seqs
 	inflight  *pending
+	shrunk    []blocks.Shrink // evictions the client has not been told of (client ids)
 }
 
 // pending is a reserved step not yet reported done: enough to roll it back.
@@ -67,18 +78,26 @@ func New(p pool.Pool, cfg Config) (*Engine, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	a, err := blocks.New(p.Layout(), cfg.Layers)
+	if err := cfg.Spec.Validate(); err != nil {
+		return nil, err
+	}
+	a, err := blocks.New(p.Layout(), cfg.Spec)
 	if err != nil {
 		return nil, err
 	}
-	pol := make([]ipc.LayerPolicy, cfg.Layers)
-	for i := range pol {
-		pol[i] = ipc.LayerPolicy{Policy: "full"}
+	e := &Engine{
+		cfg: cfg, pool: p, alloc: a, compute: kernels.NewCPU(),
+		instance: randomID(), start: cfg.Now(), clients: map[string]*client{}, seen: map[blocks.SeqID]int{},
 	}
-	return &Engine{
-		cfg: cfg, pool: p, alloc: a, policies: pol,
-		instance: randomID(), start: cfg.Now(), clients: map[string]*client{},
-	}, nil
+	if h, ok := p.(*pool.Host); ok {
+		e.mem = e.compute.FromHost(h.Float32s(), p.Layout().PoolElems())
+	}
+	for i, l := range cfg.Spec {
+		if l.Decode != "" && e.mem == nil {
+			return nil, fmt.Errorf("layer %d: decode eviction needs a pool kvd can compute on", i)
+		}
+	}
+	return e, nil
 }
 
 func randomID() string {
@@ -117,14 +136,14 @@ func (e *Engine) Hello(ctx context.Context, req ipc.HelloRequest) (*ipc.HelloRep
 		}
 	default:
 		lease = randomID()
-		e.clients[lease] = &client{name: req.Name, connected: true, seqs: map[uint64]blocks.SeqID{}}
+		e.clients[lease] = &client{name: req.Name, connected: true, seqs: map[uint64]blocks.SeqID{}, ids: map[blocks.SeqID]uint64{}}
 	}
 	l := e.pool.Layout()
 	return &ipc.HelloReply{
 		Instance: e.instance, Lease: lease, Reclaimed: reclaimed,
 		PoolKind: e.pool.Kind(), PoolBytes: e.pool.Bytes(),
-		NumBlocks: l.NumBlocks, BlockSize: l.BlockSize, Layers: e.cfg.Layers, KVHeads: l.KVHeads, HeadDim: l.HeadDim,
-		DType: "float32", Policies: e.policies,
+		NumBlocks: l.NumBlocks, BlockSize: l.BlockSize, Layers: len(e.cfg.Spec), KVHeads: l.KVHeads, HeadDim: l.HeadDim,
+		DType: "float32", Policies: e.cfg.Spec,
 	}, nil
 }
 
@@ -151,6 +170,7 @@ func (e *Engine) Reap() int {
 		if !c.connected && now.Sub(c.dropped) >= e.cfg.Grace {
 			for _, id := range c.seqs {
 				e.alloc.Close(id)
+				delete(e.seen, id)
 			}
 			delete(e.clients, lease)
 			n++
@@ -193,6 +213,7 @@ func (e *Engine) Open(ctx context.Context, lease string, ids []uint64) error {
 			return err
 		}
 		c.seqs[id] = e.nextSeq
+		c.ids[e.nextSeq] = id
 	}
 	return nil
 }
@@ -222,6 +243,9 @@ func (e *Engine) Close(ctx context.Context, lease string, ids []uint64) error {
 		}
 		e.alloc.Close(sid)
 		delete(c.seqs, id)
+		delete(c.ids, sid)
+		delete(e.seen, sid)
+		c.shrunk = slices.DeleteFunc(c.shrunk, func(s blocks.Shrink) bool { return uint64(s.Seq) == id })
 	}
 	return first
 }
@@ -268,6 +292,10 @@ func (e *Engine) Step(ctx context.Context, lease string, req *ipc.StepRequest) (
 	}
 	e.nextStep++
 	c.inflight = &pending{id: e.nextStep, appends: appends}
+	for _, a := range appends {
+		e.seen[a.Seq] += a.N
+	}
+	d.Shrunk, c.shrunk = c.shrunk, nil
 	return &ipc.StepReply{StepID: e.nextStep, Delta: *d}, nil
 }
 
@@ -290,10 +318,32 @@ func (e *Engine) done(c *client, id uint64, failed bool) error {
 	}
 	if failed {
 		e.rollback(c)
+		return nil
 	}
+	e.evict(c, c.inflight.appends)
 	c.inflight = nil
 	e.steps++
 	return nil
+}
+
+// evict cuts back every layer of the step's sequences that exceeds its
+// decode budget by a block: the kernel compacts the kept tokens into the
+// table's first blocks, and the rest of the table goes back to the pool.
+func (e *Engine) evict(c *client, appends []blocks.Append) {
+	l := e.pool.Layout()
+	for _, a := range appends {
+		for layer, p := range e.cfg.Spec {
+			tokens, err := e.alloc.Tokens(a.Seq, layer)
+			if err != nil || !p.Evicts(tokens, l.BlockSize) {
+				continue
+			}
+			e.compute.Evict(e.mem, l, e.alloc.Blocks(a.Seq, layer), tokens, p.DecodeBudget, p.Sinks, p.Recent)
+			freed, _ := e.alloc.Shrink(a.Seq, layer, p.DecodeBudget)
+			e.evicted += uint64(tokens - p.DecodeBudget)
+			e.returned += uint64(freed)
+			c.shrunk = append(c.shrunk, blocks.Shrink{Seq: blocks.SeqID(c.ids[a.Seq]), Layer: uint32(layer), Tokens: uint32(p.DecodeBudget)})
+		}
+	}
 }
 
 // rollback removes the tokens of the client's step in flight.
@@ -302,7 +352,8 @@ func (e *Engine) rollback(c *client) {
 		return
 	}
 	for _, a := range c.inflight.appends {
-		e.alloc.Rollback(a.Seq, a.N)
+		e.alloc.Rollback(a.Seq)
+		e.seen[a.Seq] -= a.N
 	}
 	c.inflight = nil
 }
@@ -321,7 +372,8 @@ func (e *Engine) Status(ctx context.Context) *ipc.Status {
 		BlockSize: l.BlockSize, BlockBytes: int64(l.BlockElems()) * 4,
 		BlocksTotal: e.alloc.Total(), BlocksFree: e.alloc.Free(), BlocksUsed: e.alloc.Total() - e.alloc.Free(),
 		Sequences: e.alloc.Len(), Steps: e.steps,
-		Leases: []ipc.LeaseStatus{}, Layers: make([]ipc.LayerStatus, e.cfg.Layers),
+		Leases: []ipc.LeaseStatus{}, Layers: make([]ipc.LayerStatus, len(e.cfg.Spec)),
+		TokensEvicted: e.evicted, BlocksReturned: e.returned,
 	}
 	for _, c := range e.clients {
 		ls := ipc.LeaseStatus{Name: c.name, Connected: c.connected, Sequences: len(c.seqs)}
@@ -333,12 +385,24 @@ func (e *Engine) Status(ctx context.Context) *ipc.Status {
 		}
 		s.Leases = append(s.Leases, ls)
 	}
-	for i := range s.Layers {
-		s.Layers[i] = ipc.LayerStatus{Index: i, Policy: e.policies[i].Policy, Budget: e.policies[i].Budget}
+	for i, p := range e.cfg.Spec {
+		budget := p.Budget
+		if p.DecodeBudget > 0 {
+			budget = p.DecodeBudget
+		}
+		s.Layers[i] = ipc.LayerStatus{Index: i, Policy: p.String(), Budget: budget}
 	}
 	e.alloc.EachTable(func(layer, tokens, nblocks int) {
 		s.Layers[layer].TokensRetained += tokens
 		s.Layers[layer].BlocksUsed += nblocks
 	})
+	for _, n := range e.seen {
+		s.TokensSeen += n
+	}
+	for i := range s.Layers {
+		if r := s.Layers[i].TokensRetained; r > 0 {
+			s.Layers[i].Compression = float64(s.TokensSeen) / float64(r)
+		}
+	}
 	return s
 }

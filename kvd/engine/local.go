@@ -6,6 +6,7 @@ import (
 
 	"github.com/kvd-project/kvd/ipc"
 	"github.com/kvd-project/kvd/kvd/blocks"
+	"github.com/kvd-project/kvd/kvd/policy"
 	"github.com/kvd-project/kvd/kvd/pool"
 	"github.com/kvd-project/kvd/shm"
 )
@@ -21,13 +22,14 @@ type Local struct {
 	done  *ipc.StepDone
 }
 
-// NewLocal starts an engine over a fresh host pool of l and connects to it.
-func NewLocal(l shm.Layout, layers int) (*Local, error) {
+// NewLocal starts an engine over a fresh host pool of l, for layers
+// following spec, and connects to it.
+func NewLocal(l shm.Layout, spec policy.Spec) (*Local, error) {
 	p, err := pool.NewHost(l)
 	if err != nil {
 		return nil, err
 	}
-	e, err := New(p, Config{Layers: layers, Model: "embedded"})
+	e, err := New(p, Config{Spec: spec, Model: "embedded"})
 	if err != nil {
 		p.Close()
 		return nil, err
@@ -45,6 +47,9 @@ func (c *Local) Engine() *Engine { return c.e }
 
 // Layout is the pool's geometry.
 func (c *Local) Layout() shm.Layout { return c.pool.Layout() }
+
+// Spec is the layers' policies.
+func (c *Local) Spec() policy.Spec { return c.e.cfg.Spec }
 
 // PoolMemory is the pool as this process maps it.
 func (c *Local) PoolMemory() []float32 { return c.pool.Float32s() }

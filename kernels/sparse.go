@@ -1,0 +1,199 @@
+package kernels
+
+import (
+	"math"
+	"slices"
+	"sort"
+
+	"github.com/kvd-project/kvd/shm"
+)
+
+// Selection says which of a prompt's tokens a sparse layer keeps: the
+// first Sinks and, for a window, the last Keep-Sinks; for SnapKV, the last
+// ObsWindow and the Keep-ObsWindow earlier tokens that the observation
+// window's queries attend to most, after pooling the votes along the
+// sequence with a Kernel-wide max (or average) filter. Heads keep the same
+// number of tokens but choose them independently.
+type Selection struct {
+	SnapKV    bool // false: window
+	Keep      int
+	Sinks     int
+	ObsWindow int
+	Kernel    int
+	PoolAvg   bool // pool by average instead of max
+	GQAMax    bool // a KV head's vote is the max over its queries, not the mean
+}
+
+// SparsePrefill handles one sequence's prompt in a sparse layer: rows
+// [row0, row0+n) of q [T, H*Hd], k and v [T, KVHeads*Hd] are its n tokens,
+// the whole prompt with nothing cached before it. The prompt's own
+// attention is exact (out gets every row); then only the tokens sel keeps
+// are written, per head, in position order, to slots (len sel.Keep), each
+// with its score: the attention the observation window (the last ObsWindow
+// queries) paid it, summed over the queries of its KV head's group.
+func (c *CPU) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l shm.Layout, slots []int32, sel Selection, scale float32) {
+	hd, kvh := l.HeadDim, l.KVHeads
+	heads := q.Cols() / hd
+	group := heads / kvh
+	obsFrom := max(0, n-sel.ObsWindow)
+	// raw[h][j]: observation-window attention to token j, summed over the
+	// group; vote[h][j]: the same aggregated by mean or max for selection.
+	raw := make([][]float64, kvh)
+	vote := make([][]float64, kvh)
+	for h := range kvh {
+		raw[h], vote[h] = make([]float64, n), make([]float64, n)
+	}
+	c.parallel(kvh, 1, func(lo, hi int) {
+		p := make([]float64, n)
+		for kh := lo; kh < hi; kh++ {
+			for g := range group {
+				h := kh*group + g
+				for i := range n {
+					qv := q.data[((row0+i)*heads+h)*hd:][:hd]
+					mx := math.Inf(-1)
+					for j := 0; j <= i; j++ {
+						kv := k.data[((row0+j)*kvh+kh)*hd:][:hd]
+						p[j] = float64(dot(qv, kv) * scale)
+						mx = math.Max(mx, p[j])
+					}
+					var sum float64
+					for j := 0; j <= i; j++ {
+						p[j] = math.Exp(p[j] - mx)
+						sum += p[j]
+					}
+					o := out.data[((row0+i)*heads+h)*hd:][:hd]
+					clear(o)
+					for j := 0; j <= i; j++ {
+						w := p[j] / sum
+						vv := v.data[((row0+j)*kvh+kh)*hd:][:hd]
+						for d := range o {
+							o[d] += float32(w) * vv[d]
+						}
+						if i >= obsFrom {
+							raw[kh][j] += w
+							if sel.GQAMax {
+								vote[kh][j] = math.Max(vote[kh][j], w)
+							} else {
+								vote[kh][j] += w / float64(group)
+							}
+						}
+					}
+				}
+			}
+		}
+	})
+	for kh := range kvh {
+		keep := selectTokens(vote[kh], n, sel)
+		for i, j := range keep {
+			s := slots[i]
+			blk, off := int(s)/l.BlockSize, int(s)%l.BlockSize
+			copy(pool.data[l.K(blk, kh, off):][:hd], k.data[((row0+j)*kvh+kh)*hd:][:hd])
+			copy(pool.data[l.V(blk, kh, off):][:hd], v.data[((row0+j)*kvh+kh)*hd:][:hd])
+			pool.data[l.Score(blk, kh, off)] = float32(raw[kh][j])
+		}
+	}
+}
+
+// selectTokens returns, ascending, the sel.Keep tokens of n that one head
+// keeps, given its observation-window votes.
+func selectTokens(vote []float64, n int, sel Selection) []int {
+	keep := make([]int, 0, sel.Keep)
+	if !sel.SnapKV {
+		for j := range min(sel.Sinks, n) {
+			keep = append(keep, j)
+		}
+		for j := max(n-(sel.Keep-len(keep)), len(keep)); j < n; j++ {
+			keep = append(keep, j)
+		}
+		return keep
+	}
+	obsFrom := max(0, n-sel.ObsWindow)
+	pooled := pool1D(vote[:obsFrom], sel.Kernel, sel.PoolAvg)
+	cand := make([]int, obsFrom)
+	for j := range cand {
+		cand[j] = j
+	}
+	// Highest pooled vote first; the earlier token wins a tie.
+	sort.SliceStable(cand, func(a, b int) bool { return pooled[cand[a]] > pooled[cand[b]] })
+	top := cand[:min(len(cand), sel.Keep-(n-obsFrom))]
+	keep = append(keep, top...)
+	slices.Sort(keep)
+	for j := obsFrom; j < n; j++ {
+		keep = append(keep, j)
+	}
+	return keep
+}
+
+// pool1D filters x with a width-k window centred on each element (zero
+// padding outside, as SnapKV's F.max_pool1d/avg_pool1d with padding k/2).
+func pool1D(x []float64, k int, avg bool) []float64 {
+	out := make([]float64, len(x))
+	r := k / 2
+	for i := range x {
+		var acc float64
+		if !avg {
+			acc = math.Inf(-1)
+		}
+		for j := i - r; j <= i+r; j++ {
+			v := 0.0
+			if j >= 0 && j < len(x) {
+				v = x[j]
+			} else if !avg {
+				continue
+			}
+			if avg {
+				acc += v
+			} else {
+				acc = math.Max(acc, v)
+			}
+		}
+		if avg {
+			acc /= float64(k)
+		}
+		out[i] = acc
+	}
+	return out
+}
+
+// Evict cuts one (sequence, layer) table of tokens tokens in blocks down to
+// keep tokens per head: the first sinks and the last recent stay, and of the
+// rest each head keeps those with the highest scores (the earlier on a
+// tie). Kept entries move, in order, to the first keep slots (K, V and
+// score), so the table's blocks past keep can be freed.
+func (c *CPU) Evict(pool *Tensor, l shm.Layout, blocks []int32, tokens, keep, sinks, recent int) {
+	hd := l.HeadDim
+	slot := func(i int) (int, int) { return int(blocks[i/l.BlockSize]), i % l.BlockSize }
+	c.parallel(l.KVHeads, 1, func(lo, hi int) {
+		for h := lo; h < hi; h++ {
+			heavy := keep - sinks - recent
+			mid := make([]int, 0, tokens)
+			for i := sinks; i < tokens-recent; i++ {
+				mid = append(mid, i)
+			}
+			score := func(i int) float32 { b, o := slot(i); return pool.data[l.Score(b, h, o)] }
+			sort.SliceStable(mid, func(a, b int) bool { return score(mid[a]) > score(mid[b]) })
+			kept := mid[:max(0, min(heavy, len(mid)))]
+			slices.Sort(kept)
+			src := make([]int, 0, keep)
+			for i := range min(sinks, tokens) {
+				src = append(src, i)
+			}
+			src = append(src, kept...)
+			for i := max(tokens-recent, sinks); i < tokens; i++ {
+				src = append(src, i)
+			}
+			// dst <= src throughout, so moving front to back never
+			// overwrites an entry still to be moved.
+			for dst, s := range src {
+				if dst == s {
+					continue
+				}
+				db, do := slot(dst)
+				sb, so := slot(s)
+				copy(pool.data[l.K(db, h, do):][:hd], pool.data[l.K(sb, h, so):][:hd])
+				copy(pool.data[l.V(db, h, do):][:hd], pool.data[l.V(sb, h, so):][:hd])
+				pool.data[l.Score(db, h, do)] = pool.data[l.Score(sb, h, so)]
+			}
+		}
+	})
+}
