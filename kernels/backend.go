@@ -66,6 +66,9 @@ type AttnBatch struct {
 // Validate checks the batch against the number of query rows and the pool.
 func (b *AttnBatch) Validate(numQueries int, l shm.Layout) error {
 	n := len(b.KVLen)
+	if (b.ScoreFrom != nil && len(b.ScoreFrom) != n) || (b.Skip != nil && len(b.Skip) != n) {
+		return fmt.Errorf("attention batch: %d sequences but %d score starts and %d skips", n, len(b.ScoreFrom), len(b.Skip))
+	}
 	if len(b.QIndptr) != n+1 || len(b.BlockIndptr) != n+1 {
 		return fmt.Errorf("attention batch: %d sequences but indptr lengths %d and %d", n, len(b.QIndptr), len(b.BlockIndptr))
 	}
@@ -75,12 +78,12 @@ func (b *AttnBatch) Validate(numQueries int, l shm.Layout) error {
 	for i := 0; i < n; i++ {
 		nq := int(b.QIndptr[i+1] - b.QIndptr[i])
 		nb := int(b.BlockIndptr[i+1] - b.BlockIndptr[i])
+		if b.Skip != nil && b.Skip[i] {
+			nq = 0 // a compressed prompt holds fewer tokens than it has queries
+		}
 		if nq < 0 || int(b.KVLen[i]) < nq || int(b.KVLen[i]) > nb*l.BlockSize {
 			return fmt.Errorf("attention batch: sequence %d has %d queries, %d cached tokens, %d blocks", i, nq, b.KVLen[i], nb)
 		}
-	}
-	if (b.ScoreFrom != nil && len(b.ScoreFrom) != n) || (b.Skip != nil && len(b.Skip) != n) {
-		return fmt.Errorf("attention batch: %d sequences but %d score starts and %d skips", n, len(b.ScoreFrom), len(b.Skip))
 	}
 	for _, id := range b.Blocks {
 		if id <= 0 || int(id) >= l.NumBlocks {

@@ -165,9 +165,6 @@ func (m *Model) preparePlan(plan *LayerKV, qIndptr []int32, T int, l shm.Layout)
 	}
 	a := &plan.Attn
 	a.QIndptr, a.Skip, a.ScoreFrom = qIndptr, nil, nil
-	if err := a.Validate(T, l); err != nil {
-		return nil, err
-	}
 	p := plan.Policy
 	obs := p.ObsWindow
 	if obs == 0 {
@@ -181,7 +178,7 @@ func (m *Model) preparePlan(plan *LayerKV, qIndptr []int32, T int, l shm.Layout)
 		switch {
 		case k == rows:
 			copy(tokSlots[qIndptr[s]:qIndptr[s+1]], plan.Slots[next:next+k])
-		case k < rows && p.Selects() && int(a.KVLen[s]) == k:
+		case k < rows && p.Selects() && s < len(a.KVLen) && int(a.KVLen[s]) == k:
 			if a.Skip == nil {
 				a.Skip = make([]bool, n)
 			}
@@ -202,7 +199,7 @@ func (m *Model) preparePlan(plan *LayerKV, qIndptr []int32, T int, l shm.Layout)
 			a.ScoreFrom[s] = int32(max(0, rows-obs))
 		}
 	}
-	return tokSlots, nil
+	return tokSlots, a.Validate(T, l)
 }
 
 // sparsePrefills runs SparsePrefill for the compressed prompts of a layer.
