@@ -359,4 +359,3 @@ func relErr(a, b []float32) float64 {
 	}
 	return d / mx
 }
-
