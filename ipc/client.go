@@ -58,6 +58,10 @@ type Client struct {
 	inflight *Step
 	// done is a finished step to report with the next Step request.
 	done *StepDone
+	// free is kvd's free block count as of the last reply.
+	free int
+	// abandoned are sequences to close in kvd at the next chance.
+	abandoned []uint64
 }
 
 // Step is a reserved step: its id and its appends (sequence ids are the
@@ -158,7 +162,7 @@ func (c *Client) connect(ctx context.Context) error {
 		unix.Close(fd) // the same pool, already mapped
 	}
 	old := c.tables
-	c.hello, c.lease = &h, h.Lease
+	c.hello, c.lease, c.free = &h, h.Lease, h.FreeBlocks
 	if len(h.Policies) != h.Layers {
 		c.drop()
 		return fmt.Errorf("kvd sent %d layer policies for %d layers", len(h.Policies), h.Layers)
@@ -187,6 +191,19 @@ func (c *Client) connect(ctx context.Context) error {
 		return fmt.Errorf("%w (instance %.8s, now %.8s)", ErrRestarted, c.hello.Instance, h.Instance)
 	}
 	return nil
+}
+
+// closeAbandoned closes, best effort, the sequences given up while kvd
+// was away; it never fails the call that carries it.
+func (c *Client) closeAbandoned(ctx context.Context) {
+	if len(c.abandoned) == 0 || c.conn == nil {
+		return
+	}
+	ids := c.abandoned
+	c.abandoned = nil
+	if _, _, err := c.roundTrip(ctx, TypeClose, EncodeSeqs(nil, ids), false); errors.Is(err, ErrDisconnected) {
+		c.abandoned = ids // try again after the reconnect
+	}
 }
 
 // sayHello dials once and says hello, returning the raw reply and the
@@ -243,6 +260,7 @@ func (c *Client) callWith(ctx context.Context, typ uint16, payload func() []byte
 				return nil, err
 			}
 		}
+		c.closeAbandoned(ctx)
 		p, _, err := c.roundTrip(ctx, typ, payload(), false)
 		if attempt == 0 && errors.Is(err, ErrDisconnected) && (errors.Is(err, errNotSent) || retryable[typ]) {
 			continue
@@ -383,8 +401,30 @@ func (c *Client) Step(ctx context.Context, appends []blocks.Append) (*Step, erro
 		c.drop()
 		return nil, fmt.Errorf("step reply does not fit the client's tables: %w", err)
 	}
+	c.free = int(rep.Free)
 	c.inflight = &Step{ID: rep.StepID, Appends: append([]blocks.Append(nil), appends...)}
 	return c.inflight, nil
+}
+
+// FreeBlocks is kvd's free block count as of its last reply.
+func (c *Client) FreeBlocks() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.free
+}
+
+// Abandon forgets sequences now and closes them in kvd with the next call
+// that reaches it.
+func (c *Client) Abandon(ids ...uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, id := range ids {
+		c.tables.Remove(blocks.SeqID(id))
+		if c.inflight != nil {
+			c.inflight.drop(blocks.SeqID(id))
+		}
+	}
+	c.abandoned = append(c.abandoned, ids...)
 }
 
 // Plan returns every layer's slots and attention tables for the step in

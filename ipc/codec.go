@@ -13,9 +13,11 @@ type StepRequest struct {
 	Appends []blocks.Append
 }
 
-// StepReply names the step and the blocks it added.
+// StepReply names the step, says what it changed, and how many blocks are
+// left free (for the scheduler's admission).
 type StepReply struct {
 	StepID uint64
+	Free   uint32
 	Delta  blocks.Delta
 }
 
@@ -81,6 +83,7 @@ func (r *StepRequest) Decode(p []byte) error {
 func (r *StepReply) Encode(buf []byte) []byte {
 	e := enc{buf}
 	e.u64(r.StepID)
+	e.u32(r.Free)
 	e.u32(uint32(len(r.Delta.Added)))
 	for _, a := range r.Delta.Added {
 		e.u32(a.Pos)
@@ -98,6 +101,7 @@ func (r *StepReply) Encode(buf []byte) []byte {
 func (r *StepReply) Decode(p []byte) error {
 	d := dec{b: p}
 	r.StepID = d.u64()
+	r.Free = d.u32()
 	r.Delta.Added = make([]blocks.Added, d.count(8))
 	for i := range r.Delta.Added {
 		r.Delta.Added[i] = blocks.Added{Pos: d.u32(), Block: int32(d.u32())}

@@ -15,7 +15,7 @@ func TestRoundTrips(t *testing.T) {
 	if err := got.Decode(req.Encode(nil)); err != nil || !reflect.DeepEqual(got, req) {
 		t.Errorf("step request: %+v, %v", got, err)
 	}
-	rep := StepReply{StepID: 3, Delta: blocks.Delta{Added: []blocks.Added{{Pos: 0, Block: 7}, {Pos: 63, Block: 1 << 30}}, Shrunk: []blocks.Shrink{{Seq: 9, Layer: 3, Tokens: 1024}}}}
+	rep := StepReply{StepID: 3, Free: 77, Delta: blocks.Delta{Added: []blocks.Added{{Pos: 0, Block: 7}, {Pos: 63, Block: 1 << 30}}, Shrunk: []blocks.Shrink{{Seq: 9, Layer: 3, Tokens: 1024}}}}
 	var gr StepReply
 	if err := gr.Decode(rep.Encode(nil)); err != nil || !reflect.DeepEqual(gr, rep) {
 		t.Errorf("step reply: %+v, %v", gr, err)

@@ -108,18 +108,19 @@ type HelloRequest struct {
 
 // HelloReply describes the pool; the reply frame carries the pool's fd.
 type HelloReply struct {
-	Instance  string      `json:"instance"` // changes when kvd restarts
-	Lease     string      `json:"lease"`
-	Reclaimed []uint64    `json:"reclaimed"` // sequences kept from the lease
-	PoolKind  string      `json:"pool_kind"`
-	PoolBytes int64       `json:"pool_bytes"`
-	NumBlocks int         `json:"num_blocks"`
-	BlockSize int         `json:"block_size"`
-	Layers    int         `json:"layers"`
-	KVHeads   int         `json:"kv_heads"`
-	HeadDim   int         `json:"head_dim"`
-	DType     string      `json:"dtype"`
-	Policies  policy.Spec `json:"policies"`
+	Instance   string      `json:"instance"` // changes when kvd restarts
+	Lease      string      `json:"lease"`
+	Reclaimed  []uint64    `json:"reclaimed"` // sequences kept from the lease
+	PoolKind   string      `json:"pool_kind"`
+	PoolBytes  int64       `json:"pool_bytes"`
+	NumBlocks  int         `json:"num_blocks"`
+	FreeBlocks int         `json:"free_blocks"`
+	BlockSize  int         `json:"block_size"`
+	Layers     int         `json:"layers"`
+	KVHeads    int         `json:"kv_heads"`
+	HeadDim    int         `json:"head_dim"`
+	DType      string      `json:"dtype"`
+	Policies   policy.Spec `json:"policies"`
 }
 
 // Status is what `kvd status --json` prints.

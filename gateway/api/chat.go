@@ -223,9 +223,6 @@ func (s *Server) streamChat(out sse, id string, req chatRequest, gens []*generat
 	if err != nil {
 		return
 	}
-	if e := genError(gens); e != nil {
-		out.event(map[string]any{"error": e})
-	}
 	if includeUsage {
 		if out.event(map[string]any{"id": id, "object": "chat.completion.chunk", "created": s.created, "model": s.cfg.ModelName, "choices": []any{}, "usage": totalUsage(gens)}) != nil {
 			return

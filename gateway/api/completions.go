@@ -3,7 +3,6 @@ package api
 import (
 	"bufio"
 	"encoding/json"
-	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
 
@@ -98,10 +97,9 @@ type completionLogprobs struct {
 // add appends tokens; offset is where the first one's text starts.
 func (s *Server) addLogprobs(lp *completionLogprobs, toks []sched.Token, offset int, first, asIDs bool) int {
 	for i, t := range toks {
-		text := s.tokenText(t.ID)
 		lp.Tokens = append(lp.Tokens, s.tokenName(t.ID, asIDs))
 		lp.TextOffset = append(lp.TextOffset, offset)
-		offset += utf8.RuneCountInString(text)
+		offset += s.textWidth(t.ID)
 		if first && i == 0 {
 			lp.TokenLogprobs = append(lp.TokenLogprobs, nil)
 			lp.TopLogprobs = append(lp.TopLogprobs, nil)
@@ -229,16 +227,15 @@ func (s *Server) streamCompletions(out sse, id string, req completionRequest, ge
 		return map[string]any{"id": id, "object": "text_completion", "created": s.created, "model": s.cfg.ModelName, "choices": []completionChoice{c}}
 	}
 	offsets := make([]int, len(gens))
-	if req.Echo {
+	if req.Echo && req.Logprobs == nil {
+		// Without logprobs the echo goes first; with them, it goes with
+		// the prompt's log-probabilities when the prompt has run.
 		for i, g := range gens {
 			c := completionChoice{Index: i, Text: s.cfg.Tokenizer.Decode(toInts(g.req.Prompt), true)}
-			if req.Logprobs == nil {
-				if out.event(chunk(c)) != nil {
-					cancelAll(gens)
-					return
-				}
+			if out.event(chunk(c)) != nil {
+				cancelAll(gens)
+				return
 			}
-			offsets[i] = utf8.RuneCountInString(c.Text)
 		}
 	}
 	err := runAll(gens, func(u update) error {
@@ -252,9 +249,12 @@ func (s *Server) streamCompletions(out sse, id string, req completionRequest, ge
 				if req.Echo {
 					c.Text = s.cfg.Tokenizer.Decode(toInts(gens[u.index].req.Prompt), true)
 				}
-				s.addLogprobs(c.Logprobs, promptTokens(gens[u.index].req.Prompt, u.promptLP), 0, true, req.ReturnTokensAsTokenIDs)
+				offsets[u.index] = s.addLogprobs(c.Logprobs, promptTokens(gens[u.index].req.Prompt, u.promptLP), 0, true, req.ReturnTokensAsTokenIDs)
 			} else {
 				offsets[u.index] = s.addLogprobs(c.Logprobs, u.tokens, offsets[u.index], false, req.ReturnTokensAsTokenIDs)
+			}
+			if len(c.Logprobs.Tokens) == 0 {
+				c.Logprobs = nil // a finish-only chunk carries no logprobs
 			}
 		}
 		if c.Text == "" && c.FinishReason == nil && c.Logprobs == nil {
@@ -264,9 +264,6 @@ func (s *Server) streamCompletions(out sse, id string, req completionRequest, ge
 	})
 	if err != nil {
 		return // the client left; runAll cancelled every choice
-	}
-	if e := genError(gens); e != nil {
-		out.event(map[string]any{"error": e})
 	}
 	if includeUsage {
 		if out.event(map[string]any{"id": id, "object": "text_completion", "created": s.created, "model": s.cfg.ModelName, "choices": []any{}, "usage": totalUsage(gens)}) != nil {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/trace"
@@ -193,7 +194,7 @@ func schedError(err error) *apiError {
 
 // next waits for the choice's next event.
 func (g *generation) next() update {
-	ev, ok := <-g.req.Events
+	ev, ok := g.req.Next()
 	u := update{index: g.index}
 	if !ok {
 		ev = sched.Event{Finish: sched.FinishAbort}
@@ -235,8 +236,7 @@ func (g *generation) next() update {
 	return u
 }
 
-// end stops the choice; a stop string ends it before the scheduler does, so
-// the request is cancelled (freeing its blocks) and its events drained.
+// end stops the choice.
 func (g *generation) end(reason string, err error) {
 	g.finish, g.err, g.done = reason, err, true
 	if g.detok != nil {
@@ -245,11 +245,7 @@ func (g *generation) end(reason string, err error) {
 	if g.finish == sched.FinishAbort && err == nil {
 		g.err = context.Canceled
 	}
-	g.cancel()
-	go func() {
-		for range g.req.Events {
-		}
-	}()
+	g.cancel() // a stop string ends it before the scheduler does: free its blocks
 }
 
 // runAll drives every choice to its end, calling emit for each update in
@@ -348,6 +344,12 @@ func streamHeaders(ctx *fasthttp.RequestCtx) {
 // tokenText is a token's own decoded text.
 func (s *Server) tokenText(id int32) string {
 	return s.cfg.Tokenizer.Decode([]int{int(id)}, false)
+}
+
+// textWidth is how many characters a token adds to the returned text,
+// where special tokens are skipped: what text_offset counts.
+func (s *Server) textWidth(id int32) int {
+	return utf8.RuneCountInString(s.cfg.Tokenizer.Decode([]int{int(id)}, true))
 }
 
 // tokenName is how a token appears in logprobs: its text, or "token_id:N".

@@ -35,6 +35,11 @@ type KV interface {
 	Reserve(ctx context.Context, appends []blocks.Append) (uint64, []blocks.LayerPlan, error)
 	// Done reports the step finished (failed rolls it back).
 	Done(id uint64, failed bool)
+	// FreeBlocks is kvd's count of free blocks as of the last reply.
+	FreeBlocks() int
+	// Abandon forgets sequences now and closes them in kvd when it is
+	// reached again (for sequences of a step that failed with kvd away).
+	Abandon(ids ...uint64)
 }
 
 // Sidecar adapts an ipc.Client to KV.
@@ -119,6 +124,28 @@ func (r *Runner) Close(ctx context.Context, id uint64) error {
 // Forget drops a sequence that kvd no longer has (it restarted) without
 // asking kvd to close it.
 func (r *Runner) Forget(id uint64) { delete(r.pos, id) }
+
+// Abandon drops a sequence now and has kvd close it when it is reached.
+func (r *Runner) Abandon(id uint64) {
+	delete(r.pos, id)
+	r.kv.Abandon(id)
+}
+
+// FreeBlocks is kvd's free block count as of its last reply.
+func (r *Runner) FreeBlocks() int { return r.kv.FreeBlocks() }
+
+// TotalBlocks is the number of blocks in kvd's pool.
+func (r *Runner) TotalBlocks() int { return r.kv.Layout().NumBlocks - 1 }
+
+// BlocksNeeded is how many blocks a prompt of n tokens takes, over all
+// layers, under kvd's policies.
+func (r *Runner) BlocksNeeded(n int) int {
+	bs, need := r.kv.Layout().BlockSize, 0
+	for _, p := range r.kv.Spec() {
+		need += (p.PrefillKeep(0, n) + bs - 1) / bs
+	}
+	return need
+}
 
 // Work is one sequence's share of a step.
 type Work struct {

@@ -11,6 +11,7 @@ package sched
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -69,9 +70,8 @@ type Request struct {
 	Prompt []int32
 	Params Params
 	Ctx    context.Context
-	Events <-chan Event
 
-	events   chan Event
+	box      mailbox
 	id       uint64
 	tokens   []int32 // prompt, then generated tokens
 	computed int     // tokens whose K/V are in kvd
@@ -82,6 +82,67 @@ type Request struct {
 	first    time.Time // first token
 	last     time.Time // latest token
 	span     trace.Span
+	counted  bool // prompt tokens counted in the metrics
+	finished bool // the last event was sent
+}
+
+// Next waits for the request's next event; ok is false once the events
+// are over (after the event with Finish or Err).
+func (r *Request) Next() (ev Event, ok bool) { return r.box.next() }
+
+// mailbox is an unbounded event queue: the scheduler never blocks on a slow
+// reader, and a request reserves no memory for tokens it may never make.
+type mailbox struct {
+	mu     sync.Mutex
+	queue  []Event
+	closed bool
+	notify chan struct{} // holds a token while events are queued or the box is closed
+}
+
+func (b *mailbox) init() { b.notify = make(chan struct{}, 1) }
+
+func (b *mailbox) signal() {
+	select {
+	case b.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (b *mailbox) push(ev Event) {
+	b.mu.Lock()
+	b.queue = append(b.queue, ev)
+	b.mu.Unlock()
+	b.signal()
+}
+
+func (b *mailbox) close() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	b.signal()
+}
+
+func (b *mailbox) next() (Event, bool) {
+	for {
+		b.mu.Lock()
+		if len(b.queue) > 0 {
+			ev := b.queue[0]
+			b.queue = b.queue[1:]
+			more := len(b.queue) > 0 || b.closed
+			b.mu.Unlock()
+			if more {
+				b.signal()
+			}
+			return ev, true
+		}
+		if b.closed {
+			b.mu.Unlock()
+			b.signal()
+			return Event{}, false
+		}
+		b.mu.Unlock()
+		<-b.notify
+	}
 }
 
 // Generated is the number of tokens produced so far.

@@ -46,6 +46,9 @@ type Scheduler struct {
 	waiting []*Request // FIFO; preempted requests go back to the front
 	running []*Request // in admission order
 	nextID  uint64
+	// restarted is set when a call found kvd restarted: every running
+	// request is recomputed before the next step.
+	restarted bool
 
 	numRunning atomic.Int64 // len(running), for the metrics callback
 }
@@ -72,24 +75,22 @@ func New(r *runner.Runner, cfg Config) (*Scheduler, error) {
 // Submit queues a request; it fails at once with ErrQueueFull when
 // MaxQueue requests are already waiting.
 func (s *Scheduler) Submit(req *Request) error {
-	if n := len(req.Prompt) + max(req.Params.MaxTokens, 1); n > s.cfg.MaxModelLen {
-		return fmt.Errorf("%w: %d tokens exceed the context of %d", ErrTooLarge, n, s.cfg.MaxModelLen)
+	if req.Params.MaxTokens < 0 || len(req.Prompt) >= s.cfg.MaxModelLen || req.Params.MaxTokens > s.cfg.MaxModelLen-len(req.Prompt) {
+		return fmt.Errorf("%w: %d prompt tokens and %d new ones exceed the context of %d", ErrTooLarge, len(req.Prompt), req.Params.MaxTokens, s.cfg.MaxModelLen)
 	}
-	req.events = make(chan Event, req.Params.MaxTokens+2)
-	req.Events = req.events
+	req.box.init()
 	req.tokens = append([]int32(nil), req.Prompt...)
 	req.sampler = sample.New(req.Params.Sampling)
 	req.arrived = time.Now()
-	_, req.span = tracer.Start(req.Ctx, "queue")
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
 		return ErrStopped
 	}
 	if s.m.waiting.Load() >= int64(s.cfg.MaxQueue) {
-		req.span.End()
 		return ErrQueueFull
 	}
+	_, req.span = tracer.Start(req.Ctx, "queue")
 	s.incoming = append(s.incoming, req)
 	s.m.waiting.Add(1)
 	select {
@@ -105,6 +106,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 	for ctx.Err() == nil {
 		s.collect()
 		s.dropCancelled()
+		s.handleRestart()
 		s.numRunning.Store(int64(len(s.running)))
 		if len(s.running) == 0 && len(s.waiting) == 0 {
 			select {
@@ -113,7 +115,16 @@ func (s *Scheduler) Run(ctx context.Context) {
 			}
 			continue
 		}
-		s.step(ctx)
+		if !s.step(ctx) {
+			// Nothing could run (the pool is held by others): wait for a
+			// submission or a moment, instead of spinning.
+			select {
+			case <-ctx.Done():
+			case <-s.wake:
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		s.handleRestart()
 		s.numRunning.Store(int64(len(s.running)))
 	}
 }
@@ -132,17 +143,17 @@ func (s *Scheduler) collect() {
 
 // dropCancelled aborts requests whose clients left, freeing their blocks.
 func (s *Scheduler) dropCancelled() {
-	keep := func(list []*Request) []*Request {
-		return slices.DeleteFunc(list, func(r *Request) bool {
-			if r.Ctx.Err() == nil {
-				return false
-			}
-			s.finish(r, FinishAbort, nil)
-			return true
-		})
+	cancelled := func(r *Request) bool {
+		if r.Ctx.Err() == nil {
+			return false
+		}
+		s.finish(r, FinishAbort, nil)
+		return true
 	}
-	s.running = keep(s.running)
-	s.waiting = keep(s.waiting)
+	s.running = slices.DeleteFunc(s.running, cancelled)
+	n := len(s.waiting)
+	s.waiting = slices.DeleteFunc(s.waiting, cancelled)
+	s.m.waiting.Add(int64(len(s.waiting) - n))
 }
 
 // item is one request's share of a step.
@@ -152,34 +163,34 @@ type item struct {
 	prefill bool
 }
 
-// step schedules, runs and samples one forward pass.
-func (s *Scheduler) step(ctx context.Context) {
+// step schedules, runs and samples one forward pass; it reports whether
+// anything ran.
+func (s *Scheduler) step(ctx context.Context) bool {
 	batch := s.schedule()
-	for {
-		if len(batch) == 0 {
-			return
-		}
+	for len(batch) > 0 {
 		logits, err := s.run(ctx, batch)
-		if errors.Is(err, blocks.ErrPoolExhausted) {
+		switch {
+		case errors.Is(err, blocks.ErrPoolExhausted):
 			batch = s.preempt(batch)
-			continue
-		}
-		if errors.Is(err, ipc.ErrRestarted) {
-			s.requeueAll()
-			return
-		}
-		if err != nil {
+		case errors.Is(err, ipc.ErrRestarted):
+			s.restarted = true
+			return true
+		case err != nil:
 			s.fail(batch, err)
-			return
+			return true
+		default:
+			s.sample(batch, logits)
+			return true
 		}
-		s.sample(batch, logits)
-		return
 	}
+	return false
 }
 
 // schedule picks this step's work: every running sequence decodes one
-// token, then waiting prompts are admitted in order while the token budget
-// and the sequence limit allow. A prompt larger than the budget runs alone.
+// token, then waiting prompts are admitted in order while the token budget,
+// the sequence limit and kvd's free blocks allow (keeping a block per layer
+// for each running sequence's growth). A prompt larger than the token
+// budget runs alone.
 func (s *Scheduler) schedule() []item {
 	var batch []item
 	budget := s.cfg.MaxBatchTokens
@@ -187,41 +198,45 @@ func (s *Scheduler) schedule() []item {
 		batch = append(batch, item{req: r, tokens: r.tokens[r.computed:]})
 		budget -= len(r.tokens) - r.computed
 	}
+	free := s.r.FreeBlocks() - len(s.running)*s.r.Model().Config.NumLayers
 	for len(s.waiting) > 0 && len(s.running) < s.cfg.MaxNumSeqs {
 		r := s.waiting[0]
 		n := len(r.tokens) - r.computed
-		if n > budget && len(batch) > 0 {
+		need := s.r.BlocksNeeded(n)
+		if (n > budget || need > free) && len(batch) > 0 {
 			break
 		}
 		s.waiting = s.waiting[1:]
 		s.m.waiting.Add(-1)
 		if err := s.admit(r); err != nil {
+			if errors.Is(err, ipc.ErrRestarted) {
+				// kvd came back empty: rebuild everything next time.
+				s.waiting = append([]*Request{r}, s.waiting...)
+				s.m.waiting.Add(1)
+				s.restarted = true
+				return nil
+			}
 			s.finish(r, "", err)
 			continue
 		}
 		s.running = append(s.running, r)
 		batch = append(batch, item{req: r, tokens: r.tokens[r.computed:], prefill: true})
 		budget -= n
+		free -= need
 	}
 	return batch
 }
 
 // admit opens the request's sequence in kvd.
 func (s *Scheduler) admit(r *Request) error {
-	r.span.End() // queue
-	_, r.span = tracer.Start(r.Ctx, "prefill", trace.WithAttributes(attribute.Int("tokens", len(r.tokens))))
-	err := s.r.Open(r.Ctx, r.id)
-	if errors.Is(err, ipc.ErrRestarted) {
-		// kvd came back empty: whatever was running must be recomputed,
-		// and this sequence can open on the new kvd.
-		s.requeueAll()
-		err = s.r.Open(r.Ctx, r.id)
-	}
-	if err != nil {
+	if err := s.r.Open(r.Ctx, r.id); err != nil {
 		return err
 	}
+	r.span.End() // queue
+	_, r.span = tracer.Start(r.Ctx, "prefill", trace.WithAttributes(attribute.Int("tokens", len(r.tokens))))
 	r.open = true
-	if r.computed == 0 && r.generated() == 0 {
+	if !r.counted {
+		r.counted = true
 		s.m.prompt.Add(r.Ctx, int64(len(r.Prompt)))
 	}
 	return nil
@@ -238,21 +253,18 @@ func (s *Scheduler) run(ctx context.Context, batch []item) ([][]float32, error) 
 }
 
 // preempt makes room after kvd said the pool is full: the newest admitted
-// request leaves the batch; a prompt goes back to the queue's front, a
-// running sequence is closed and recomputed later. A request alone in the
-// batch that still does not fit can never run and fails.
+// request leaves the batch; its sequence is closed and it goes back to the
+// queue's front, to be recomputed when blocks free up. A request alone in
+// the batch waits too, unless it could never fit in the whole pool.
 func (s *Scheduler) preempt(batch []item) []item {
-	if len(batch) == 1 {
-		s.running = slices.DeleteFunc(s.running, func(r *Request) bool { return r == batch[0].req })
-		s.finish(batch[0].req, "", fmt.Errorf("%w (%d tokens)", ErrTooLarge, len(batch[0].req.tokens)))
+	victim := s.running[len(s.running)-1]
+	if len(batch) == 1 && s.r.BlocksNeeded(len(victim.tokens)) > s.r.TotalBlocks() {
+		s.running = s.running[:len(s.running)-1]
+		s.finish(victim, "", fmt.Errorf("%w (%d tokens)", ErrTooLarge, len(victim.tokens)))
 		return nil
 	}
-	victim := s.running[len(s.running)-1]
 	s.running = s.running[:len(s.running)-1]
-	if victim.open {
-		s.r.Close(context.WithoutCancel(victim.Ctx), victim.id)
-		victim.open = false
-	}
+	s.closeSeq(victim)
 	victim.computed = 0
 	s.waiting = append([]*Request{victim}, s.waiting...)
 	s.m.waiting.Add(1)
@@ -261,16 +273,28 @@ func (s *Scheduler) preempt(batch []item) []item {
 	return slices.DeleteFunc(batch, func(it item) bool { return it.req == victim })
 }
 
+// closeSeq closes the request's sequence in kvd. If kvd restarted, every
+// running request must be recomputed: the Run loop does that next.
+func (s *Scheduler) closeSeq(r *Request) {
+	if !r.open {
+		return
+	}
+	r.open = false
+	if err := s.r.Close(context.WithoutCancel(r.Ctx), r.id); errors.Is(err, ipc.ErrRestarted) {
+		s.restarted = true
+	}
+}
+
 // sample turns each item's logits into its next token and events.
 func (s *Scheduler) sample(batch []item, logits [][]float32) {
 	now := time.Now()
+	v := s.r.Model().Config.VocabSize
 	for i, it := range batch {
 		r := it.req
 		r.computed = len(r.tokens)
 		lg := logits[i]
-		v := s.r.Model().Config.VocabSize
-		if rows := len(lg) / v; rows > 1 { // prompt logits: score the prompt once
-			r.events <- Event{PromptLogprobs: s.scorePrompt(r, lg, v)}
+		if rows := len(lg) / v; r.Params.PromptLogprobs && !r.scored { // score the prompt once
+			r.box.push(Event{PromptLogprobs: s.scorePrompt(r, lg, v)})
 			r.scored = true
 			lg = lg[(rows-1)*v:]
 		}
@@ -290,7 +314,7 @@ func (s *Scheduler) sample(batch []item, logits [][]float32) {
 		}
 		r.last = now
 		s.m.generated.Add(r.Ctx, 1)
-		r.events <- Event{Token: &tok}
+		r.box.push(Event{Token: &tok})
 		switch {
 		case !r.Params.IgnoreEOS && slices.Contains(r.Params.StopTokens, tok.ID):
 			s.finishRunning(r, FinishStop)
@@ -316,7 +340,7 @@ func (s *Scheduler) next(r *Request, lg []float32) Token {
 }
 
 // scorePrompt gives each prompt token after the first its log-probability
-// under the logits of the position before it.
+// under the logits of the position before it (none for a one-token prompt).
 func (s *Scheduler) scorePrompt(r *Request, lg []float32, v int) []Token {
 	out := make([]Token, 0, len(r.Prompt)-1)
 	lp := make([]float32, v)
@@ -332,12 +356,14 @@ func (s *Scheduler) finishRunning(r *Request, reason string) {
 	s.finish(r, reason, nil)
 }
 
-// finish closes the request's sequence and sends its last event.
+// finish closes the request's sequence and sends its last event; a second
+// call does nothing.
 func (s *Scheduler) finish(r *Request, reason string, err error) {
-	if r.open {
-		s.r.Close(context.WithoutCancel(r.Ctx), r.id)
-		r.open = false
+	if r.finished {
+		return
 	}
+	r.finished = true
+	s.closeSeq(r)
 	if err != nil {
 		r.span.RecordError(err)
 	}
@@ -345,14 +371,18 @@ func (s *Scheduler) finish(r *Request, reason string, err error) {
 	if !r.first.IsZero() {
 		s.m.e2e.Record(r.Ctx, time.Since(r.arrived).Seconds())
 	}
-	r.events <- Event{Finish: reason, Err: err}
-	close(r.events)
+	r.box.push(Event{Finish: reason, Err: err})
+	r.box.close()
 }
 
-// requeueAll puts every running request back at the front of the queue to
-// be recomputed: kvd restarted and its KV cache is gone, but the requests'
-// tokens are not, so they go on as if preempted.
-func (s *Scheduler) requeueAll() {
+// handleRestart recomputes every running request after kvd came back
+// empty: their tokens are intact, their KV is not, so they go back to the
+// queue's front as if preempted.
+func (s *Scheduler) handleRestart() {
+	if !s.restarted {
+		return
+	}
+	s.restarted = false
 	for _, r := range s.running {
 		s.r.Forget(r.id)
 		r.open, r.computed = false, 0
@@ -363,13 +393,14 @@ func (s *Scheduler) requeueAll() {
 	s.running = nil
 }
 
-// fail ends every request of a batch that could not run (kvd went away,
+// fail ends every request of a batch that could not run (kvd unreachable,
 // for one); the scheduler itself keeps going.
 func (s *Scheduler) fail(batch []item, err error) {
 	if errors.Is(err, ipc.ErrDisconnected) || errors.Is(err, ipc.ErrNotRunning) {
-		// kvd is gone and with it every sequence: fail all running requests.
+		// kvd is gone: every running request fails; their sequences are
+		// closed in kvd whenever it is reached again.
 		for _, r := range s.running {
-			s.r.Forget(r.id)
+			s.r.Abandon(r.id)
 			r.open = false
 			s.finish(r, "", err)
 		}

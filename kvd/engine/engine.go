@@ -108,6 +108,13 @@ func randomID() string {
 
 var tracer = observability.Tracer("kvd/engine")
 
+// FreeBlocks is the number of blocks no table holds.
+func (e *Engine) FreeBlocks() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.alloc.Free()
+}
+
 // Pool is the engine's pool.
 func (e *Engine) Pool() pool.Pool { return e.pool }
 
@@ -142,7 +149,7 @@ func (e *Engine) Hello(ctx context.Context, req ipc.HelloRequest) (*ipc.HelloRep
 	return &ipc.HelloReply{
 		Instance: e.instance, Lease: lease, Reclaimed: reclaimed,
 		PoolKind: e.pool.Kind(), PoolBytes: e.pool.Bytes(),
-		NumBlocks: l.NumBlocks, BlockSize: l.BlockSize, Layers: len(e.cfg.Spec), KVHeads: l.KVHeads, HeadDim: l.HeadDim,
+		NumBlocks: l.NumBlocks, FreeBlocks: e.alloc.Free(), BlockSize: l.BlockSize, Layers: len(e.cfg.Spec), KVHeads: l.KVHeads, HeadDim: l.HeadDim,
 		DType: "float32", Policies: e.cfg.Spec,
 	}, nil
 }
@@ -296,7 +303,7 @@ func (e *Engine) Step(ctx context.Context, lease string, req *ipc.StepRequest) (
 		e.seen[a.Seq] += a.N
 	}
 	d.Shrunk, c.shrunk = c.shrunk, nil
-	return &ipc.StepReply{StepID: e.nextStep, Delta: *d}, nil
+	return &ipc.StepReply{StepID: e.nextStep, Free: uint32(e.alloc.Free()), Delta: *d}, nil
 }
 
 // StepDone reports a step finished; failed rolls its tokens back.

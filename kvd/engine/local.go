@@ -87,6 +87,12 @@ func (c *Local) Done(id uint64, failed bool) {
 	c.done = &ipc.StepDone{ID: id}
 }
 
+// FreeBlocks is the number of blocks no table holds.
+func (c *Local) FreeBlocks() int { return c.e.FreeBlocks() }
+
+// Abandon closes sequences (in process, kvd is always reachable).
+func (c *Local) Abandon(ids ...uint64) { c.e.Close(context.Background(), c.lease, ids) }
+
 // Shutdown releases the pool.
 func (c *Local) Shutdown() error { return c.pool.Close() }
 
