@@ -60,6 +60,8 @@ type Client struct {
 	done *StepDone
 	// free is kvd's free block count as of the last reply.
 	free int
+	// reached says whether the last call's request got a reply.
+	reached bool
 	// abandoned are sequences to close in kvd at the next chance.
 	abandoned []uint64
 }
@@ -143,7 +145,9 @@ func (c *Client) connect(ctx context.Context) error {
 		c.drop()
 		return fmt.Errorf("hello reply: %w", err)
 	}
-	restarted := c.hello != nil && c.hello.Instance != h.Instance
+	// A restart, or a lease kvd let go of (its grace ran out): either way
+	// the sequences are gone.
+	restarted := c.hello != nil && (c.hello.Instance != h.Instance || h.Lease != c.lease)
 	if c.hello == nil || restarted {
 		if fd < 0 {
 			c.drop()
@@ -178,6 +182,11 @@ func (c *Client) connect(ctx context.Context) error {
 		keep := map[uint64]bool{}
 		for _, id := range h.Reclaimed {
 			keep[id] = true
+			if !old.Has(blocks.SeqID(id)) {
+				// Opened by a call whose reply was lost, or closed by one
+				// that never arrived: close it.
+				c.abandoned = append(c.abandoned, id)
+			}
 		}
 		old.Each(func(id blocks.SeqID) {
 			if !keep[uint64(id)] {
@@ -188,7 +197,7 @@ func (c *Client) connect(ctx context.Context) error {
 	}
 	c.inflight = nil
 	if restarted {
-		return fmt.Errorf("%w (instance %.8s, now %.8s)", ErrRestarted, c.hello.Instance, h.Instance)
+		return fmt.Errorf("%w (kvd %.8s, lease %.8s)", ErrRestarted, h.Instance, h.Lease)
 	}
 	return nil
 }
@@ -262,6 +271,8 @@ func (c *Client) callWith(ctx context.Context, typ uint16, payload func() []byte
 		}
 		c.closeAbandoned(ctx)
 		p, _, err := c.roundTrip(ctx, typ, payload(), false)
+		var remote *RemoteError
+		c.reached = err == nil || errors.As(err, &remote)
 		if attempt == 0 && errors.Is(err, ErrDisconnected) && (errors.Is(err, errNotSent) || retryable[typ]) {
 			continue
 		}
@@ -379,6 +390,7 @@ func (s *Step) drop(id blocks.SeqID) {
 func (c *Client) Step(ctx context.Context, appends []blocks.Append) (*Step, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.reached = false
 	p, err := c.callWith(ctx, TypeStep, func() []byte {
 		req := StepRequest{Appends: appends}
 		if c.done != nil {
@@ -386,8 +398,10 @@ func (c *Client) Step(ctx context.Context, appends []blocks.Append) (*Step, erro
 		}
 		return req.Encode(nil)
 	})
-	if err == nil || !errors.Is(err, ErrDisconnected) {
-		c.done = nil // kvd took the report (it does so even when the reservation fails)
+	if c.reached {
+		// kvd took the report, even if the reservation failed. Otherwise
+		// the report stays for the next request or a reconnect's hello.
+		c.done = nil
 	}
 	if err != nil {
 		return nil, err

@@ -443,3 +443,35 @@ func TestSocketFile(t *testing.T) {
 		t.Errorf("status with kvd down: %v\n%s", err, out)
 	}
 }
+
+// TestFlappingConnection drops the connection after every step, before kvd
+// has noticed the last one close, and checks that the client's tables and
+// kvd's stay equal: no step done is lost, none is applied twice.
+func TestFlappingConnection(t *testing.T) {
+	d := startKVD(t, "")
+	ctx := context.Background()
+	c, err := ipc.Dial(ctx, d.sock, ipc.Options{Name: "flaky", Wait: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Shutdown()
+	if err := c.Open(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 200 {
+		st, err := c.Step(ctx, []blocks.Append{{Seq: 1, N: 1}})
+		if err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		c.Done(st.ID, false)
+		c.ForceDisconnect()
+	}
+	s, err := c.Status(ctx) // reconnects; the hello reports the last step done
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := c.Tables().Tokens(1, 0)
+	if n != 200 || s.Layers[0].TokensRetained != 200 {
+		t.Fatalf("client holds %d tokens, kvd %d; both should hold 200", n, s.Layers[0].TokensRetained)
+	}
+}

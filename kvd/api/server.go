@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -62,6 +63,8 @@ type Server struct {
 	log   *slog.Logger
 	grace time.Duration
 	wg    sync.WaitGroup
+
+	nextConn atomic.Uint64
 }
 
 // New returns a server for e; grace is how often dropped leases are reaped.
@@ -121,17 +124,18 @@ func (s *Server) reap(ctx context.Context) {
 // conn is one client connection's state.
 type conn struct {
 	c       *net.UnixConn
+	id      uint64 // tells this connection's lease apart from a newer one's
 	lease   string
 	out     []byte // reply frames
 	payload []byte // reply payloads, kept apart from out
 }
 
 func (s *Server) serveConn(ctx context.Context, uc *net.UnixConn) {
-	c := &conn{c: uc}
+	c := &conn{c: uc, id: s.nextConn.Add(1)}
 	defer func() {
 		uc.Close()
 		if c.lease != "" {
-			s.e.Disconnect(c.lease)
+			s.e.Disconnect(c.lease, c.id)
 			s.log.Info("client disconnected", "lease", c.lease[:8])
 		}
 	}()
@@ -183,7 +187,7 @@ func (s *Server) dispatch(ctx context.Context, c *conn, f *ipc.Frame) ([]byte, i
 		if err := json.Unmarshal(f.Payload, &req); err != nil {
 			return nil, -1, fmt.Errorf("%w: hello: %v", ipc.ErrBadRequest, err)
 		}
-		rep, err := s.e.Hello(ctx, req)
+		rep, err := s.e.Hello(ctx, req, c.id)
 		if err != nil {
 			return nil, -1, err
 		}

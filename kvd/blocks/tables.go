@@ -111,14 +111,12 @@ type Added struct {
 }
 
 // Apply applies a reservation's delta: the shrinks, then the step's appends
-// and the blocks they took.
+// and the blocks they took. It checks everything first and changes nothing
+// if the delta does not fit the tables.
 func (t *Tables) Apply(step []Append, d *Delta) error {
 	for _, s := range d.Shrunk {
-		if !t.Has(s.Seq) {
-			continue // closed here since kvd evicted
-		}
-		if _, err := t.Shrink(s.Seq, int(s.Layer), int(s.Tokens)); err != nil {
-			return err
+		if s.Layer >= uint32(t.layers) {
+			return fmt.Errorf("delta shrinks layer %d of %d", s.Layer, t.layers)
 		}
 	}
 	seqs := make([][]table, len(step))
@@ -130,22 +128,43 @@ func (t *Tables) Apply(step []Append, d *Delta) error {
 		seqs[i] = ts
 	}
 	limit := uint32(len(step) * t.layers)
+	added := make([]int, limit)
 	for _, a := range d.Added {
 		if a.Pos >= limit {
 			return fmt.Errorf("delta adds a block at %d, past %d appends × %d layers", a.Pos, len(step), t.layers)
 		}
+		added[a.Pos]++
+	}
+	// Tokens and blocks each table will have, after the shrinks.
+	for i, s := range step {
+		for l := range t.layers {
+			tb := seqs[i][l]
+			tokens, nb := tb.tokens, len(tb.blocks)
+			for _, sh := range d.Shrunk {
+				if sh.Seq == s.Seq && int(sh.Layer) == l && int(sh.Tokens) < tokens {
+					tokens, nb = int(sh.Tokens), (int(sh.Tokens)+t.blockSize-1)/t.blockSize
+				}
+			}
+			tokens += t.spec[l].PrefillKeep(tokens, s.N)
+			if nb += added[i*t.layers+l]; nb*t.blockSize < tokens || (nb-1)*t.blockSize >= tokens && nb > 0 {
+				return fmt.Errorf("sequence %d layer %d: %d tokens in %d blocks", s.Seq, l, tokens, nb)
+			}
+		}
+	}
+	for _, s := range d.Shrunk {
+		if t.Has(s.Seq) { // else closed here since kvd evicted
+			t.Shrink(s.Seq, int(s.Layer), int(s.Tokens))
+		}
+	}
+	for _, a := range d.Added {
 		tb := &seqs[a.Pos/uint32(t.layers)][a.Pos%uint32(t.layers)]
 		tb.blocks = append(tb.blocks, a.Block)
 	}
 	for i, s := range step {
-		ts := seqs[i]
-		for l := range ts {
-			tb := &ts[l]
+		for l := range seqs[i] {
+			tb := &seqs[i][l]
 			tb.last = t.kept(l, tb, s.N)
 			tb.tokens += tb.last
-			if len(tb.blocks)*t.blockSize < tb.tokens {
-				return fmt.Errorf("sequence %d layer %d: %d tokens in %d blocks", s.Seq, l, tb.tokens, len(tb.blocks))
-			}
 		}
 	}
 	return nil

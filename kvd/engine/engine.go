@@ -60,6 +60,7 @@ type Engine struct {
 type client struct {
 	name      string
 	connected bool
+	conn      uint64 // the connection the lease is on
 	dropped   time.Time
 	seqs      map[uint64]blocks.SeqID
 	ids       map[blocks.SeqID]uint64 // the reverse of seqs
@@ -118,10 +119,13 @@ func (e *Engine) FreeBlocks() int {
 // Pool is the engine's pool.
 func (e *Engine) Pool() pool.Pool { return e.pool }
 
-// Hello connects a client. An empty lease, or one kvd does not know (it
-// expired, or kvd restarted), starts a new lease with no sequences; a known
-// lease whose connection dropped is reclaimed with its sequences.
-func (e *Engine) Hello(ctx context.Context, req ipc.HelloRequest) (*ipc.HelloReply, error) {
+// Hello connects a client on connection conn (an id the caller gives each
+// connection). An empty lease, or one kvd does not know (it expired, or kvd
+// restarted), starts a new lease with no sequences; a known lease is
+// reclaimed with its sequences, also from a connection kvd has not yet seen
+// close: only the client that holds a lease knows it, so a hello with it
+// means the old connection is dead.
+func (e *Engine) Hello(ctx context.Context, req ipc.HelloRequest, conn uint64) (*ipc.HelloReply, error) {
 	_, span := tracer.Start(ctx, "kvd.hello")
 	defer span.End()
 	e.mu.Lock()
@@ -130,10 +134,8 @@ func (e *Engine) Hello(ctx context.Context, req ipc.HelloRequest) (*ipc.HelloRep
 	c, ok := e.clients[lease]
 	var reclaimed []uint64
 	switch {
-	case ok && c.connected:
-		return nil, fmt.Errorf("lease %.8s: %w", lease, ipc.ErrLeaseInUse)
 	case ok:
-		c.connected = true
+		c.connected, c.conn = true, conn
 		if c.inflight != nil && c.inflight.id == req.Done {
 			e.done(c, req.Done, req.Failed)
 		}
@@ -143,7 +145,7 @@ func (e *Engine) Hello(ctx context.Context, req ipc.HelloRequest) (*ipc.HelloRep
 		}
 	default:
 		lease = randomID()
-		e.clients[lease] = &client{name: req.Name, connected: true, seqs: map[uint64]blocks.SeqID{}, ids: map[blocks.SeqID]uint64{}}
+		e.clients[lease] = &client{name: req.Name, connected: true, conn: conn, seqs: map[uint64]blocks.SeqID{}, ids: map[blocks.SeqID]uint64{}}
 	}
 	l := e.pool.Layout()
 	return &ipc.HelloReply{
@@ -154,14 +156,15 @@ func (e *Engine) Hello(ctx context.Context, req ipc.HelloRequest) (*ipc.HelloRep
 	}, nil
 }
 
-// Disconnect starts the lease's grace period; Reap frees it when the grace
-// has passed and the client has not come back. A step in flight stays
-// pending: the client may have run it and not yet reported it, and says
-// which when it reclaims the lease.
-func (e *Engine) Disconnect(lease string) {
+// Disconnect starts the lease's grace period when its connection conn
+// closes (a connection the lease already moved away from does not count);
+// Reap frees it when the grace has passed and the client has not come back.
+// A step in flight stays pending: the client may have run it and not yet
+// reported it, and says which when it reclaims the lease.
+func (e *Engine) Disconnect(lease string, conn uint64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if c, ok := e.clients[lease]; ok {
+	if c, ok := e.clients[lease]; ok && c.conn == conn {
 		c.connected = false
 		c.dropped = e.cfg.Now()
 	}

@@ -34,7 +34,7 @@ func NewLocal(l shm.Layout, spec policy.Spec) (*Local, error) {
 		p.Close()
 		return nil, err
 	}
-	h, err := e.Hello(context.Background(), ipc.HelloRequest{Name: "embedded"})
+	h, err := e.Hello(context.Background(), ipc.HelloRequest{Name: "embedded"}, 0)
 	if err != nil {
 		p.Close()
 		return nil, err
