@@ -88,6 +88,7 @@ type stack struct {
 type options struct {
 	kvMemory string   // pool size
 	gateway  []string // extra gateway flags
+	policy   []string // sparsity flags, for kvd (sidecar) or the gateway (embedded)
 }
 
 func freeAddr(t *testing.T) string {
@@ -121,10 +122,10 @@ func startStack(t *testing.T, mode string, o options) *stack {
 	switch mode {
 	case "sidecar":
 		s.sock = filepath.Join(t.TempDir(), "kvd.sock")
-		start("kvd", "serve", "--socket", s.sock, "--model", modelDir, "--kv-memory", o.kvMemory, "--grace", "1s")
+		start("kvd", append([]string{"serve", "--socket", s.sock, "--model", modelDir, "--kv-memory", o.kvMemory, "--grace", "1s"}, o.policy...)...)
 		gw = append(gw, "--kvd-socket", s.sock)
 	case "embedded":
-		gw = append(gw, "--embedded", "--kv-memory", o.kvMemory)
+		gw = append(append(gw, "--embedded", "--kv-memory", o.kvMemory), o.policy...)
 	default:
 		t.Fatalf("mode %q", mode)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/kvd-project/kvd/gateway/api"
@@ -178,6 +179,18 @@ func kvGauges(status func(context.Context) (*ipc.Status, error)) error {
 	if err != nil {
 		return err
 	}
+	evicted, err := meter.Int64ObservableCounter("kvd_kv_evicted_tokens", metric.WithDescription("Tokens evicted from sparse layers by kvd."))
+	if err != nil {
+		return err
+	}
+	returned, err := meter.Int64ObservableCounter("kvd_kv_evicted_blocks", metric.WithDescription("Blocks returned to kvd's pool by eviction."))
+	if err != nil {
+		return err
+	}
+	retained, err := meter.Int64ObservableGauge("kvd_kv_layer_tokens", metric.WithDescription("Tokens held per layer, over all sequences."))
+	if err != nil {
+		return err
+	}
 	_, err = meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		st, err := status(ctx)
 		if err != nil {
@@ -185,8 +198,13 @@ func kvGauges(status func(context.Context) (*ipc.Status, error)) error {
 		}
 		o.ObserveInt64(used, int64(st.BlocksUsed))
 		o.ObserveInt64(total, int64(st.BlocksTotal))
+		o.ObserveInt64(evicted, int64(st.TokensEvicted))
+		o.ObserveInt64(returned, int64(st.BlocksReturned))
+		for _, l := range st.Layers {
+			o.ObserveInt64(retained, int64(l.TokensRetained), metric.WithAttributes(attribute.Int("layer", l.Index)))
+		}
 		return nil
-	}, used, total)
+	}, used, total, evicted, returned, retained)
 	return err
 }
 

@@ -47,6 +47,7 @@ func printStatus(out io.Writer, s *ipc.Status) {
 	}
 	fmt.Fprintf(out, "blocks    %d used of %d (%.1f%%), %d free\n", s.BlocksUsed, s.BlocksTotal, pct, s.BlocksFree)
 	fmt.Fprintf(out, "clients   %d connected, %d sequences, %d steps\n", s.Clients, s.Sequences, s.Steps)
+	fmt.Fprintf(out, "eviction  %d tokens evicted, %d blocks returned\n", s.TokensEvicted, s.BlocksReturned)
 	if len(s.Leases) > 0 {
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "\nCLIENT\tCONNECTED\tSEQUENCES\tGRACE LEFT")
@@ -60,13 +61,16 @@ func printStatus(out io.Writer, s *ipc.Status) {
 		tw.Flush()
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "\nLAYER\tPOLICY\tBUDGET\tTOKENS\tBLOCKS\t")
+	fmt.Fprintln(tw, "\nLAYER\tPOLICY\tBUDGET\tTOKENS\tBLOCKS\tCOMPRESSION\t")
 	for _, l := range s.Layers {
-		budget := "all"
+		budget, ratio := "all", "-"
 		if l.Budget > 0 {
 			budget = fmt.Sprint(l.Budget)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t\n", l.Index, l.Policy, budget, l.TokensRetained, l.BlocksUsed)
+		if l.Compression > 0 {
+			ratio = fmt.Sprintf("%.2fx", l.Compression)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t\n", l.Index, l.Policy, budget, l.TokensRetained, l.BlocksUsed, ratio)
 	}
 	tw.Flush()
 }

@@ -11,6 +11,7 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 )
@@ -351,9 +352,27 @@ func (l Layer) validate() error {
 }
 
 // FromFlags builds the spec that kvd's (and the embedded gateway's) flags
-// describe: --kv-policy SPEC, or the seed's shorthand --sparse-layers N
+// describe: --kv-policy SPEC (or @FILE holding one, rules on separate lines
+// allowed, # starting a comment), or the seed's shorthand --sparse-layers N
 // --window W, or all layers full.
 func FromFlags(spec string, sparseLayers, window, layers int) (Spec, error) {
+	if path, ok := strings.CutPrefix(spec, "@"); ok {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrSpec, err)
+		}
+		var rules []string
+		for _, line := range strings.Split(string(b), "\n") {
+			line, _, _ = strings.Cut(line, "#")
+			if line = strings.TrimSpace(line); line != "" {
+				rules = append(rules, line)
+			}
+		}
+		spec = strings.Join(rules, ";")
+		if spec == "" {
+			return nil, fmt.Errorf("%w: %s holds no rule", ErrSpec, path)
+		}
+	}
 	switch {
 	case spec != "" && sparseLayers > 0:
 		return nil, fmt.Errorf("%w: give --kv-policy or --sparse-layers/--window, not both", ErrSpec)
