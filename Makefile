@@ -28,6 +28,7 @@ test: ## vet and run every test (what CI runs)
 bench: ## CPU micro-benchmarks: prefill/decode tokens/s, tokenizer, kvd step round trip
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./gateway/model/ ./gateway/tokenizer/
 	$(GO) test -run '^$$' -bench StepRoundTrip -benchtime 5000x ./kvd/api/
+	$(GO) run ./bench/sparsity -decode 512 -batch 4
 
 lint: ## gofmt and vet
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
