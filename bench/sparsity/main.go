@@ -90,7 +90,7 @@ func main() {
 		if !strings.Contains(r.name, *only) {
 			continue
 		}
-		need := *batch * c.NumLayers * ((*promptLen + *decode + blockSize - 1) / blockSize + 1)
+		need := *batch * c.NumLayers * ((*promptLen+*decode+blockSize-1)/blockSize + 1)
 		rn, err := runner.NewEmbedded(m, need+1, blockSize, r.spec)
 		if err != nil {
 			log.Fatal(err)
