@@ -161,6 +161,20 @@ func echoLogprobs(t *testing.T, s *stack) {
 	if c.Choices[0].Text != tok.Decode(toInts(prompt), true) || c.Usage.CompletionTokens != 0 {
 		t.Errorf("echo text %q, usage %+v", c.Choices[0].Text, c.Usage)
 	}
+	// Streamed, a one-token prompt is still echoed, and no chunk carries
+	// empty logprob arrays.
+	events := s.stream(t, "/v1/completions", map[string]any{"prompt": []int32{65}, "echo": true, "logprobs": 1, "max_tokens": 2, "temperature": 0, "ignore_eos": true})
+	var text string
+	for _, e := range events {
+		ch := e["choices"].([]any)[0].(map[string]any)
+		text += ch["text"].(string)
+		if lp, ok := ch["logprobs"].(map[string]any); ok && lp["tokens"] == nil {
+			t.Errorf("a chunk with null logprob tokens: %v", ch)
+		}
+	}
+	if prompt := tok.Decode([]int{65}, true); !strings.HasPrefix(text, prompt) {
+		t.Errorf("streamed echo %q does not start with the prompt %q", text, prompt)
+	}
 	// With generation too: prompt scores, then the generated tokens'.
 	c = s.complete(t, map[string]any{"prompt": prompt, "max_tokens": 4, "echo": true, "logprobs": 1, "temperature": 0, "ignore_eos": true, "return_tokens_as_token_ids": true})
 	got := ids(t, c.Choices[0].Logprobs.Tokens)

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -161,13 +160,8 @@ func (s *Server) chat(ctx *fasthttp.RequestCtx) *apiError {
 	id := randomID("chatcmpl-")
 	gens := []*generation{g}
 	if req.Stream {
-		includeUsage := req.StreamOptions != nil && req.StreamOptions.IncludeUsage
-		streamHeaders(ctx)
-		ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
-			defer span.End()
-			defer cancel()
-			s.streamChat(sse{w}, id, req, gens, includeUsage)
-		})
+		s.streamResponse(ctx, "chat.completion.chunk", id, &req.samplingFields, gens, func() { cancel(); span.End() },
+			func(out sse) error { return s.streamChat(out, id, req, gens) })
 		return nil
 	}
 	defer span.End()
@@ -192,18 +186,19 @@ func (s *Server) chat(ctx *fasthttp.RequestCtx) *apiError {
 	return nil
 }
 
-func (s *Server) streamChat(out sse, id string, req chatRequest, gens []*generation, includeUsage bool) {
+// streamChat writes the chat chunks; an error means the client left.
+func (s *Server) streamChat(out sse, id string, req chatRequest, gens []*generation) error {
 	chunk := func(delta map[string]any, lp any, finish *string) map[string]any {
 		return map[string]any{
 			"id": id, "object": "chat.completion.chunk", "created": s.created, "model": s.cfg.ModelName,
 			"choices": []any{map[string]any{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}},
 		}
 	}
-	if out.event(chunk(map[string]any{"role": "assistant", "content": ""}, nil, nil)) != nil {
+	if err := out.event(chunk(map[string]any{"role": "assistant", "content": ""}, nil, nil)); err != nil {
 		cancelAll(gens)
-		return
+		return err
 	}
-	err := runAll(gens, func(u update) error {
+	return runAll(gens, func(u update) error {
 		if u.err != nil && u.finish == "" {
 			return out.event(streamErrorEvent(u.err))
 		}
@@ -220,13 +215,4 @@ func (s *Server) streamChat(out sse, id string, req chatRequest, gens []*generat
 		}
 		return out.event(chunk(delta, lp, finishPtr(u)))
 	})
-	if err != nil {
-		return
-	}
-	if includeUsage {
-		if out.event(map[string]any{"id": id, "object": "chat.completion.chunk", "created": s.created, "model": s.cfg.ModelName, "choices": []any{}, "usage": totalUsage(gens)}) != nil {
-			return
-		}
-	}
-	out.done()
 }

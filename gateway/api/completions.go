@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bufio"
 	"encoding/json"
 
 	"github.com/valyala/fasthttp"
@@ -182,13 +181,8 @@ func (s *Server) completions(ctx *fasthttp.RequestCtx) *apiError {
 	}
 	id := randomID("cmpl-")
 	if req.Stream {
-		includeUsage := req.StreamOptions != nil && req.StreamOptions.IncludeUsage
-		streamHeaders(ctx)
-		ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
-			defer span.End()
-			defer cancel()
-			s.streamCompletions(sse{w}, id, req, gens, includeUsage)
-		})
+		s.streamResponse(ctx, "text_completion", id, &req.samplingFields, gens, func() { cancel(); span.End() },
+			func(out sse) error { return s.streamCompletions(out, id, req, gens) })
 		return nil
 	}
 	defer span.End()
@@ -222,7 +216,9 @@ func (s *Server) completions(ctx *fasthttp.RequestCtx) *apiError {
 	return nil
 }
 
-func (s *Server) streamCompletions(out sse, id string, req completionRequest, gens []*generation, includeUsage bool) {
+// streamCompletions writes the choices' chunks; an error means the client
+// left.
+func (s *Server) streamCompletions(out sse, id string, req completionRequest, gens []*generation) error {
 	chunk := func(c completionChoice) map[string]any {
 		return map[string]any{"id": id, "object": "text_completion", "created": s.created, "model": s.cfg.ModelName, "choices": []completionChoice{c}}
 	}
@@ -232,13 +228,13 @@ func (s *Server) streamCompletions(out sse, id string, req completionRequest, ge
 		// the prompt's log-probabilities when the prompt has run.
 		for i, g := range gens {
 			c := completionChoice{Index: i, Text: s.cfg.Tokenizer.Decode(toInts(g.req.Prompt), true)}
-			if out.event(chunk(c)) != nil {
+			if err := out.event(chunk(c)); err != nil {
 				cancelAll(gens)
-				return
+				return err
 			}
 		}
 	}
-	err := runAll(gens, func(u update) error {
+	return runAll(gens, func(u update) error {
 		if u.err != nil && u.finish == "" {
 			return out.event(streamErrorEvent(u.err))
 		}
@@ -262,15 +258,6 @@ func (s *Server) streamCompletions(out sse, id string, req completionRequest, ge
 		}
 		return out.event(chunk(c))
 	})
-	if err != nil {
-		return // the client left; runAll cancelled every choice
-	}
-	if includeUsage {
-		if out.event(map[string]any{"id": id, "object": "text_completion", "created": s.created, "model": s.cfg.ModelName, "choices": []any{}, "usage": totalUsage(gens)}) != nil {
-			return
-		}
-	}
-	out.done()
 }
 
 func toInts(ids []int32) []int {

@@ -334,11 +334,29 @@ func (s sse) done() error {
 	return s.w.Flush()
 }
 
-func streamHeaders(ctx *fasthttp.RequestCtx) {
+// streamResponse answers with server-sent events: what write sends, then
+// the usage chunk if the client asked for it, then [DONE]. end runs when
+// the stream is over, whether it finished or the client left.
+func (s *Server) streamResponse(ctx *fasthttp.RequestCtx, object, id string, f *samplingFields, gens []*generation, end func(), write func(sse) error) {
 	ctx.SetStatusCode(fasthttp.StatusOK)
 	ctx.SetContentType("text/event-stream")
 	ctx.Response.Header.Set("Cache-Control", "no-cache")
 	ctx.Response.Header.Set("X-Accel-Buffering", "no")
+	includeUsage := f.StreamOptions != nil && f.StreamOptions.IncludeUsage
+	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+		defer end()
+		out := sse{w}
+		if write(out) != nil {
+			return // the client left; every choice was cancelled
+		}
+		if includeUsage {
+			usage := map[string]any{"id": id, "object": object, "created": s.created, "model": s.cfg.ModelName, "choices": []any{}, "usage": totalUsage(gens)}
+			if out.event(usage) != nil {
+				return
+			}
+		}
+		out.done()
+	})
 }
 
 // tokenText is a token's own decoded text.
