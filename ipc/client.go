@@ -62,6 +62,8 @@ type Client struct {
 	free int
 	// reached says whether the last call's request got a reply.
 	reached bool
+	// lastDone is the last step reported done, for a reconnect's hello.
+	lastDone *StepDone
 	// abandoned are sequences to close in kvd at the next chance.
 	abandoned []uint64
 }
@@ -224,8 +226,10 @@ func (c *Client) sayHello(ctx context.Context) ([]byte, int, error) {
 	}
 	c.conn = uc
 	hreq := HelloRequest{Name: c.opts.Name, Lease: c.lease}
-	if c.done != nil {
-		hreq.Done, hreq.Failed = c.done.ID, c.done.Failed
+	if c.lastDone != nil {
+		// Even if its notice was sent, the old connection's goroutine in
+		// kvd may not have handled it yet.
+		hreq.Done, hreq.Failed = c.lastDone.ID, c.lastDone.Failed
 	}
 	req, _ := json.Marshal(hreq)
 	p, fd, err := c.roundTrip(ctx, TypeHello, req, true)
@@ -452,13 +456,28 @@ func (c *Client) Plan(st *Step) ([]blocks.LayerPlan, error) {
 	return c.tables.Plan(st.Appends)
 }
 
-// Done marks a step finished without a round trip; the next Step reports it.
-// failed rolls its tokens back in kvd and in the client's tables.
+// Done reports a step finished without waiting for a reply: kvd runs its
+// between-step work (eviction) while the caller samples, and the next
+// request waits for it. failed rolls the step's tokens back in kvd and in
+// the client's tables. If the report cannot be sent, the next Step or the
+// reconnect's hello carries it.
 func (c *Client) Done(id uint64, failed bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.finish(id, failed)
 	c.done = &StepDone{ID: id, Failed: failed}
+	c.lastDone = c.done
+	if c.conn == nil {
+		return
+	}
+	c.nextID++
+	c.out = AppendFrame(c.out[:0], &Frame{Version: Version, Type: TypeStepNotify, ID: c.nextID, Payload: c.done.Encode(nil)})
+	c.conn.SetDeadline(time.Time{})
+	if _, err := c.conn.Write(c.out); err != nil {
+		c.drop()
+		return
+	}
+	c.done = nil
 }
 
 func (c *Client) finish(id uint64, failed bool) {
@@ -481,6 +500,7 @@ func (c *Client) StepDone(ctx context.Context, id uint64, failed bool) error {
 	if _, err := c.call(ctx, TypeStepDone, d.Encode(nil)); err != nil {
 		return err
 	}
+	c.lastDone = &d
 	c.finish(id, failed)
 	return nil
 }

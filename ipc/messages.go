@@ -36,8 +36,13 @@ const (
 	TypeStep     uint16 = 4
 	TypeStepDone uint16 = 5
 	TypeStatus   uint16 = 6
-	ReplyBit     uint16 = 0x8000
-	TypeError    uint16 = 0xFFFF
+	// TypeStepNotify reports a step done and gets no reply: the gateway
+	// sends it as soon as its forward pass ends and goes on sampling while
+	// kvd evicts; the next request on the connection waits for kvd to
+	// finish, so ordering needs nothing more.
+	TypeStepNotify uint16 = 7
+	ReplyBit       uint16 = 0x8000
+	TypeError      uint16 = 0xFFFF
 )
 
 // Errors a client can act on. Codes cross the socket; the client turns them

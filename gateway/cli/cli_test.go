@@ -165,9 +165,9 @@ func TestGenerateThroughKVD(t *testing.T) {
 	if err := jsonUnmarshalSnake(out, &s); err != nil {
 		t.Fatal(err)
 	}
-	// Prefill plus 19 decode steps; the last is reported done only with the
-	// client's next step, which never came. The sequence was closed.
-	if s.Steps != 19 || s.BlocksUsed != 0 || s.BlocksFree != s.BlocksTotal {
+	// Prefill plus 19 decode steps, each reported done; the sequence was
+	// closed.
+	if s.Steps != 20 || s.BlocksUsed != 0 || s.BlocksFree != s.BlocksTotal {
 		t.Errorf("kvd after the run: %+v", s)
 	}
 	_, errOut, code := run(t, "gateway", "generate", "--model", modelDir, "--prompt", "x", "--kvd-socket", filepath.Join(t.TempDir(), "none.sock"))

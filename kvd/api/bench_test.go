@@ -12,11 +12,11 @@ import (
 // BenchmarkStepRoundTrip measures one decode step's control-plane cost
 // against a real kvd process: 64 sequences, each adding a token in all 32
 // layers (Llama-3.1-8B's depth), with 128 tokens of context at the start.
-// "two-trips" reports the step done in its own round trip; "piggyback"
+// "two-trips" reports the step done in its own round trip; "notify"
 // carries it on the next step's request, as the gateway does; "+plan" adds
 // building every layer's slots and block tables from the client's mirror.
 func BenchmarkStepRoundTrip(b *testing.B) {
-	for _, mode := range []string{"two-trips", "piggyback", "piggyback+plan"} {
+	for _, mode := range []string{"two-trips", "notify", "notify+plan"} {
 		b.Run(mode, func(b *testing.B) {
 			d := startKVDB(b)
 			ctx := context.Background()
@@ -69,7 +69,7 @@ func BenchmarkStepRoundTrip(b *testing.B) {
 				switch mode {
 				case "two-trips":
 					err = c.StepDone(ctx, st.ID, false)
-				case "piggyback+plan":
+				case "notify+plan":
 					_, err = c.Plan(st)
 					c.Done(st.ID, false)
 				default:

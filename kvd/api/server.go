@@ -167,6 +167,21 @@ func (s *Server) handle(ctx context.Context, c *conn, f *ipc.Frame) error {
 		return c.replyErr(f, err)
 	}
 	ctx = observability.Extract(ctx, f.TraceParent)
+	if f.Type == ipc.TypeStepNotify {
+		// No reply, not even an error: the client reads none.
+		var req ipc.StepDone
+		err := req.Decode(f.Payload)
+		if err == nil && c.lease == "" {
+			err = fmt.Errorf("%w: send hello first", ipc.ErrBadRequest)
+		}
+		if err == nil {
+			err = s.e.StepDone(ctx, c.session(), req.ID, req.Failed)
+		}
+		if err != nil {
+			s.log.Warn("step done notice", "err", err)
+		}
+		return nil
+	}
 	payload, fd, err := s.dispatch(ctx, c, f)
 	if err != nil {
 		return c.replyErr(f, err)
@@ -201,15 +216,15 @@ func (s *Server) dispatch(ctx context.Context, c *conn, f *ipc.Frame) ([]byte, i
 			return nil, -1, err
 		}
 		if f.Type == ipc.TypeOpen {
-			return nil, -1, s.e.Open(ctx, c.lease, ids)
+			return nil, -1, s.e.Open(ctx, c.session(), ids)
 		}
-		return nil, -1, s.e.Close(ctx, c.lease, ids)
+		return nil, -1, s.e.Close(ctx, c.session(), ids)
 	case ipc.TypeStep:
 		var req ipc.StepRequest
 		if err := req.Decode(f.Payload); err != nil {
 			return nil, -1, err
 		}
-		rep, err := s.e.Step(ctx, c.lease, &req)
+		rep, err := s.e.Step(ctx, c.session(), &req)
 		if err != nil {
 			return nil, -1, err
 		}
@@ -220,13 +235,15 @@ func (s *Server) dispatch(ctx context.Context, c *conn, f *ipc.Frame) ([]byte, i
 		if err := req.Decode(f.Payload); err != nil {
 			return nil, -1, err
 		}
-		return nil, -1, s.e.StepDone(ctx, c.lease, req.ID, req.Failed)
+		return nil, -1, s.e.StepDone(ctx, c.session(), req.ID, req.Failed)
 	case ipc.TypeStatus:
 		b, err := json.Marshal(s.e.Status(ctx))
 		return b, -1, err
 	}
 	return nil, -1, fmt.Errorf("%w: unknown message type %d", ipc.ErrBadRequest, f.Type)
 }
+
+func (c *conn) session() engine.Session { return engine.Session{Lease: c.lease, Conn: c.id} }
 
 func (c *conn) replyErr(f *ipc.Frame, err error) error {
 	return c.reply(&ipc.Frame{Type: ipc.TypeError, ID: f.ID}, ipc.EncodeError(nil, err), -1)

@@ -189,21 +189,32 @@ func (e *Engine) Reap() int {
 	return n
 }
 
-func (e *Engine) client(lease string) (*client, error) {
-	c, ok := e.clients[lease]
+func (e *Engine) client(sess Session) (*client, error) {
+	c, ok := e.clients[sess.Lease]
 	if !ok || !c.connected {
 		return nil, fmt.Errorf("%w: no session for this connection (send hello first)", ipc.ErrBadRequest)
+	}
+	if c.conn != sess.Conn {
+		return nil, fmt.Errorf("%w: lease %.8s moved to a newer connection", ipc.ErrBadRequest, sess.Lease)
 	}
 	return c, nil
 }
 
+// Session names a client's lease and the connection it speaks on: a call
+// from a connection the lease has moved away from is refused, so a late
+// request on a dead connection cannot change what the new one sees.
+type Session struct {
+	Lease string
+	Conn  uint64
+}
+
 // Open starts sequences with the client's ids; all or none.
-func (e *Engine) Open(ctx context.Context, lease string, ids []uint64) error {
+func (e *Engine) Open(ctx context.Context, sess Session, ids []uint64) error {
 	_, span := tracer.Start(ctx, "kvd.open")
 	defer span.End()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	c, err := e.client(lease)
+	c, err := e.client(sess)
 	if err != nil {
 		return err
 	}
@@ -230,12 +241,12 @@ func (e *Engine) Open(ctx context.Context, lease string, ids []uint64) error {
 
 // Close ends sequences and frees their blocks. Unknown ids are an error,
 // but the known ones are still closed.
-func (e *Engine) Close(ctx context.Context, lease string, ids []uint64) error {
+func (e *Engine) Close(ctx context.Context, sess Session, ids []uint64) error {
 	_, span := tracer.Start(ctx, "kvd.close")
 	defer span.End()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	c, err := e.client(lease)
+	c, err := e.client(sess)
 	if err != nil {
 		return err
 	}
@@ -271,12 +282,12 @@ func (p *pending) drop(sid blocks.SeqID) {
 
 // Step reports the previous step done (if req.Done is set) and reserves
 // slots for the next. A client has at most one step in flight.
-func (e *Engine) Step(ctx context.Context, lease string, req *ipc.StepRequest) (*ipc.StepReply, error) {
+func (e *Engine) Step(ctx context.Context, sess Session, req *ipc.StepRequest) (*ipc.StepReply, error) {
 	_, span := tracer.Start(ctx, "kvd.step")
 	defer span.End()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	c, err := e.client(lease)
+	c, err := e.client(sess)
 	if err != nil {
 		return nil, err
 	}
@@ -310,12 +321,12 @@ func (e *Engine) Step(ctx context.Context, lease string, req *ipc.StepRequest) (
 }
 
 // StepDone reports a step finished; failed rolls its tokens back.
-func (e *Engine) StepDone(ctx context.Context, lease string, id uint64, failed bool) error {
+func (e *Engine) StepDone(ctx context.Context, sess Session, id uint64, failed bool) error {
 	_, span := tracer.Start(ctx, "kvd.step_done")
 	defer span.End()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	c, err := e.client(lease)
+	c, err := e.client(sess)
 	if err != nil {
 		return err
 	}

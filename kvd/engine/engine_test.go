@@ -103,7 +103,7 @@ func TestSparseInvariants(t *testing.T) {
 		for _, a := range appends {
 			length[uint64(a.Seq)] += a.N
 		}
-		if err := e.StepDone(ctx, kv.lease, id, false); err != nil { // eviction runs here
+		if err := e.StepDone(ctx, kv.sess, id, false); err != nil { // eviction runs here
 			t.Fatal(err)
 		}
 		checkSparse(t, e, spec, l, mem, length)

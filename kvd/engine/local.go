@@ -16,10 +16,21 @@ import (
 // reads plans straight from the allocator's tables instead of a mirror.
 // Not safe for concurrent use (the runner drives it from one goroutine).
 type Local struct {
-	e     *Engine
-	pool  *pool.Host
-	lease string
-	done  *ipc.StepDone
+	e    *Engine
+	pool *pool.Host
+	sess Session
+	// evicting is closed when the last step's done report (and the
+	// eviction it triggers) has been handled: it runs while the caller
+	// samples, and every later call waits for it.
+	evicting chan struct{}
+}
+
+// settle waits for the last step's done report to be handled.
+func (c *Local) settle() {
+	if c.evicting != nil {
+		<-c.evicting
+		c.evicting = nil
+	}
 }
 
 // NewLocal starts an engine over a fresh host pool of l, for layers
@@ -39,7 +50,7 @@ func NewLocal(l shm.Layout, spec policy.Spec) (*Local, error) {
 		p.Close()
 		return nil, err
 	}
-	return &Local{e: e, pool: p, lease: h.Lease}, nil
+	return &Local{e: e, pool: p, sess: Session{Lease: h.Lease}}, nil
 }
 
 // Engine is the engine behind this client.
@@ -54,53 +65,61 @@ func (c *Local) Spec() policy.Spec { return c.e.cfg.Spec }
 // PoolMemory is the pool as this process maps it.
 func (c *Local) PoolMemory() []float32 { return c.pool.Float32s() }
 
-func (c *Local) Open(ctx context.Context, ids ...uint64) error { return c.e.Open(ctx, c.lease, ids) }
+func (c *Local) Open(ctx context.Context, ids ...uint64) error {
+	c.settle()
+	return c.e.Open(ctx, c.sess, ids)
+}
 
-func (c *Local) Close(ctx context.Context, ids ...uint64) error { return c.e.Close(ctx, c.lease, ids) }
+func (c *Local) Close(ctx context.Context, ids ...uint64) error {
+	c.settle()
+	return c.e.Close(ctx, c.sess, ids)
+}
 
 // Reserve reserves a step (reporting the previous one done) and returns its
 // id and every layer's plan.
 func (c *Local) Reserve(ctx context.Context, appends []blocks.Append) (uint64, []blocks.LayerPlan, error) {
-	req := ipc.StepRequest{Appends: appends}
-	if c.done != nil {
-		req.Done, req.Failed = c.done.ID, c.done.Failed
-	}
-	rep, err := c.e.Step(ctx, c.lease, &req)
-	c.done = nil // taken even when the reservation fails
+	c.settle()
+	rep, err := c.e.Step(ctx, c.sess, &ipc.StepRequest{Appends: appends})
 	if err != nil {
 		return 0, nil, err
 	}
-	plans, err := c.e.plan(c.lease, appends)
+	plans, err := c.e.plan(c.sess, appends)
 	if err != nil {
 		return 0, nil, err
 	}
 	return rep.StepID, plans, nil
 }
 
-// Done marks the step finished; the next Reserve reports it.
+// Done reports the step finished. The report, and the eviction it may
+// trigger, run in the background while the caller samples; the next call
+// waits for them.
 func (c *Local) Done(id uint64, failed bool) {
-	if failed {
-		// Roll back now, so the tables are right before the next Reserve.
-		c.e.StepDone(context.Background(), c.lease, id, true)
-		return
-	}
-	c.done = &ipc.StepDone{ID: id}
+	c.settle()
+	done := make(chan struct{})
+	c.evicting = done
+	go func() {
+		defer close(done)
+		c.e.StepDone(context.Background(), c.sess, id, failed)
+	}()
 }
 
 // FreeBlocks is the number of blocks no table holds.
-func (c *Local) FreeBlocks() int { return c.e.FreeBlocks() }
+func (c *Local) FreeBlocks() int {
+	c.settle()
+	return c.e.FreeBlocks()
+}
 
 // Abandon closes sequences (in process, kvd is always reachable).
-func (c *Local) Abandon(ids ...uint64) { c.e.Close(context.Background(), c.lease, ids) }
+func (c *Local) Abandon(ids ...uint64) { c.Close(context.Background(), ids...) }
 
 // Shutdown releases the pool.
 func (c *Local) Shutdown() error { return c.pool.Close() }
 
 // plan builds the client's step plan from the allocator's tables.
-func (e *Engine) plan(lease string, appends []blocks.Append) ([]blocks.LayerPlan, error) {
+func (e *Engine) plan(sess Session, appends []blocks.Append) ([]blocks.LayerPlan, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	c, err := e.client(lease)
+	c, err := e.client(sess)
 	if err != nil {
 		return nil, err
 	}
