@@ -22,7 +22,7 @@ func TestSuite(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode, func(t *testing.T) {
 			s := startStack(t, mode, options{})
-			t.Run("concurrent greedy equals reference", func(t *testing.T) { concurrentGreedy(t, s, 16) })
+			t.Run("concurrent greedy equals reference", func(t *testing.T) { concurrentGreedy(t, s, 16, false) })
 			t.Run("stream equals non-stream", func(t *testing.T) { streamEqualsNonStream(t, s) })
 			t.Run("echo logprobs equal reference", func(t *testing.T) { echoLogprobs(t, s) })
 			t.Run("chat", func(t *testing.T) { chat(t, s) })
@@ -33,14 +33,15 @@ func TestSuite(t *testing.T) {
 	}
 }
 
-// TestPreemption gives the pool 39 blocks: 16 requests that need up to 20
-// blocks each must take turns, preempted and recomputed, and every one must
-// still equal the reference.
+// TestPreemption gives the pool 39 blocks: 16 requests with short prompts,
+// admitted while the pool has room, grow to need up to 16 blocks each, so
+// some are preempted and recomputed; every one must still equal the
+// reference.
 func TestPreemption(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode, func(t *testing.T) {
 			s := startStack(t, mode, options{kvMemory: "168960B"}) // 40 blocks of 4224 bytes
-			concurrentGreedy(t, s, 16)
+			concurrentGreedy(t, s, 16, true)
 			if n := s.metric(t, "kvd_num_preemptions_total"); !(n > 0) {
 				t.Errorf("no preemption happened (kvd_num_preemptions_total %v); the test does not test it", n)
 			}
@@ -56,13 +57,18 @@ func randomPrompt(rng *rand.Rand, n int) []int32 {
 	return p
 }
 
-func concurrentGreedy(t *testing.T, s *stack, n int) {
+// concurrentGreedy sends n greedy requests of different lengths at once;
+// grow makes them short prompts with long generations.
+func concurrentGreedy(t *testing.T, s *stack, n int, grow bool) {
 	rng := rand.New(rand.NewPCG(uint64(n), 99))
 	var wg sync.WaitGroup
 	errs := make(chan string, n)
 	for i := range n {
 		prompt := randomPrompt(rng, 3+i*3)
 		maxTokens := 8 + i%5*4
+		if grow {
+			prompt, maxTokens = randomPrompt(rng, 3+i), 40+i
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

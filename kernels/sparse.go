@@ -10,10 +10,12 @@ import (
 
 // Selection says which of a prompt's tokens a sparse layer keeps: the
 // first Sinks and, for a window, the last Keep-Sinks; for SnapKV, the last
-// ObsWindow and the Keep-ObsWindow earlier tokens that the observation
-// window's queries attend to most, after pooling the votes along the
-// sequence with a Kernel-wide max (or average) filter. Heads keep the same
-// number of tokens but choose them independently.
+// ObsWindow and the Keep-Sinks-ObsWindow tokens between that the
+// observation window's queries attend to most, after pooling the votes
+// along the sequence with a Kernel-wide max (or average) filter. A KV
+// head's vote for a token is its query heads' window attention, averaged
+// (or the largest with GQAMax). Heads keep the same number of tokens but
+// choose them independently.
 type Selection struct {
 	SnapKV    bool // false: window
 	Keep      int
@@ -45,9 +47,11 @@ func (c *CPU) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l s
 	}
 	c.parallel(kvh, 1, func(lo, hi int) {
 		p := make([]float64, n)
+		headSum := make([]float64, n) // one query head's window attention per token
 		for kh := lo; kh < hi; kh++ {
 			for g := range group {
 				h := kh*group + g
+				clear(headSum)
 				for i := range n {
 					qv := q.data[((row0+i)*heads+h)*hd:][:hd]
 					mx := math.Inf(-1)
@@ -70,13 +74,18 @@ func (c *CPU) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l s
 							o[d] += float32(w) * vv[d]
 						}
 						if i >= obsFrom {
-							raw[kh][j] += w
-							if sel.GQAMax {
-								vote[kh][j] = math.Max(vote[kh][j], w)
-							} else {
-								vote[kh][j] += w / float64(group)
-							}
+							headSum[j] += w
 						}
+					}
+				}
+				// A KV head's vote: its query heads' window sums,
+				// averaged or the largest.
+				for j, w := range headSum {
+					raw[kh][j] += w
+					if sel.GQAMax {
+						vote[kh][j] = math.Max(vote[kh][j], w)
+					} else {
+						vote[kh][j] += w / float64(group)
 					}
 				}
 			}
@@ -108,14 +117,18 @@ func selectTokens(vote []float64, n int, sel Selection) []int {
 		return keep
 	}
 	obsFrom := max(0, n-sel.ObsWindow)
+	sinks := min(sel.Sinks, obsFrom)
+	for j := range sinks {
+		keep = append(keep, j)
+	}
 	pooled := pool1D(vote[:obsFrom], sel.Kernel, sel.PoolAvg)
-	cand := make([]int, obsFrom)
-	for j := range cand {
-		cand[j] = j
+	cand := make([]int, 0, obsFrom-sinks)
+	for j := sinks; j < obsFrom; j++ {
+		cand = append(cand, j)
 	}
 	// Highest pooled vote first; the earlier token wins a tie.
 	sort.SliceStable(cand, func(a, b int) bool { return pooled[cand[a]] > pooled[cand[b]] })
-	top := cand[:min(len(cand), sel.Keep-(n-obsFrom))]
+	top := cand[:min(len(cand), sel.Keep-(n-obsFrom)-sinks)]
 	keep = append(keep, top...)
 	slices.Sort(keep)
 	for j := obsFrom; j < n; j++ {
@@ -166,13 +179,20 @@ func (c *CPU) Evict(pool *Tensor, l shm.Layout, blocks []int32, tokens, keep, si
 	c.parallel(l.KVHeads, 1, func(lo, hi int) {
 		for h := lo; h < hi; h++ {
 			heavy := keep - sinks - recent
-			mid := make([]int, 0, tokens)
-			for i := sinks; i < tokens-recent; i++ {
-				mid = append(mid, i)
+			type cand struct {
+				i     int
+				score float32
 			}
-			score := func(i int) float32 { b, o := slot(i); return pool.data[l.Score(b, h, o)] }
-			sort.SliceStable(mid, func(a, b int) bool { return score(mid[a]) > score(mid[b]) })
-			kept := mid[:max(0, min(heavy, len(mid)))]
+			mid := make([]cand, 0, max(0, tokens-recent-sinks))
+			for i := sinks; i < tokens-recent; i++ {
+				b, o := slot(i)
+				mid = append(mid, cand{i, pool.data[l.Score(b, h, o)]})
+			}
+			sort.SliceStable(mid, func(a, b int) bool { return mid[a].score > mid[b].score })
+			kept := make([]int, 0, max(0, heavy))
+			for _, c := range mid[:max(0, min(heavy, len(mid)))] {
+				kept = append(kept, c.i)
+			}
 			slices.Sort(kept)
 			src := make([]int, 0, keep)
 			for i := range min(sinks, tokens) {

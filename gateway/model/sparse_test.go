@@ -85,10 +85,14 @@ func sparseReference(m *Model, tokens []int32, n int, spec policy.Spec, blockSiz
 		}
 		caches := make([]headCache, KH)
 		for kvh := range KH {
-			// The prompt: exact causal attention, collecting the
-			// observation window's votes (aggregated per the policy) and
-			// raw sums (summed over the group).
-			vote, raw := make([]float64, n), make([]float64, n)
+			// The prompt: exact causal attention. Each query head sums
+			// what the observation window's queries pay each token; the
+			// KV head's raw score is the sum over its heads, its vote the
+			// mean (or the max) of the heads' sums.
+			perHead := make([][]float64, group)
+			for g := range perHead {
+				perHead[g] = make([]float64, n)
+			}
 			for t := range n {
 				prefix := make([]int, t+1)
 				for j := range prefix {
@@ -98,14 +102,26 @@ func sparseReference(m *Model, tokens []int32, n int, spec policy.Spec, blockSiz
 					pr := attend(t, kvh*group+g, prefix)
 					if t >= n-obs {
 						for j, w := range pr {
-							raw[j] += w
-							if p.GQA == "max" {
-								vote[j] = math.Max(vote[j], w)
-							} else {
-								vote[j] += w / float64(group)
-							}
+							perHead[g][j] += w
 						}
 					}
+				}
+			}
+			vote, raw := make([]float64, n), make([]float64, n)
+			for j := range n {
+				for g := range group {
+					raw[j] += perHead[g][j]
+				}
+				if p.GQA == "max" {
+					vote[j] = slices.Max(func() []float64 {
+						col := make([]float64, group)
+						for g := range group {
+							col[g] = perHead[g][j]
+						}
+						return col
+					}())
+				} else {
+					vote[j] = raw[j] / float64(group)
 				}
 			}
 			hc := headCache{score: map[int]float64{}}
@@ -123,7 +139,7 @@ func sparseReference(m *Model, tokens []int32, n int, spec policy.Spec, blockSiz
 					hc.pos = append(hc.pos, j)
 				}
 			default: // snapkv, pyramid
-				hc.pos = snapKVKeep(vote, n, keep, obs, p.Kernel, p.Pool == "avg")
+				hc.pos = snapKVKeep(vote, n, keep, obs, p.Sinks, p.Kernel, p.Pool == "avg")
 			}
 			if p.Decode == policy.H2O || keep < n {
 				for _, j := range hc.pos {
@@ -169,9 +185,10 @@ func sparseReference(m *Model, tokens []int32, n int, spec policy.Spec, blockSiz
 	return out
 }
 
-// snapKVKeep is SnapKV's choice for one head: the last obs positions, and
-// the keep-obs earlier ones with the highest votes after pooling.
-func snapKVKeep(vote []float64, n, keep, obs, kernel int, avg bool) []int {
+// snapKVKeep is SnapKV's choice for one head: the first sinks positions,
+// the last obs, and the keep-obs-sinks between with the highest votes after
+// pooling (over the whole prefix before the window, sinks included).
+func snapKVKeep(vote []float64, n, keep, obs, sinks, kernel int, avg bool) []int {
 	prefix := n - obs
 	pooled := make([]float64, prefix)
 	for i := range prefix {
@@ -193,12 +210,15 @@ func snapKVKeep(vote []float64, n, keep, obs, kernel int, avg bool) []int {
 		}
 		pooled[i] = acc
 	}
-	idx := make([]int, prefix)
-	for i := range idx {
-		idx[i] = i
+	var idx []int
+	for i := sinks; i < prefix; i++ {
+		idx = append(idx, i)
 	}
 	sort.SliceStable(idx, func(a, b int) bool { return pooled[idx[a]] > pooled[idx[b]] })
-	out := slices.Clone(idx[:keep-obs])
+	out := slices.Clone(idx[:keep-obs-sinks])
+	for i := range sinks {
+		out = append(out, i)
+	}
 	slices.Sort(out)
 	for j := prefix; j < n; j++ {
 		out = append(out, j)
@@ -289,6 +309,7 @@ func TestSparseMatchesMaskedReference(t *testing.T) {
 		{"snapkv avg pool, max over the group", "0-3=snapkv:budget=30,obs_window=6,kernel=3,pool=avg,gqa=max", 47, 9, 4},
 		{"pyramid", "1-3=pyramid:budget=24,obs_window=8,beta=4", 73, 6, 4},
 		{"snapkv then h2o", "1-3=snapkv:budget=24,obs_window=8/h2o:recent=8", 59, 41, 4},
+		{"snapkv with sinks, then h2o", "0-3=snapkv:budget=26,obs_window=6,gqa=max/h2o:recent=5,sinks=3", 67, 30, 4},
 		{"full then h2o with sinks", "all=full/h2o:heavy=12,recent=6,sinks=2", 29, 37, 4},
 		{"seed preset", "", 83, 25, 16},
 	}

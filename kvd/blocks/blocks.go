@@ -92,6 +92,13 @@ func (a *Allocator) release(id int32) {
 // dst holds the tokens of those blocks and nothing more. The shared blocks
 // are read-only by convention: appends only ever write past them.
 func (a *Allocator) Fork(src, dst SeqID) error {
+	for l, p := range a.spec {
+		if p.Decode != "" {
+			// Compaction moves entries within a table's blocks: shared
+			// blocks would change under the other sequence.
+			return fmt.Errorf("fork: layer %d (%s) evicts by compacting its blocks, which cannot be shared", l, p)
+		}
+	}
 	st, ok := a.seqs[src]
 	if !ok {
 		return fmt.Errorf("sequence %d: %w", src, ErrUnknownSeq)

@@ -136,14 +136,23 @@ func (t *Tables) Apply(step []Append, d *Delta) error {
 		added[a.Pos]++
 	}
 	// Tokens and blocks each table will have, after the shrinks.
+	type key struct {
+		seq   SeqID
+		layer int
+	}
+	shrinks := map[key]int{}
+	for _, sh := range d.Shrunk {
+		k := key{sh.Seq, int(sh.Layer)}
+		if v, ok := shrinks[k]; !ok || int(sh.Tokens) < v {
+			shrinks[k] = int(sh.Tokens)
+		}
+	}
 	for i, s := range step {
 		for l := range t.layers {
 			tb := seqs[i][l]
 			tokens, nb := tb.tokens, len(tb.blocks)
-			for _, sh := range d.Shrunk {
-				if sh.Seq == s.Seq && int(sh.Layer) == l && int(sh.Tokens) < tokens {
-					tokens, nb = int(sh.Tokens), (int(sh.Tokens)+t.blockSize-1)/t.blockSize
-				}
+			if v, ok := shrinks[key{s.Seq, l}]; ok && v < tokens {
+				tokens, nb = v, (v+t.blockSize-1)/t.blockSize
 			}
 			tokens += t.spec[l].PrefillKeep(tokens, s.N)
 			if nb += added[i*t.layers+l]; nb*t.blockSize < tokens || (nb-1)*t.blockSize >= tokens && nb > 0 {

@@ -72,6 +72,9 @@ type client struct {
 type pending struct {
 	id      uint64
 	appends []blocks.Append // allocator ids
+	// shrunk are the evictions its reply told the client of: if the step
+	// rolls back, the reply may have been lost, so they are told again.
+	shrunk []blocks.Shrink
 }
 
 // New starts an engine over p.
@@ -312,11 +315,11 @@ func (e *Engine) Step(ctx context.Context, sess Session, req *ipc.StepRequest) (
 		return nil, err
 	}
 	e.nextStep++
-	c.inflight = &pending{id: e.nextStep, appends: appends}
 	for _, a := range appends {
 		e.seen[a.Seq] += a.N
 	}
 	d.Shrunk, c.shrunk = c.shrunk, nil
+	c.inflight = &pending{id: e.nextStep, appends: appends, shrunk: d.Shrunk}
 	return &ipc.StepReply{StepID: e.nextStep, Free: uint32(e.alloc.Free()), Delta: *d}, nil
 }
 
@@ -376,6 +379,10 @@ func (e *Engine) rollback(c *client) {
 		e.alloc.Rollback(a.Seq)
 		e.seen[a.Seq] -= a.N
 	}
+	// Telling a client of a shrink it already applied is harmless (a table
+	// never shrinks twice to the same size), so resend them all.
+	resend := slices.DeleteFunc(c.inflight.shrunk, func(s blocks.Shrink) bool { _, open := c.seqs[uint64(s.Seq)]; return !open })
+	c.shrunk = append(resend, c.shrunk...)
 	c.inflight = nil
 }
 

@@ -169,6 +169,7 @@ func (s Spec) apply(rule string) error {
 	}
 	var base Layer
 	beta := DefaultBeta
+	heavyDefault := false
 	switch name {
 	case Full:
 		base = Layer{Prefill: Full}
@@ -213,9 +214,15 @@ func (s Spec) apply(rule string) error {
 			return fmt.Errorf("unknown decode policy %q (h2o)", dname)
 		}
 		heavy, recent := -1, DefaultObsWindow
-		if err := take(dargs, map[string]*int{"heavy": &heavy, "recent": &recent, "sinks": &base.Sinks}); err != nil {
+		sinks := base.Sinks
+		if err := take(dargs, map[string]*int{"heavy": &heavy, "recent": &recent, "sinks": &sinks}); err != nil {
 			return err
 		}
+		if base.Prefill == Window && sinks != base.Sinks {
+			return fmt.Errorf("set sinks on the window, not on h2o after it")
+		}
+		base.Sinks = sinks
+		heavyDefault = heavy < 0
 		if heavy < 0 {
 			if base.Budget == 0 {
 				return fmt.Errorf("h2o after full needs heavy=N")
@@ -229,8 +236,9 @@ func (s Spec) apply(rule string) error {
 		l := base
 		if name == Pyramid {
 			l.Budget = pyramidBudget(base.Budget, base.ObsWindow, beta, i-lo, n)
-			if l.Decode == H2O && dec != "" {
-				l.DecodeBudget = max(l.DecodeBudget, l.Budget)
+			if l.Decode == H2O && heavyDefault {
+				// Each layer holds its own pyramid budget while decoding.
+				l.DecodeBudget = l.Budget
 			}
 		}
 		s[i] = l
@@ -327,8 +335,8 @@ func (l Layer) validate() error {
 		switch {
 		case l.ObsWindow < 1:
 			return fmt.Errorf("obs_window %d", l.ObsWindow)
-		case l.Budget <= l.ObsWindow:
-			return fmt.Errorf("budget %d must exceed obs_window %d", l.Budget, l.ObsWindow)
+		case l.Budget <= l.ObsWindow+l.Sinks:
+			return fmt.Errorf("budget %d must exceed obs_window %d + sinks %d", l.Budget, l.ObsWindow, l.Sinks)
 		case l.Kernel < 1 || l.Kernel%2 == 0:
 			return fmt.Errorf("kernel %d must be odd and positive", l.Kernel)
 		case l.Pool != "max" && l.Pool != "avg":
