@@ -424,6 +424,16 @@ func (c *Client) Step(ctx context.Context, appends []blocks.Append) (*Step, erro
 	return c.inflight, nil
 }
 
+// evicts reports whether any layer has between-step work in kvd.
+func (c *Client) evicts() bool {
+	for _, p := range c.hello.Policies {
+		if p.Decode != "" {
+			return true
+		}
+	}
+	return false
+}
+
 // FreeBlocks is kvd's free block count as of its last reply.
 func (c *Client) FreeBlocks() int {
 	c.mu.Lock()
@@ -456,9 +466,10 @@ func (c *Client) Plan(st *Step) ([]blocks.LayerPlan, error) {
 	return c.tables.Plan(st.Appends)
 }
 
-// Done reports a step finished without waiting for a reply: kvd runs its
-// between-step work (eviction) while the caller samples, and the next
-// request waits for it. failed rolls the step's tokens back in kvd and in
+// Done reports a step finished without waiting for a reply. When layers
+// evict, it is sent at once, so that kvd runs its between-step work while
+// the caller samples, and the next request waits for it; otherwise it
+// rides on the next Step. failed rolls the step's tokens back in kvd and in
 // the client's tables. If the report cannot be sent, the next Step or the
 // reconnect's hello carries it.
 func (c *Client) Done(id uint64, failed bool) {
@@ -467,7 +478,9 @@ func (c *Client) Done(id uint64, failed bool) {
 	c.finish(id, failed)
 	c.done = &StepDone{ID: id, Failed: failed}
 	c.lastDone = c.done
-	if c.conn == nil {
+	if c.conn == nil || !c.evicts() {
+		// Nothing for kvd to do between steps: the report rides on the
+		// next step's request instead, saving a message each way.
 		return
 	}
 	c.nextID++

@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/kvd-project/kvd/ipc"
@@ -16,9 +17,9 @@ import (
 // carries it on the next step's request, as the gateway does; "+plan" adds
 // building every layer's slots and block tables from the client's mirror.
 func BenchmarkStepRoundTrip(b *testing.B) {
-	for _, mode := range []string{"two-trips", "notify", "notify+plan"} {
+	for _, mode := range []string{"two-trips", "done-with-next", "done-with-next+plan", "notify (h2o layers)"} {
 		b.Run(mode, func(b *testing.B) {
-			d := startKVDB(b)
+			d := startKVDB(b, strings.HasPrefix(mode, "notify"))
 			ctx := context.Background()
 			c, err := ipc.Dial(ctx, d, ipc.Options{Name: "bench"})
 			if err != nil {
@@ -69,7 +70,7 @@ func BenchmarkStepRoundTrip(b *testing.B) {
 				switch mode {
 				case "two-trips":
 					err = c.StepDone(ctx, st.ID, false)
-				case "notify+plan":
+				case "done-with-next+plan":
 					_, err = c.Plan(st)
 					c.Done(st.ID, false)
 				default:
@@ -86,8 +87,15 @@ func BenchmarkStepRoundTrip(b *testing.B) {
 
 // startKVDB starts kvd for a benchmark with 32 layers and a large pool of
 // small blocks (the round trip's cost does not depend on the head size).
-func startKVDB(b *testing.B) string {
+func startKVDB(b *testing.B, evict bool) string {
 	b.Helper()
-	d := startKVDWith(b, fmt.Sprintf("%s/kvd.sock", b.TempDir()), "--layers", "32", "--kv-heads", "1", "--head-dim", "8", "--kv-memory", "512MiB")
+	flags := []string{"--layers", "32", "--kv-heads", "1", "--head-dim", "8", "--kv-memory", "512MiB"}
+	if evict {
+		// Decode-time H2O on every layer, with a budget no sequence
+		// reaches here: the step done goes out as a notice, and kvd checks
+		// every layer at each one.
+		flags = append(flags, "--kv-policy", "all=full/h2o:heavy=4000,recent=32")
+	}
+	d := startKVDWith(b, fmt.Sprintf("%s/kvd.sock", b.TempDir()), flags...)
 	return d.sock
 }

@@ -34,6 +34,9 @@ type Allocator struct {
 	*Tables
 	free []int32 // stack of free block ids; never grows past its capacity
 	refs []int32 // [NumBlocks] tables holding each block
+
+	stepNo  uint64    // Reserve's count, to spot a sequence twice in a step
+	scratch [][]table // Reserve's: the step's sequences' tables
 }
 
 // New returns an allocator over every block of l but block 0, for a model
@@ -127,6 +130,11 @@ func (a *Allocator) Refs(id int32) int { return int(a.refs[id]) }
 // sequence may appear once per step.
 func (a *Allocator) Reserve(step []Append) (*Delta, error) {
 	need := 0
+	a.stepNo++
+	if cap(a.scratch) < len(step) {
+		a.scratch = make([][]table, len(step))
+	}
+	seqs := a.scratch[:len(step)]
 	for i, s := range step {
 		ts, ok := a.seqs[s.Seq]
 		if !ok {
@@ -135,11 +143,11 @@ func (a *Allocator) Reserve(step []Append) (*Delta, error) {
 		if s.N < 0 {
 			return nil, fmt.Errorf("sequence %d: negative token count %d", s.Seq, s.N)
 		}
-		for _, o := range step[:i] {
-			if o.Seq == s.Seq {
-				return nil, fmt.Errorf("sequence %d appears twice in one step", s.Seq)
-			}
+		if ts[0].mark == a.stepNo {
+			return nil, fmt.Errorf("sequence %d appears twice in one step", s.Seq)
 		}
+		ts[0].mark = a.stepNo
+		seqs[i] = ts
 		for l := range ts {
 			t := &ts[l]
 			need += a.layout.BlocksFor(t.tokens+a.kept(l, t, s.N)) - len(t.blocks)
@@ -150,7 +158,7 @@ func (a *Allocator) Reserve(step []Append) (*Delta, error) {
 	}
 	d := &Delta{Added: make([]Added, 0, need)}
 	for i, s := range step {
-		ts := a.seqs[s.Seq]
+		ts := seqs[i]
 		for l := range ts {
 			t := &ts[l]
 			t.last = a.kept(l, t, s.N)

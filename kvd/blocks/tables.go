@@ -16,7 +16,9 @@ type Tables struct {
 	layers    int
 	blockSize int
 	spec      policy.Spec
+	keepLimit []int // per layer: a prompt's budget, 0 keeps everything
 	seqs      map[SeqID][]table
+	added     []int32 // Apply's scratch: blocks added per (append, layer)
 }
 
 // table is one (sequence, layer) block table: block ids in order, the number
@@ -25,11 +27,18 @@ type table struct {
 	blocks []int32
 	tokens int
 	last   int
+	mark   uint64 // layer 0's: the last Reserve that saw the sequence
 }
 
 // NewTables returns empty tables for a model whose layers follow spec.
 func NewTables(spec policy.Spec, blockSize int) *Tables {
-	return &Tables{layers: len(spec), blockSize: blockSize, spec: spec, seqs: map[SeqID][]table{}}
+	t := &Tables{layers: len(spec), blockSize: blockSize, spec: spec, keepLimit: make([]int, len(spec)), seqs: map[SeqID][]table{}}
+	for l, p := range spec {
+		if p.Selects() {
+			t.keepLimit[l] = p.Budget
+		}
+	}
+	return t
 }
 
 // Layers is the number of layers each sequence has a table for.
@@ -82,8 +91,16 @@ type Append struct {
 	N   int
 }
 
-// kept is how many of a's tokens layer l of table tb takes.
-func (t *Tables) kept(l int, tb *table, n int) int { return t.spec[l].PrefillKeep(tb.tokens, n) }
+// kept is how many of n new tokens layer l of table tb takes: the policy's
+// PrefillKeep, precomputed because it runs for every table every step.
+func (t *Tables) kept(l int, tb *table, n int) int { return t.keep(l, tb.tokens, n) }
+
+func (t *Tables) keep(l, before, n int) int {
+	if lim := t.keepLimit[l]; before == 0 && lim > 0 && n > lim {
+		return lim
+	}
+	return n
+}
 
 // Delta is what one reservation changed: the tables that an earlier step's
 // eviction shrank, then every block the step added, in step order. Most
@@ -128,7 +145,11 @@ func (t *Tables) Apply(step []Append, d *Delta) error {
 		seqs[i] = ts
 	}
 	limit := uint32(len(step) * t.layers)
-	added := make([]int, limit)
+	if cap(t.added) < int(limit) {
+		t.added = make([]int32, limit)
+	}
+	added := t.added[:limit]
+	clear(added)
 	for _, a := range d.Added {
 		if a.Pos >= limit {
 			return fmt.Errorf("delta adds a block at %d, past %d appends × %d layers", a.Pos, len(step), t.layers)
@@ -140,7 +161,10 @@ func (t *Tables) Apply(step []Append, d *Delta) error {
 		seq   SeqID
 		layer int
 	}
-	shrinks := map[key]int{}
+	var shrinks map[key]int
+	if len(d.Shrunk) > 0 {
+		shrinks = make(map[key]int, len(d.Shrunk))
+	}
 	for _, sh := range d.Shrunk {
 		k := key{sh.Seq, int(sh.Layer)}
 		if v, ok := shrinks[k]; !ok || int(sh.Tokens) < v {
@@ -149,13 +173,13 @@ func (t *Tables) Apply(step []Append, d *Delta) error {
 	}
 	for i, s := range step {
 		for l := range t.layers {
-			tb := seqs[i][l]
+			tb := &seqs[i][l]
 			tokens, nb := tb.tokens, len(tb.blocks)
-			if v, ok := shrinks[key{s.Seq, l}]; ok && v < tokens {
+			if v, ok := shrinks[key{s.Seq, l}]; shrinks != nil && ok && v < tokens {
 				tokens, nb = v, (v+t.blockSize-1)/t.blockSize
 			}
-			tokens += t.spec[l].PrefillKeep(tokens, s.N)
-			if nb += added[i*t.layers+l]; nb*t.blockSize < tokens || (nb-1)*t.blockSize >= tokens && nb > 0 {
+			tokens += t.keep(l, tokens, s.N)
+			if nb += int(added[i*t.layers+l]); nb*t.blockSize < tokens || (nb-1)*t.blockSize >= tokens && nb > 0 {
 				return fmt.Errorf("sequence %d layer %d: %d tokens in %d blocks", s.Seq, l, tokens, nb)
 			}
 		}

@@ -43,6 +43,7 @@ type Engine struct {
 	pool     pool.Pool
 	alloc    *blocks.Allocator
 	compute  kernels.Backend
+	evicting []int           // layers with a decode policy
 	mem      *kernels.Tensor // the pool as kvd maps it, for eviction
 	instance string
 	start    time.Time
@@ -97,9 +98,13 @@ func New(p pool.Pool, cfg Config) (*Engine, error) {
 		e.mem = e.compute.FromHost(h.Float32s(), p.Layout().PoolElems())
 	}
 	for i, l := range cfg.Spec {
-		if l.Decode != "" && e.mem == nil {
+		if l.Decode == "" {
+			continue
+		}
+		if e.mem == nil {
 			return nil, fmt.Errorf("layer %d: decode eviction needs a pool kvd can compute on", i)
 		}
+		e.evicting = append(e.evicting, i)
 	}
 	return e, nil
 }
@@ -354,9 +359,13 @@ func (e *Engine) done(c *client, id uint64, failed bool) error {
 // decode budget by a block: the kernel compacts the kept tokens into the
 // table's first blocks, and the rest of the table goes back to the pool.
 func (e *Engine) evict(c *client, appends []blocks.Append) {
+	if len(e.evicting) == 0 {
+		return
+	}
 	l := e.pool.Layout()
 	for _, a := range appends {
-		for layer, p := range e.cfg.Spec {
+		for _, layer := range e.evicting {
+			p := e.cfg.Spec[layer]
 			tokens, err := e.alloc.Tokens(a.Seq, layer)
 			if err != nil || !p.Evicts(tokens, l.BlockSize) {
 				continue
