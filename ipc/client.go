@@ -368,6 +368,7 @@ func (c *Client) Open(ctx context.Context, ids ...uint64) error {
 func (c *Client) Close(ctx context.Context, ids ...uint64) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.sendDone() // a finished sequence's last step is done too
 	_, err := c.call(ctx, TypeClose, EncodeSeqs(nil, ids))
 	for _, id := range ids {
 		c.tables.Remove(blocks.SeqID(id))
@@ -478,9 +479,17 @@ func (c *Client) Done(id uint64, failed bool) {
 	c.finish(id, failed)
 	c.done = &StepDone{ID: id, Failed: failed}
 	c.lastDone = c.done
-	if c.conn == nil || !c.evicts() {
-		// Nothing for kvd to do between steps: the report rides on the
-		// next step's request instead, saving a message each way.
+	if c.evicts() {
+		c.sendDone()
+	}
+	// Otherwise there is nothing for kvd to do between steps: the report
+	// rides on the next step's request, saving a message each way.
+}
+
+// sendDone sends the pending step-done report as a notice (no reply); if
+// it cannot be sent, the next request or the reconnect's hello carries it.
+func (c *Client) sendDone() {
+	if c.done == nil || c.conn == nil {
 		return
 	}
 	c.nextID++
