@@ -129,41 +129,34 @@ func (a *Allocator) Refs(id int32) int { return int(a.refs[id]) }
 // the whole step, nothing changes and the error wraps ErrPoolExhausted. A
 // sequence may appear once per step.
 func (a *Allocator) Reserve(step []Append) (*Delta, error) {
-	need := 0
 	a.stepNo++
-	if cap(a.scratch) < len(step) {
-		a.scratch = make([][]table, len(step))
-	}
-	seqs := a.scratch[:len(step)]
-	for i, s := range step {
+	for _, s := range step {
 		ts, ok := a.seqs[s.Seq]
-		if !ok {
+		switch {
+		case !ok:
 			return nil, fmt.Errorf("sequence %d: %w", s.Seq, ErrUnknownSeq)
-		}
-		if s.N < 0 {
+		case s.N < 0:
 			return nil, fmt.Errorf("sequence %d: negative token count %d", s.Seq, s.N)
-		}
-		if ts[0].mark == a.stepNo {
+		case ts[0].mark == a.stepNo:
 			return nil, fmt.Errorf("sequence %d appears twice in one step", s.Seq)
 		}
 		ts[0].mark = a.stepNo
-		seqs[i] = ts
-		for l := range ts {
-			t := &ts[l]
-			need += a.layout.BlocksFor(t.tokens+a.kept(l, t, s.N)) - len(t.blocks)
-		}
 	}
-	if need > len(a.free) {
-		return nil, fmt.Errorf("step needs %d blocks, %d free: %w", need, len(a.free), ErrPoolExhausted)
-	}
-	d := &Delta{Added: make([]Added, 0, need)}
+	// One pass that takes blocks as it goes (a step's cost is this loop
+	// over every (sequence, layer)); if the pool runs dry, undo it.
+	d := &Delta{}
 	for i, s := range step {
-		ts := seqs[i]
+		ts := a.seqs[s.Seq]
 		for l := range ts {
 			t := &ts[l]
 			t.last = a.kept(l, t, s.N)
 			t.tokens += t.last
 			for len(t.blocks)*a.blockSize < t.tokens {
+				if len(a.free) == 0 {
+					err := fmt.Errorf("step needs more than the %d free blocks: %w", len(d.Added), ErrPoolExhausted)
+					a.undo(step, i, l, d)
+					return nil, err
+				}
 				id := a.free[len(a.free)-1]
 				a.free = a.free[:len(a.free)-1]
 				a.refs[id] = 1
@@ -173,6 +166,29 @@ func (a *Allocator) Reserve(step []Append) (*Delta, error) {
 		}
 	}
 	return d, nil
+}
+
+// undo reverses a Reserve that ran out of blocks at append failI, layer
+// failL: the tables it extended give their tokens back and the blocks it
+// took return, last first.
+func (a *Allocator) undo(step []Append, failI, failL int, d *Delta) {
+	for i := 0; i <= failI; i++ {
+		ts := a.seqs[step[i].Seq]
+		for l := range ts {
+			if i == failI && l > failL {
+				break
+			}
+			ts[l].tokens -= ts[l].last
+			ts[l].last = 0
+		}
+	}
+	for k := len(d.Added) - 1; k >= 0; k-- {
+		ad := d.Added[k]
+		t := &a.seqs[step[ad.Pos/uint32(a.layers)].Seq][ad.Pos%uint32(a.layers)]
+		t.blocks = t.blocks[:len(t.blocks)-1]
+		a.refs[ad.Block] = 0
+		a.free = append(a.free, ad.Block)
+	}
 }
 
 // Truncate drops tokens beyond n from every layer of the sequence (a step

@@ -19,6 +19,7 @@ type Tables struct {
 	keepLimit []int // per layer: a prompt's budget, 0 keeps everything
 	seqs      map[SeqID][]table
 	added     []int32 // Apply's scratch: blocks added per (append, layer)
+	keptBuf   []int32 // Apply's scratch: tokens kept per (append, layer)
 }
 
 // table is one (sequence, layer) block table: block ids in order, the number
@@ -147,8 +148,9 @@ func (t *Tables) Apply(step []Append, d *Delta) error {
 	limit := uint32(len(step) * t.layers)
 	if cap(t.added) < int(limit) {
 		t.added = make([]int32, limit)
+		t.keptBuf = make([]int32, limit)
 	}
-	added := t.added[:limit]
+	added, kept := t.added[:limit], t.keptBuf[:limit]
 	clear(added)
 	for _, a := range d.Added {
 		if a.Pos >= limit {
@@ -175,10 +177,14 @@ func (t *Tables) Apply(step []Append, d *Delta) error {
 		for l := range t.layers {
 			tb := &seqs[i][l]
 			tokens, nb := tb.tokens, len(tb.blocks)
-			if v, ok := shrinks[key{s.Seq, l}]; shrinks != nil && ok && v < tokens {
-				tokens, nb = v, (v+t.blockSize-1)/t.blockSize
+			if shrinks != nil {
+				if v, ok := shrinks[key{s.Seq, l}]; ok && v < tokens {
+					tokens, nb = v, (v+t.blockSize-1)/t.blockSize
+				}
 			}
-			tokens += t.keep(l, tokens, s.N)
+			k := t.keep(l, tokens, s.N)
+			kept[i*t.layers+l] = int32(k)
+			tokens += k
 			if nb += int(added[i*t.layers+l]); nb*t.blockSize < tokens || (nb-1)*t.blockSize >= tokens && nb > 0 {
 				return fmt.Errorf("sequence %d layer %d: %d tokens in %d blocks", s.Seq, l, tokens, nb)
 			}
@@ -193,11 +199,11 @@ func (t *Tables) Apply(step []Append, d *Delta) error {
 		tb := &seqs[a.Pos/uint32(t.layers)][a.Pos%uint32(t.layers)]
 		tb.blocks = append(tb.blocks, a.Block)
 	}
-	for i, s := range step {
-		for l := range seqs[i] {
-			tb := &seqs[i][l]
-			tb.last = t.kept(l, tb, s.N)
-			tb.tokens += tb.last
+	for i := range step {
+		ts, ks := seqs[i], kept[i*t.layers:(i+1)*t.layers]
+		for l := range ts {
+			ts[l].last = int(ks[l])
+			ts[l].tokens += ts[l].last
 		}
 	}
 	return nil
