@@ -208,6 +208,19 @@ func (e *Engine) client(sess Session) (*client, error) {
 	return c, nil
 }
 
+// enter starts a traced call on a session: it takes the engine's lock and
+// finds the client; end releases both.
+func (e *Engine) enter(ctx context.Context, name string, sess Session) (c *client, end func(), err error) {
+	_, span := tracer.Start(ctx, name)
+	e.mu.Lock()
+	end = func() {
+		e.mu.Unlock()
+		span.End()
+	}
+	c, err = e.client(sess)
+	return c, end, err
+}
+
 // Session names a client's lease and the connection it speaks on: a call
 // from a connection the lease has moved away from is refused, so a late
 // request on a dead connection cannot change what the new one sees.
@@ -218,11 +231,8 @@ type Session struct {
 
 // Open starts sequences with the client's ids; all or none.
 func (e *Engine) Open(ctx context.Context, sess Session, ids []uint64) error {
-	_, span := tracer.Start(ctx, "kvd.open")
-	defer span.End()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	c, err := e.client(sess)
+	c, end, err := e.enter(ctx, "kvd.open", sess)
+	defer end()
 	if err != nil {
 		return err
 	}
@@ -250,11 +260,8 @@ func (e *Engine) Open(ctx context.Context, sess Session, ids []uint64) error {
 // Close ends sequences and frees their blocks. Unknown ids are an error,
 // but the known ones are still closed.
 func (e *Engine) Close(ctx context.Context, sess Session, ids []uint64) error {
-	_, span := tracer.Start(ctx, "kvd.close")
-	defer span.End()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	c, err := e.client(sess)
+	c, end, err := e.enter(ctx, "kvd.close", sess)
+	defer end()
 	if err != nil {
 		return err
 	}
@@ -291,11 +298,8 @@ func (p *pending) drop(sid blocks.SeqID) {
 // Step reports the previous step done (if req.Done is set) and reserves
 // slots for the next. A client has at most one step in flight.
 func (e *Engine) Step(ctx context.Context, sess Session, req *ipc.StepRequest) (*ipc.StepReply, error) {
-	_, span := tracer.Start(ctx, "kvd.step")
-	defer span.End()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	c, err := e.client(sess)
+	c, end, err := e.enter(ctx, "kvd.step", sess)
+	defer end()
 	if err != nil {
 		return nil, err
 	}
@@ -330,11 +334,8 @@ func (e *Engine) Step(ctx context.Context, sess Session, req *ipc.StepRequest) (
 
 // StepDone reports a step finished; failed rolls its tokens back.
 func (e *Engine) StepDone(ctx context.Context, sess Session, id uint64, failed bool) error {
-	_, span := tracer.Start(ctx, "kvd.step_done")
-	defer span.End()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	c, err := e.client(sess)
+	c, end, err := e.enter(ctx, "kvd.step_done", sess)
+	defer end()
 	if err != nil {
 		return err
 	}
