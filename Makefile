@@ -1,10 +1,10 @@
 # kvd — `make help` lists the targets.
 GO      ?= go
 BIN     := bin
-MODEL   ?= models/tiny
-PROMPT  ?= The key-value cache
+MODEL   ?= models/kvd-go-28m
+PROMPT  ?= // Max returns the larger of x and y.\nfunc Max(x, y int) int {
 
-.PHONY: help build run generate test bench lint goldens clean
+.PHONY: help build run generate tiny test bench lint goldens clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -12,14 +12,16 @@ help: ## show this help
 build: ## build bin/kvd and bin/gateway
 	$(GO) build -o $(BIN)/ ./kvd ./gateway
 
-$(MODEL)/config.json:
-	$(GO) run ./tools/mktiny -out $(MODEL)
+models/tiny/config.json:
+	$(GO) run ./tools/mktiny -out models/tiny
+
+tiny: models/tiny/config.json ## write the tiny random test model (serve it with MODEL=models/tiny)
 
 run: build $(MODEL)/config.json ## serve the bundled model on 127.0.0.1:8080 (kvd + gateway; Ctrl-C stops both)
 	tools/run.sh $(MODEL)
 
 generate: build $(MODEL)/config.json ## complete PROMPT once from the bundled model, no server
-	$(BIN)/gateway generate --model $(MODEL) --prompt "$(PROMPT)" --max-tokens 24
+	$(BIN)/gateway generate --model $(MODEL) --prompt "$$(printf '$(PROMPT)')" --max-tokens 32
 
 test: ## vet and run every test (what CI runs)
 	$(GO) vet ./...
@@ -38,4 +40,4 @@ goldens: ## list what the GPU machine must run to remake the HF golden files
 	@echo "run on the GPU machine: python3 tools/goldens/tokenizer_goldens.py && python3 tools/goldens/model_goldens.py"
 
 clean: ## remove build outputs and the generated tiny model
-	rm -rf $(BIN) $(MODEL)
+	rm -rf $(BIN) models/tiny

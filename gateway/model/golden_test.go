@@ -80,10 +80,20 @@ func readF32(t *testing.T, path string) []float32 {
 }
 
 // TestHFGoldens compares our logits, cached and not, and greedy tokens with
-// HF transformers' float32 run of the same checkpoint (bf16 weights in two
-// shards, GQA, llama3 RoPE scaling, tied embeddings), made by
-// tools/goldens/model_goldens.py.
+// HF transformers' float32 runs of the same checkpoints, made by
+// tools/goldens/model_goldens.py: the tiny test model (bf16 weights in two
+// shards, GQA, llama3 RoPE scaling, tied embeddings) and the bundled trained
+// model (four shards, transformers 5's rope_parameters, its own tokenizer).
 func TestHFGoldens(t *testing.T) {
+	for _, c := range []struct{ model, golden string }{
+		{tinyDir, goldenDir},
+		{"../../models/kvd-go-28m", "testdata/golden-kvd-go-28m"},
+	} {
+		t.Run(filepath.Base(c.model), func(t *testing.T) { checkGoldens(t, c.model, c.golden) })
+	}
+}
+
+func checkGoldens(t *testing.T, modelDir, goldenDir string) {
 	b, err := os.ReadFile(filepath.Join(goldenDir, "golden.json"))
 	if err != nil {
 		t.Fatalf("%v: make the goldens with tools/goldens/model_goldens.py on the GPU machine", err)
@@ -93,11 +103,11 @@ func TestHFGoldens(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	m, err := model.Load(ctx, tinyDir, kernels.NewCPU(), model.LoadOptions{})
+	m, err := model.Load(ctx, modelDir, kernels.NewCPU(), model.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, err := tokenizer.Load(tinyDir)
+	tok, err := tokenizer.Load(modelDir)
 	if err != nil {
 		t.Fatal(err)
 	}
