@@ -26,6 +26,7 @@ func TestSuite(t *testing.T) {
 			t.Run("stream equals non-stream", func(t *testing.T) { streamEqualsNonStream(t, s) })
 			t.Run("echo logprobs equal reference", func(t *testing.T) { echoLogprobs(t, s) })
 			t.Run("chat", func(t *testing.T) { chat(t, s) })
+			t.Run("score a continuation", func(t *testing.T) { scoreContinuation(t, s) })
 			t.Run("stop strings", func(t *testing.T) { stopStrings(t, s) })
 			t.Run("disconnect frees blocks", func(t *testing.T) { disconnect(t, s) })
 			t.Run("bad inputs", func(t *testing.T) { badInputs(t, s) })
@@ -439,4 +440,46 @@ func httpGet(url string) (int, error) {
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// scoreContinuation checks POST /v1/kvd/score against the reference: with
+// full KV, each continuation token's log-probability is the no-cache
+// forward pass's.
+func scoreContinuation(t *testing.T, s *stack) {
+	rng := rand.New(rand.NewPCG(21, 21))
+	prompt, cont := randomPrompt(rng, 29), randomPrompt(rng, 11)
+	code, b, _ := s.post(t, "/v1/kvd/score", map[string]any{"prompt": prompt, "continuation": cont, "top_logprobs": 2})
+	if code != 200 {
+		t.Fatalf("%d %s", code, b)
+	}
+	var r struct {
+		Object string `json:"object"`
+		Tokens []struct {
+			Token   int32   `json:"token"`
+			Logprob float64 `json:"logprob"`
+			Top     []any   `json:"top_logprobs"`
+		} `json:"tokens"`
+		Sum       float64 `json:"sum_logprob"`
+		PromptLen int     `json:"prompt_tokens"`
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	want := refPromptLogprobs(t, append(append([]int32(nil), prompt...), cont...))[len(prompt)-1:]
+	if r.Object != "kvd.score" || len(r.Tokens) != len(cont) || r.PromptLen != len(prompt) {
+		t.Fatalf("%s", b)
+	}
+	var sum float64
+	for i, tk := range r.Tokens {
+		if tk.Token != cont[i] || math.Abs(tk.Logprob-want[i]) > 1e-4 || len(tk.Top) != 2 {
+			t.Fatalf("token %d: %+v, reference logprob %.6f", i, tk, want[i])
+		}
+		sum += tk.Logprob
+	}
+	if math.Abs(sum-r.Sum) > 1e-3 {
+		t.Errorf("sum_logprob %v, tokens add to %v", r.Sum, sum)
+	}
+	if code, b, _ := s.post(t, "/v1/kvd/score", map[string]any{"prompt": prompt, "continuation": []int32{}}); code != 400 {
+		t.Errorf("empty continuation: %d %s", code, b)
+	}
 }

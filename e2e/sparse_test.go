@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"os/exec"
@@ -24,7 +25,7 @@ func TestSparseLayers(t *testing.T) {
 	prompt := randomPrompt(rand.New(rand.NewPCG(11, 11)), promptLen)
 	for _, mode := range modes {
 		t.Run(mode, func(t *testing.T) {
-			usage := map[string]float64{}
+			usage, scores := map[string]float64{}, map[string]float64{}
 			for _, preset := range []string{"full", "sparse"} {
 				o := options{kvMemory: "16MiB"}
 				if preset == "sparse" {
@@ -90,7 +91,20 @@ func TestSparseLayers(t *testing.T) {
 				if finish != "length" || text == "" {
 					t.Errorf("%s: the completion ended with %v after %q", preset, finish, text)
 				}
+				// Scoring a continuation through the compressed cache.
+				code, b, _ := s.post(t, "/v1/kvd/score", map[string]any{"prompt": prompt, "continuation": prompt[:48]})
+				var sc struct {
+					Sum float64 `json:"sum_logprob"`
+				}
+				if code != 200 || json.Unmarshal(b, &sc) != nil || math.IsNaN(sc.Sum) || sc.Sum >= 0 {
+					t.Fatalf("%s: score %d %s", preset, code, b)
+				}
+				scores[preset] = sc.Sum
 			}
+			if scores["full"] == scores["sparse"] {
+				t.Errorf("scoring through the compressed cache gave the full cache's log-likelihood %v", scores["full"])
+			}
+			t.Logf("%s: continuation log-likelihood, full %.3f, sparse %.3f", mode, scores["full"], scores["sparse"])
 			ratio := usage["full"] / usage["sparse"]
 			// Layer 0 keeps ~460 tokens (29 blocks) either way; layers 1-3
 			// go from 29 blocks to at most 5 each.

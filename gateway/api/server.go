@@ -143,6 +143,7 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 		"/v1/models":           {"GET", s.models},
 		"/v1/completions":      {"POST", s.completions},
 		"/v1/chat/completions": {"POST", s.chat},
+		"/v1/kvd/score":        {"POST", s.score},
 	}
 	r, ok := routes[path]
 	switch {

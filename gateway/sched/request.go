@@ -38,6 +38,10 @@ type Params struct {
 	Logprobs int
 	// PromptLogprobs also scores the prompt (echo + logprobs).
 	PromptLogprobs bool
+	// Forced, when set, replaces sampling: the i-th new token is Forced[i],
+	// and its log-probability under the (possibly compressed) cache is
+	// reported. It is how a continuation is scored through decode.
+	Forced []int32
 }
 
 // Token is one generated (or, with PromptLogprobs, prompt) token.

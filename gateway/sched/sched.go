@@ -329,7 +329,12 @@ func (s *Scheduler) next(r *Request, lg []float32) Token {
 		lg = slices.Clone(lg)
 		sample.Suppress(lg, r.Params.StopTokens)
 	}
-	tok := Token{ID: r.sampler.Sample(lg)}
+	var tok Token
+	if i := r.generated(); i < len(r.Params.Forced) {
+		tok.ID = r.Params.Forced[i]
+	} else {
+		tok.ID = r.sampler.Sample(lg)
+	}
 	if r.Params.Logprobs >= 0 {
 		lp := make([]float32, len(lg))
 		sample.LogSoftmax(lp, lg)
