@@ -1,0 +1,82 @@
+package main
+
+import (
+	"context"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kvd-project/kvd/gateway/model/tinymodel"
+	"github.com/kvd-project/kvd/gateway/tokenizer"
+)
+
+// TestHarnessEndToEnd draws a few short samples from real held-out Go
+// source, runs them against a real gateway with full KV and with a window
+// small enough to matter, and checks the report.
+func TestHarnessEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "gateway")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/kvd-project/kvd/gateway").CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	modelDir := filepath.Join(dir, "tiny")
+	if err := tinymodel.Write(modelDir, tinymodel.Options{Seed: 1}); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(modelDir, "split.json"), []byte(`{"heldout": ["./strings", "./bufio"]}`), 0o644)
+	tok, err := tokenizer.Load(modelDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := heldoutSources(modelDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	samples, err := makeSamples(tok, files, []int{192, 320}, 2, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(samples) != 8 {
+		t.Fatalf("%d samples, want 2 of each of 4 tasks", len(samples))
+	}
+	for _, s := range samples {
+		if s.Task == taskRetrieval && (!strings.Contains(s.Prompt, `const secretKey = "`+s.Target+`"`) || len(s.Target) != probeDigits) {
+			t.Fatalf("retrieval sample does not define its key: %q", s.Target)
+		}
+		if s.Task == taskLoglik && len(s.PromptIDs)+len(s.Continuation) != 320 {
+			t.Fatalf("loglik sample of %d+%d tokens", len(s.PromptIDs), len(s.Continuation))
+		}
+	}
+	configs := []config{
+		{Name: "full", Kind: "full"},
+		{Name: "window", Kind: "policy", Policy: "1-3=window:sinks=4,window=60", Layers: 3, Window: 64},
+	}
+	results := map[string]result{}
+	for _, c := range configs {
+		s, err := startGateway(bin, modelDir, c.Policy, "64MiB", io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := runSamples(context.Background(), s, samples, nil)
+		s.stop()
+		if err != nil {
+			t.Fatal(err)
+		}
+		results[c.Name] = r
+	}
+	full, win := summarize(results["full"][loglikKey]), summarize(results["window"][loglikKey])
+	if math.IsNaN(full.Mean) || full.Mean >= 0 || full.Mean == win.Mean {
+		t.Errorf("log-likelihood: full %v, window %v", full, win)
+	}
+	report := render(SampleSet{Seed: 7, Lengths: []int{192, 320}, Samples: samples}, configs, results, modelDir, nil)
+	for _, want := range []string{"## Full KV", "line-192 edit-sim", "retrieval exact", "| window |", loglikKey} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report lacks %q:\n%s", want, report)
+		}
+	}
+	t.Log("\n" + report)
+}
