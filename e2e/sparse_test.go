@@ -61,7 +61,7 @@ func TestSparseLayers(t *testing.T) {
 					// Generation goes on between the two reads, so check
 					// kvd's own numbers against the same bounds.
 					for _, l := range st.Layers {
-						if preset == "sparse" && l.Index >= 1 && (l.TokensRetained >= window+blockSize || !strings.HasPrefix(l.Policy, "snapkv")) {
+						if preset == "sparse" && l.Index >= 1 && (l.TokensRetained > window+blockSize || !strings.HasPrefix(l.Policy, "snapkv")) {
 							t.Errorf("kvd status: layer %d (%s) holds %d tokens", l.Index, l.Policy, l.TokensRetained)
 						}
 					}
@@ -69,8 +69,10 @@ func TestSparseLayers(t *testing.T) {
 				}
 				for l, n := range layers {
 					switch {
-					case preset == "sparse" && l >= 1 && n >= window+blockSize:
-						t.Errorf("sparse layer %d holds %v tokens, budget %d + a block", l, n, window)
+					case preset == "sparse" && l >= 1 && n > window+blockSize:
+						// A layer reaches budget + a block between a step's
+						// reservation and the eviction its done report starts.
+						t.Errorf("sparse layer %d holds %v tokens, over budget %d + a block", l, n, window)
 					case (preset == "full" || l == 0) && n < promptLen:
 						t.Errorf("%s layer %d holds %v tokens, fewer than the prompt's %d", preset, l, n, promptLen)
 					}

@@ -177,12 +177,16 @@ func (c *CPU) WriteKV(pool *Tensor, l shm.Layout, k, v *Tensor, slots []int32) {
 	}
 }
 
-// attnJob is one (sequence, KV head) pair: the query heads of that KV
-// head's group share the keys they read, and only this job writes the
-// scores of that head's slots, so score accumulation needs no locks.
+// attnJob is one (sequence, KV head) pair's query rows r0..r1: the query
+// heads of that KV head's group share the keys they read. A long prompt's
+// rows are split over several jobs so all cores work on it; the rows that
+// accumulate scores stay in one job, so score accumulation needs no locks.
 type attnJob struct {
-	seq, kvHead int
+	seq, kvHead, r0, r1 int
 }
+
+// attnRows is how many query rows one attention job takes at most.
+const attnRows = 64
 
 func (c *CPU) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale float32) {
 	hd := l.HeadDim
@@ -190,9 +194,21 @@ func (c *CPU) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale 
 	group := heads / l.KVHeads
 	jobs := make([]attnJob, 0, len(b.KVLen)*l.KVHeads)
 	for s := range b.KVLen {
-		if b.QIndptr[s+1] > b.QIndptr[s] && (b.Skip == nil || !b.Skip[s]) {
-			for h := range l.KVHeads {
-				jobs = append(jobs, attnJob{seq: s, kvHead: h})
+		q0, q1 := int(b.QIndptr[s]), int(b.QIndptr[s+1])
+		if q1 == q0 || (b.Skip != nil && b.Skip[s]) {
+			continue
+		}
+		scoreFrom := q1
+		if b.ScoreFrom != nil {
+			scoreFrom = q0 + int(b.ScoreFrom[s])
+		}
+		for h := range l.KVHeads {
+			r := q0
+			for ; r < scoreFrom; r += attnRows {
+				jobs = append(jobs, attnJob{seq: s, kvHead: h, r0: r, r1: min(r+attnRows, scoreFrom)})
+			}
+			if scoreFrom < q1 {
+				jobs = append(jobs, attnJob{seq: s, kvHead: h, r0: scoreFrom, r1: q1})
 			}
 		}
 	}
@@ -209,7 +225,7 @@ func (c *CPU) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale 
 			if cap(logits) < past+q1-q0 {
 				logits = make([]float32, past+q1-q0)
 			}
-			for r := q0; r < q1; r++ {
+			for r := j.r0; r < j.r1; r++ {
 				p := logits[:past+r-q0+1]
 				for g := range group {
 					h := j.kvHead*group + g

@@ -45,37 +45,58 @@ func (c *CPU) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l s
 	for h := range kvh {
 		raw[h], vote[h] = make([]float64, n), make([]float64, n)
 	}
+	// attend computes query head h's attention for prompt row i into out and
+	// leaves the probabilities in p[:i+1].
+	attend := func(i, h, kh int, p []float64) {
+		qv := q.data[((row0+i)*heads+h)*hd:][:hd]
+		mx := math.Inf(-1)
+		for j := 0; j <= i; j++ {
+			p[j] = float64(dot(qv, k.data[((row0+j)*kvh+kh)*hd:][:hd]) * scale)
+			mx = math.Max(mx, p[j])
+		}
+		var sum float64
+		for j := 0; j <= i; j++ {
+			p[j] = math.Exp(p[j] - mx)
+			sum += p[j]
+		}
+		o := out.data[((row0+i)*heads+h)*hd:][:hd]
+		clear(o)
+		for j := 0; j <= i; j++ {
+			p[j] /= sum
+			w, vv := float32(p[j]), v.data[((row0+j)*kvh+kh)*hd:][:hd]
+			for d := range o {
+				o[d] += w * vv[d]
+			}
+		}
+	}
+	// Rows before the observation window only produce outputs: split them
+	// over every core, by head and row block.
+	type job struct{ h, r0, r1 int }
+	var jobs []job
+	for h := range heads {
+		for r := 0; r < obsFrom; r += attnRows {
+			jobs = append(jobs, job{h, r, min(r+attnRows, obsFrom)})
+		}
+	}
+	c.parallel(len(jobs), 1, func(lo, hi int) {
+		p := make([]float64, n)
+		for _, jb := range jobs[lo:hi] {
+			for i := jb.r0; i < jb.r1; i++ {
+				attend(i, jb.h, jb.h/group, p)
+			}
+		}
+	})
+	// The window's rows also vote: one job per KV head owns its sums.
 	c.parallel(kvh, 1, func(lo, hi int) {
 		p := make([]float64, n)
 		headSum := make([]float64, n) // one query head's window attention per token
 		for kh := lo; kh < hi; kh++ {
 			for g := range group {
-				h := kh*group + g
 				clear(headSum)
-				for i := range n {
-					qv := q.data[((row0+i)*heads+h)*hd:][:hd]
-					mx := math.Inf(-1)
+				for i := obsFrom; i < n; i++ {
+					attend(i, kh*group+g, kh, p)
 					for j := 0; j <= i; j++ {
-						kv := k.data[((row0+j)*kvh+kh)*hd:][:hd]
-						p[j] = float64(dot(qv, kv) * scale)
-						mx = math.Max(mx, p[j])
-					}
-					var sum float64
-					for j := 0; j <= i; j++ {
-						p[j] = math.Exp(p[j] - mx)
-						sum += p[j]
-					}
-					o := out.data[((row0+i)*heads+h)*hd:][:hd]
-					clear(o)
-					for j := 0; j <= i; j++ {
-						w := p[j] / sum
-						vv := v.data[((row0+j)*kvh+kh)*hd:][:hd]
-						for d := range o {
-							o[d] += float32(w) * vv[d]
-						}
-						if i >= obsFrom {
-							headSum[j] += w
-						}
+						headSum[j] += p[j]
 					}
 				}
 				// A KV head's vote: its query heads' window sums,
