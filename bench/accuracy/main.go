@@ -96,6 +96,8 @@ func main() {
 	only := flag.String("only", "", "run only configurations whose name contains this")
 	kvMem := flag.String("kv-memory", "2GiB", "each gateway's KV pool")
 	out := flag.String("out", "", "also write the results (markdown) here")
+	rawOut := flag.String("raw-out", "", "also write the raw per-sample scores (JSON) here, for -merge")
+	merge := flag.String("merge", "", "render the table from these comma-separated -raw-out files instead of running")
 	flag.Parse()
 	log.SetFlags(0)
 	if *mk != "" {
@@ -120,6 +122,32 @@ func main() {
 		log.Fatal(err)
 	}
 	configs := defaultConfigs(cfg.NumLayers)
+	if *merge != "" {
+		run := rawRun{Results: map[string]result{}}
+		for _, f := range strings.Split(*merge, ",") {
+			var r rawRun
+			b, err := os.ReadFile(f)
+			if err == nil {
+				err = json.Unmarshal(b, &r)
+			}
+			if err != nil {
+				log.Fatalf("%s: %v", f, err)
+			}
+			for k, v := range r.Results {
+				run.Results[k] = v
+			}
+			run.CPU, run.Threads = r.CPU, r.Threads
+			run.Elapsed = append(run.Elapsed, r.Elapsed...)
+		}
+		report := render(set, configs, run, *modelDir)
+		fmt.Print(report)
+		if *out != "" {
+			if err := os.WriteFile(*out, []byte(report), 0o644); err != nil {
+				log.Fatal(err)
+			}
+		}
+		return
+	}
 	if *srv != "" {
 		configs = []config{{Name: "server", Kind: "full"}}
 	}
@@ -148,7 +176,14 @@ func main() {
 		elapsed = append(elapsed, fmt.Sprintf("%s %.0fs", c.Name, time.Since(start).Seconds()))
 		fmt.Fprintln(os.Stderr)
 	}
-	report := render(set, configs, results, *modelDir, elapsed)
+	run := rawRun{CPU: cpuName(), Threads: runtime.GOMAXPROCS(0), Elapsed: elapsed, Results: results}
+	if *rawOut != "" {
+		b, _ := json.Marshal(run)
+		if err := os.WriteFile(*rawOut, b, 0o644); err != nil {
+			log.Fatal(err)
+		}
+	}
+	report := render(set, configs, run, *modelDir)
 	fmt.Print(report)
 	if *out != "" {
 		if err := os.WriteFile(*out, []byte(report), 0o644); err != nil {
@@ -191,10 +226,19 @@ func writeSamples(path, modelDir, lengthList string, n int, seed uint64) error {
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
+// rawRun is one run's scores and where they were measured.
+type rawRun struct {
+	CPU     string            `json:"cpu"`
+	Threads int               `json:"threads"`
+	Elapsed []string          `json:"elapsed"`
+	Results map[string]result `json:"results"`
+}
+
 // render prints full KV's absolute scores, then every metric in the seed's
 // shape (rows: sparse layers, columns: windows, cells: relative to full),
 // then the policies at equal budget.
-func render(set SampleSet, configs []config, results map[string]result, modelDir string, elapsed []string) string {
+func render(set SampleSet, configs []config, run rawRun, modelDir string) string {
+	results, elapsed := run.Results, run.Elapsed
 	var b strings.Builder
 	commit, _ := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
 	full := results["full"]
@@ -208,7 +252,7 @@ func render(set SampleSet, configs []config, results map[string]result, modelDir
 	sort.Strings(metrics)
 	fmt.Fprintf(&b, "# KV sparsity accuracy: %s\n\n", modelDir)
 	fmt.Fprintf(&b, "Commit %s, %s, CPU backend (%s, %d threads), %d samples (seed %d, lengths %v).\n",
-		strings.TrimSpace(string(commit)), time.Now().Format("2006-01-02"), cpuName(), runtime.GOMAXPROCS(0), len(set.Samples), set.Seed, set.Lengths)
+		strings.TrimSpace(string(commit)), time.Now().Format("2006-01-02"), run.CPU, run.Threads, len(set.Samples), set.Seed, set.Lengths)
 	fmt.Fprintf(&b, "± is a 95%% confidence half-width (1.96 standard errors over samples).\n\n## Full KV\n\n| metric | score |\n| --- | --- |\n")
 	for _, m := range metrics {
 		s := summarize(full[m])

@@ -54,7 +54,8 @@ func TestWriteTinyModel(t *testing.T) {
 }
 
 type goldenCase struct {
-	IDs    []int32 `json:"ids"`
+	IDs        []int32 `json:"ids"`
+	LogitsFrom int     `json:"logits_from"` // the first position whose logits are stored
 	Text   *string `json:"text"`
 	Logits string  `json:"logits"`
 	Greedy []int32 `json:"greedy"`
@@ -143,8 +144,11 @@ func checkGoldens(t *testing.T, modelDir, goldenDir string) {
 			t.Fatal(err)
 		}
 		worst, worstCached := 0.0, 0.0
-		for j := range c.IDs {
-			row := want[j*v : (j+1)*v]
+		if len(want) != (len(c.IDs)-c.LogitsFrom)*v {
+			t.Fatalf("case %d: %d golden logits for positions %d.. of %d", i, len(want), c.LogitsFrom, len(c.IDs))
+		}
+		for j := c.LogitsFrom; j < len(c.IDs); j++ {
+			row := want[(j-c.LogitsFrom)*v : (j-c.LogitsFrom+1)*v]
 			worst = math.Max(worst, relErr(ref[j*v:(j+1)*v], row))
 			worstCached = math.Max(worstCached, relErr(cached[0][j*v:(j+1)*v], row))
 		}

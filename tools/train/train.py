@@ -10,7 +10,7 @@ as a tar.xz because the GPU machine has no Go:
     cd $(go env GOROOT)/src && find . -name '*.go' ! -name '*_test.go' \\
         ! -path '*/testdata/*' | sort | tar cf - -T - | xz > .dev/gosrc.tar.xz
     python3 tools/train/train.py --data .dev/gosrc.tar.xz --out OUT/model \\
-        --minutes 6
+        --minutes 5.5
 
 Whole packages (directories) are held out for evaluation: a deterministic
 5% by hash of the directory name, plus a few named ones; the split is written
@@ -96,6 +96,12 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--go-version", default="unknown", help="the Go release the source came from, for the README")
+    ap.add_argument("--hidden", type=int, default=384)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--heads", type=int, default=6)
+    ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--intermediate", type=int, default=1024)
+    ap.add_argument("--name", default="kvd-go-16m", help="the model's name, for the README")
     args = ap.parse_args()
     t0 = time.time()
     torch.manual_seed(0)
@@ -127,8 +133,9 @@ def main():
 
     vocab = tok.get_vocab_size()
     bos, eot, eos = tok.token_to_id(SPECIALS[0]), tok.token_to_id("<|eot_id|>"), tok.token_to_id("<|end_of_text|>")
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                      num_attention_heads=8, num_key_value_heads=2, head_dim=64, max_position_embeddings=args.seq,
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.layers,
+                      num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, head_dim=args.hidden // args.heads,
+                      max_position_embeddings=args.seq,
                       rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True,
                       bos_token_id=bos, eos_token_id=[eos, eot])
     dev = "cuda"
@@ -193,7 +200,7 @@ def main():
         "train_tokens": n_train, "heldout_tokens": n_held,
         "train_loss": round(train_loss, 4), "heldout_loss": round(held_loss, 4),
         "train_files": len(train_texts), "heldout_files": len(held_texts), "go_version": args.go_version,
-        "minutes": args.minutes,
+        "minutes": args.minutes, "name": args.name,
     }
     with open(os.path.join(args.out, "training.json"), "w") as f:
         json.dump({"stats": stats, "curve": curve}, f, indent=1)
@@ -214,7 +221,7 @@ def readme(s, curve, split, cfg):
     if pts[-1] is not curve[-1]:
         pts.append(curve[-1])
     rows = "\n".join(f"| {c['step']} | {c['tokens']/1e6:.1f}M | {c['seconds']:.0f} | {c['loss']:.3f} |" for c in pts)
-    return f"""# kvd-go-28m
+    return f"""# {s['name']}
 
 The model `make run` serves: a {s['parameters']/1e6:.1f}M-parameter Llama-architecture model
 (RMSNorm, RoPE θ=500000, GQA with {cfg.num_attention_heads} query heads over {cfg.num_key_value_heads} KV heads,
@@ -239,7 +246,7 @@ not an assistant, though its tokenizer has a Llama-3-style chat template.
 {rows}
 
 {gap_note}Reproduce (on a machine with PyTorch, transformers and tokenizers; see the docstring for
-making the data archive): `python3 tools/train/train.py --data gosrc.tar.xz --out models/kvd-go-28m --minutes {s['minutes']} --go-version {s['go_version']}`.
+making the data archive): `python3 tools/train/train.py --data gosrc.tar.xz --out models/{s['name']} --minutes {s['minutes']} --go-version {s['go_version']}`.
 The full curve is in `training.json`; this file is written by that script.
 """
 
