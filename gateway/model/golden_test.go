@@ -56,9 +56,9 @@ func TestWriteTinyModel(t *testing.T) {
 type goldenCase struct {
 	IDs        []int32 `json:"ids"`
 	LogitsFrom int     `json:"logits_from"` // the first position whose logits are stored
-	Text   *string `json:"text"`
-	Logits string  `json:"logits"`
-	Greedy []int32 `json:"greedy"`
+	Text       *string `json:"text"`
+	Logits     string  `json:"logits"`
+	Greedy     []int32 `json:"greedy"`
 }
 
 type golden struct {
