@@ -196,6 +196,33 @@ type normReplace struct {
 
 func (r normReplace) normalize(s string) (string, error) { return replaceAll(r.pat, s, r.content) }
 
+// parseSequence parses the parts listed under field of a Sequence
+// component with parse, leaving out parts that parse to nothing (nil).
+func parseSequence[T comparable](raw json.RawMessage, field string, parse func(json.RawMessage) (T, error)) ([]T, error) {
+	var q map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &q); err != nil {
+		return nil, err
+	}
+	var parts []json.RawMessage
+	if list, ok := q[field]; ok {
+		if err := json.Unmarshal(list, &parts); err != nil {
+			return nil, err
+		}
+	}
+	var seq []T
+	var none T
+	for _, r := range parts {
+		p, err := parse(r)
+		if err != nil {
+			return nil, err
+		}
+		if p != none {
+			seq = append(seq, p)
+		}
+	}
+	return seq, nil
+}
+
 func parseNormalizer(raw json.RawMessage) (normalizer, error) {
 	if isNull(raw) {
 		return nil, nil
@@ -206,23 +233,8 @@ func parseNormalizer(raw json.RawMessage) (normalizer, error) {
 	}
 	switch t.Type {
 	case "Sequence":
-		var q struct {
-			Normalizers []json.RawMessage `json:"normalizers"`
-		}
-		if err := json.Unmarshal(raw, &q); err != nil {
-			return nil, err
-		}
-		var seq normSequence
-		for _, r := range q.Normalizers {
-			n, err := parseNormalizer(r)
-			if err != nil {
-				return nil, err
-			}
-			if n != nil {
-				seq = append(seq, n)
-			}
-		}
-		return seq, nil
+		seq, err := parseSequence(raw, "normalizers", parseNormalizer)
+		return normSequence(seq), err
 	case "Prepend":
 		var p struct {
 			Prepend string `json:"prepend"`
@@ -528,23 +540,8 @@ func parsePreTokenizer(raw json.RawMessage) (preTokenizer, error) {
 	}
 	switch t.Type {
 	case "Sequence":
-		var q struct {
-			PreTokenizers []json.RawMessage `json:"pretokenizers"`
-		}
-		if err := json.Unmarshal(raw, &q); err != nil {
-			return nil, err
-		}
-		var seq preSequence
-		for _, r := range q.PreTokenizers {
-			p, err := parsePreTokenizer(r)
-			if err != nil {
-				return nil, err
-			}
-			if p != nil {
-				seq = append(seq, p)
-			}
-		}
-		return seq, nil
+		seq, err := parseSequence(raw, "pretokenizers", parsePreTokenizer)
+		return preSequence(seq), err
 	case "Split":
 		var sp struct {
 			Pattern  json.RawMessage `json:"pattern"`
