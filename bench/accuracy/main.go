@@ -35,6 +35,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kvd-project/kvd/bench/machine"
 	"github.com/kvd-project/kvd/gateway/model"
 	"github.com/kvd-project/kvd/gateway/tokenizer"
 )
@@ -176,7 +177,7 @@ func main() {
 		elapsed = append(elapsed, fmt.Sprintf("%s %.0fs", c.Name, time.Since(start).Seconds()))
 		fmt.Fprintln(os.Stderr)
 	}
-	run := rawRun{CPU: cpuName(), Threads: runtime.GOMAXPROCS(0), Elapsed: elapsed, Results: results}
+	run := rawRun{CPU: machine.CPUName(), Threads: runtime.GOMAXPROCS(0), Elapsed: elapsed, Results: results}
 	if *rawOut != "" {
 		b, _ := json.Marshal(run)
 		if err := os.WriteFile(*rawOut, b, 0o644); err != nil {
@@ -327,17 +328,4 @@ func contains(xs []int, x int) bool {
 		}
 	}
 	return false
-}
-
-func cpuName() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return "unknown CPU"
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if name, ok := strings.CutPrefix(line, "model name"); ok {
-			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(name), ":"))
-		}
-	}
-	return "unknown CPU"
 }

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kvd-project/kvd/bench/machine"
 	"github.com/kvd-project/kvd/gateway/model"
 	"github.com/kvd-project/kvd/gateway/model/tinymodel"
 	"github.com/kvd-project/kvd/gateway/runner"
@@ -82,7 +83,7 @@ func main() {
 	commit, _ := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
 	fmt.Printf("tiny model (%d layers, %d KV heads × %d dims, float32 KV), prompt %d, decode %d, batch %d\n",
 		c.NumLayers, c.NumKVHeads, c.HeadDim, *promptLen, *decode, *batch)
-	fmt.Printf("CPU %s, %d threads, commit %s, %s\n\n", cpuName(), runtime.GOMAXPROCS(0), strings.TrimSpace(string(commit)), time.Now().Format("2006-01-02"))
+	fmt.Printf("CPU %s, %d threads, commit %s, %s\n\n", machine.CPUName(), runtime.GOMAXPROCS(0), strings.TrimSpace(string(commit)), time.Now().Format("2006-01-02"))
 	fmt.Printf("| %-30s | %14s | %8s | %14s | %8s |\n", "KV policy", "KV bytes / seq", "vs full", "decode tok/s", "vs full")
 	fmt.Printf("|%s|%s|%s|%s|%s|\n", strings.Repeat("-", 32), strings.Repeat("-", 16), strings.Repeat("-", 10), strings.Repeat("-", 16), strings.Repeat("-", 10))
 	var fullBytes, fullRate float64
@@ -120,17 +121,4 @@ func main() {
 		}
 		fmt.Printf("| %-30s | %14.0f | %7.2fx | %14.1f | %7.2fx |\n", r.name, bytes, fullBytes/bytes, rate, rate/fullRate)
 	}
-}
-
-func cpuName() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return "unknown"
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if name, ok := strings.CutPrefix(line, "model name"); ok {
-			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(name), ":"))
-		}
-	}
-	return "unknown"
 }
