@@ -1,7 +1,7 @@
 # kvd — `make help` lists the targets.
 GO      ?= go
 BIN     := bin
-MODEL   ?= models/kvd-go-28m
+MODEL   ?= models/kvd-go-16m
 PROMPT  ?= // Max returns the larger of x and y.\nfunc Max(x, y int) int {
 
 .PHONY: help build run generate tiny test bench lint goldens clean

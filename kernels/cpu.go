@@ -213,7 +213,7 @@ func (c *CPU) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale 
 		}
 	}
 	c.parallel(len(jobs), 1, func(lo, hi int) {
-		var logits []float32
+		var kb, vb, pb []float32
 		for _, j := range jobs[lo:hi] {
 			blocks := b.Blocks[b.BlockIndptr[j.seq]:b.BlockIndptr[j.seq+1]]
 			q0, q1 := int(b.QIndptr[j.seq]), int(b.QIndptr[j.seq+1])
@@ -222,42 +222,119 @@ func (c *CPU) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale 
 			if b.ScoreFrom != nil {
 				scoreFrom = q0 + int(b.ScoreFrom[j.seq])
 			}
-			if cap(logits) < past+q1-q0 {
-				logits = make([]float32, past+q1-q0)
+			n := past + j.r1 - q0 // keys the job's last row sees
+			if (j.r1-j.r0)*n*hd < smallAttn {
+				attnScalar(out, q, pool, l, blocks, j, past+j.r0-q0+1, heads, group, scoreFrom, scale)
+				continue
 			}
-			for r := j.r0; r < j.r1; r++ {
-				p := logits[:past+r-q0+1]
-				for g := range group {
-					h := j.kvHead*group + g
-					qv := q.data[(r*heads+h)*hd:][:hd]
-					mx := float32(math.Inf(-1))
-					for i := range p {
-						kv := pool.data[l.K(int(blocks[i/l.BlockSize]), j.kvHead, i%l.BlockSize):][:hd]
-						p[i] = dot(qv, kv) * scale
-						mx = max(mx, p[i])
-					}
-					var sum float32
-					for i := range p {
-						p[i] = float32(math.Exp(float64(p[i] - mx)))
-						sum += p[i]
-					}
-					o := out.data[(r*heads+h)*hd:][:hd]
-					clear(o)
-					for i := range p {
-						blk, off := int(blocks[i/l.BlockSize]), i%l.BlockSize
-						vv := pool.data[l.V(blk, j.kvHead, off):][:hd]
-						w := p[i] / sum
-						for d := range o {
-							o[d] += w * vv[d]
-						}
-						if r >= scoreFrom {
-							pool.data[l.Score(blk, j.kvHead, off)] += w
-						}
+			// Gather the keys and values into contiguous [n, hd]
+			// matrices: each block holds a head's tokens back to back.
+			kb, vb = grow(kb, n*hd), grow(vb, n*hd)
+			for i := 0; i < n; i += l.BlockSize {
+				blk, cnt := int(blocks[i/l.BlockSize]), min(l.BlockSize, n-i)
+				copy(kb[i*hd:(i+cnt)*hd], pool.data[l.K(blk, j.kvHead, 0):])
+				copy(vb[i*hd:(i+cnt)*hd], pool.data[l.V(blk, j.kvHead, 0):])
+			}
+			km := blas32.General{Rows: n, Cols: hd, Stride: hd, Data: kb}
+			vm := blas32.General{Rows: n, Cols: hd, Stride: hd, Data: vb}
+			rows := j.r1 - j.r0
+			pb = grow(pb, rows*n)
+			first := past + j.r0 - q0 + 1 // keys the job's first row sees
+			for g := range group {
+				h := j.kvHead*group + g
+				qm := blas32.General{Rows: rows, Cols: hd, Stride: heads * hd, Data: q.data[(j.r0*heads+h)*hd:]}
+				om := blas32.General{Rows: rows, Cols: hd, Stride: heads * hd, Data: out.data[(j.r0*heads+h)*hd:]}
+				attnTile(qm, km, vm, first, scale, pb, om)
+				for r := max(j.r0, scoreFrom); r < j.r1; r++ {
+					i := r - j.r0
+					for t, w := range pb[i*n : i*n+first+i] {
+						pool.data[l.Score(int(blocks[t/l.BlockSize]), j.kvHead, t%l.BlockSize)] += w
 					}
 				}
 			}
 		}
 	})
+}
+
+// smallAttn is the work (rows × keys × head dim) under which an attention
+// job runs as plain loops: for a short decode step, gathering the keys and
+// calling BLAS costs more than it saves.
+const smallAttn = 1 << 15
+
+// attnScalar is job j's attention as plain loops; its first row sees the
+// first first keys.
+func attnScalar(out, q, pool *Tensor, l shm.Layout, blocks []int32, j attnJob, first, heads, group, scoreFrom int, scale float32) {
+	hd := l.HeadDim
+	p := make([]float32, first+j.r1-j.r0-1)
+	for r := j.r0; r < j.r1; r++ {
+		p := p[:first+r-j.r0]
+		for g := range group {
+			h := j.kvHead*group + g
+			qv := q.data[(r*heads+h)*hd:][:hd]
+			mx := float32(math.Inf(-1))
+			for i := range p {
+				p[i] = dot(qv, pool.data[l.K(int(blocks[i/l.BlockSize]), j.kvHead, i%l.BlockSize):][:hd]) * scale
+				mx = max(mx, p[i])
+			}
+			var sum float32
+			for i := range p {
+				p[i] = float32(math.Exp(float64(p[i] - mx)))
+				sum += p[i]
+			}
+			o := out.data[(r*heads+h)*hd:][:hd]
+			clear(o)
+			for i := range p {
+				blk, off := int(blocks[i/l.BlockSize]), i%l.BlockSize
+				vv := pool.data[l.V(blk, j.kvHead, off):][:hd]
+				w := p[i] / sum
+				for d := range o {
+					o[d] += w * vv[d]
+				}
+				if r >= scoreFrom {
+					pool.data[l.Score(blk, j.kvHead, off)] += w
+				}
+			}
+		}
+	}
+}
+
+// attnTile computes causal attention for a tile of one query head's rows:
+// row i of q [R, hd] sees the first first+i keys of k and v [n, hd] (n ≥
+// first+R-1), and out [R, hd] = softmax(scale·q·kᵀ)·v. Both products go
+// through BLAS; p (at least R·n) is left holding each row's probabilities,
+// zero past the row's last key, with row stride n.
+func attnTile(q, k, v blas32.General, first int, scale float32, p []float32, out blas32.General) {
+	rows, n := q.Rows, k.Rows
+	pm := blas32.General{Rows: rows, Cols: n, Stride: n, Data: p[:rows*n]}
+	blas32.Gemm(blas.NoTrans, blas.Trans, scale, q, k, 0, pm)
+	for i := range rows {
+		row := p[i*n : (i+1)*n]
+		seen := row[:first+i]
+		mx := float32(math.Inf(-1))
+		for _, x := range seen {
+			mx = max(mx, x)
+		}
+		var sum float32
+		for t, x := range seen {
+			e := float32(math.Exp(float64(x - mx)))
+			seen[t] = e
+			sum += e
+		}
+		inv := 1 / sum
+		for t := range seen {
+			seen[t] *= inv
+		}
+		clear(row[first+i:])
+	}
+	blas32.Gemm(blas.NoTrans, blas.NoTrans, 1, pm, v, 0, out)
+}
+
+// grow returns buf with at least n elements, reusing its storage.
+func grow(buf []float32, n int) []float32 {
+	if cap(buf) < n {
+		return make([]float32, n)
+	}
+	return buf[:n]
 }
 
 func dot(a, b []float32) float32 {

@@ -109,23 +109,36 @@ func TestAttentionPaged(t *testing.T) {
 		heads, kvHeads, hd int
 		blockSize          int
 		past, new          []int // per sequence: tokens already cached, new queries
+		scoreFrom          []int // per sequence: the first new query that scores (nil: none)
 	}{
-		{"decode batch, GQA 4", 8, 2, 16, 16, []int{0, 15, 16, 97}, []int{1, 1, 1, 1}},
-		{"prefill chunk after cache, MHA, block 3", 3, 3, 8, 3, []int{10, 0}, []int{7, 17}},
-		{"MQA, head dim 128, block 32", 4, 1, 128, 32, []int{33}, []int{5}},
+		{"decode batch, GQA 4", 8, 2, 16, 16, []int{0, 15, 16, 97}, []int{1, 1, 1, 1}, []int{0, 0, 0, 0}},
+		{"prefill chunk after cache, MHA, block 3", 3, 3, 8, 3, []int{10, 0}, []int{7, 17}, []int{3, 17}},
+		{"MQA, head dim 128, block 32", 4, 1, 128, 32, []int{33}, []int{5}, nil},
+		// Large enough that jobs take the tiled BLAS path, with scores.
+		{"long prefill, GQA 4, head dim 64", 8, 2, 64, 16, []int{300, 0}, []int{150, 200}, []int{120, 170}},
+		{"decode over long context with scores", 6, 2, 64, 16, []int{900, 1000, 3}, []int{1, 1, 1}, []int{0, 0, 0}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(len(tc.name)), 5))
 			c := NewCPU()
-			l := shm.Layout{NumBlocks: 64, BlockSize: tc.blockSize, KVHeads: tc.kvHeads, HeadDim: tc.hd}
+			l := shm.Layout{NumBlocks: 1, BlockSize: tc.blockSize, KVHeads: tc.kvHeads, HeadDim: tc.hd}
+			for s := range tc.past {
+				l.NumBlocks += l.BlocksFor(tc.past[s]+tc.new[s]) + 2 // spare blocks stay unused
+			}
 			pool := c.Alloc(l.PoolElems())
 			perm := rng.Perm(l.NumBlocks - 1)
 			nextBlock := 0
 			b := &AttnBatch{QIndptr: []int32{0}, BlockIndptr: []int32{0}}
 			var qAll []float32
-			var want []float32
+			var want, wantScores, gotScores []float32
 			kvw := tc.kvHeads * tc.hd
+			if tc.scoreFrom != nil {
+				for _, f := range tc.scoreFrom {
+					b.ScoreFrom = append(b.ScoreFrom, int32(f))
+				}
+			}
+			var tables [][]int32
 			for s := range tc.past {
 				total := tc.past[s] + tc.new[s]
 				k, v := randSlice(rng, total*kvw), randSlice(rng, total*kvw)
@@ -144,7 +157,10 @@ func TestAttentionPaged(t *testing.T) {
 				b.QIndptr = append(b.QIndptr, b.QIndptr[len(b.QIndptr)-1]+int32(tc.new[s]))
 				q := randSlice(rng, tc.new[s]*tc.heads*tc.hd)
 				qAll = append(qAll, q...)
-				want = append(want, denseAttention(q, k, v, tc.heads, tc.kvHeads, tc.hd, tc.past[s])...)
+				o, sc := denseAttention(q, k, v, tc.heads, tc.kvHeads, tc.hd, tc.past[s], scoreFromOr(tc.scoreFrom, s, tc.new[s]))
+				want = append(want, o...)
+				wantScores = append(wantScores, sc...)
+				tables = append(tables, slots)
 			}
 			nq := len(qAll) / (tc.heads * tc.hd)
 			if err := b.Validate(nq, l); err != nil {
@@ -153,15 +169,34 @@ func TestAttentionPaged(t *testing.T) {
 			out := c.Alloc(nq, tc.heads*tc.hd)
 			c.Attention(out, c.FromHost(qAll, nq, tc.heads*tc.hd), pool, l, b, float32(1/math.Sqrt(float64(tc.hd))))
 			maxRel(t, "attention", out.data, want, 1e-5)
+			// Each cached token's score: the attention the scoring queries
+			// of its KV head's group paid it.
+			for _, slots := range tables {
+				for h := range tc.kvHeads {
+					for _, sl := range slots {
+						gotScores = append(gotScores, pool.data[l.Score(int(sl)/tc.blockSize, h, int(sl)%tc.blockSize)])
+					}
+				}
+			}
+			maxRel(t, "scores", gotScores, wantScores, 1e-5)
 		})
 	}
 }
 
+func scoreFromOr(from []int, s, n int) int {
+	if from == nil {
+		return n
+	}
+	return from[s]
+}
+
 // denseAttention is causal attention of new queries (after past cached
-// tokens) over contiguous k, v [total, kvHeads*hd], in float64.
-func denseAttention(q, k, v []float32, heads, kvHeads, hd, past int) []float32 {
+// tokens) over contiguous k, v [total, kvHeads*hd], in float64, and the
+// scores [kvHeads, total] that queries from scoreFrom on add.
+func denseAttention(q, k, v []float32, heads, kvHeads, hd, past, scoreFrom int) ([]float32, []float32) {
 	n := len(q) / (heads * hd)
 	out := make([]float32, len(q))
+	scores := make([]float64, kvHeads*(past+n))
 	for i := range n {
 		for h := range heads {
 			kh := h / (heads / kvHeads)
@@ -188,7 +223,16 @@ func denseAttention(q, k, v []float32, heads, kvHeads, hd, past int) []float32 {
 				}
 				out[(i*heads+h)*hd+e] = float32(acc)
 			}
+			if i >= scoreFrom {
+				for j := range s {
+					scores[kh*(past+n)+j] += s[j] / sum
+				}
+			}
 		}
 	}
-	return out
+	sc := make([]float32, len(scores))
+	for i, x := range scores {
+		sc[i] = float32(x)
+	}
+	return out, sc
 }

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"sort"
 
+	"gonum.org/v1/gonum/blas/blas32"
+
 	"github.com/kvd-project/kvd/shm"
 )
 
@@ -45,29 +47,15 @@ func (c *CPU) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l s
 	for h := range kvh {
 		raw[h], vote[h] = make([]float64, n), make([]float64, n)
 	}
-	// attend computes query head h's attention for prompt row i into out and
-	// leaves the probabilities in p[:i+1].
-	attend := func(i, h, kh int, p []float64) {
-		qv := q.data[((row0+i)*heads+h)*hd:][:hd]
-		mx := math.Inf(-1)
-		for j := 0; j <= i; j++ {
-			p[j] = float64(dot(qv, k.data[((row0+j)*kvh+kh)*hd:][:hd]) * scale)
-			mx = math.Max(mx, p[j])
-		}
-		var sum float64
-		for j := 0; j <= i; j++ {
-			p[j] = math.Exp(p[j] - mx)
-			sum += p[j]
-		}
-		o := out.data[((row0+i)*heads+h)*hd:][:hd]
-		clear(o)
-		for j := 0; j <= i; j++ {
-			p[j] /= sum
-			w, vv := float32(p[j]), v.data[((row0+j)*kvh+kh)*hd:][:hd]
-			for d := range o {
-				o[d] += w * vv[d]
-			}
-		}
+	// tile computes query head h's attention for prompt rows [r0, r1) into
+	// out and leaves their probabilities in p (row stride r1).
+	tile := func(h, r0, r1 int, p []float32) {
+		kh := h / group
+		qm := blas32.General{Rows: r1 - r0, Cols: hd, Stride: heads * hd, Data: q.data[((row0+r0)*heads+h)*hd:]}
+		om := blas32.General{Rows: r1 - r0, Cols: hd, Stride: heads * hd, Data: out.data[((row0+r0)*heads+h)*hd:]}
+		km := blas32.General{Rows: r1, Cols: hd, Stride: kvh * hd, Data: k.data[(row0*kvh+kh)*hd:]}
+		vm := blas32.General{Rows: r1, Cols: hd, Stride: kvh * hd, Data: v.data[(row0*kvh+kh)*hd:]}
+		attnTile(qm, km, vm, r0+1, scale, p, om)
 	}
 	// Rows before the observation window only produce outputs: split them
 	// over every core, by head and row block.
@@ -79,24 +67,25 @@ func (c *CPU) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l s
 		}
 	}
 	c.parallel(len(jobs), 1, func(lo, hi int) {
-		p := make([]float64, n)
+		p := make([]float32, attnRows*n)
 		for _, jb := range jobs[lo:hi] {
-			for i := jb.r0; i < jb.r1; i++ {
-				attend(i, jb.h, jb.h/group, p)
-			}
+			tile(jb.h, jb.r0, jb.r1, p)
 		}
 	})
 	// The window's rows also vote: one job per KV head owns its sums.
 	c.parallel(kvh, 1, func(lo, hi int) {
-		p := make([]float64, n)
+		p := make([]float32, attnRows*n)
 		headSum := make([]float64, n) // one query head's window attention per token
 		for kh := lo; kh < hi; kh++ {
 			for g := range group {
 				clear(headSum)
-				for i := obsFrom; i < n; i++ {
-					attend(i, kh*group+g, kh, p)
-					for j := 0; j <= i; j++ {
-						headSum[j] += p[j]
+				for r0 := obsFrom; r0 < n; r0 += attnRows {
+					r1 := min(r0+attnRows, n)
+					tile(kh*group+g, r0, r1, p)
+					for i := range r1 - r0 {
+						for j, w := range p[i*r1 : i*r1+r0+i+1] {
+							headSum[j] += float64(w)
+						}
 					}
 				}
 				// A KV head's vote: its query heads' window sums,

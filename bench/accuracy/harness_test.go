@@ -43,6 +43,20 @@ func TestHarnessEndToEnd(t *testing.T) {
 	if len(samples) != 8 {
 		t.Fatalf("%d samples, want 2 of each of 4 tasks", len(samples))
 	}
+	keys, err := makeKeySamples(tok, files, 192, 2, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		ids := make([]int, len(k.Continuation))
+		for i, id := range k.Continuation {
+			ids[i] = int(id)
+		}
+		if got := tok.Decode(ids, false); k.Task != taskKey || got != k.Target+`"` || !strings.HasSuffix(k.Prompt, `const secretKey = "`) {
+			t.Fatalf("key sample %q scores %q", k.Target, got)
+		}
+	}
+	samples = append(samples, keys...)
 	for _, s := range samples {
 		if s.Task == taskRetrieval && (!strings.Contains(s.Prompt, `const secretKey = "`+s.Target+`"`) || len(s.Target) != probeDigits) {
 			t.Fatalf("retrieval sample does not define its key: %q", s.Target)
@@ -57,11 +71,12 @@ func TestHarnessEndToEnd(t *testing.T) {
 	}
 	results := map[string]result{}
 	for _, c := range configs {
-		s, err := startGateway(bin, modelDir, c.Policy, "64MiB", io.Discard)
+		s, err := startGateway(bin, modelDir, c.Policy, "64MiB", 0, io.Discard)
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := runSamples(context.Background(), s, samples, nil)
+		r := result{}
+		err = runSamples(context.Background(), s, samples, r, nil)
 		s.stop()
 		if err != nil {
 			t.Fatal(err)
@@ -73,7 +88,7 @@ func TestHarnessEndToEnd(t *testing.T) {
 		t.Errorf("log-likelihood: full %v, window %v", full, win)
 	}
 	report := render(SampleSet{Seed: 7, Lengths: []int{192, 320}, Samples: samples}, configs, rawRun{CPU: "test", Threads: 1, Results: results}, modelDir)
-	for _, want := range []string{"## Full KV", "line-192 edit-sim", "retrieval exact", "| window |", loglikKey} {
+	for _, want := range []string{"## Full KV", "line-192 edit-sim", "retrieval exact", "| window |", loglikKey, keyKey} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q:\n%s", want, report)
 		}

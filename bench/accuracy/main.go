@@ -9,15 +9,23 @@
 //     its end (exact match);
 //   - loglik: the last 256 tokens of a file of the longest length, fed
 //     token by token through decode after the (compressed) prefill, as mean
-//     log-probability per token.
+//     log-probability per token;
+//   - retrieval-key: retrieval at the shortest length measured by
+//     likelihood: the definition line is repeated at the end and the
+//     value's tokens are scored through the compressed cache (for models,
+//     like the bundled one, too weak to answer the exact-match question).
 //
-// Make the samples once (on a machine with Go), then run them against every
-// policy, each in its own `gateway --embedded --kv-policy ...`:
+// Make the samples once (on a machine with Go; the committed set is
+// bench/accuracy/samples.json), then run them against every policy, each in
+// its own `gateway --embedded --kv-policy ...`:
 //
-//	go run ./bench/accuracy -make-samples bench/accuracy/samples.json
+//	go run ./bench/accuracy -make-samples bench/accuracy/samples.json -n 10
 //	go run ./bench/accuracy -samples bench/accuracy/samples.json -out bench/results/accuracy-cpu.md
 //
 // or against any running server with -server URL (one configuration).
+// Scores are saved after every sample with -raw-out; -resume goes on from
+// such files, and -merge renders the table from several (runs split over
+// machines with -configs, which -list numbers).
 package main
 
 import (
@@ -27,12 +35,15 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math"
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kvd-project/kvd/bench/machine"
@@ -86,7 +97,7 @@ func defaultConfigs(layers int) []config {
 }
 
 func main() {
-	modelDir := flag.String("model", "models/kvd-go-28m", "the model directory (its split.json names the held-out packages)")
+	modelDir := flag.String("model", "models/kvd-go-16m", "the model directory (its split.json names the held-out packages)")
 	mk := flag.String("make-samples", "", "write a sample set to this file and exit")
 	n := flag.Int("n", 8, "samples per task")
 	seed := flag.Uint64("seed", 1, "sample seed")
@@ -98,7 +109,11 @@ func main() {
 	kvMem := flag.String("kv-memory", "2GiB", "each gateway's KV pool")
 	out := flag.String("out", "", "also write the results (markdown) here")
 	rawOut := flag.String("raw-out", "", "also write the raw per-sample scores (JSON) here, for -merge")
+	resume := flag.String("resume", "", "go on from these comma-separated -raw-out files: configurations they finished are skipped, those cut off go on from their last sample")
 	merge := flag.String("merge", "", "render the table from these comma-separated -raw-out files instead of running")
+	which := flag.String("configs", "", "run only these configurations: indices and ranges as -list prints them (\"0,3-5\")")
+	list := flag.Bool("list", false, "print the configurations with their indices and exit")
+	parallel := flag.Int("parallel", 1, "configurations to run at once, each gateway on its share of the cores")
 	flag.Parse()
 	log.SetFlags(0)
 	if *mk != "" {
@@ -124,21 +139,9 @@ func main() {
 	}
 	configs := defaultConfigs(cfg.NumLayers)
 	if *merge != "" {
-		run := rawRun{Results: map[string]result{}}
-		for _, f := range strings.Split(*merge, ",") {
-			var r rawRun
-			b, err := os.ReadFile(f)
-			if err == nil {
-				err = json.Unmarshal(b, &r)
-			}
-			if err != nil {
-				log.Fatalf("%s: %v", f, err)
-			}
-			for k, v := range r.Results {
-				run.Results[k] = v
-			}
-			run.CPU, run.Threads = r.CPU, r.Threads
-			run.Elapsed = append(run.Elapsed, r.Elapsed...)
+		run, err := loadRaw(strings.Split(*merge, ","))
+		if err != nil {
+			log.Fatal(err)
 		}
 		report := render(set, configs, run, *modelDir)
 		fmt.Print(report)
@@ -152,38 +155,83 @@ func main() {
 	if *srv != "" {
 		configs = []config{{Name: "server", Kind: "full"}}
 	}
-	ctx := context.Background()
-	results := map[string]result{}
-	var elapsed []string
-	for _, c := range configs {
-		if !strings.Contains(c.Name, *only) && c.Kind != "full" {
+	if *list {
+		for i, c := range configs {
+			fmt.Printf("%2d  %-32s %s\n", i, c.Name, c.Policy)
+		}
+		return
+	}
+	picked, err := pick(configs, *which, *only)
+	if err != nil {
+		log.Fatal(err)
+	}
+	run := rawRun{CPU: machine.CPUName(), Threads: runtime.NumCPU(), Results: map[string]result{}, Done: map[string]int{}, Seconds: map[string]float64{}}
+	if *resume != "" {
+		if run, err = loadRaw(strings.Split(*resume, ",")); err != nil {
+			log.Fatal(err)
+		}
+		run.CPU, run.Threads = machine.CPUName(), runtime.NumCPU()
+	}
+	var mu sync.Mutex
+	// save records a configuration's scores after every sample, so a run cut
+	// off (a device call's time limit) keeps what it finished and -resume
+	// goes on from there.
+	save := func(c config, r result, done int, took time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		run.Results[c.Name], run.Done[c.Name] = r.clone(), done
+		run.Seconds[c.Name] += took.Seconds()
+		if *rawOut != "" {
+			b, _ := json.Marshal(run)
+			tmp := *rawOut + ".tmp" // renamed over it, so a kill mid-write loses nothing
+			if err := os.WriteFile(tmp, b, 0o644); err != nil {
+				log.Fatal(err)
+			}
+			if err := os.Rename(tmp, *rawOut); err != nil {
+				log.Fatal(err)
+			}
+		}
+	}
+	// Configurations run -parallel at a time, each gateway on its share of
+	// the cores (one long prompt does not keep many cores busy).
+	threads := max(1, runtime.NumCPU() / *parallel)
+	sem := make(chan struct{}, *parallel)
+	var wg sync.WaitGroup
+	for _, c := range picked {
+		sem <- struct{}{}
+		wg.Add(1)
+		mu.Lock()
+		from, r := run.Done[c.Name], run.Results[c.Name].clone()
+		mu.Unlock()
+		if from >= len(set.Samples) {
+			<-sem
+			wg.Done()
 			continue
 		}
-		start := time.Now()
-		var s *server
-		if *srv != "" {
-			s = &server{base: strings.TrimSuffix(*srv, "/")}
-		} else if s, err = startGateway(*gw, *modelDir, c.Policy, *kvMem, io.Discard); err != nil {
-			log.Fatal(err)
-		}
-		r, err := runSamples(ctx, s, set.Samples, func(i int) {
-			fmt.Fprintf(os.Stderr, "\r%-32s %d/%d", c.Name, i, len(set.Samples))
-		})
-		s.stop()
-		if err != nil {
-			log.Fatalf("%s: %v", c.Name, err)
-		}
-		results[c.Name] = r
-		elapsed = append(elapsed, fmt.Sprintf("%s %.0fs", c.Name, time.Since(start).Seconds()))
-		fmt.Fprintln(os.Stderr)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			start := time.Now()
+			s := &server{base: strings.TrimSuffix(*srv, "/")}
+			if *srv == "" {
+				var err error
+				if s, err = startGateway(*gw, *modelDir, c.Policy, *kvMem, threads, io.Discard); err != nil {
+					log.Fatal(err)
+				}
+			}
+			done, last := from, start
+			err := runSamples(context.Background(), s, set.Samples[from:], r, func() {
+				done++
+				save(c, r, done, time.Since(last))
+				last = time.Now()
+			})
+			s.stop()
+			if err != nil {
+				log.Fatalf("%s: %v", c.Name, err)
+			}
+			fmt.Fprintf(os.Stderr, "%s: %d samples in %.0fs\n", c.Name, done-from, time.Since(start).Seconds())
+		}()
 	}
-	run := rawRun{CPU: machine.CPUName(), Threads: runtime.GOMAXPROCS(0), Elapsed: elapsed, Results: results}
-	if *rawOut != "" {
-		b, _ := json.Marshal(run)
-		if err := os.WriteFile(*rawOut, b, 0o644); err != nil {
-			log.Fatal(err)
-		}
-	}
+	wg.Wait()
 	report := render(set, configs, run, *modelDir)
 	fmt.Print(report)
 	if *out != "" {
@@ -191,6 +239,34 @@ func main() {
 			log.Fatal(err)
 		}
 	}
+}
+
+// pick returns the configurations -configs (indices and ranges, as -list
+// numbers them) and -only (a name substring) select; full KV is kept
+// unless -configs leaves it out.
+func pick(configs []config, which, only string) ([]config, error) {
+	var picked []config
+	if which == "" {
+		for _, c := range configs {
+			if strings.Contains(c.Name, only) || c.Kind == "full" {
+				picked = append(picked, c)
+			}
+		}
+		return picked, nil
+	}
+	for _, f := range strings.Split(which, ",") {
+		lo, hi, isRange := strings.Cut(strings.TrimSpace(f), "-")
+		a, err1 := strconv.Atoi(lo)
+		b, err2 := a, error(nil)
+		if isRange {
+			b, err2 = strconv.Atoi(hi)
+		}
+		if err1 != nil || err2 != nil || a < 0 || b < a || b >= len(configs) {
+			return nil, fmt.Errorf("-configs: %q is not an index or range of 0..%d (see -list)", f, len(configs)-1)
+		}
+		picked = append(picked, configs[a:b+1]...)
+	}
+	return picked, nil
 }
 
 func writeSamples(path, modelDir, lengthList string, n int, seed uint64) error {
@@ -215,6 +291,11 @@ func writeSamples(path, modelDir, lengthList string, n int, seed uint64) error {
 	if err != nil {
 		return err
 	}
+	keys, err := makeKeySamples(tok, files, lengths[0], n, seed)
+	if err != nil {
+		return err
+	}
+	samples = append(samples, keys...)
 	set := SampleSet{Model: modelDir, Seed: seed, Lengths: lengths, Samples: samples}
 	for _, s := range samples {
 		set.Sources = append(set.Sources, s.Source)
@@ -229,17 +310,70 @@ func writeSamples(path, modelDir, lengthList string, n int, seed uint64) error {
 
 // rawRun is one run's scores and where they were measured.
 type rawRun struct {
-	CPU     string            `json:"cpu"`
-	Threads int               `json:"threads"`
-	Elapsed []string          `json:"elapsed"`
-	Results map[string]result `json:"results"`
+	CPU     string             `json:"cpu"`
+	Threads int                `json:"threads"`
+	Results map[string]result  `json:"results"`
+	Done    map[string]int     `json:"done"`    // samples finished, per configuration
+	Seconds map[string]float64 `json:"seconds"` // time spent on them
+}
+
+// loadRaw combines -raw-out files, metric by metric: of a metric measured
+// for a configuration in several (a run resumed elsewhere), the one with
+// the most samples counts; files of different sample sets (other tasks)
+// add their metrics. Done and Seconds add up over the files a
+// configuration's counted metrics came from.
+func loadRaw(files []string) (rawRun, error) {
+	run := rawRun{Results: map[string]result{}, Done: map[string]int{}, Seconds: map[string]float64{}}
+	var cpus []string
+	var raws []rawRun
+	from := map[string]map[string]int{} // configuration → metric → file
+	for fi, f := range files {
+		var r rawRun
+		b, err := os.ReadFile(f)
+		if err == nil {
+			err = json.Unmarshal(b, &r)
+		}
+		if err != nil {
+			return run, fmt.Errorf("%s: %v", f, err)
+		}
+		for k, res := range r.Results {
+			if run.Results[k] == nil {
+				run.Results[k] = result{}
+			}
+			if from[k] == nil {
+				from[k] = map[string]int{}
+			}
+			for m, v := range res {
+				if len(v) > len(run.Results[k][m]) {
+					run.Results[k][m], from[k][m] = v, fi
+				}
+			}
+		}
+		raws = append(raws, r)
+		if c := fmt.Sprintf("%s, %d threads", r.CPU, r.Threads); !slices.Contains(cpus, c) {
+			cpus = append(cpus, c)
+		}
+		run.CPU, run.Threads = r.CPU, r.Threads
+	}
+	run.CPU = strings.Join(cpus, "; ")
+	for k, ms := range from {
+		used := map[int]bool{}
+		for _, fi := range ms {
+			used[fi] = true
+		}
+		for fi := range used {
+			run.Done[k] += raws[fi].Done[k]
+			run.Seconds[k] += raws[fi].Seconds[k]
+		}
+	}
+	return run, nil
 }
 
 // render prints full KV's absolute scores, then every metric in the seed's
 // shape (rows: sparse layers, columns: windows, cells: relative to full),
 // then the policies at equal budget.
 func render(set SampleSet, configs []config, run rawRun, modelDir string) string {
-	results, elapsed := run.Results, run.Elapsed
+	results := run.Results
 	var b strings.Builder
 	commit, _ := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
 	full := results["full"]
@@ -252,9 +386,10 @@ func render(set SampleSet, configs []config, run rawRun, modelDir string) string
 	}
 	sort.Strings(metrics)
 	fmt.Fprintf(&b, "# KV sparsity accuracy: %s\n\n", modelDir)
-	fmt.Fprintf(&b, "Commit %s, %s, CPU backend (%s, %d threads), %d samples (seed %d, lengths %v).\n",
-		strings.TrimSpace(string(commit)), time.Now().Format("2006-01-02"), run.CPU, run.Threads, len(set.Samples), set.Seed, set.Lengths)
-	fmt.Fprintf(&b, "± is a 95%% confidence half-width (1.96 standard errors over samples).\n\n## Full KV\n\n| metric | score |\n| --- | --- |\n")
+	fmt.Fprintf(&b, "Commit %s, %s, CPU backend (%s), %d samples (seed %d, lengths %v).\n",
+		strings.TrimSpace(string(commit)), time.Now().Format("2006-01-02"), run.CPU, len(set.Samples), set.Seed, set.Lengths)
+	fmt.Fprintf(&b, "± is a 95%% confidence half-width (1.96 standard errors over samples); in the relative tables it is that of the\n"+
+		"paired per-sample difference from full KV, so a cell whose ± does not reach 1.000 differs from full KV.\n\n## Full KV\n\n| metric | score |\n| --- | --- |\n")
 	for _, m := range metrics {
 		s := summarize(full[m])
 		fmt.Fprintf(&b, "| %s | %.3f ± %.3f (n=%d) |\n", m, s.Mean, s.CI, s.N)
@@ -294,7 +429,7 @@ func render(set SampleSet, configs []config, run rawRun, modelDir string) string
 					cell := "-"
 					for _, c := range grid {
 						if c.Layers == n && c.Window == w {
-							cell = fmt.Sprintf("%.3f", relative(m, summarize(results[c.Name][m]), summarize(full[m])))
+							cell = relCell(m, results[c.Name][m], full[m])
 						}
 					}
 					fmt.Fprintf(&b, " %s |", cell)
@@ -312,13 +447,30 @@ func render(set SampleSet, configs []config, run rawRun, modelDir string) string
 		for _, c := range pols {
 			fmt.Fprintf(&b, "| %s |", c.Name)
 			for _, m := range metrics {
-				fmt.Fprintf(&b, " %.3f |", relative(m, summarize(results[c.Name][m]), summarize(full[m])))
+				fmt.Fprintf(&b, " %s |", relCell(m, results[c.Name][m], full[m]))
 			}
 			b.WriteString("\n")
 		}
 	}
-	fmt.Fprintf(&b, "\nTime per configuration: %s.\n", strings.Join(elapsed, ", "))
+	var took []string
+	for _, c := range configs {
+		if d, ok := run.Done[c.Name]; ok {
+			took = append(took, fmt.Sprintf("%s %d samples in %.0fs", c.Name, d, run.Seconds[c.Name]))
+		}
+	}
+	if len(took) > 0 {
+		fmt.Fprintf(&b, "\nSamples and time per configuration: %s.\n", strings.Join(took, "; "))
+	}
 	return b.String()
+}
+
+// relCell prints relative's ratio and its half-width.
+func relCell(metric string, cfg, full []float64) string {
+	r, ci := relative(metric, cfg, full)
+	if math.IsNaN(r) {
+		return "n/a" // full KV scored 0, or nothing ran
+	}
+	return fmt.Sprintf("%.3f ± %.3f", r, ci)
 }
 
 func contains(xs []int, x int) bool {

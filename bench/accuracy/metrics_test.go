@@ -33,3 +33,40 @@ func TestSummarize(t *testing.T) {
 		t.Error("the mean of nothing is not NaN")
 	}
 }
+
+func TestRelativePaired(t *testing.T) {
+	full := []float64{100, 0, 100, 50}
+	// The same drop on every sample: no spread in the paired difference,
+	// though the scores themselves vary widely.
+	r, ci := relative(esKey("line-2048"), []float64{90, -10, 90, 40}, full)
+	if math.Abs(r-(1-10/62.5)) > 1e-12 || ci != 0 {
+		t.Errorf("relative = %v ± %v, want %v ± 0", r, ci, 1-10/62.5)
+	}
+	r, ci = relative(loglikKey, []float64{-1.1, -2.1}, []float64{-1, -2})
+	if math.Abs(r-math.Exp(-0.1)) > 1e-12 || ci > 1e-12 {
+		t.Errorf("loglik relative = %v ± %v, want %v ± 0", r, ci, math.Exp(-0.1))
+	}
+	// A run cut off after its first sample pairs with full's first.
+	if r, _ := relative(loglikKey, []float64{-1.5}, []float64{-1, -2}); math.Abs(r-math.Exp(-0.5)) > 1e-12 {
+		t.Errorf("partial run: relative = %v, want %v", r, math.Exp(-0.5))
+	}
+	if r, _ := relative(loglikKey, nil, []float64{-1, -2}); !math.IsNaN(r) {
+		t.Errorf("no samples gave %v, want NaN", r)
+	}
+}
+
+func TestPick(t *testing.T) {
+	cs := defaultConfigs(8)
+	got, err := pick(cs, "0,3-4", "")
+	if err != nil || len(got) != 3 || got[0].Name != "full" || got[1] != cs[3] || got[2] != cs[4] {
+		t.Fatalf("pick(0,3-4) = %v, %v", got, err)
+	}
+	for _, bad := range []string{"x", "4-3", "99", "-1"} {
+		if _, err := pick(cs, bad, ""); err == nil {
+			t.Errorf("pick(%q) took it", bad)
+		}
+	}
+	if got, _ := pick(cs, "", "snapkv"); len(got) != 3 { // full, snapkv, snapkv+h2o
+		t.Errorf("pick(-only snapkv) = %d configurations, want 3", len(got))
+	}
+}

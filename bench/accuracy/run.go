@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -22,7 +23,8 @@ type server struct {
 }
 
 // startGateway runs `gateway --embedded` with a KV policy on a free port.
-func startGateway(bin, model, policy, kvMemory string, logs io.Writer) (*server, error) {
+// threads > 0 sets its GOMAXPROCS.
+func startGateway(bin, model, policy, kvMemory string, threads int, logs io.Writer) (*server, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -35,6 +37,9 @@ func startGateway(bin, model, policy, kvMemory string, logs io.Writer) (*server,
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logs, logs
+	if threads > 0 {
+		cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(threads))
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -109,38 +114,54 @@ type result map[string][]float64
 func esKey(task string) string { return task + " edit-sim" }
 func emKey(task string) string { return task + " exact" }
 
-const loglikKey = "loglik mean-logprob"
+const (
+	loglikKey = "loglik mean-logprob"
+	keyKey    = "retrieval-key mean-logprob"
+)
 
-// runSamples runs every sample against s.
-func runSamples(ctx context.Context, s *server, samples []Sample, progress func(int)) (result, error) {
-	r := result{}
-	for i, smp := range samples {
+// runSamples runs samples against s, adding their scores to r (in sample
+// order per metric) and calling done after each.
+func runSamples(ctx context.Context, s *server, samples []Sample, r result, done func()) error {
+	for _, smp := range samples {
 		switch {
 		case strings.HasPrefix(smp.Task, taskLine):
 			got, err := s.complete(ctx, smp.Prompt, genRoom)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			r[esKey(smp.Task)] = append(r[esKey(smp.Task)], editSimilarity(got, smp.Target))
 			r[emKey(smp.Task)] = append(r[emKey(smp.Task)], b2f(strings.TrimSpace(got) == smp.Target))
 		case smp.Task == taskRetrieval:
 			got, err := s.complete(ctx, smp.Prompt, 8)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			r[emKey(smp.Task)] = append(r[emKey(smp.Task)], b2f(strings.HasPrefix(got, smp.Target)))
-		case smp.Task == taskLoglik:
+		case smp.Task == taskLoglik || smp.Task == taskKey:
 			m, err := s.score(ctx, smp.PromptIDs, smp.Continuation)
 			if err != nil {
-				return nil, err
+				return err
 			}
-			r[loglikKey] = append(r[loglikKey], m)
+			k := loglikKey
+			if smp.Task == taskKey {
+				k = keyKey
+			}
+			r[k] = append(r[k], m)
 		}
-		if progress != nil {
-			progress(i + 1)
+		if done != nil {
+			done()
 		}
 	}
-	return r, nil
+	return nil
+}
+
+// clone deep-copies r.
+func (r result) clone() result {
+	c := make(result, len(r))
+	for k, v := range r {
+		c[k] = append([]float64(nil), v...)
+	}
+	return c
 }
 
 func b2f(b bool) float64 {
@@ -150,15 +171,31 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// relative is a configuration's score on a metric relative to full KV's:
-// a ratio of means, and for log-likelihood the ratio of perplexities
-// (full's over the configuration's), so 1 is "as good as full" everywhere.
-func relative(metric string, cfg, full stat) float64 {
-	if metric == loglikKey {
-		return math.Exp(cfg.Mean - full.Mean)
+// relative is a configuration's score on a metric relative to full KV's,
+// with a 95% confidence half-width from the per-sample paired differences
+// (both ran the same samples, so what varies between samples cancels): a
+// ratio of means, and for log-likelihoods the ratio of perplexities (full's
+// over the configuration's), so 1 is "as good as full" everywhere.
+func relative(metric string, cfg, full []float64) (rel, ci float64) {
+	// Samples run in the same order everywhere, so a configuration cut off
+	// part-way pairs with full KV's first samples.
+	n := min(len(cfg), len(full))
+	if n == 0 {
+		return math.NaN(), math.NaN()
 	}
-	if full.Mean == 0 {
-		return math.NaN()
+	cfg, full = cfg[:n], full[:n]
+	d := make([]float64, len(cfg))
+	for i := range cfg {
+		d[i] = cfg[i] - full[i]
 	}
-	return cfg.Mean / full.Mean
+	diff := summarize(d)
+	if strings.HasSuffix(metric, "logprob") {
+		r := math.Exp(diff.Mean)
+		return r, r * diff.CI // the delta method: d exp(x) = exp(x) dx
+	}
+	f := summarize(full).Mean
+	if f == 0 {
+		return math.NaN(), math.NaN()
+	}
+	return 1 + diff.Mean/f, diff.CI / f
 }

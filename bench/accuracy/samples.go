@@ -39,6 +39,11 @@ const (
 	taskLine      = "line"      // next line after an L-token prefix, per length
 	taskRetrieval = "retrieval" // a constant defined at the top, asked for at the end
 	taskLoglik    = "loglik"    // the last 256 tokens of a file, teacher-forced through decode
+	// taskKey is retrieval measured by likelihood: the constant's
+	// definition is repeated at the end, and the value's tokens are scored
+	// through the (compressed) cache. It measures what compression costs a
+	// model too weak to answer the exact-match question (the bundled one).
+	taskKey = "retrieval-key"
 )
 
 const (
@@ -192,6 +197,42 @@ func makeSamples(tok *tokenizer.Tokenizer, files []string, lengths []int, n int,
 	return out, fmt.Errorf("not enough long files for %v more samples (%d files)", want, len(files))
 }
 
+// makeKeySamples draws n retrieval-key samples at length l. They come from
+// their own random stream and go after makeSamples's, so sample sets made
+// before this task existed keep their samples and order (a run can resume).
+func makeKeySamples(tok *tokenizer.Tokenizer, files []string, l, n int, seed uint64) ([]Sample, error) {
+	rng := rand.New(rand.NewPCG(seed, 0x6b6579))
+	var out []Sample
+	for _, i := range rng.Perm(len(files)) {
+		if len(out) == n {
+			return out, nil
+		}
+		b, err := os.ReadFile(files[i])
+		if err != nil {
+			continue
+		}
+		lines := strings.SplitAfter(string(b), "\n")
+		counts := make([]int, len(lines))
+		total := 0
+		for j, ln := range lines {
+			ids, err := tok.Encode(ln, false)
+			if err != nil {
+				return nil, err
+			}
+			counts[j] = len(ids)
+			total += len(ids)
+		}
+		if total > l {
+			s, err := keySample(tok, lines, counts, l-64, rng, shortPath(files[i]))
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, s)
+		}
+	}
+	return out, fmt.Errorf("not enough long files for %d more key samples (%d files)", n-len(out), len(files))
+}
+
 func lineTask(l int) string { return fmt.Sprintf("%s-%d", taskLine, l) }
 
 // lineSample cuts the file after as many lines as fit in budget tokens and
@@ -215,6 +256,36 @@ func leadingSpace(s string) string { return s[:len(s)-len(strings.TrimLeft(s, " 
 // retrievalSample defines a constant right after the package clause, keeps
 // as much of the file as fits, and asks for the constant's value at the end.
 func retrievalSample(lines []string, counts []int, budget int, rng *rand.Rand, src string) Sample {
+	return probeSample(lines, counts, budget, rng, src, "\n// checkSecret reports whether the key is the one defined at the top of this file.\nfunc checkSecret() bool {\n\treturn secretKey == \"")
+}
+
+// keySample is retrievalSample whose question repeats the definition, with
+// the value and its closing quote as token ids to score.
+func keySample(tok *tokenizer.Tokenizer, lines []string, counts []int, budget int, rng *rand.Rand, src string) (Sample, error) {
+	s := probeSample(lines, counts, budget, rng, src, "\n// secretKey, as defined at the top of this file:\nconst secretKey = \"")
+	p, err := tok.Encode(s.Prompt, true)
+	if err != nil {
+		return s, err
+	}
+	c, err := tok.Encode(s.Target+`"`, false)
+	if err != nil {
+		return s, err
+	}
+	s.Task, s.PromptIDs, s.Continuation = taskKey, toInt32(p), toInt32(c)
+	return s, nil
+}
+
+func toInt32(ids []int) []int32 {
+	out := make([]int32, len(ids))
+	for i, id := range ids {
+		out[i] = int32(id)
+	}
+	return out
+}
+
+// probeSample defines a random constant after the package clause, keeps as
+// much of the file as fits in budget tokens, and ends with question.
+func probeSample(lines []string, counts []int, budget int, rng *rand.Rand, src, question string) Sample {
 	const hexDigits = "0123456789abcdef"
 	v := make([]byte, probeDigits)
 	for i := range v {
@@ -234,6 +305,6 @@ func retrievalSample(lines []string, counts []int, budget int, rng *rand.Rand, s
 		b.WriteString(lines[i])
 		used += counts[i]
 	}
-	b.WriteString("\n// checkSecret reports whether the key is the one defined at the top of this file.\nfunc checkSecret() bool {\n\treturn secretKey == \"")
+	b.WriteString(question)
 	return Sample{Task: taskRetrieval, Source: src, Prompt: b.String(), Target: string(v)}
 }

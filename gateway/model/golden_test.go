@@ -88,7 +88,7 @@ func readF32(t *testing.T, path string) []float32 {
 func TestHFGoldens(t *testing.T) {
 	for _, c := range []struct{ model, golden string }{
 		{tinyDir, goldenDir},
-		{"../../models/kvd-go-28m", "testdata/golden-kvd-go-28m"},
+		{"../../models/kvd-go-16m", "testdata/golden-kvd-go-16m"},
 	} {
 		t.Run(filepath.Base(c.model), func(t *testing.T) { checkGoldens(t, c.model, c.golden) })
 	}
