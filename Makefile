@@ -37,7 +37,7 @@ lint: ## gofmt and vet
 	$(GO) vet ./...
 
 goldens: ## list what the GPU machine must run to remake the HF golden files
-	@echo "run on the GPU machine: python3 tools/goldens/tokenizer_goldens.py && python3 tools/goldens/model_goldens.py"
+	@echo "on the GPU machine: bash tools/goldens/run.sh OUTDIR, then here: tar xzf OUTDIR/goldens.tgz"
 
 clean: ## remove build outputs and the generated tiny model
 	rm -rf $(BIN) models/tiny

@@ -49,6 +49,7 @@ import (
 	"github.com/kvd-project/kvd/bench/machine"
 	"github.com/kvd-project/kvd/gateway/model"
 	"github.com/kvd-project/kvd/gateway/tokenizer"
+	"github.com/kvd-project/kvd/kvd/policy"
 )
 
 // config is one KV setting under test.
@@ -57,43 +58,87 @@ type config struct {
 	Policy string // kvd policy spec; "" is full KV
 	Layers int    // sparse layers (the seed's grid), 0 otherwise
 	Window int
-	Kind   string // "full", "grid" or "policy"
+	Kind   string // "full", "grid", "policy" (equal budget) or "custom" (-policy)
 }
 
-// defaultConfigs is full KV, the seed's grid (its 22, 26 and 31 of 32
-// sparse layers, scaled to the model's depth, at windows of 1024, 1280 and
-// 1536) and the five policies at an equal budget of 1024 on the middle
-// row's layers.
-func defaultConfigs(layers int) []config {
+// grid is what to measure: the seed's grid (sparse layers × windows) and
+// the policies at one equal budget.
+type grid struct {
+	Rows     []int // sparse layers (the last ones); nil: the seed's 22, 26 and 31 of 32, scaled to the model
+	Windows  []int
+	Budget   int
+	Policies []config // extra named policy specs (-policy)
+}
+
+// configs is full KV, the grid's rows × windows (the last N layers SnapKV
+// at the window, held there by H2O while decoding: the seed's preset) and
+// the five policies at an equal budget on the middle row's layers, then
+// any policies given by name.
+func (g grid) configs(layers int) []config {
 	cs := []config{{Name: "full", Kind: "full"}}
-	seen := map[int]bool{}
-	var rows []int
-	for _, of32 := range []int{22, 26, 31} {
-		n := min(layers, max(1, (of32*layers+16)/32))
-		if !seen[n] {
-			seen[n] = true
-			rows = append(rows, n)
+	rows := g.Rows
+	if rows == nil {
+		seen := map[int]bool{}
+		for _, of32 := range []int{22, 26, 31} {
+			n := min(layers, max(1, (of32*layers+16)/32))
+			if !seen[n] {
+				seen[n] = true
+				rows = append(rows, n)
+			}
 		}
 	}
 	for _, n := range rows {
-		for _, w := range []int{1024, 1280, 1536} {
+		for _, w := range g.Windows {
 			cs = append(cs, config{Name: fmt.Sprintf("%d sparse layers, window %d", n, w),
 				Policy: fmt.Sprintf("%d-%d=snapkv:budget=%d/h2o:recent=32", layers-n, layers-1, w), Layers: n, Window: w, Kind: "grid"})
 		}
 	}
-	n := rows[len(rows)/2]
-	r := fmt.Sprintf("%d-%d", layers-n, layers-1)
-	const b = 1024
-	for _, p := range []struct{ name, spec string }{
-		{"window", fmt.Sprintf("%s=window:sinks=4,window=%d", r, b-4)},
-		{"snapkv", fmt.Sprintf("%s=snapkv:budget=%d", r, b)},
-		{"pyramid", fmt.Sprintf("%s=pyramid:budget=%d", r, b)},
-		{"h2o", fmt.Sprintf("%s=full/h2o:heavy=%d,recent=32", r, b-32)},
-		{"snapkv+h2o", fmt.Sprintf("%s=snapkv:budget=%d/h2o:recent=32", r, b)},
-	} {
-		cs = append(cs, config{Name: p.name, Policy: p.spec, Layers: n, Window: b, Kind: "policy"})
+	if len(rows) > 0 && g.Budget > 0 {
+		n := rows[len(rows)/2]
+		r := fmt.Sprintf("%d-%d", layers-n, layers-1)
+		b := g.Budget
+		for _, p := range []struct{ name, spec string }{
+			{"window", fmt.Sprintf("%s=window:sinks=4,window=%d", r, b-4)},
+			{"snapkv", fmt.Sprintf("%s=snapkv:budget=%d", r, b)},
+			{"pyramid", fmt.Sprintf("%s=pyramid:budget=%d", r, b)},
+			{"h2o", fmt.Sprintf("%s=full/h2o:heavy=%d,recent=32", r, b-32)},
+			{"snapkv+h2o", fmt.Sprintf("%s=snapkv:budget=%d/h2o:recent=32", r, b)},
+		} {
+			cs = append(cs, config{Name: p.name, Policy: p.spec, Layers: n, Window: b, Kind: "policy"})
+		}
 	}
-	return cs
+	return append(cs, g.Policies...)
+}
+
+// defaultGrid is the seed's: windows of 1024, 1280 and 1536 tokens and the
+// policies at 1024.
+var defaultGrid = grid{Windows: []int{1024, 1280, 1536}, Budget: 1024}
+
+// intList parses "1,2,3".
+func intList(flagName, s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("-%s: %q is not a positive integer", flagName, f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// policyFlags collects -policy NAME=SPEC.
+type policyFlags []config
+
+func (p *policyFlags) String() string { return "" }
+
+func (p *policyFlags) Set(v string) error {
+	name, spec, ok := strings.Cut(v, "=")
+	if !ok || name == "" || spec == "" {
+		return fmt.Errorf("want NAME=SPEC (a kvd --kv-policy spec), got %q", v)
+	}
+	*p = append(*p, config{Name: name, Policy: spec, Kind: "custom"})
+	return nil
 }
 
 func main() {
@@ -114,6 +159,11 @@ func main() {
 	which := flag.String("configs", "", "run only these configurations: indices and ranges as -list prints them (\"0,3-5\")")
 	list := flag.Bool("list", false, "print the configurations with their indices and exit")
 	parallel := flag.Int("parallel", 1, "configurations to run at once, each gateway on its share of the cores")
+	rowsFlag := flag.String("sparse-layers", "", "the grid's rows: numbers of sparse (last) layers (default: the seed's 22, 26, 31 of 32, scaled to the model)")
+	windowsFlag := flag.String("windows", "1024,1280,1536", "the grid's columns: SnapKV windows in tokens")
+	budget := flag.Int("budget", 1024, "the equal budget of the five policies' rows (0: leave them out)")
+	var extra policyFlags
+	flag.Var(&extra, "policy", "also run this policy, as NAME=SPEC with SPEC a kvd --kv-policy spec (repeatable)")
 	flag.Parse()
 	log.SetFlags(0)
 	if *mk != "" {
@@ -137,7 +187,27 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	configs := defaultConfigs(cfg.NumLayers)
+	for _, c := range extra {
+		if _, err := policy.Parse(c.Policy, cfg.NumLayers); err != nil {
+			log.Fatalf("-policy %s: %v", c.Name, err)
+		}
+	}
+	g := defaultGrid
+	g.Budget, g.Policies = *budget, extra
+	if g.Windows, err = intList("windows", *windowsFlag); err != nil {
+		log.Fatal(err)
+	}
+	if *rowsFlag != "" {
+		if g.Rows, err = intList("sparse-layers", *rowsFlag); err != nil {
+			log.Fatal(err)
+		}
+		for _, n := range g.Rows {
+			if n > cfg.NumLayers {
+				log.Fatalf("-sparse-layers: %d, but the model has %d layers", n, cfg.NumLayers)
+			}
+		}
+	}
+	configs := g.configs(cfg.NumLayers)
 	if *merge != "" {
 		run, err := loadRaw(strings.Split(*merge, ","))
 		if err != nil {
@@ -394,7 +464,7 @@ func render(set SampleSet, configs []config, run rawRun, modelDir string) string
 		s := summarize(full[m])
 		fmt.Fprintf(&b, "| %s | %.3f ± %.3f (n=%d) |\n", m, s.Mean, s.CI, s.N)
 	}
-	var grid, pols []config
+	var grid, pols, custom []config
 	for _, c := range configs {
 		if results[c.Name] == nil {
 			continue
@@ -404,6 +474,8 @@ func render(set SampleSet, configs []config, run rawRun, modelDir string) string
 			grid = append(grid, c)
 		case "policy":
 			pols = append(pols, c)
+		case "custom":
+			custom = append(custom, c)
 		}
 	}
 	if len(grid) > 0 {
@@ -438,20 +510,31 @@ func render(set SampleSet, configs []config, run rawRun, modelDir string) string
 			}
 		}
 	}
-	if len(pols) > 0 {
-		fmt.Fprintf(&b, "\n## Policies at an equal budget of %d tokens on %d layers, relative to full KV\n\n| policy |", pols[0].Window, pols[0].Layers)
+	table := func(title string, cs []config, spec bool) {
+		if len(cs) == 0 {
+			return
+		}
+		fmt.Fprintf(&b, "\n## %s, relative to full KV\n\n| policy |", title)
 		for _, m := range metrics {
 			fmt.Fprintf(&b, " %s |", m)
 		}
 		fmt.Fprintf(&b, "\n|---|%s\n", strings.Repeat("---|", len(metrics)))
-		for _, c := range pols {
-			fmt.Fprintf(&b, "| %s |", c.Name)
+		for _, c := range cs {
+			name := c.Name
+			if spec {
+				name = fmt.Sprintf("%s (`%s`)", c.Name, c.Policy)
+			}
+			fmt.Fprintf(&b, "| %s |", name)
 			for _, m := range metrics {
 				fmt.Fprintf(&b, " %s |", relCell(m, results[c.Name][m], full[m]))
 			}
 			b.WriteString("\n")
 		}
 	}
+	if len(pols) > 0 {
+		table(fmt.Sprintf("Policies at an equal budget of %d tokens on the last %d layers", pols[0].Window, pols[0].Layers), pols, false)
+	}
+	table("Policies given with -policy", custom, true)
 	var took []string
 	for _, c := range configs {
 		if d, ok := run.Done[c.Name]; ok {

@@ -56,7 +56,7 @@ func TestRelativePaired(t *testing.T) {
 }
 
 func TestPick(t *testing.T) {
-	cs := defaultConfigs(8)
+	cs := defaultGrid.configs(8)
 	got, err := pick(cs, "0,3-4", "")
 	if err != nil || len(got) != 3 || got[0].Name != "full" || got[1] != cs[3] || got[2] != cs[4] {
 		t.Fatalf("pick(0,3-4) = %v, %v", got, err)
@@ -68,5 +68,27 @@ func TestPick(t *testing.T) {
 	}
 	if got, _ := pick(cs, "", "snapkv"); len(got) != 3 { // full, snapkv, snapkv+h2o
 		t.Errorf("pick(-only snapkv) = %d configurations, want 3", len(got))
+	}
+}
+
+func TestGridConfigs(t *testing.T) {
+	cs := defaultGrid.configs(8)
+	if len(cs) != 15 || cs[1].Policy != "2-7=snapkv:budget=1024/h2o:recent=32" || cs[9].Policy != "0-7=snapkv:budget=1536/h2o:recent=32" {
+		t.Fatalf("default grid on 8 layers: %d configurations, %+v ... %+v", len(cs), cs[1], cs[9])
+	}
+	if cs[10].Name != "window" || cs[10].Policy != "1-7=window:sinks=4,window=1020" {
+		t.Errorf("first policy row: %+v", cs[10])
+	}
+	var extra policyFlags
+	if err := extra.Set("mine=0-7=snapkv:budget=512"); err != nil {
+		t.Fatal(err)
+	}
+	if err := extra.Set("no-spec"); err == nil {
+		t.Error("-policy without a spec was taken")
+	}
+	g := grid{Rows: []int{4}, Windows: []int{256}, Policies: extra}
+	cs = g.configs(8)
+	if len(cs) != 3 || cs[1].Policy != "4-7=snapkv:budget=256/h2o:recent=32" || cs[2].Name != "mine" || cs[2].Policy != "0-7=snapkv:budget=512" {
+		t.Errorf("custom grid: %+v", cs)
 	}
 }

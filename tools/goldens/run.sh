@@ -14,5 +14,7 @@ python3 -c 'import torch, transformers, tokenizers; print("torch", torch.__versi
 mkdir -p "$stage/gateway/tokenizer/testdata" "$stage/gateway/model/testdata/golden"
 python3 tools/goldens/tokenizer_goldens.py --out "$stage/gateway/tokenizer/testdata"
 python3 tools/goldens/model_goldens.py --model gateway/model/testdata/tiny-llama3 --out "$stage/gateway/model/testdata/golden"
+mkdir -p "$stage/gateway/model/testdata/golden-kvd-go-16m"
+python3 tools/goldens/model_goldens.py --model models/kvd-go-16m --out "$stage/gateway/model/testdata/golden-kvd-go-16m"
 tar czf "$out/goldens.tgz" -C "$stage" gateway
 tar tzvf "$out/goldens.tgz"
