@@ -1,0 +1,301 @@
+//go:build cgo
+
+package cuda
+
+/*
+#cgo LDFLAGS: -ldl
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <stddef.h>
+
+// Our own declarations of the few CUDA driver API types and entry points we
+// call: no CUDA header is needed to build. The _v2 names are the ones the
+// driver has exported since CUDA 4 (64-bit sizes and pointers).
+typedef int CUresult;
+typedef int CUdevice;
+typedef void *CUcontext;
+typedef unsigned long long CUdeviceptr;
+
+typedef struct {
+	void *lib;
+	CUresult (*cuInit)(unsigned int);
+	CUresult (*cuDriverGetVersion)(int *);
+	CUresult (*cuDeviceGetCount)(int *);
+	CUresult (*cuDeviceGet)(CUdevice *, int);
+	CUresult (*cuDeviceGetName)(char *, int, CUdevice);
+	CUresult (*cuDeviceGetAttribute)(int *, int, CUdevice);
+	CUresult (*cuDeviceTotalMem)(size_t *, CUdevice);
+	CUresult (*cuGetErrorName)(CUresult, const char **);
+	CUresult (*cuGetErrorString)(CUresult, const char **);
+	CUresult (*cuDevicePrimaryCtxRetain)(CUcontext *, CUdevice);
+	CUresult (*cuDevicePrimaryCtxRelease)(CUdevice);
+	CUresult (*cuCtxSetCurrent)(CUcontext);
+	CUresult (*cuMemGetInfo)(size_t *, size_t *);
+	CUresult (*cuMemAlloc)(CUdeviceptr *, size_t);
+	CUresult (*cuMemFree)(CUdeviceptr);
+	CUresult (*cuMemcpyHtoD)(CUdeviceptr, const void *, size_t);
+	CUresult (*cuMemcpyDtoH)(void *, CUdeviceptr, size_t);
+} kvd_cu;
+
+// kvd_cu_open fills d from the library at path. It returns NULL, or what
+// went wrong: dlerror's text, or the name of a missing entry point.
+static const char *kvd_cu_open(kvd_cu *d, const char *path) {
+	d->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	if (!d->lib) {
+		return dlerror();
+	}
+#define SYM(field, name) \
+	if (!(*(void **)(&d->field) = dlsym(d->lib, name))) return name;
+	SYM(cuInit, "cuInit")
+	SYM(cuDriverGetVersion, "cuDriverGetVersion")
+	SYM(cuDeviceGetCount, "cuDeviceGetCount")
+	SYM(cuDeviceGet, "cuDeviceGet")
+	SYM(cuDeviceGetName, "cuDeviceGetName")
+	SYM(cuDeviceGetAttribute, "cuDeviceGetAttribute")
+	SYM(cuDeviceTotalMem, "cuDeviceTotalMem_v2")
+	SYM(cuGetErrorName, "cuGetErrorName")
+	SYM(cuGetErrorString, "cuGetErrorString")
+	SYM(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain")
+	SYM(cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2")
+	SYM(cuCtxSetCurrent, "cuCtxSetCurrent")
+	SYM(cuMemGetInfo, "cuMemGetInfo_v2")
+	SYM(cuMemAlloc, "cuMemAlloc_v2")
+	SYM(cuMemFree, "cuMemFree_v2")
+	SYM(cuMemcpyHtoD, "cuMemcpyHtoD_v2")
+	SYM(cuMemcpyDtoH, "cuMemcpyDtoH_v2")
+#undef SYM
+	return NULL;
+}
+
+static void kvd_cu_close(kvd_cu *d) { if (d->lib) dlclose(d->lib); }
+
+// One trampoline per entry point: cgo cannot call C function pointers.
+static CUresult kvd_cuInit(kvd_cu *d, unsigned int f) { return d->cuInit(f); }
+static CUresult kvd_cuDriverGetVersion(kvd_cu *d, int *v) { return d->cuDriverGetVersion(v); }
+static CUresult kvd_cuDeviceGetCount(kvd_cu *d, int *n) { return d->cuDeviceGetCount(n); }
+static CUresult kvd_cuDeviceGet(kvd_cu *d, CUdevice *dev, int i) { return d->cuDeviceGet(dev, i); }
+static CUresult kvd_cuDeviceGetName(kvd_cu *d, char *s, int n, CUdevice dev) { return d->cuDeviceGetName(s, n, dev); }
+static CUresult kvd_cuDeviceGetAttribute(kvd_cu *d, int *v, int a, CUdevice dev) { return d->cuDeviceGetAttribute(v, a, dev); }
+static CUresult kvd_cuDeviceTotalMem(kvd_cu *d, size_t *b, CUdevice dev) { return d->cuDeviceTotalMem(b, dev); }
+static CUresult kvd_cuGetErrorName(kvd_cu *d, CUresult r, const char **s) { return d->cuGetErrorName(r, s); }
+static CUresult kvd_cuGetErrorString(kvd_cu *d, CUresult r, const char **s) { return d->cuGetErrorString(r, s); }
+static CUresult kvd_cuDevicePrimaryCtxRetain(kvd_cu *d, CUcontext *c, CUdevice dev) { return d->cuDevicePrimaryCtxRetain(c, dev); }
+static CUresult kvd_cuDevicePrimaryCtxRelease(kvd_cu *d, CUdevice dev) { return d->cuDevicePrimaryCtxRelease(dev); }
+static CUresult kvd_cuCtxSetCurrent(kvd_cu *d, CUcontext c) { return d->cuCtxSetCurrent(c); }
+static CUresult kvd_cuMemGetInfo(kvd_cu *d, size_t *free, size_t *total) { return d->cuMemGetInfo(free, total); }
+static CUresult kvd_cuMemAlloc(kvd_cu *d, CUdeviceptr *p, size_t n) { return d->cuMemAlloc(p, n); }
+static CUresult kvd_cuMemFree(kvd_cu *d, CUdeviceptr p) { return d->cuMemFree(p); }
+static CUresult kvd_cuMemcpyHtoD(kvd_cu *d, CUdeviceptr dst, const void *src, size_t n) { return d->cuMemcpyHtoD(dst, src, n); }
+static CUresult kvd_cuMemcpyDtoH(kvd_cu *d, void *dst, CUdeviceptr src, size_t n) { return d->cuMemcpyDtoH(dst, src, n); }
+*/
+import "C"
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"unsafe"
+)
+
+// cuDeviceGetAttribute's attribute numbers (CUdevice_attribute).
+const (
+	attrComputeMajor = 75
+	attrComputeMinor = 76
+)
+
+// Driver is an opened CUDA driver library with cuInit done.
+type Driver struct {
+	d       *C.kvd_cu
+	path    string
+	version int // cuDriverGetVersion: 1000·major + 10·minor
+}
+
+// Open loads the CUDA driver (libcuda.so.1, or the file $KVD_LIBCUDA names)
+// and initialises it. Without a usable driver the error wraps ErrNoDriver
+// and says why (library not found, an entry point missing, cuInit failed).
+func Open() (*Driver, error) {
+	path := os.Getenv("KVD_LIBCUDA")
+	if path == "" {
+		path = "libcuda.so.1"
+	}
+	return open(path)
+}
+
+func open(path string) (*Driver, error) {
+	d := (*C.kvd_cu)(C.calloc(1, C.size_t(unsafe.Sizeof(C.kvd_cu{}))))
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	if msg := C.kvd_cu_open(d, cpath); msg != nil {
+		why, loaded := C.GoString(msg), d.lib != nil
+		C.kvd_cu_close(d)
+		C.free(unsafe.Pointer(d))
+		if !loaded {
+			return nil, fmt.Errorf("%w: cannot load %s: %s", ErrNoDriver, path, why)
+		}
+		return nil, fmt.Errorf("%w: %s has no %s (not a CUDA driver, or one too old)", ErrNoDriver, path, why)
+	}
+	drv := &Driver{d: d, path: path}
+	if err := drv.check("cuInit", C.kvd_cuInit(d, 0)); err != nil {
+		drv.Close()
+		return nil, fmt.Errorf("%w: %v", ErrNoDriver, err)
+	}
+	var v C.int
+	if err := drv.check("cuDriverGetVersion", C.kvd_cuDriverGetVersion(d, &v)); err != nil {
+		drv.Close()
+		return nil, err
+	}
+	drv.version = int(v)
+	return drv, nil
+}
+
+// Close unloads the library; the Driver must not be used after.
+func (drv *Driver) Close() {
+	if drv.d != nil {
+		C.kvd_cu_close(drv.d)
+		C.free(unsafe.Pointer(drv.d))
+		drv.d = nil
+	}
+}
+
+// Version is the driver's CUDA version, as "13.0".
+func (drv *Driver) Version() string {
+	return fmt.Sprintf("%d.%d", drv.version/1000, drv.version%1000/10)
+}
+
+// check converts a CUresult into nil or an *Error, once, at the boundary.
+func (drv *Driver) check(call string, r C.CUresult) error {
+	if r == 0 {
+		return nil
+	}
+	e := &Error{Call: call, Code: int(r)}
+	var s *C.char
+	if C.kvd_cuGetErrorName(drv.d, r, &s) == 0 && s != nil {
+		e.Name = C.GoString(s)
+	}
+	if C.kvd_cuGetErrorString(drv.d, r, &s) == 0 && s != nil {
+		e.Message = C.GoString(s)
+	}
+	return e
+}
+
+// Devices describes every device the driver sees.
+func (drv *Driver) Devices() ([]Device, error) {
+	var n C.int
+	if err := drv.check("cuDeviceGetCount", C.kvd_cuDeviceGetCount(drv.d, &n)); err != nil {
+		return nil, err
+	}
+	devs := make([]Device, 0, int(n))
+	for i := range int(n) {
+		var dev C.CUdevice
+		if err := drv.check("cuDeviceGet", C.kvd_cuDeviceGet(drv.d, &dev, C.int(i))); err != nil {
+			return nil, err
+		}
+		var name [256]C.char
+		if err := drv.check("cuDeviceGetName", C.kvd_cuDeviceGetName(drv.d, &name[0], C.int(len(name)), dev)); err != nil {
+			return nil, err
+		}
+		var major, minor C.int
+		if err := drv.check("cuDeviceGetAttribute", C.kvd_cuDeviceGetAttribute(drv.d, &major, attrComputeMajor, dev)); err != nil {
+			return nil, err
+		}
+		if err := drv.check("cuDeviceGetAttribute", C.kvd_cuDeviceGetAttribute(drv.d, &minor, attrComputeMinor, dev)); err != nil {
+			return nil, err
+		}
+		var mem C.size_t
+		if err := drv.check("cuDeviceTotalMem", C.kvd_cuDeviceTotalMem(drv.d, &mem, dev)); err != nil {
+			return nil, err
+		}
+		devs = append(devs, Device{Index: i, Name: C.GoString(&name[0]), Major: int(major), Minor: int(minor), Memory: uint64(mem), handle: int32(dev)})
+	}
+	return devs, nil
+}
+
+// Context is a device's primary context. CUDA keeps the current context
+// per OS thread, so every method locks the calling goroutine to its thread
+// and makes the context current first.
+type Context struct {
+	drv *Driver
+	dev Device
+	ctx C.CUcontext
+}
+
+// Context retains dev's primary context.
+func (drv *Driver) Context(dev Device) (*Context, error) {
+	var c C.CUcontext
+	if err := drv.check("cuDevicePrimaryCtxRetain", C.kvd_cuDevicePrimaryCtxRetain(drv.d, &c, C.CUdevice(dev.handle))); err != nil {
+		return nil, err
+	}
+	return &Context{drv: drv, dev: dev, ctx: c}, nil
+}
+
+// Release gives the primary context back.
+func (c *Context) Release() error {
+	return c.drv.check("cuDevicePrimaryCtxRelease", C.kvd_cuDevicePrimaryCtxRelease(c.drv.d, C.CUdevice(c.dev.handle)))
+}
+
+// enter locks the goroutine to its thread and makes c current there; the
+// caller defers runtime.UnlockOSThread.
+func (c *Context) enter() error {
+	runtime.LockOSThread()
+	return c.drv.check("cuCtxSetCurrent", C.kvd_cuCtxSetCurrent(c.drv.d, c.ctx))
+}
+
+// MemInfo is the device's free and total memory in bytes.
+func (c *Context) MemInfo() (free, total uint64, err error) {
+	defer runtime.UnlockOSThread()
+	if err = c.enter(); err != nil {
+		return 0, 0, err
+	}
+	var f, t C.size_t
+	err = c.drv.check("cuMemGetInfo", C.kvd_cuMemGetInfo(c.drv.d, &f, &t))
+	return uint64(f), uint64(t), err
+}
+
+// Ptr is a device address.
+type Ptr uint64
+
+// Alloc allocates n bytes of device memory.
+func (c *Context) Alloc(n int) (Ptr, error) {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return 0, err
+	}
+	var p C.CUdeviceptr
+	if err := c.drv.check("cuMemAlloc", C.kvd_cuMemAlloc(c.drv.d, &p, C.size_t(n))); err != nil {
+		return 0, err
+	}
+	return Ptr(p), nil
+}
+
+// Free frees device memory from Alloc.
+func (c *Context) Free(p Ptr) error {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return err
+	}
+	return c.drv.check("cuMemFree", C.kvd_cuMemFree(c.drv.d, C.CUdeviceptr(p)))
+}
+
+// CopyToDevice copies src to dst (synchronously).
+func (c *Context) CopyToDevice(dst Ptr, src []byte) error {
+	if len(src) == 0 {
+		return nil
+	}
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return err
+	}
+	return c.drv.check("cuMemcpyHtoD", C.kvd_cuMemcpyHtoD(c.drv.d, C.CUdeviceptr(dst), unsafe.Pointer(&src[0]), C.size_t(len(src))))
+}
+
+// CopyToHost copies len(dst) bytes from src (synchronously).
+func (c *Context) CopyToHost(dst []byte, src Ptr) error {
+	if len(dst) == 0 {
+		return nil
+	}
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return err
+	}
+	return c.drv.check("cuMemcpyDtoH", C.kvd_cuMemcpyDtoH(c.drv.d, unsafe.Pointer(&dst[0]), C.CUdeviceptr(src), C.size_t(len(dst))))
+}
