@@ -4,6 +4,10 @@ import (
 	"context"
 	"io"
 	"math"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,6 +86,39 @@ func TestHarnessEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		results[c.Name] = r
+	}
+	// A server without /v1/kvd/score is scored from echoed prompt
+	// log-probabilities: with full KV both ways agree.
+	s, err := startGateway(bin, modelDir, "", "64MiB", 0, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.stop()
+	if s.model, err = s.firstModel(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// The same gateway behind a proxy that hides the extension, as a
+	// vLLM-like server would lack it.
+	target, _ := url.Parse(s.base)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/kvd/score" {
+			http.NotFound(w, r)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer plain.Close()
+	other := &server{base: plain.URL, model: s.model}
+	for _, smp := range samples {
+		if smp.Task != taskLoglik {
+			continue
+		}
+		viaScore, err1 := s.score(context.Background(), smp.PromptIDs, smp.Continuation)
+		viaEcho, err2 := other.score(context.Background(), smp.PromptIDs, smp.Continuation)
+		if err1 != nil || err2 != nil || !other.echoScore || math.Abs(viaScore-viaEcho) > 1e-4 {
+			t.Errorf("scored %v (%v) through /v1/kvd/score, %v (%v) through echo (used: %v)", viaScore, err1, viaEcho, err2, other.echoScore)
+		}
 	}
 	full, win := summarize(results["full"][loglikKey]), summarize(results["window"][loglikKey])
 	if math.IsNaN(full.Mean) || full.Mean >= 0 || full.Mean == win.Mean {

@@ -231,6 +231,13 @@ func main() {
 		}
 		return
 	}
+	served := ""
+	if *srv != "" {
+		probe := &server{base: strings.TrimSuffix(*srv, "/")}
+		if served, err = probe.firstModel(context.Background()); err != nil {
+			log.Fatalf("-server %s: %v", *srv, err)
+		}
+	}
 	picked, err := pick(configs, *which, *only)
 	if err != nil {
 		log.Fatal(err)
@@ -281,7 +288,7 @@ func main() {
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			start := time.Now()
-			s := &server{base: strings.TrimSuffix(*srv, "/")}
+			s := &server{base: strings.TrimSuffix(*srv, "/"), model: served}
 			if *srv == "" {
 				var err error
 				if s, err = startGateway(*gw, *modelDir, c.Policy, *kvMem, threads, io.Discard); err != nil {

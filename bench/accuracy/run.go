@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"log"
 	"math"
 	"net"
 	"net/http"
@@ -18,8 +20,40 @@ import (
 
 // server is a running OpenAI-compatible server under test.
 type server struct {
-	base string
-	cmd  *exec.Cmd // nil for a server the harness did not start
+	base  string
+	model string    // sent as "model" when set (-server: the first of /v1/models)
+	cmd   *exec.Cmd // nil for a server the harness did not start
+	// echoScore is set once the server has answered /v1/kvd/score with 404
+	// (vLLM, ollama, ...): scoring then uses echoed prompt log-probabilities.
+	echoScore bool
+}
+
+// httpError is a non-200 answer.
+type httpError struct {
+	path   string
+	status int
+	body   string
+}
+
+func (e *httpError) Error() string { return fmt.Sprintf("%s: %d %s", e.path, e.status, e.body) }
+
+// firstModel asks the server which model it serves.
+func (s *server) firstModel(ctx context.Context) (string, error) {
+	req, _ := http.NewRequestWithContext(ctx, "GET", s.base+"/v1/models", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Data []struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || len(r.Data) == 0 {
+		return "", fmt.Errorf("/v1/models: no model listed (%v)", err)
+	}
+	return r.Data[0].ID, nil
 }
 
 // startGateway runs `gateway --embedded` with a KV policy on a free port.
@@ -65,7 +99,10 @@ func (s *server) stop() {
 	}
 }
 
-func (s *server) post(ctx context.Context, path string, body any, out any) error {
+func (s *server) post(ctx context.Context, path string, body map[string]any, out any) error {
+	if s.model != "" {
+		body["model"] = s.model
+	}
 	b, _ := json.Marshal(body)
 	req, _ := http.NewRequestWithContext(ctx, "POST", s.base+path, bytes.NewReader(b))
 	req.Header.Set("Content-Type", "application/json")
@@ -76,7 +113,7 @@ func (s *server) post(ctx context.Context, path string, body any, out any) error
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != 200 {
-		return fmt.Errorf("%s: %d %s", path, resp.StatusCode, data)
+		return &httpError{path, resp.StatusCode, string(data)}
 	}
 	return json.Unmarshal(data, out)
 }
@@ -98,13 +135,53 @@ func (s *server) complete(ctx context.Context, prompt string, maxTokens int) (st
 }
 
 // score returns the continuation's mean log-probability per token through
-// kvd's /v1/kvd/score extension.
+// kvd's /v1/kvd/score extension, or, from a server without it, from echoed
+// prompt log-probabilities (exact attention: what such a server's full KV
+// gives).
 func (s *server) score(ctx context.Context, prompt, cont []int32) (float64, error) {
-	var r struct {
-		Mean float64 `json:"mean_logprob"`
+	if !s.echoScore {
+		var r struct {
+			Mean float64 `json:"mean_logprob"`
+		}
+		err := s.post(ctx, "/v1/kvd/score", map[string]any{"prompt": prompt, "continuation": cont}, &r)
+		var he *httpError
+		if !errors.As(err, &he) || he.status != http.StatusNotFound {
+			return r.Mean, err
+		}
+		log.Printf("%s has no /v1/kvd/score: scoring with echoed prompt log-probabilities", s.base)
+		s.echoScore = true
 	}
-	err := s.post(ctx, "/v1/kvd/score", map[string]any{"prompt": prompt, "continuation": cont}, &r)
-	return r.Mean, err
+	return s.scoreEcho(ctx, prompt, cont)
+}
+
+// scoreEcho scores cont after prompt with one completion request that
+// echoes the prompt's log-probabilities (as lm-evaluation-harness does).
+func (s *server) scoreEcho(ctx context.Context, prompt, cont []int32) (float64, error) {
+	var r struct {
+		Choices []struct {
+			Logprobs struct {
+				TokenLogprobs []*float64 `json:"token_logprobs"`
+			} `json:"logprobs"`
+		} `json:"choices"`
+	}
+	all := append(append([]int32(nil), prompt...), cont...)
+	err := s.post(ctx, "/v1/completions", map[string]any{
+		"prompt": all, "max_tokens": 1, "temperature": 0, "echo": true, "logprobs": 1,
+	}, &r)
+	if err != nil {
+		return 0, err
+	}
+	if len(r.Choices) == 0 || len(r.Choices[0].Logprobs.TokenLogprobs) < len(all) {
+		return 0, fmt.Errorf("/v1/completions with echo: no log-probabilities for the %d prompt tokens", len(all))
+	}
+	var sum float64
+	for i, lp := range r.Choices[0].Logprobs.TokenLogprobs[len(prompt):len(all)] {
+		if lp == nil {
+			return 0, fmt.Errorf("/v1/completions with echo: no log-probability for continuation token %d", i)
+		}
+		sum += *lp
+	}
+	return sum / float64(len(cont)), nil
 }
 
 // result is one configuration's per-task scores, one value per sample.
