@@ -15,6 +15,9 @@ typedef int CUresult;
 typedef int CUdevice;
 typedef void *CUcontext;
 typedef unsigned long long CUdeviceptr;
+typedef void *CUmodule;
+typedef void *CUfunction;
+typedef void *CUstream;
 
 typedef struct {
 	void *lib;
@@ -35,6 +38,15 @@ typedef struct {
 	CUresult (*cuMemFree)(CUdeviceptr);
 	CUresult (*cuMemcpyHtoD)(CUdeviceptr, const void *, size_t);
 	CUresult (*cuMemcpyDtoH)(void *, CUdeviceptr, size_t);
+	CUresult (*cuMemsetD32)(CUdeviceptr, unsigned int, size_t);
+	CUresult (*cuModuleLoadData)(CUmodule *, const void *);
+	CUresult (*cuModuleUnload)(CUmodule);
+	CUresult (*cuModuleGetFunction)(CUfunction *, CUmodule, const char *);
+	CUresult (*cuLaunchKernel)(CUfunction, unsigned int, unsigned int, unsigned int,
+		unsigned int, unsigned int, unsigned int, unsigned int, CUstream, void **, void **);
+	CUresult (*cuStreamCreate)(CUstream *, unsigned int);
+	CUresult (*cuStreamDestroy)(CUstream);
+	CUresult (*cuStreamSynchronize)(CUstream);
 } kvd_cu;
 
 // kvd_cu_open fills d from the library at path. It returns NULL, or what
@@ -63,6 +75,14 @@ static const char *kvd_cu_open(kvd_cu *d, const char *path) {
 	SYM(cuMemFree, "cuMemFree_v2")
 	SYM(cuMemcpyHtoD, "cuMemcpyHtoD_v2")
 	SYM(cuMemcpyDtoH, "cuMemcpyDtoH_v2")
+	SYM(cuMemsetD32, "cuMemsetD32_v2")
+	SYM(cuModuleLoadData, "cuModuleLoadData")
+	SYM(cuModuleUnload, "cuModuleUnload")
+	SYM(cuModuleGetFunction, "cuModuleGetFunction")
+	SYM(cuLaunchKernel, "cuLaunchKernel")
+	SYM(cuStreamCreate, "cuStreamCreate")
+	SYM(cuStreamDestroy, "cuStreamDestroy_v2")
+	SYM(cuStreamSynchronize, "cuStreamSynchronize")
 #undef SYM
 	return NULL;
 }
@@ -87,6 +107,24 @@ static CUresult kvd_cuMemAlloc(kvd_cu *d, CUdeviceptr *p, size_t n) { return d->
 static CUresult kvd_cuMemFree(kvd_cu *d, CUdeviceptr p) { return d->cuMemFree(p); }
 static CUresult kvd_cuMemcpyHtoD(kvd_cu *d, CUdeviceptr dst, const void *src, size_t n) { return d->cuMemcpyHtoD(dst, src, n); }
 static CUresult kvd_cuMemcpyDtoH(kvd_cu *d, void *dst, CUdeviceptr src, size_t n) { return d->cuMemcpyDtoH(dst, src, n); }
+static CUresult kvd_cuMemsetD32(kvd_cu *d, CUdeviceptr p, unsigned int v, size_t n) { return d->cuMemsetD32(p, v, n); }
+static CUresult kvd_cuModuleLoadData(kvd_cu *d, CUmodule *m, const void *image) { return d->cuModuleLoadData(m, image); }
+static CUresult kvd_cuModuleUnload(kvd_cu *d, CUmodule m) { return d->cuModuleUnload(m); }
+static CUresult kvd_cuModuleGetFunction(kvd_cu *d, CUfunction *f, CUmodule m, const char *name) { return d->cuModuleGetFunction(f, m, name); }
+static CUresult kvd_cuStreamCreate(kvd_cu *d, CUstream *s) { return d->cuStreamCreate(s, 1); } // CU_STREAM_NON_BLOCKING
+static CUresult kvd_cuStreamDestroy(kvd_cu *d, CUstream s) { return d->cuStreamDestroy(s); }
+static CUresult kvd_cuStreamSynchronize(kvd_cu *d, CUstream s) { return d->cuStreamSynchronize(s); }
+
+// kvd_cuLaunch launches f with nargs 8-byte argument slots (in C memory):
+// the driver wants a pointer to each argument's value.
+static CUresult kvd_cuLaunch(kvd_cu *d, CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+		unsigned int bx, unsigned int by, unsigned int bz, unsigned int shared, CUstream s,
+		unsigned long long *slots, int nargs) {
+	void *params[32];
+	if (nargs > 32) return 1; // CUDA_ERROR_INVALID_VALUE
+	for (int i = 0; i < nargs; i++) params[i] = &slots[i];
+	return d->cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shared, s, params, NULL);
+}
 */
 import "C"
 
@@ -298,4 +336,148 @@ func (c *Context) CopyToHost(dst []byte, src Ptr) error {
 		return err
 	}
 	return c.drv.check("cuMemcpyDtoH", C.kvd_cuMemcpyDtoH(c.drv.d, unsafe.Pointer(&dst[0]), C.CUdeviceptr(src), C.size_t(len(dst))))
+}
+
+// Memset32 sets n 32-bit words at p to v (tests poison outputs with it).
+func (c *Context) Memset32(p Ptr, v uint32, n int) error {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return err
+	}
+	return c.drv.check("cuMemsetD32", C.kvd_cuMemsetD32(c.drv.d, C.CUdeviceptr(p), C.uint(v), C.size_t(n)))
+}
+
+// Module is loaded device code: PTX (JIT-compiled by the driver for this
+// card) or a cubin built for it.
+type Module struct {
+	c *Context
+	m C.CUmodule
+}
+
+// Function is a kernel of a Module.
+type Function struct {
+	c    *Context
+	f    C.CUfunction
+	name string
+}
+
+// LoadModule loads a PTX text or cubin image.
+func (c *Context) LoadModule(image []byte) (*Module, error) {
+	if len(image) == 0 {
+		return nil, fmt.Errorf("cuda: empty module image")
+	}
+	img := C.CBytes(append(image, 0)) // PTX must end in NUL; a cubin does not mind
+	defer C.free(img)
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return nil, err
+	}
+	var m C.CUmodule
+	if err := c.drv.check("cuModuleLoadData", C.kvd_cuModuleLoadData(c.drv.d, &m, img)); err != nil {
+		return nil, err
+	}
+	return &Module{c: c, m: m}, nil
+}
+
+// Unload frees the module.
+func (m *Module) Unload() error {
+	defer runtime.UnlockOSThread()
+	if err := m.c.enter(); err != nil {
+		return err
+	}
+	return m.c.drv.check("cuModuleUnload", C.kvd_cuModuleUnload(m.c.drv.d, m.m))
+}
+
+// Function looks a kernel up by its (extern "C") name.
+func (m *Module) Function(name string) (*Function, error) {
+	cname := C.CString(name)
+	defer C.free(unsafe.Pointer(cname))
+	defer runtime.UnlockOSThread()
+	if err := m.c.enter(); err != nil {
+		return nil, err
+	}
+	var f C.CUfunction
+	if err := m.c.drv.check("cuModuleGetFunction", C.kvd_cuModuleGetFunction(m.c.drv.d, &f, m.m, cname)); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return &Function{c: m.c, f: f, name: name}, nil
+}
+
+// Stream is a CUDA stream (non-blocking with respect to the legacy
+// default stream). The zero Stream is the default stream.
+type Stream struct {
+	s C.CUstream
+}
+
+// NewStream creates a stream.
+func (c *Context) NewStream() (Stream, error) {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return Stream{}, err
+	}
+	var s C.CUstream
+	err := c.drv.check("cuStreamCreate", C.kvd_cuStreamCreate(c.drv.d, &s))
+	return Stream{s}, err
+}
+
+// DestroyStream destroys s.
+func (c *Context) DestroyStream(s Stream) error {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return err
+	}
+	return c.drv.check("cuStreamDestroy", C.kvd_cuStreamDestroy(c.drv.d, s.s))
+}
+
+// Sync waits for everything queued on s.
+func (c *Context) Sync(s Stream) error {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return err
+	}
+	return c.drv.check("cuStreamSynchronize", C.kvd_cuStreamSynchronize(c.drv.d, s.s))
+}
+
+// Dim3 is a grid or block shape.
+type Dim3 struct{ X, Y, Z uint32 }
+
+// Launch queues f on s. Arguments are Ptr, int32, uint32, int64, uint64
+// or float32, in the kernel's parameter order (at most 32).
+func (f *Function) Launch(s Stream, grid, block Dim3, shared uint32, args ...any) error {
+	if len(args) > 32 {
+		return fmt.Errorf("%s: %d arguments (at most 32)", f.name, len(args))
+	}
+	slots := (*[32]C.ulonglong)(C.calloc(32, 8))
+	defer C.free(unsafe.Pointer(slots))
+	for i, a := range args {
+		switch v := a.(type) {
+		case Ptr:
+			slots[i] = C.ulonglong(v)
+		case int32:
+			*(*int32)(unsafe.Pointer(&slots[i])) = v
+		case uint32:
+			*(*uint32)(unsafe.Pointer(&slots[i])) = v
+		case int64:
+			*(*int64)(unsafe.Pointer(&slots[i])) = v
+		case uint64:
+			slots[i] = C.ulonglong(v)
+		case float32:
+			*(*float32)(unsafe.Pointer(&slots[i])) = v
+		default:
+			return fmt.Errorf("%s: argument %d has type %T", f.name, i, a)
+		}
+	}
+	for _, d := range []*Dim3{&grid, &block} {
+		d.X, d.Y, d.Z = max(d.X, 1), max(d.Y, 1), max(d.Z, 1)
+	}
+	defer runtime.UnlockOSThread()
+	if err := f.c.enter(); err != nil {
+		return err
+	}
+	r := C.kvd_cuLaunch(f.c.drv.d, f.f, C.uint(grid.X), C.uint(grid.Y), C.uint(grid.Z),
+		C.uint(block.X), C.uint(block.Y), C.uint(block.Z), C.uint(shared), s.s, &slots[0], C.int(len(args)))
+	if err := f.c.drv.check("cuLaunchKernel", r); err != nil {
+		return fmt.Errorf("%s: %w", f.name, err)
+	}
+	return nil
 }

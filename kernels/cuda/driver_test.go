@@ -5,9 +5,11 @@ package cuda
 import (
 	"bytes"
 	"errors"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 // TestOpenNotADriver loads libraries that are not a CUDA driver.
@@ -55,10 +57,155 @@ func testDevice(t *testing.T, drv *Driver) {
 	if err := ctx.CopyToHost(back, p); err != nil || !bytes.Equal(back, src) {
 		t.Fatalf("round trip through the device: equal %v, %v", bytes.Equal(back, src), err)
 	}
+	testLaunch(t, ctx)
+	testGemm(t, ctx)
 	// More than the card has: a typed error naming the call and the code.
 	_, err = ctx.Alloc(int(total) * 2)
 	var ce *Error
 	if !errors.As(err, &ce) || ce.Call != "cuMemAlloc" || ce.Name != "CUDA_ERROR_OUT_OF_MEMORY" {
 		t.Fatalf("oversized cuMemAlloc: %v", err)
+	}
+}
+
+// add1PTX adds 1 to n floats; hand-written PTX, JIT-compiled by the driver.
+const add1PTX = `.version 7.0
+.target sm_50
+.address_size 64
+.visible .entry add1(.param .u64 p, .param .u32 n)
+{
+	.reg .pred %p<2>;
+	.reg .b32 %r<6>;
+	.reg .f32 %f<3>;
+	.reg .b64 %rd<5>;
+	ld.param.u64 %rd1, [p];
+	ld.param.u32 %r2, [n];
+	mov.u32 %r3, %ctaid.x;
+	mov.u32 %r4, %ntid.x;
+	mov.u32 %r5, %tid.x;
+	mad.lo.s32 %r1, %r3, %r4, %r5;
+	setp.ge.u32 %p1, %r1, %r2;
+	@%p1 bra DONE;
+	cvta.to.global.u64 %rd2, %rd1;
+	mul.wide.u32 %rd3, %r1, 4;
+	add.s64 %rd4, %rd2, %rd3;
+	ld.global.f32 %f1, [%rd4];
+	add.f32 %f2, %f1, 0f3F800000;
+	st.global.f32 [%rd4], %f2;
+DONE:
+	ret;
+}
+`
+
+func testLaunch(t *testing.T, ctx *Context) {
+	const n = 1000
+	p, err := ctx.Alloc(4 * (n + 24))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctx.Free(p)
+	// 2.0 everywhere, then add 1 to the first n only.
+	if err := ctx.Memset32(p, math.Float32bits(2), n+24); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ctx.LoadModule([]byte(add1PTX))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Unload()
+	if _, err := m.Function("nope"); err == nil {
+		t.Error("a kernel that is not there was found")
+	}
+	f, err := m.Function("add1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ctx.NewStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctx.DestroyStream(s)
+	if err := f.Launch(s, Dim3{X: (n + 255) / 256}, Dim3{X: 256}, 0, p, uint32(n)); err != nil {
+		t.Fatal(err)
+	}
+	if err := ctx.Sync(s); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]float32, n+24)
+	if err := ctx.CopyToHost(unsafe.Slice((*byte)(unsafe.Pointer(&got[0])), 4*len(got)), p); err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range got {
+		if want := float32(2 + b2f(i < n)); v != want {
+			t.Fatalf("element %d = %v, want %v", i, v, want)
+		}
+	}
+	if err := f.Launch(s, Dim3{X: 1}, Dim3{X: 1}, 0, "string"); err == nil {
+		t.Error("a string argument was taken")
+	}
+}
+
+func b2f(b bool) float32 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// testGemm checks y[T, N] = x[T, K]·Wᵀ (row-major, W [N, K]) in fp32.
+func testGemm(t *testing.T, ctx *Context) {
+	bl, err := ctx.BLAS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bl.Close()
+	t.Logf("cuBLAS %s, version %d", bl.Path, bl.Version)
+	const T, N, K = 5, 7, 33
+	x, w := make([]float32, T*K), make([]float32, N*K)
+	for i := range x {
+		x[i] = rand.Float32() - 0.5
+	}
+	for i := range w {
+		w[i] = rand.Float32() - 0.5
+	}
+	up := func(v []float32) Ptr {
+		p, err := ctx.Alloc(4 * len(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ctx.CopyToDevice(p, unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	px, pw, py := up(x), up(w), up(make([]float32, T*N))
+	defer ctx.Free(px)
+	defer ctx.Free(pw)
+	defer ctx.Free(py)
+	if err := bl.Gemm(Trans, NoTrans, N, T, K, 1, Matrix{pw, Float32, K}, Matrix{px, Float32, K}, 0, Matrix{py, Float32, N}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ctx.Sync(Stream{}); err != nil {
+		t.Fatal(err)
+	}
+	y := make([]float32, T*N)
+	if err := ctx.CopyToHost(unsafe.Slice((*byte)(unsafe.Pointer(&y[0])), 4*len(y)), py); err != nil {
+		t.Fatal(err)
+	}
+	for r := range T {
+		for c := range N {
+			var want float64
+			for k := range K {
+				want += float64(x[r*K+k]) * float64(w[c*K+k])
+			}
+			if math.Abs(float64(y[r*N+c])-want) > 1e-4 {
+				t.Fatalf("y[%d,%d] = %v, want %v", r, c, y[r*N+c], want)
+			}
+		}
+	}
+	// A leading dimension too small: cuBLAS's own error, typed.
+	err = bl.Gemm(Trans, NoTrans, N, T, K, 1, Matrix{pw, Float32, 1}, Matrix{px, Float32, K}, 0, Matrix{py, Float32, N})
+	var be *BlasError
+	if !errors.As(err, &be) || be.Status != 7 {
+		t.Errorf("GEMM with lda 1: %v, want CUBLAS_STATUS_INVALID_VALUE", err)
 	}
 }
