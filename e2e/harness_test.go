@@ -15,13 +15,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/kvd-project/kvd/gateway/model"
 	"github.com/kvd-project/kvd/gateway/model/tinymodel"
 	"github.com/kvd-project/kvd/gateway/tokenizer"
+	"github.com/kvd-project/kvd/internal/proctest"
 	"github.com/kvd-project/kvd/kernels"
 )
 
@@ -57,31 +57,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// syncBuffer collects a child's output while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // stack is a running gateway (and kvd, in sidecar mode).
 type stack struct {
 	mode string
 	base string // http://host:port
 	sock string // kvd's socket (sidecar)
 	cmds []*exec.Cmd
-	logs []*syncBuffer
+	logs []*proctest.Buffer
 }
 
 // options for startStack.
@@ -110,7 +92,7 @@ func startStack(t *testing.T, mode string, o options) *stack {
 	s := &stack{mode: mode, base: "http://" + addr}
 	start := func(name string, args ...string) {
 		cmd := exec.Command(filepath.Join(binDir, name), args...)
-		logs := &syncBuffer{}
+		logs := &proctest.Buffer{}
 		cmd.Stdout, cmd.Stderr = logs, logs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

@@ -11,11 +11,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/kvd-project/kvd/internal/proctest"
 	"github.com/kvd-project/kvd/ipc"
 	"github.com/kvd-project/kvd/kvd/blocks"
 )
@@ -77,26 +77,8 @@ func clientMain(sock string) {
 type daemon struct {
 	cmd  *exec.Cmd
 	sock string
-	logs *syncBuffer // stderr
-	out  *syncBuffer // stdout
-}
-
-// syncBuffer collects a child's output while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs *proctest.Buffer // stderr
+	out  *proctest.Buffer // stdout
 }
 
 // startKVD runs kvd serve with a small 4-layer pool on sock (a fresh one
@@ -113,7 +95,7 @@ func startKVDWith(t testing.TB, sock string, flags ...string) *daemon {
 	t.Helper()
 	args := append([]string{"serve", "--socket", sock}, flags...)
 	cmd := exec.Command(kvdBin, args...)
-	logs, out := &syncBuffer{}, &syncBuffer{}
+	logs, out := &proctest.Buffer{}, &proctest.Buffer{}
 	cmd.Stderr, cmd.Stdout = logs, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
