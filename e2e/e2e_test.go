@@ -28,7 +28,8 @@ func TestSuite(t *testing.T) {
 			t.Run("chat", func(t *testing.T) { chat(t, s) })
 			t.Run("score a continuation", func(t *testing.T) { scoreContinuation(t, s) })
 			t.Run("stop strings", func(t *testing.T) { stopStrings(t, s) })
-			t.Run("disconnect frees blocks", func(t *testing.T) { disconnect(t, s) })
+			t.Run("disconnect frees blocks", func(t *testing.T) { disconnect(t, s, true) })
+			t.Run("disconnect frees blocks, not streaming", func(t *testing.T) { disconnect(t, s, false) })
 			t.Run("bad inputs", func(t *testing.T) { badInputs(t, s) })
 		})
 	}
@@ -282,25 +283,34 @@ func stopStrings(t *testing.T, s *stack) {
 	}
 }
 
-// disconnect starts a long stream, reads two chunks, hangs up, and checks
-// that the request's KV blocks come back.
-func disconnect(t *testing.T, s *stack) {
+// disconnect starts a long generation, streamed (and read for two chunks)
+// or not (which writes nothing until done), hangs up, and checks that the
+// request's KV blocks come back.
+func disconnect(t *testing.T, s *stack, stream bool) {
 	conn, err := net.Dial("tcp", strings.TrimPrefix(s.base, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	body := `{"prompt":"The key-value cache","max_tokens":3000,"ignore_eos":true,"stream":true}`
+	const maxTokens = 4000
+	before := s.metric(t, "kvd_generation_tokens_total")
+	body := fmt.Sprintf(`{"prompt":"The key-value cache","max_tokens":%d,"ignore_eos":true,"stream":%v}`, maxTokens, stream)
 	fmt.Fprintf(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-	r := bufio.NewReader(conn)
-	chunks := 0
-	for chunks < 2 {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
+	if stream {
+		r := bufio.NewReader(conn)
+		chunks := 0
+		for chunks < 2 {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.HasPrefix(line, "data: ") {
+				chunks++
+			}
 		}
-		if strings.HasPrefix(line, "data: ") {
-			chunks++
-		}
+	} else {
+		waitFor(t, "the request running", 10*time.Second, func() bool {
+			return s.metric(t, "kvd_num_requests_running") == 1
+		})
 	}
 	if used := s.metric(t, "kvd_kv_blocks_used"); !(used > 0) {
 		t.Fatalf("blocks used during the stream: %v", used)
@@ -309,6 +319,10 @@ func disconnect(t *testing.T, s *stack) {
 	waitFor(t, "blocks back after the disconnect", 10*time.Second, func() bool {
 		return s.metric(t, "kvd_kv_blocks_used") == 0 && s.metric(t, "kvd_num_requests_running") == 0
 	})
+	// Cut short, not run to the end with no one to read it.
+	if n := s.metric(t, "kvd_generation_tokens_total") - before; n >= maxTokens {
+		t.Errorf("the abandoned request generated %v tokens: all of them", n)
+	}
 	if s.mode == "sidecar" {
 		out, err := exec.Command(filepath.Join(binDir, "kvd"), "status", "--socket", s.sock, "--json").Output()
 		if err != nil {

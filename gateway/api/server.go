@@ -220,5 +220,6 @@ func (s *Server) requestContext(ctx *fasthttp.RequestCtx, name string) (context.
 	// A caller's W3C traceparent makes this request part of its trace.
 	c = observability.Extract(c, string(ctx.Request.Header.Peek("traceparent")))
 	c, span := tracer.Start(c, name, trace.WithSpanKind(trace.SpanKindServer))
+	watchPeer(c, ctx.Conn(), cancel)
 	return c, cancel, span
 }
