@@ -3,8 +3,15 @@
 package proctest
 
 import (
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
+	"testing"
+	"time"
 )
 
 // Buffer collects a child's output while the test reads it: an io.Writer
@@ -25,4 +32,37 @@ func (s *Buffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// StartServer runs bin with args plus --listen on a free loopback port,
+// waits until its /health answers 200, and stops it (SIGINT) when the test
+// ends. It returns the base URL; the child's output goes to logs.
+func StartServer(t testing.TB, bin string, logs io.Writer, args ...string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cmd := exec.Command(bin, append(args, "--listen", addr)...)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+	})
+	base := "http://" + addr
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if resp, err := http.Get(base + "/health"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return base
+			}
+		}
+	}
+	t.Fatalf("%s did not come up on %s", bin, addr)
+	return ""
 }
