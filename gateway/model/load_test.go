@@ -137,3 +137,22 @@ func TestRopeParameters(t *testing.T) {
 		}
 	}
 }
+
+// TestLlama31Config reads the published Llama-3.1-8B shapes that the GPU
+// benchmarks serve with --load-format dummy.
+func TestLlama31Config(t *testing.T) {
+	c, err := model.LoadConfig("../../bench/models/llama-3.1-8b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.NumLayers != 32 || c.NumHeads != 32 || c.NumKVHeads != 8 || c.HeadDim != 128 || c.VocabSize != 128256 ||
+		c.IntermediateSize != 14336 || c.TieWordEmbeddings || len(c.EOSTokenID) != 3 {
+		t.Errorf("config: %+v", c)
+	}
+	// llama3 scaling stretches the longest wavelengths by the factor and
+	// leaves the shortest alone.
+	f := c.InvFreq()
+	if len(f) != 64 || math.Abs(float64(f[0])-1) > 1e-6 || math.Abs(float64(f[63])-math.Pow(500000, -126.0/128)/8) > 1e-12 {
+		t.Errorf("inverse frequencies: first %v, last %v", f[0], f[63])
+	}
+}
