@@ -9,6 +9,7 @@ package kernels
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/kvd-project/kvd/shm"
 )
@@ -16,8 +17,9 @@ import (
 // Tensor is a dense row-major float32 array owned by the Backend that made
 // it. Shapes are written outermost first, as in PyTorch.
 type Tensor struct {
-	shape []int
-	data  []float32 // host storage (CPU backend)
+	shape  []int
+	data   []float32              // host storage (CPU backend)
+	packed atomic.Pointer[packed] // a weight's GEMM panels, made on first Linear
 }
 
 // Shape returns the tensor's dimensions; callers must not modify it.
@@ -116,7 +118,9 @@ type Backend interface {
 	Embedding(out, table *Tensor, ids []int32)
 	// RMSNorm: out[T,D] = x / sqrt(mean(x²) + eps) * w[D].
 	RMSNorm(out, x, w *Tensor, eps float32)
-	// Linear: out[T,N] = x[T,K] · w[N,K]ᵀ (the HF weight layout).
+	// Linear: out[T,N] = x[T,K] · w[N,K]ᵀ (the HF weight layout). w is a
+	// weight: a backend may keep it in its own layout from the first call,
+	// so its values must not change after.
 	Linear(out, x, w *Tensor)
 	// RoPE rotates, in place, each head of x[T, heads*Hd] by the angle
 	// positions[t]*invFreq[i], pairing element i with i+Hd/2 (HF's

@@ -89,6 +89,10 @@ func (c *CPU) RMSNorm(out, x, w *Tensor, eps float32) {
 }
 
 func (c *CPU) Linear(out, x, w *Tensor) {
+	if hasFMA {
+		c.linearFMA(out, x, w)
+		return
+	}
 	t, k := x.Rows(), x.Cols()
 	n := w.Rows()
 	// Each worker owns a band of output features: a contiguous band of w's

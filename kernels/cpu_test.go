@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -28,13 +29,32 @@ func maxRel(t *testing.T, what string, got, want []float32, tol float64) {
 	}
 }
 
+// TestLinear runs the AVX2 kernel (where the CPU has it) and gonum's over
+// shapes with and without remainders of its 6-row, 16-feature tiles and
+// its 96-row blocks, a weight used twice (packed once), against float64.
 func TestLinear(t *testing.T) {
-	for _, s := range []struct{ t, k, n int }{{1, 1, 1}, {1, 64, 17}, {7, 33, 97}, {64, 128, 300}, {3, 1979, 5}} {
-		rng := rand.New(rand.NewPCG(uint64(s.t*s.k*s.n), 1))
-		c := NewCPU()
-		x, w := randSlice(rng, s.t*s.k), randSlice(rng, s.n*s.k)
+	defer func(f bool) { hasFMA = f }(hasFMA)
+	paths := []bool{false}
+	if hasFMA {
+		paths = append(paths, true)
+	}
+	for _, fma := range paths {
+		hasFMA = fma
+		for _, s := range []struct{ t, k, n int }{{1, 1, 1}, {1, 64, 17}, {7, 33, 97}, {64, 128, 300}, {3, 1979, 5}, {101, 64, 32}, {200, 96, 48}, {6, 16, 16}} {
+			testLinear(t, s.t, s.k, s.n)
+		}
+	}
+}
+
+func testLinear(t *testing.T, T, K, N int) {
+	s := struct{ t, k, n int }{T, K, N}
+	rng := rand.New(rand.NewPCG(uint64(s.t*s.k*s.n), 1))
+	c := NewCPU()
+	x, w := randSlice(rng, s.t*s.k), randSlice(rng, s.n*s.k)
+	wt := c.FromHost(w, s.n, s.k)
+	for range 2 {
 		out := c.Alloc(s.t, s.n)
-		c.Linear(out, c.FromHost(x, s.t, s.k), c.FromHost(w, s.n, s.k))
+		c.Linear(out, c.FromHost(x, s.t, s.k), wt)
 		want := make([]float32, s.t*s.n)
 		for i := range s.t {
 			for j := range s.n {
@@ -45,7 +65,7 @@ func TestLinear(t *testing.T) {
 				want[i*s.n+j] = float32(acc)
 			}
 		}
-		maxRel(t, "linear", out.data, want, 1e-5)
+		maxRel(t, fmt.Sprintf("linear %dx%dx%d (fma %v)", s.t, s.k, s.n, hasFMA), out.data, want, 1e-5)
 	}
 }
 
@@ -235,4 +255,30 @@ func denseAttention(q, k, v []float32, heads, kvHeads, hd, past, scoreFrom int) 
 		sc[i] = float32(x)
 	}
 	return out, sc
+}
+
+// BenchmarkLinear compares the AVX2 kernel with gonum's at a decode step's
+// and a prefill's shapes (go test -bench Linear ./kernels).
+func BenchmarkLinear(b *testing.B) {
+	defer func(f bool) { hasFMA = f }(hasFMA)
+	can := hasFMA
+	for _, s := range []struct{ t, k, n int }{{4, 512, 1536}, {256, 512, 1536}} {
+		for _, fma := range []bool{false, true} {
+			if fma && !can {
+				continue
+			}
+			b.Run(fmt.Sprintf("t%d-k%d-n%d/fma=%v", s.t, s.k, s.n, fma), func(b *testing.B) {
+				hasFMA = fma
+				rng := rand.New(rand.NewPCG(1, 1))
+				c := NewCPU()
+				x, w, out := c.FromHost(randSlice(rng, s.t*s.k), s.t, s.k), c.FromHost(randSlice(rng, s.n*s.k), s.n, s.k), c.Alloc(s.t, s.n)
+				c.Linear(out, x, w)
+				b.ResetTimer()
+				for range b.N {
+					c.Linear(out, x, w)
+				}
+				b.ReportMetric(2*float64(s.t*s.k*s.n)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			})
+		}
+	}
 }
