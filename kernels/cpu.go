@@ -216,8 +216,10 @@ func (c *CPU) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale 
 			}
 		}
 	}
+	fma := hasFMA && hd%nr == 0
 	c.parallel(len(jobs), 1, func(lo, hi int) {
-		var kb, vb, pb []float32
+		var kb, vb, pb, pad []float32
+		var kv kvPanels
 		for _, j := range jobs[lo:hi] {
 			blocks := b.Blocks[b.BlockIndptr[j.seq]:b.BlockIndptr[j.seq+1]]
 			q0, q1 := int(b.QIndptr[j.seq]), int(b.QIndptr[j.seq+1])
@@ -231,6 +233,31 @@ func (c *CPU) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale 
 				attnScalar(out, q, pool, l, blocks, j, past+j.r0-q0+1, heads, group, scoreFrom, scale)
 				continue
 			}
+			rows := j.r1 - j.r0
+			pb = grow(pb, rows*n)
+			first := past + j.r0 - q0 + 1 // keys the job's first row sees
+			score := func(h int) {
+				for r := max(j.r0, scoreFrom); r < j.r1; r++ {
+					i := r - j.r0
+					for t, w := range pb[i*n : i*n+first+i] {
+						pool.data[l.Score(int(blocks[t/l.BlockSize]), j.kvHead, t%l.BlockSize)] += w
+					}
+				}
+			}
+			if fma {
+				kv.reset(n, hd)
+				for i := range n {
+					blk, off := int(blocks[i/l.BlockSize]), i%l.BlockSize
+					kv.set(i, pool.data[l.K(blk, j.kvHead, off):], pool.data[l.V(blk, j.kvHead, off):])
+				}
+				pad = grow(pad, mr*max(hd, n))
+				for g := range group {
+					h := j.kvHead*group + g
+					attnTileFMA(q.data[(j.r0*heads+h)*hd:], heads*hd, rows, &kv, n, first, scale, pb, out.data[(j.r0*heads+h)*hd:], heads*hd, pad)
+					score(h)
+				}
+				continue
+			}
 			// Gather the keys and values into contiguous [n, hd]
 			// matrices: each block holds a head's tokens back to back.
 			kb, vb = grow(kb, n*hd), grow(vb, n*hd)
@@ -241,20 +268,12 @@ func (c *CPU) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale 
 			}
 			km := blas32.General{Rows: n, Cols: hd, Stride: hd, Data: kb}
 			vm := blas32.General{Rows: n, Cols: hd, Stride: hd, Data: vb}
-			rows := j.r1 - j.r0
-			pb = grow(pb, rows*n)
-			first := past + j.r0 - q0 + 1 // keys the job's first row sees
 			for g := range group {
 				h := j.kvHead*group + g
 				qm := blas32.General{Rows: rows, Cols: hd, Stride: heads * hd, Data: q.data[(j.r0*heads+h)*hd:]}
 				om := blas32.General{Rows: rows, Cols: hd, Stride: heads * hd, Data: out.data[(j.r0*heads+h)*hd:]}
 				attnTile(qm, km, vm, first, scale, pb, om)
-				for r := max(j.r0, scoreFrom); r < j.r1; r++ {
-					i := r - j.r0
-					for t, w := range pb[i*n : i*n+first+i] {
-						pool.data[l.Score(int(blocks[t/l.BlockSize]), j.kvHead, t%l.BlockSize)] += w
-					}
-				}
+				score(h)
 			}
 		}
 	})
@@ -282,7 +301,7 @@ func attnScalar(out, q, pool *Tensor, l shm.Layout, blocks []int32, j attnJob, f
 			}
 			var sum float32
 			for i := range p {
-				p[i] = float32(math.Exp(float64(p[i] - mx)))
+				p[i] = expf(p[i] - mx)
 				sum += p[i]
 			}
 			o := out.data[(r*heads+h)*hd:][:hd]
@@ -320,7 +339,7 @@ func attnTile(q, k, v blas32.General, first int, scale float32, p []float32, out
 		}
 		var sum float32
 		for t, x := range seen {
-			e := float32(math.Exp(float64(x - mx)))
+			e := expf(x - mx)
 			seen[t] = e
 			sum += e
 		}

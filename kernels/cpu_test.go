@@ -138,8 +138,29 @@ func TestAttentionPaged(t *testing.T) {
 		{"long prefill, GQA 4, head dim 64", 8, 2, 64, 16, []int{300, 0}, []int{150, 200}, []int{120, 170}},
 		{"decode over long context with scores", 6, 2, 64, 16, []int{900, 1000, 3}, []int{1, 1, 1}, []int{0, 0, 0}},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
+	defer func(f bool) { hasFMA = f }(hasFMA)
+	paths := []bool{false}
+	if hasFMA {
+		paths = append(paths, true)
+	}
+	for _, fma := range paths {
+		hasFMA = fma
+		for _, tc := range cases {
+			testAttentionPaged(t, fma, tc.name, tc.heads, tc.kvHeads, tc.hd, tc.blockSize, tc.past, tc.new, tc.scoreFrom)
+		}
+	}
+}
+
+func testAttentionPaged(t *testing.T, fma bool, name string, heads, kvHeads, hd, blockSize int, past, new, scoreFrom []int) {
+	tc := struct {
+		name               string
+		heads, kvHeads, hd int
+		blockSize          int
+		past, new          []int
+		scoreFrom          []int
+	}{name, heads, kvHeads, hd, blockSize, past, new, scoreFrom}
+	{
+		t.Run(fmt.Sprintf("%s/fma=%v", tc.name, fma), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(len(tc.name)), 5))
 			c := NewCPU()
 			l := shm.Layout{NumBlocks: 1, BlockSize: tc.blockSize, KVHeads: tc.kvHeads, HeadDim: tc.hd}

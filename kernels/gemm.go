@@ -1,5 +1,7 @@
 package kernels
 
+import "math"
+
 // The FMA Linear: w [N, K] is packed once, on first use, into panels of 16
 // output features (panel p holds w[16p+j][k] at [k][j], zero past N), so
 // the kernel reads 16 contiguous floats per k. x is read in place, six rows
@@ -81,4 +83,94 @@ func (c *CPU) linearFMA(out, x, w *Tensor) {
 			}
 		}
 	})
+}
+
+// kvPanels is one KV head's keys and values [n, hd] laid out for the FMA
+// kernel: keys in panels of 16 tokens ([ceil(n/16)][hd][16]), so that q·kᵀ
+// reads them as a Linear reads a weight, and values in panels of 16 dims
+// ([hd/16][n][16]) for p·v. hd must be a multiple of 16.
+type kvPanels struct {
+	k, v  []float32
+	n, hd int
+}
+
+func (kv *kvPanels) reset(n, hd int) {
+	kv.n, kv.hd = n, hd
+	kv.k = grow(kv.k, (n+nr-1)/nr*hd*nr)
+	kv.v = grow(kv.v, n*hd)
+	clear(kv.k[n/nr*hd*nr:]) // the last panel's unused columns
+}
+
+// set stores token i's key and value (each at least hd long).
+func (kv *kvPanels) set(i int, key, val []float32) {
+	hd := kv.hd
+	kp := kv.k[i/nr*hd*nr+i%nr:]
+	for d, x := range key[:hd] {
+		kp[d*nr] = x
+	}
+	for c := 0; c < hd; c += nr {
+		copy(kv.v[c*kv.n+i*nr:][:nr], val[c:c+nr])
+	}
+}
+
+// attnTileFMA is attnTile on the FMA kernel: rows query rows of q (row
+// stride qs) over the first keys keys of kv, row i seeing the first first+i;
+// out has row stride os. p (at least rows·keys) is left holding each row's
+// probabilities, zero past its last key, with row stride keys; pad is
+// scratch of at least 6·max(hd, keys).
+func attnTileFMA(q []float32, qs, rows int, kv *kvPanels, keys, first int, scale float32, p, out []float32, os int, pad []float32) {
+	hd, n := kv.hd, keys
+	var tile [mr * nr]float32
+	for r := 0; r < rows; r += mr {
+		cnt := min(mr, rows-r)
+		a, lda := q[r*qs:], qs
+		if cnt < mr {
+			a, lda = pad[:mr*hd], hd
+			clear(a)
+			for i := range cnt {
+				copy(a[i*hd:(i+1)*hd], q[(r+i)*qs:][:hd])
+			}
+		}
+		for pi := 0; pi*nr < n; pi++ {
+			sgemm6x16(&a[0], lda, &kv.k[pi*hd*nr], hd, &tile[0])
+			cols := min(nr, n-pi*nr)
+			for i := range cnt {
+				copy(p[(r+i)*n+pi*nr:][:cols], tile[i*nr:i*nr+cols])
+			}
+		}
+	}
+	for i := range rows {
+		row := p[i*n : (i+1)*n]
+		seen := row[:first+i]
+		mx := float32(math.Inf(-1))
+		for _, x := range seen {
+			mx = max(mx, x)
+		}
+		var sum float32
+		for t, x := range seen {
+			e := expf((x - mx) * scale)
+			seen[t] = e
+			sum += e
+		}
+		inv := 1 / sum
+		for t := range seen {
+			seen[t] *= inv
+		}
+		clear(row[first+i:])
+	}
+	for r := 0; r < rows; r += mr {
+		cnt := min(mr, rows-r)
+		a := p[r*n:]
+		if cnt < mr {
+			a = pad[:mr*n]
+			clear(a)
+			copy(a, p[r*n:(r+cnt)*n])
+		}
+		for c := 0; c < hd; c += nr {
+			sgemm6x16(&a[0], n, &kv.v[c*kv.n], n, &tile[0])
+			for i := range cnt {
+				copy(out[(r+i)*os+c:][:nr], tile[i*nr:(i+1)*nr])
+			}
+		}
+	}
 }

@@ -49,8 +49,24 @@ func (c *CPU) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l s
 	}
 	// tile computes query head h's attention for prompt rows [r0, r1) into
 	// out and leaves their probabilities in p (row stride r1).
+	fma := hasFMA && hd%nr == 0
+	var kvs []kvPanels
+	if fma {
+		kvs = make([]kvPanels, kvh)
+		for kh := range kvs {
+			kvs[kh].reset(n, hd)
+			for i := range n {
+				kvs[kh].set(i, k.data[((row0+i)*kvh+kh)*hd:], v.data[((row0+i)*kvh+kh)*hd:])
+			}
+		}
+	}
 	tile := func(h, r0, r1 int, p []float32) {
 		kh := h / group
+		if fma {
+			o := ((row0+r0)*heads + h) * hd
+			attnTileFMA(q.data[o:], heads*hd, r1-r0, &kvs[kh], r1, r0+1, scale, p, out.data[o:], heads*hd, p[len(p)-mr*max(hd, n):])
+			return
+		}
 		qm := blas32.General{Rows: r1 - r0, Cols: hd, Stride: heads * hd, Data: q.data[((row0+r0)*heads+h)*hd:]}
 		om := blas32.General{Rows: r1 - r0, Cols: hd, Stride: heads * hd, Data: out.data[((row0+r0)*heads+h)*hd:]}
 		km := blas32.General{Rows: r1, Cols: hd, Stride: kvh * hd, Data: k.data[(row0*kvh+kh)*hd:]}
@@ -67,14 +83,14 @@ func (c *CPU) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l s
 		}
 	}
 	c.parallel(len(jobs), 1, func(lo, hi int) {
-		p := make([]float32, attnRows*n)
+		p := make([]float32, attnRows*n+mr*max(hd, n)) // probabilities, then scratch
 		for _, jb := range jobs[lo:hi] {
 			tile(jb.h, jb.r0, jb.r1, p)
 		}
 	})
 	// The window's rows also vote: one job per KV head owns its sums.
 	c.parallel(kvh, 1, func(lo, hi int) {
-		p := make([]float32, attnRows*n)
+		p := make([]float32, attnRows*n+mr*max(hd, n))
 		headSum := make([]float64, n) // one query head's window attention per token
 		for kh := lo; kh < hi; kh++ {
 			for g := range group {
