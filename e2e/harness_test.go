@@ -68,6 +68,7 @@ type stack struct {
 
 // options for startStack.
 type options struct {
+	model    string   // model directory (default: the tiny model)
 	kvMemory string   // pool size
 	gateway  []string // extra gateway flags
 	policy   []string // sparsity flags, for kvd (sidecar) or the gateway (embedded)
@@ -88,6 +89,9 @@ func startStack(t *testing.T, mode string, o options) *stack {
 	if o.kvMemory == "" {
 		o.kvMemory = "8MiB"
 	}
+	if o.model == "" {
+		o.model = modelDir
+	}
 	addr := freeAddr(t)
 	s := &stack{mode: mode, base: "http://" + addr}
 	start := func(name string, args ...string) {
@@ -100,11 +104,11 @@ func startStack(t *testing.T, mode string, o options) *stack {
 		s.cmds = append(s.cmds, cmd)
 		s.logs = append(s.logs, logs)
 	}
-	gw := []string{"--model", modelDir, "--listen", addr}
+	gw := []string{"--model", o.model, "--listen", addr}
 	switch mode {
 	case "sidecar":
 		s.sock = filepath.Join(t.TempDir(), "kvd.sock")
-		start("kvd", append([]string{"serve", "--socket", s.sock, "--model", modelDir, "--kv-memory", o.kvMemory, "--grace", "1s"}, o.policy...)...)
+		start("kvd", append([]string{"serve", "--socket", s.sock, "--model", o.model, "--kv-memory", o.kvMemory, "--grace", "1s"}, o.policy...)...)
 		gw = append(gw, "--kvd-socket", s.sock)
 	case "embedded":
 		gw = append(append(gw, "--embedded", "--kv-memory", o.kvMemory), o.policy...)

@@ -129,6 +129,9 @@ func (s *Server) chat(ctx *fasthttp.RequestCtx) *apiError {
 	if err != nil {
 		cancel()
 		span.End()
+		if errors.Is(err, tokenizer.ErrNoTokenizer) {
+			return badRequest("this server runs without a tokenizer (--skip-tokenizer-init): use /v1/completions with token-id prompts")
+		}
 		if errors.Is(err, tokenizer.ErrNoChatTemplate) {
 			return badRequest("this model has no chat template; use /v1/completions")
 		}

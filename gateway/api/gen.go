@@ -116,6 +116,9 @@ func (s *Server) params(f *samplingFields, promptLen, defaultMax int) (sched.Par
 		}
 	}
 	stops, e := parseStop(f.Stop)
+	if e == nil && len(stops) > 0 && !s.cfg.Tokenizer.HasVocab() {
+		return p, nil, badParam("stop", "stop strings need the tokenizer, which this server runs without (--skip-tokenizer-init)")
+	}
 	return p, stops, e
 }
 

@@ -41,6 +41,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	sparseLayers := fs.Int("sparse-layers", 0, "embedded mode: the seed's preset, the last N layers sparse")
 	window := fs.Int("window", 1024, "embedded mode: tokens the --sparse-layers keep")
 	format := fs.String("load-format", model.LoadAuto, "weights: auto (safetensors) or dummy (random, for benchmarks)")
+	skipTok := fs.Bool("skip-tokenizer-init", false, "serve without the tokenizer files: prompts must be token ids, outputs have no text (as vLLM's flag)")
 	maxLen := fs.Int("max-model-len", 0, "context length (default: the model's max_position_embeddings)")
 	maxSeqs := fs.Int("max-num-seqs", 64, "sequences running at once")
 	maxBatched := fs.Int("max-num-batched-tokens", 2048, "tokens per scheduler step (a longer prompt runs alone)")
@@ -71,15 +72,25 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer shutdown(context.Background())
 
-	tok, err := tokenizer.Load(*dir)
-	if err != nil {
-		return err
+	var tok *tokenizer.Tokenizer
+	if !*skipTok {
+		if tok, err = tokenizer.Load(*dir); err != nil {
+			return fmt.Errorf("%w (serving a model without its tokenizer files? --skip-tokenizer-init takes token-id prompts only)", err)
+		}
 	}
 	m, err := model.Load(ctx, *dir, kernels.NewCPU(), model.LoadOptions{Format: *format, Progress: stderr, Logger: log})
 	if err != nil {
 		return err
 	}
 	c := m.Config
+	if *skipTok {
+		bos := -1
+		if c.BOSTokenID != nil {
+			bos = *c.BOSTokenID
+		}
+		tok = tokenizer.IDsOnly(c.VocabSize, bos, c.EOSTokenID)
+		log.Info("no tokenizer (--skip-tokenizer-init): prompts must be token ids, outputs have ids and no text")
+	}
 	if *maxLen == 0 {
 		*maxLen = c.MaxPositionEmbeddings
 	}

@@ -32,6 +32,9 @@ type Message struct {
 // raise_exception and strftime_now. A template that raises fails with
 // ErrTemplate and its message.
 func (t *Tokenizer) ApplyChatTemplate(messages []Message, addGenerationPrompt bool) (string, error) {
+	if t.model == nil {
+		return "", ErrNoTokenizer
+	}
 	if t.template == nil {
 		return "", ErrNoChatTemplate
 	}

@@ -55,7 +55,18 @@ var (
 	ErrInvalidUTF8    = errors.New("text is not valid UTF-8")
 	ErrNoChatTemplate = errors.New("no chat template")
 	ErrTemplate       = errors.New("chat template failed")
+	// ErrNoTokenizer is an IDsOnly tokenizer's answer to text.
+	ErrNoTokenizer = errors.New("the server runs without a tokenizer (--skip-tokenizer-init): send prompts as token ids")
 )
+
+// IDsOnly is a Tokenizer for a model served without tokenizer files
+// (vLLM's --skip-tokenizer-init, for benchmarks on --load-format dummy
+// shapes): prompts must be token ids, and outputs carry ids with empty
+// text. Encode and ApplyChatTemplate fail with ErrNoTokenizer; Decode and
+// stream decoding give "". bos < 0 means none.
+func IDsOnly(vocabSize, bos int, eos []int) *Tokenizer {
+	return &Tokenizer{vocabSize: vocabSize, bos: int32(bos), eos: slices.Clone(eos)}
+}
 
 // Tokenizer is a loaded tokenizer. See the package comment for what may be
 // called concurrently.
@@ -278,6 +289,9 @@ func (t *Tokenizer) applyConfig(data []byte) error {
 // Encode turns text into ids like HF's tokenizer.encode(text,
 // add_special_tokens=addSpecialTokens).ids.
 func (t *Tokenizer) Encode(text string, addSpecialTokens bool) ([]int, error) {
+	if t.model == nil {
+		return nil, ErrNoTokenizer
+	}
 	if !utf8.ValidString(text) {
 		return nil, ErrInvalidUTF8
 	}
@@ -331,6 +345,9 @@ func (t *Tokenizer) Encode(text string, addSpecialTokens bool) ([]int, error) {
 // decodeToken returns the string the decoder gets for id, and false for an
 // id that is unknown or skipped.
 func (t *Tokenizer) decodeToken(id int, skipSpecial bool) (string, bool) {
+	if t.model == nil {
+		return "", false
+	}
 	var s string
 	if a, ok := t.addedByID[int32(id)]; ok && id >= 0 && id <= 1<<31-1 {
 		s = a.decodeAs
@@ -349,6 +366,9 @@ func (t *Tokenizer) decodeToken(id int, skipSpecial bool) (string, bool) {
 // Decode turns ids into text like HF's tokenizer.decode(ids,
 // skip_special_tokens=skipSpecialTokens). Unknown ids are ignored.
 func (t *Tokenizer) Decode(ids []int, skipSpecialTokens bool) string {
+	if t.model == nil {
+		return ""
+	}
 	toks := make([]string, 0, len(ids))
 	for _, id := range ids {
 		if s, ok := t.decodeToken(id, skipSpecialTokens); ok {
@@ -363,6 +383,10 @@ func (t *Tokenizer) Decode(ids []int, skipSpecialTokens bool) string {
 // the largest id (the rows an embedding needs).
 func (t *Tokenizer) VocabSize() int { return t.vocabSize }
 
+// HasVocab reports whether t can turn text into ids and back (false for
+// IDsOnly).
+func (t *Tokenizer) HasVocab() bool { return t.model != nil }
+
 // TokenString returns the vocabulary string of id ("Ġhello", "<0x0A>",
 // "<|eot_id|>"), as HF's id_to_token.
 func (t *Tokenizer) TokenString(id int) (string, bool) {
@@ -372,6 +396,9 @@ func (t *Tokenizer) TokenString(id int) (string, bool) {
 	if a, ok := t.addedByID[int32(id)]; ok {
 		return a.decodeAs, true
 	}
+	if t.model == nil {
+		return "", false
+	}
 	return t.model.token(id)
 }
 
@@ -380,6 +407,9 @@ func (t *Tokenizer) TokenString(id int) (string, bool) {
 func (t *Tokenizer) TokenID(s string) (int, bool) {
 	if a, ok := t.addedByContent[s]; ok {
 		return int(a.id), true
+	}
+	if t.model == nil {
+		return 0, false
 	}
 	id, ok := t.model.vocab[s]
 	return int(id), ok
