@@ -124,7 +124,7 @@ func TestHarnessEndToEnd(t *testing.T) {
 	if math.IsNaN(full.Mean) || full.Mean >= 0 || full.Mean == win.Mean {
 		t.Errorf("log-likelihood: full %v, window %v", full, win)
 	}
-	report := render(SampleSet{Seed: 7, Lengths: []int{192, 320}, Samples: samples}, configs, rawRun{CPU: "test", Threads: 1, Results: results}, modelDir)
+	report := render(SampleSet{Seed: 7, Lengths: []int{192, 320}, Samples: samples}, configs, rawRun{CPU: "test", Threads: 1, Results: results}, modelDir, "")
 	for _, want := range []string{"## Full KV", "line-192 edit-sim", "retrieval exact", "| window |", loglikKey, keyKey} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q:\n%s", want, report)

@@ -39,6 +39,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"strconv"
@@ -155,6 +156,7 @@ func main() {
 	out := flag.String("out", "", "also write the results (markdown) here")
 	rawOut := flag.String("raw-out", "", "also write the raw per-sample scores (JSON) here, for -merge")
 	resume := flag.String("resume", "", "go on from these comma-separated -raw-out files: configurations they finished are skipped, those cut off go on from their last sample")
+	note := flag.String("note", "", "a paragraph for the report's head (where and how the runs were made)")
 	merge := flag.String("merge", "", "render the table from these comma-separated -raw-out files instead of running")
 	which := flag.String("configs", "", "run only these configurations: indices and ranges as -list prints them (\"0,3-5\")")
 	list := flag.Bool("list", false, "print the configurations with their indices and exit")
@@ -213,7 +215,7 @@ func main() {
 		if err != nil {
 			log.Fatal(err)
 		}
-		report := render(set, configs, run, *modelDir)
+		report := render(set, configs, run, *modelDir, *note)
 		fmt.Print(report)
 		if *out != "" {
 			if err := os.WriteFile(*out, []byte(report), 0o644); err != nil {
@@ -242,12 +244,12 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	run := rawRun{CPU: machine.CPUName(), Threads: runtime.NumCPU(), Results: map[string]result{}, Done: map[string]int{}, Seconds: map[string]float64{}}
+	run := rawRun{Revision: revision(), CPU: machine.CPUName(), Threads: runtime.NumCPU(), Results: map[string]result{}, Done: map[string]int{}, Seconds: map[string]float64{}}
 	if *resume != "" {
 		if run, err = loadRaw(strings.Split(*resume, ",")); err != nil {
 			log.Fatal(err)
 		}
-		run.CPU, run.Threads = machine.CPUName(), runtime.NumCPU()
+		run.CPU, run.Threads, run.Revision = machine.CPUName(), runtime.NumCPU(), revision()
 	}
 	var mu sync.Mutex
 	// save records a configuration's scores after every sample, so a run cut
@@ -309,7 +311,7 @@ func main() {
 		}()
 	}
 	wg.Wait()
-	report := render(set, configs, run, *modelDir)
+	report := render(set, configs, run, *modelDir, *note)
 	fmt.Print(report)
 	if *out != "" {
 		if err := os.WriteFile(*out, []byte(report), 0o644); err != nil {
@@ -387,11 +389,12 @@ func writeSamples(path, modelDir, lengthList string, n int, seed uint64) error {
 
 // rawRun is one run's scores and where they were measured.
 type rawRun struct {
-	CPU     string             `json:"cpu"`
-	Threads int                `json:"threads"`
-	Results map[string]result  `json:"results"`
-	Done    map[string]int     `json:"done"`    // samples finished, per configuration
-	Seconds map[string]float64 `json:"seconds"` // time spent on them
+	Revision string             `json:"revision,omitempty"` // the harness binary's commit (the gateway's, when built together)
+	CPU      string             `json:"cpu"`
+	Threads  int                `json:"threads"`
+	Results  map[string]result  `json:"results"`
+	Done     map[string]int     `json:"done"`    // samples finished, per configuration
+	Seconds  map[string]float64 `json:"seconds"` // time spent on them
 }
 
 // loadRaw combines -raw-out files, metric by metric: of a metric measured
@@ -401,7 +404,7 @@ type rawRun struct {
 // configuration's counted metrics came from.
 func loadRaw(files []string) (rawRun, error) {
 	run := rawRun{Results: map[string]result{}, Done: map[string]int{}, Seconds: map[string]float64{}}
-	var cpus []string
+	var cpus, revs []string
 	var raws []rawRun
 	from := map[string]map[string]int{} // configuration → metric → file
 	for fi, f := range files {
@@ -430,9 +433,12 @@ func loadRaw(files []string) (rawRun, error) {
 		if c := fmt.Sprintf("%s, %d threads", r.CPU, r.Threads); !slices.Contains(cpus, c) {
 			cpus = append(cpus, c)
 		}
+		if r.Revision != "" && !slices.Contains(revs, r.Revision) {
+			revs = append(revs, r.Revision)
+		}
 		run.CPU, run.Threads = r.CPU, r.Threads
 	}
-	run.CPU = strings.Join(cpus, "; ")
+	run.CPU, run.Revision = strings.Join(cpus, "; "), strings.Join(revs, ", ")
 	for k, ms := range from {
 		used := map[int]bool{}
 		for _, fi := range ms {
@@ -449,7 +455,7 @@ func loadRaw(files []string) (rawRun, error) {
 // render prints full KV's absolute scores, then every metric in the seed's
 // shape (rows: sparse layers, columns: windows, cells: relative to full),
 // then the policies at equal budget.
-func render(set SampleSet, configs []config, run rawRun, modelDir string) string {
+func render(set SampleSet, configs []config, run rawRun, modelDir, note string) string {
 	results := run.Results
 	var b strings.Builder
 	commit, _ := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
@@ -463,8 +469,16 @@ func render(set SampleSet, configs []config, run rawRun, modelDir string) string
 	}
 	sort.Strings(metrics)
 	fmt.Fprintf(&b, "# KV sparsity accuracy: %s\n\n", modelDir)
-	fmt.Fprintf(&b, "Commit %s, %s, CPU backend (%s), %d samples (seed %d, lengths %v).\n",
+	fmt.Fprintf(&b, "Rendered at commit %s on %s. CPU backend (%s), %d samples (seed %d, lengths %v).",
 		strings.TrimSpace(string(commit)), time.Now().Format("2006-01-02"), run.CPU, len(set.Samples), set.Seed, set.Lengths)
+	if run.Revision != "" {
+		fmt.Fprintf(&b, " Measured at %s.", run.Revision)
+	}
+	b.WriteString("\n")
+	if note != "" {
+		fmt.Fprintf(&b, "\n%s\n", note)
+	}
+	b.WriteString("\n")
 	fmt.Fprintf(&b, "± is a 95%% confidence half-width (1.96 standard errors over samples); in the relative tables it is that of the\n"+
 		"paired per-sample difference from full KV, so a cell whose ± does not reach 1.000 differs from full KV.\n\n## Full KV\n\n| metric | score |\n| --- | --- |\n")
 	for _, m := range metrics {
@@ -570,4 +584,28 @@ func contains(xs []int, x int) bool {
 		}
 	}
 	return false
+}
+
+// revision is the commit this binary was built from, as go build stamps it
+// ("abc1234", "-dirty" when the tree had changes).
+func revision() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return ""
+	}
+	var rev, dirty string
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value[:min(len(s.Value), 7)]
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "-dirty"
+			}
+		}
+	}
+	if rev == "" {
+		return ""
+	}
+	return rev + dirty
 }
