@@ -485,6 +485,19 @@ func render(set SampleSet, configs []config, run rawRun, modelDir, note string) 
 		s := summarize(full[m])
 		fmt.Fprintf(&b, "| %s | %.3f ± %.3f (n=%d) |\n", m, s.Mean, s.CI, s.N)
 	}
+	// A metric full KV scores 0 on has no ratio: leave it out of the
+	// relative tables, and say so.
+	var ratios, zero []string
+	for _, m := range metrics {
+		if summarize(full[m]).Mean == 0 {
+			zero = append(zero, m)
+		} else {
+			ratios = append(ratios, m)
+		}
+	}
+	if len(zero) > 0 {
+		fmt.Fprintf(&b, "\nFull KV scores 0 on %s, so the relative tables leave %s out.\n", strings.Join(zero, ", "), map[bool]string{true: "it", false: "them"}[len(zero) == 1])
+	}
 	var grid, pols, custom []config
 	for _, c := range configs {
 		if results[c.Name] == nil {
@@ -510,7 +523,7 @@ func render(set SampleSet, configs []config, run rawRun, modelDir, note string) 
 				cols = append(cols, c.Window)
 			}
 		}
-		for _, m := range metrics {
+		for _, m := range ratios {
 			fmt.Fprintf(&b, "\n%s\n\n| sparse layers |", m)
 			for _, w := range cols {
 				fmt.Fprintf(&b, " window %d |", w)
@@ -536,17 +549,17 @@ func render(set SampleSet, configs []config, run rawRun, modelDir, note string) 
 			return
 		}
 		fmt.Fprintf(&b, "\n## %s, relative to full KV\n\n| policy |", title)
-		for _, m := range metrics {
+		for _, m := range ratios {
 			fmt.Fprintf(&b, " %s |", m)
 		}
-		fmt.Fprintf(&b, "\n|---|%s\n", strings.Repeat("---|", len(metrics)))
+		fmt.Fprintf(&b, "\n|---|%s\n", strings.Repeat("---|", len(ratios)))
 		for _, c := range cs {
 			name := c.Name
 			if spec {
 				name = fmt.Sprintf("%s (`%s`)", c.Name, c.Policy)
 			}
 			fmt.Fprintf(&b, "| %s |", name)
-			for _, m := range metrics {
+			for _, m := range ratios {
 				fmt.Fprintf(&b, " %s |", relCell(m, results[c.Name][m], full[m]))
 			}
 			b.WriteString("\n")
