@@ -329,7 +329,15 @@ func attnScalar(out, q, pool *Tensor, l shm.Layout, blocks []int32, j attnJob, f
 func attnTile(q, k, v blas32.General, first int, scale float32, p []float32, out blas32.General) {
 	rows, n := q.Rows, k.Rows
 	pm := blas32.General{Rows: rows, Cols: n, Stride: n, Data: p[:rows*n]}
-	blas32.Gemm(blas.NoTrans, blas.Trans, scale, q, k, 0, pm)
+	blas32.Gemm(blas.NoTrans, blas.Trans, 1, q, k, 0, pm)
+	causalSoftmax(p, rows, n, first, scale)
+	blas32.Gemm(blas.NoTrans, blas.NoTrans, 1, pm, v, 0, out)
+}
+
+// causalSoftmax turns rows of raw logits q·k (row stride n) into
+// probabilities of scale·q·k: row i over its first first+i entries, the
+// rest zeroed.
+func causalSoftmax(p []float32, rows, n, first int, scale float32) {
 	for i := range rows {
 		row := p[i*n : (i+1)*n]
 		seen := row[:first+i]
@@ -339,7 +347,7 @@ func attnTile(q, k, v blas32.General, first int, scale float32, p []float32, out
 		}
 		var sum float32
 		for t, x := range seen {
-			e := expf(x - mx)
+			e := expf((x - mx) * scale)
 			seen[t] = e
 			sum += e
 		}
@@ -349,7 +357,6 @@ func attnTile(q, k, v blas32.General, first int, scale float32, p []float32, out
 		}
 		clear(row[first+i:])
 	}
-	blas32.Gemm(blas.NoTrans, blas.NoTrans, 1, pm, v, 0, out)
 }
 
 // grow returns buf with at least n elements, reusing its storage.

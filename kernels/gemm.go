@@ -1,7 +1,5 @@
 package kernels
 
-import "math"
-
 // The FMA Linear: w [N, K] is packed once, on first use, into panels of 16
 // output features (panel p holds w[16p+j][k] at [k][j], zero past N), so
 // the kernel reads 16 contiguous floats per k. x is read in place, six rows
@@ -139,25 +137,7 @@ func attnTileFMA(q []float32, qs, rows int, kv *kvPanels, keys, first int, scale
 			}
 		}
 	}
-	for i := range rows {
-		row := p[i*n : (i+1)*n]
-		seen := row[:first+i]
-		mx := float32(math.Inf(-1))
-		for _, x := range seen {
-			mx = max(mx, x)
-		}
-		var sum float32
-		for t, x := range seen {
-			e := expf((x - mx) * scale)
-			seen[t] = e
-			sum += e
-		}
-		inv := 1 / sum
-		for t := range seen {
-			seen[t] *= inv
-		}
-		clear(row[first+i:])
-	}
+	causalSoftmax(p, rows, n, first, scale)
 	for r := 0; r < rows; r += mr {
 		cnt := min(mr, rows-r)
 		a := p[r*n:]

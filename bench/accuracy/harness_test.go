@@ -9,25 +9,21 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/kvd-project/kvd/gateway/model/tinymodel"
 	"github.com/kvd-project/kvd/gateway/tokenizer"
+	"github.com/kvd-project/kvd/internal/proctest"
 )
 
 // TestHarnessEndToEnd draws a few short samples from real held-out Go
 // source, runs them against a real gateway with full KV and with a window
 // small enough to matter, and checks the report.
 func TestHarnessEndToEnd(t *testing.T) {
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "gateway")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/kvd-project/kvd/gateway").CombinedOutput(); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	modelDir := filepath.Join(dir, "tiny")
+	bin := proctest.Build(t, "github.com/kvd-project/kvd/gateway")
+	modelDir := filepath.Join(t.TempDir(), "tiny")
 	if err := tinymodel.Write(modelDir, tinymodel.Options{Seed: 1}); err != nil {
 		t.Fatal(err)
 	}

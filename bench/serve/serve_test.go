@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"math"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,12 +16,8 @@ import (
 // TestServeAgainstGateway runs the load generator against a real gateway
 // serving the tiny model, in both arrival modes and the search.
 func TestServeAgainstGateway(t *testing.T) {
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "gateway")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/kvd-project/kvd/gateway").CombinedOutput(); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	modelDir := filepath.Join(dir, "tiny")
+	bin := proctest.Build(t, "github.com/kvd-project/kvd/gateway")
+	modelDir := filepath.Join(t.TempDir(), "tiny")
 	if err := tinymodel.Write(modelDir, tinymodel.Options{Seed: 1}); err != nil {
 		t.Fatal(err)
 	}

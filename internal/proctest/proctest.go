@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -65,4 +67,15 @@ func StartServer(t testing.TB, bin string, logs io.Writer, args ...string) strin
 	}
 	t.Fatalf("%s did not come up on %s", bin, addr)
 	return ""
+}
+
+// Build compiles the main package pkg (an import path) into a temporary
+// directory and returns the binary's path.
+func Build(t testing.TB, pkg string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), path.Base(pkg))
+	if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	return bin
 }
