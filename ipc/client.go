@@ -53,6 +53,7 @@ type Client struct {
 	helloFD    int
 	pool       *shm.Segment
 	tables     *blocks.Tables
+	planBuf    blocks.PlanBuf // Plan's storage, reused step to step
 	// inflight is the step reserved but not reported done, for rolling the
 	// mirror back if the connection drops (kvd rolls its own back).
 	inflight *Step
@@ -457,14 +458,15 @@ func (c *Client) Abandon(ids ...uint64) {
 }
 
 // Plan returns every layer's slots and attention tables for the step in
-// flight. Call it before the next Step.
+// flight. Call it before the next Step; the plans live in storage the next
+// Plan reuses.
 func (c *Client) Plan(st *Step) ([]blocks.LayerPlan, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.inflight != st {
 		return nil, fmt.Errorf("step %d is no longer in flight", st.ID)
 	}
-	return c.tables.Plan(st.Appends)
+	return c.tables.PlanInto(st.Appends, &c.planBuf)
 }
 
 // Done reports a step finished without waiting for a reply. When layers

@@ -69,6 +69,7 @@ func TestRandomWorkload(t *testing.T) {
 			t.Fatal(err)
 		}
 		mirror := NewTables(spec, 4)
+		var reused PlanBuf
 		var open []SeqID
 		next := SeqID(1)
 		pick := func() (SeqID, int) { i := rng.IntN(len(open)); return open[i], i }
@@ -147,7 +148,9 @@ func TestRandomWorkload(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				got, err := mirror.Plan(step)
+				// The mirror plans into storage reused over the whole run,
+				// as the gateway's client does.
+				got, err := mirror.PlanInto(step, &reused)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -278,16 +278,32 @@ type LayerPlan struct {
 	Blocks      []int32
 }
 
-// Plan describes a step whose appends have already been applied. Each
-// layer's slices are sized exactly up front: a step's plan is rebuilt every
-// step, so it must not grow slices as it goes.
+// Plan describes a step whose appends have already been applied, in new
+// storage. Each layer's slices are sized exactly up front: a step's plan is
+// rebuilt every step, so it must not grow slices as it goes.
 func (t *Tables) Plan(step []Append) ([]LayerPlan, error) {
+	return t.PlanInto(step, &PlanBuf{})
+}
+
+// PlanBuf is storage a step's plan reuses: the plans PlanInto returns live
+// in it until its next use, so a caller that plans every step allocates
+// nothing (nor gives the garbage collector anything) once it has grown.
+type PlanBuf struct {
+	plans []LayerPlan
+	bufs  [][]int32
+}
+
+// PlanInto is Plan into pb's storage.
+func (t *Tables) PlanInto(step []Append, pb *PlanBuf) ([]LayerPlan, error) {
 	for _, s := range step {
 		if !t.Has(s.Seq) {
 			return nil, fmt.Errorf("sequence %d: %w", s.Seq, ErrUnknownSeq)
 		}
 	}
-	plans := make([]LayerPlan, t.layers)
+	if cap(pb.plans) < t.layers {
+		pb.plans, pb.bufs = make([]LayerPlan, t.layers), make([][]int32, t.layers)
+	}
+	plans := pb.plans[:t.layers]
 	n := len(step)
 	for l := range plans {
 		kept, nb := 0, 0
@@ -296,8 +312,12 @@ func (t *Tables) Plan(step []Append) ([]LayerPlan, error) {
 			kept += tb.last
 			nb += len(tb.blocks)
 		}
-		// One allocation per layer, cut into its five slices.
-		buf := make([]int32, kept+3*n+1+nb)
+		// One buffer per layer, cut into its five slices.
+		need := kept + 3*n + 1 + nb
+		if cap(pb.bufs[l]) < need {
+			pb.bufs[l] = make([]int32, need+need/4) // room to grow a few steps
+		}
+		buf := pb.bufs[l][:need]
 		plans[l] = LayerPlan{
 			Slots:       buf[:0:kept],
 			Kept:        buf[kept : kept : kept+n],

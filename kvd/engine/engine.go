@@ -67,6 +67,7 @@ type client struct {
 	ids       map[blocks.SeqID]uint64 // the reverse of seqs
 	inflight  *pending
 	shrunk    []blocks.Shrink // evictions the client has not been told of (client ids)
+	planBuf   blocks.PlanBuf  // embedded Plan's storage, reused step to step
 }
 
 // pending is a reserved step not yet reported done: enough to roll it back.

@@ -131,5 +131,5 @@ func (e *Engine) plan(sess Session, appends []blocks.Append) ([]blocks.LayerPlan
 		}
 		internal[i] = blocks.Append{Seq: sid, N: a.N}
 	}
-	return e.alloc.Plan(internal)
+	return e.alloc.PlanInto(internal, &c.planBuf)
 }
