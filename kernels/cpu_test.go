@@ -41,16 +41,24 @@ func TestLinear(t *testing.T) {
 	for _, fma := range paths {
 		hasFMA = fma
 		for _, s := range []struct{ t, k, n int }{{1, 1, 1}, {1, 64, 17}, {7, 33, 97}, {64, 128, 300}, {3, 1979, 5}, {101, 64, 32}, {200, 96, 48}, {6, 16, 16}} {
-			testLinear(t, s.t, s.k, s.n)
+			testLinear(t, s.t, s.k, s.n, false)
+			testLinear(t, s.t, s.k, s.n, true)
 		}
 	}
 }
 
-func testLinear(t *testing.T, T, K, N int) {
+// testLinear checks one shape; bf16 rounds the weight to bfloat16 values,
+// as a bf16 checkpoint's are, which the FMA path keeps as bf16 panels.
+func testLinear(t *testing.T, T, K, N int, bf16 bool) {
 	s := struct{ t, k, n int }{T, K, N}
 	rng := rand.New(rand.NewPCG(uint64(s.t*s.k*s.n), 1))
 	c := NewCPU()
 	x, w := randSlice(rng, s.t*s.k), randSlice(rng, s.n*s.k)
+	if bf16 {
+		for i, v := range w {
+			w[i] = math.Float32frombits(math.Float32bits(v) &^ 0xffff)
+		}
+	}
 	wt := c.FromHost(w, s.n, s.k)
 	for range 2 {
 		out := c.Alloc(s.t, s.n)
@@ -65,7 +73,10 @@ func testLinear(t *testing.T, T, K, N int) {
 				want[i*s.n+j] = float32(acc)
 			}
 		}
-		maxRel(t, fmt.Sprintf("linear %dx%dx%d (fma %v)", s.t, s.k, s.n, hasFMA), out.data, want, 1e-5)
+		maxRel(t, fmt.Sprintf("linear %dx%dx%d (fma %v, bf16 %v)", s.t, s.k, s.n, hasFMA, bf16), out.data, want, 1e-5)
+	}
+	if p := wt.packed.Load(); hasFMA && (p == nil || (p.half != nil) != bf16) {
+		t.Errorf("linear %dx%dx%d: bf16 weights %v, packed as bf16 %v", s.t, s.k, s.n, bf16, p != nil && p.half != nil)
 	}
 }
 
@@ -283,16 +294,25 @@ func denseAttention(q, k, v []float32, heads, kvHeads, hd, past, scoreFrom int) 
 func BenchmarkLinear(b *testing.B) {
 	defer func(f bool) { hasFMA = f }(hasFMA)
 	can := hasFMA
-	for _, s := range []struct{ t, k, n int }{{4, 512, 1536}, {256, 512, 1536}} {
+	for _, s := range []struct {
+		t, k, n int
+		bf16    bool
+	}{{4, 512, 1536, false}, {4, 512, 1536, true}, {256, 512, 1536, false}, {256, 512, 1536, true}} {
 		for _, fma := range []bool{false, true} {
 			if fma && !can {
 				continue
 			}
-			b.Run(fmt.Sprintf("t%d-k%d-n%d/fma=%v", s.t, s.k, s.n, fma), func(b *testing.B) {
+			b.Run(fmt.Sprintf("t%d-k%d-n%d-bf16=%v/fma=%v", s.t, s.k, s.n, s.bf16, fma), func(b *testing.B) {
 				hasFMA = fma
 				rng := rand.New(rand.NewPCG(1, 1))
 				c := NewCPU()
-				x, w, out := c.FromHost(randSlice(rng, s.t*s.k), s.t, s.k), c.FromHost(randSlice(rng, s.n*s.k), s.n, s.k), c.Alloc(s.t, s.n)
+				wd := randSlice(rng, s.n*s.k)
+				if s.bf16 {
+					for i, v := range wd {
+						wd[i] = math.Float32frombits(math.Float32bits(v) &^ 0xffff)
+					}
+				}
+				x, w, out := c.FromHost(randSlice(rng, s.t*s.k), s.t, s.k), c.FromHost(wd, s.n, s.k), c.Alloc(s.t, s.n)
 				c.Linear(out, x, w)
 				b.ResetTimer()
 				for range b.N {

@@ -1,5 +1,7 @@
 package kernels
 
+import "math"
+
 // The FMA Linear: w [N, K] is packed once, on first use, into panels of 16
 // output features (panel p holds w[16p+j][k] at [k][j], zero past N), so
 // the kernel reads 16 contiguous floats per k. x is read in place, six rows
@@ -12,20 +14,42 @@ const (
 	nr = 16 // output features per panel
 )
 
-// packed is a weight in panel layout.
+// packed is a weight in panel layout: as bfloat16 when every value is one
+// exactly (a bf16 checkpoint: the panels are then exact and half the size,
+// which is what a memory-bound decode step gains from), else float32.
 type packed struct {
-	panels []float32 // [ceil(N/16)][K][16]
+	panels []float32 // [ceil(N/16)][K][16], or nil
+	half   []uint16  // the same as bfloat16 bits, or nil
 	n, k   int
 }
 
 func packPanels(w *Tensor) *packed {
 	n, k := w.Rows(), w.Cols()
 	np := (n + nr - 1) / nr
-	p := &packed{panels: make([]float32, np*k*nr), n: n, k: k}
+	p := &packed{n: n, k: k}
+	exact := true
+	for _, v := range w.data {
+		if math.Float32bits(v)&0xffff != 0 {
+			exact = false
+			break
+		}
+	}
+	if exact {
+		p.half = make([]uint16, np*k*nr)
+	} else {
+		p.panels = make([]float32, np*k*nr)
+	}
 	for j := range n {
 		panel, col := j/nr, j%nr
-		dst := p.panels[panel*k*nr:]
 		row := w.data[j*k : (j+1)*k]
+		if exact {
+			dst := p.half[panel*k*nr:]
+			for kk, v := range row {
+				dst[kk*nr+col] = uint16(math.Float32bits(v) >> 16)
+			}
+			continue
+		}
+		dst := p.panels[panel*k*nr:]
 		for kk, v := range row {
 			dst[kk*nr+col] = v
 		}
@@ -65,7 +89,6 @@ func (c *CPU) linearFMA(out, x, w *Tensor) {
 				copy(pad, x.data[(r1-tail)*k:r1*k])
 			}
 			for pi := lo; pi < hi; pi++ {
-				panel := p.panels[pi*k*nr : (pi+1)*k*nr]
 				cols := min(nr, n-pi*nr)
 				for r := r0; r < r1; r += mr {
 					rows := min(mr, r1-r)
@@ -73,7 +96,11 @@ func (c *CPU) linearFMA(out, x, w *Tensor) {
 					if rows < mr {
 						a = pad
 					}
-					sgemm6x16(&a[0], k, &panel[0], k, &tile[0])
+					if p.half != nil {
+						sgemm6x16h(&a[0], k, &p.half[pi*k*nr], k, &tile[0])
+					} else {
+						sgemm6x16(&a[0], k, &p.panels[pi*k*nr], k, &tile[0])
+					}
 					for i := range rows {
 						copy(out.data[(r+i)*n+pi*nr:][:cols], tile[i*nr:i*nr+cols])
 					}
