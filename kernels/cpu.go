@@ -11,9 +11,11 @@ import (
 	"github.com/kvd-project/kvd/shm"
 )
 
-// CPU is the pure-Go backend. GEMMs go through gonum's float32 BLAS
-// (assembly inner loops), split across cores by output features so that
-// decode's one-row products use every core too.
+// CPU is the pure-Go backend (plus one assembly kernel). GEMMs run on an
+// AVX2/FMA micro-kernel over weights packed into panels (gemm.go), or on
+// gonum's float32 BLAS where the CPU lacks AVX2, split across cores by
+// output features so that decode's one-row products use every core too.
+// It is also the reference every other backend is tested against.
 type CPU struct {
 	workers int
 }
