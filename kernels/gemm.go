@@ -4,7 +4,7 @@ import "math"
 
 // The FMA Linear: w [N, K] is packed once, on first use, into panels of 16
 // output features (panel p holds w[16p+j][k] at [k][j], zero past N), so
-// the kernel reads 16 contiguous floats per k. x is read in place, six rows
+// the kernel reads 16 contiguous values per k. x is read in place, six rows
 // at a time; each 6 × 16 tile of out is computed whole over K (no K
 // blocking: the model sizes this serves keep a panel in L1/L2) into a
 // scratch tile and copied out.
