@@ -4,7 +4,15 @@ BIN     := bin
 MODEL   ?= models/kvd-go-16m
 PROMPT  ?= // Max returns the larger of x and y.\nfunc Max(x, y int) int {
 
-.PHONY: help build run generate tiny test bench lint goldens clean
+.PHONY: help build run generate tiny test bench lint goldens clean kernels cuda-toolchain gpu-test
+
+# The CUDA kernels: one fat binary per .cu family, machine code for sm_80
+# (A100) and sm_90 (H100/H200) plus compute_80 PTX for newer cards, built
+# by a pinned nvcc (Debian 12's CUDA 11.8: any driver from 520 on runs it).
+NVCC         ?= nvcc
+NVCC_VERSION := 11.8
+CUDA_GENCODE := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=compute_80
+CUDA_FAMILIES := elementwise cache attention
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,6 +43,17 @@ bench: ## CPU micro-benchmarks: prefill/decode tokens/s, tokenizer, kvd step rou
 lint: ## gofmt and vet
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
+
+kernels: ## rebuild kernels/cudabin from kernels/*.cu with the pinned nvcc (no GPU needed; make cuda-toolchain installs it)
+	@$(NVCC) --version | grep -q 'release $(NVCC_VERSION)' || { echo "make kernels wants nvcc $(NVCC_VERSION) (make cuda-toolchain installs it); found: $$($(NVCC) --version 2>&1 | tail -1)"; exit 1; }
+	@for f in $(CUDA_FAMILIES); do echo "nvcc $$f.cu"; $(NVCC) -fatbin -O3 $(CUDA_GENCODE) -o kernels/cudabin/$$f.fatbin kernels/$$f.cu || exit 1; done
+	cat kernels/*.cuh kernels/*.cu | sha256sum | cut -d' ' -f1 > kernels/cudabin/SOURCES.sha256
+
+cuda-toolchain: ## install the nvcc that make kernels is pinned to (Debian's nvidia-cuda-toolkit 11.8)
+	tools/cuda-toolchain.sh
+
+gpu-test: ## on a GPU machine: kernels vs CPU, memcheck, GPU vs CPU over HTTP, first timings (logs in OUT=/tmp/kvd-gpu)
+	tools/gpu/test.sh
 
 goldens: ## list what the GPU machine must run to remake the HF golden files
 	@echo "on the GPU machine: bash tools/goldens/run.sh OUTDIR, then here: tar xzf OUTDIR/goldens.tgz"

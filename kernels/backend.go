@@ -20,19 +20,22 @@ type Tensor struct {
 	shape  []int
 	data   []float32              // host storage (CPU backend)
 	packed atomic.Pointer[packed] // a weight's GEMM panels, made on first Linear
+	dev    uint64                 // device storage (CUDA backend)
+	bf16   bool                   // dev holds bfloat16 (a CUDA weight), not float32
+	class  int                    // dev's size class in the CUDA backend's cache; 0: not cached
 }
 
 // Shape returns the tensor's dimensions; callers must not modify it.
 func (t *Tensor) Shape() []int { return t.shape }
 
 // Len is the number of elements.
-func (t *Tensor) Len() int { return len(t.data) }
+func (t *Tensor) Len() int { return numel(t.shape) }
 
 // Rows is the size of the outermost dimension.
 func (t *Tensor) Rows() int { return t.shape[0] }
 
 // Cols is the number of elements per outermost index.
-func (t *Tensor) Cols() int { return len(t.data) / t.shape[0] }
+func (t *Tensor) Cols() int { return t.Len() / t.shape[0] }
 
 func numel(shape []int) int {
 	n := 1
@@ -97,8 +100,10 @@ func (b *AttnBatch) Validate(numQueries int, l shm.Layout) error {
 
 // Backend is the set of operations a forward pass needs. A Backend is used
 // by one forward pass at a time; its methods may parallelise internally.
-// Tensors are allocated by the Backend (Alloc, FromHost) and freed by the
-// garbage collector; later backends with device memory add an explicit Free.
+// Tensors are allocated by the Backend (Alloc, FromHost, Weight); a step's
+// scratch is given back with Free (device memory is not the garbage
+// collector's). Methods do not return errors: a backend whose calls can fail
+// (CUDA) keeps the first failure for Err, which the forward pass checks.
 //
 // Shapes in the comments: T tokens in the step, D hidden size, N output
 // features, H heads, Hd head dim.
@@ -111,8 +116,17 @@ type Backend interface {
 	// FromHost wraps or copies host data; the CPU backend aliases it, so
 	// the caller must not modify data afterwards.
 	FromHost(data []float32, shape ...int) *Tensor
+	// Weight is FromHost for a model weight: a backend may keep it in a
+	// narrower type (CUDA stores matrices as bf16, exact for bf16
+	// checkpoints), and its values must not change after.
+	Weight(data []float32, shape ...int) *Tensor
 	// ToHost copies t into dst, which must have t.Len() elements.
 	ToHost(dst []float32, t *Tensor)
+	// Free gives t's storage back; t must not be used after.
+	Free(t *Tensor)
+	// Err returns, and clears, the first failure since the last call: a
+	// CUDA error converted at the boundary. The CPU backend never fails.
+	Err() error
 
 	// Embedding gathers rows: out[T,D] = table[ids[t], :].
 	Embedding(out, table *Tensor, ids []int32)

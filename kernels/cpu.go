@@ -36,7 +36,14 @@ func (c *CPU) FromHost(data []float32, shape ...int) *Tensor {
 	return &Tensor{shape: append([]int(nil), shape...), data: data}
 }
 
+func (c *CPU) Weight(data []float32, shape ...int) *Tensor { return c.FromHost(data, shape...) }
+
 func (c *CPU) ToHost(dst []float32, t *Tensor) { copy(dst, t.data) }
+
+// Free drops t's storage for the garbage collector.
+func (c *CPU) Free(t *Tensor) { t.data = nil }
+
+func (c *CPU) Err() error { return nil }
 
 // parallel runs fn over [0,n) split into at most c.workers chunks of at
 // least minChunk items.

@@ -104,16 +104,7 @@ func (c *CPU) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l s
 						}
 					}
 				}
-				// A KV head's vote: its query heads' window sums,
-				// averaged or the largest.
-				for j, w := range headSum {
-					raw[kh][j] += w
-					if sel.GQAMax {
-						vote[kh][j] = math.Max(vote[kh][j], w)
-					} else {
-						vote[kh][j] += w / float64(group)
-					}
-				}
+				addVote(raw[kh], vote[kh], headSum, group, sel.GQAMax)
 			}
 		}
 	})
@@ -125,6 +116,19 @@ func (c *CPU) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l s
 			copy(pool.data[l.K(blk, kh, off):][:hd], k.data[((row0+j)*kvh+kh)*hd:][:hd])
 			copy(pool.data[l.V(blk, kh, off):][:hd], v.data[((row0+j)*kvh+kh)*hd:][:hd])
 			pool.data[l.Score(blk, kh, off)] = float32(raw[kh][j])
+		}
+	}
+}
+
+// addVote adds one query head's observation-window sums to its KV head's
+// raw score (the sum over the group) and vote (mean or max over it).
+func addVote(raw, vote, headSum []float64, group int, gqaMax bool) {
+	for j, w := range headSum {
+		raw[j] += w
+		if gqaMax {
+			vote[j] = math.Max(vote[j], w)
+		} else {
+			vote[j] += w / float64(group)
 		}
 	}
 }
@@ -204,30 +208,10 @@ func (c *CPU) Evict(pool *Tensor, l shm.Layout, blocks []int32, tokens, keep, si
 	slot := func(i int) (int, int) { return int(blocks[i/l.BlockSize]), i % l.BlockSize }
 	c.parallel(l.KVHeads, 1, func(lo, hi int) {
 		for h := lo; h < hi; h++ {
-			heavy := keep - sinks - recent
-			type cand struct {
-				i     int
-				score float32
-			}
-			mid := make([]cand, 0, max(0, tokens-recent-sinks))
-			for i := sinks; i < tokens-recent; i++ {
+			src := evictSources(func(i int) float32 {
 				b, o := slot(i)
-				mid = append(mid, cand{i, pool.data[l.Score(b, h, o)]})
-			}
-			sort.SliceStable(mid, func(a, b int) bool { return mid[a].score > mid[b].score })
-			kept := make([]int, 0, max(0, heavy))
-			for _, c := range mid[:max(0, min(heavy, len(mid)))] {
-				kept = append(kept, c.i)
-			}
-			slices.Sort(kept)
-			src := make([]int, 0, keep)
-			for i := range min(sinks, tokens) {
-				src = append(src, i)
-			}
-			src = append(src, kept...)
-			for i := max(tokens-recent, sinks); i < tokens; i++ {
-				src = append(src, i)
-			}
+				return pool.data[l.Score(b, h, o)]
+			}, tokens, keep, sinks, recent)
 			// dst <= src throughout, so moving front to back never
 			// overwrites an entry still to be moved.
 			for dst, s := range src {
@@ -242,4 +226,35 @@ func (c *CPU) Evict(pool *Tensor, l shm.Layout, blocks []int32, tokens, keep, si
 			}
 		}
 	})
+}
+
+// evictSources is the ascending list of the table tokens one head keeps
+// when cut from tokens to keep: the first sinks, the last recent, and
+// between them the keep-sinks-recent with the highest score (the earlier
+// on a tie).
+func evictSources(score func(i int) float32, tokens, keep, sinks, recent int) []int {
+	heavy := keep - sinks - recent
+	type cand struct {
+		i     int
+		score float32
+	}
+	mid := make([]cand, 0, max(0, tokens-recent-sinks))
+	for i := sinks; i < tokens-recent; i++ {
+		mid = append(mid, cand{i, score(i)})
+	}
+	sort.SliceStable(mid, func(a, b int) bool { return mid[a].score > mid[b].score })
+	kept := make([]int, 0, max(0, heavy))
+	for _, c := range mid[:max(0, min(heavy, len(mid)))] {
+		kept = append(kept, c.i)
+	}
+	slices.Sort(kept)
+	src := make([]int, 0, keep)
+	for i := range min(sinks, tokens) {
+		src = append(src, i)
+	}
+	src = append(src, kept...)
+	for i := max(tokens-recent, sinks); i < tokens; i++ {
+		src = append(src, i)
+	}
+	return src
 }

@@ -73,6 +73,7 @@ func generate(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	maxLen := fs.Int("max-model-len", 0, "context length (0: the model's max_position_embeddings)")
 	blockSize := fs.Int("block-size", 16, "tokens per KV layer-block (embedded mode)")
 	socket := fs.String("kvd-socket", "", "use the kvd daemon on this socket for the KV cache (default: embedded, in process)")
+	device := fs.String("device", kernels.DeviceAuto, "auto, cpu or cuda (auto: the GPU when there is one; a kvd socket keeps the CPU)")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %v", ErrUsage, err)
 	}
@@ -92,7 +93,10 @@ func generate(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	start := time.Now()
-	b := kernels.NewCPU()
+	b, err := selectDevice(*device, *socket == "", log)
+	if err != nil {
+		return err
+	}
 	m, err := model.Load(ctx, *dir, b, model.LoadOptions{Format: *format, Progress: stderr, Logger: log})
 	if err != nil {
 		return err

@@ -47,6 +47,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	maxBatched := fs.Int("max-num-batched-tokens", 2048, "tokens per scheduler step (a longer prompt runs alone)")
 	maxQueue := fs.Int("max-queue-len", 1024, "waiting requests before new ones get 503")
 	apiKey := fs.String("api-key", os.Getenv("KVD_API_KEY"), "require Authorization: Bearer <key> on /v1 (also KVD_API_KEY)")
+	device := fs.String("device", kernels.DeviceAuto, "auto, cpu or cuda: where the model runs (auto: the GPU when there is one and --embedded is set)")
 	level := fs.String("log-level", observability.LogLevelFromEnv(), "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %v", ErrUsage, err)
@@ -78,7 +79,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("%w (serving a model without its tokenizer files? --skip-tokenizer-init takes token-id prompts only)", err)
 		}
 	}
-	m, err := model.Load(ctx, *dir, kernels.NewCPU(), model.LoadOptions{Format: *format, Progress: stderr, Logger: log})
+	b, err := selectDevice(*device, *embedded, log)
+	if err != nil {
+		return err
+	}
+	m, err := model.Load(ctx, *dir, b, model.LoadOptions{Format: *format, Progress: stderr, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -98,7 +103,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	var status func(context.Context) (*ipc.Status, error)
 	var ready func(context.Context) error
 	if *embedded {
-		bytes, err := pool.ParseSize(*kvMem)
+		bytes, err := pool.ParseSizeOf(*kvMem, freeMemory(b))
 		if err != nil {
 			return fmt.Errorf("%w: --kv-memory: %v", ErrUsage, err)
 		}
@@ -110,7 +115,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrUsage, err)
 		}
-		local, err := engine.NewLocal(l, spec)
+		local, err := engine.NewLocalOn(b, l, spec)
 		if err != nil {
 			return err
 		}
@@ -119,7 +124,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			return err
 		}
 		status = func(ctx context.Context) (*ipc.Status, error) { return local.Engine().Status(ctx), nil }
-		log.Info("kv cache in process", "blocks", l.NumBlocks-1, "block_size", l.BlockSize)
+		log.Info("kv cache in process", "blocks", l.NumBlocks-1, "block_size", l.BlockSize, "memory", b.Name())
 	} else {
 		cl, err := ipc.Dial(ctx, *socket, ipc.Options{Name: "gateway " + *listen, Wait: 10 * time.Second})
 		if err != nil {

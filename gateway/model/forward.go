@@ -77,11 +77,15 @@ func (m *Model) Forward(ctx context.Context, bt *Batch, cache *Cache) ([]float32
 	T := len(ids)
 	x, sc := b.Alloc(T, c.HiddenSize), m.newScratch(T)
 	attn := b.Alloc(T, c.NumHeads*c.HeadDim)
+	defer sc.free(b, x, attn)
 
 	b.Embedding(x, w.embed, ids)
 	for i := range w.layers {
 		if err := ctx.Err(); err != nil {
 			return nil, err
+		}
+		if err := b.Err(); err != nil {
+			return nil, fmt.Errorf("forward: layer %d: %w", i, err)
 		}
 		l, plan := &w.layers[i], &bt.Layers[i]
 		tokSlots, err := m.preparePlan(plan, qIndptr, T, cache.Layout)
@@ -109,6 +113,13 @@ func (m *Model) newScratch(T int) *scratch {
 		h: b.Alloc(T, c.HiddenSize), qkv: b.Alloc(T, qd+2*kvd),
 		q: b.Alloc(T, qd), k: b.Alloc(T, kvd), v: b.Alloc(T, kvd),
 		gu: b.Alloc(T, 2*c.IntermediateSize), act: b.Alloc(T, c.IntermediateSize),
+	}
+}
+
+// free gives the scratch and the other step tensors back to b.
+func (sc *scratch) free(b kernels.Backend, more ...*kernels.Tensor) {
+	for _, t := range append(more, sc.h, sc.qkv, sc.q, sc.k, sc.v, sc.gu, sc.act) {
+		b.Free(t)
 	}
 }
 
@@ -240,11 +251,15 @@ func (m *Model) logits(x *kernels.Tensor, rows []int32) ([]float32, error) {
 		return out, nil
 	}
 	sel, normed := b.Alloc(len(rows), c.HiddenSize), b.Alloc(len(rows), c.HiddenSize)
+	lg := b.Alloc(len(rows), c.VocabSize)
+	defer func() { b.Free(sel); b.Free(normed); b.Free(lg) }()
 	b.Gather(sel, x, rows)
 	b.RMSNorm(normed, sel, m.w.norm, float32(c.RMSNormEps))
-	lg := b.Alloc(len(rows), c.VocabSize)
 	b.Linear(lg, normed, m.w.lmHead)
 	b.ToHost(out, lg)
+	if err := b.Err(); err != nil {
+		return nil, fmt.Errorf("forward: logits: %w", err)
+	}
 	return out, nil
 }
 

@@ -8,7 +8,9 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"slices"
+	"sync"
 
 	"github.com/kvd-project/kvd/gateway/model/safetensors"
 	"github.com/kvd-project/kvd/kernels"
@@ -71,7 +73,7 @@ func Load(ctx context.Context, dir string, b kernels.Backend, opts LoadOptions) 
 		src = checkpointSource{ck}
 		total = ck.TotalBytes()
 	case LoadDummy:
-		src = &dummySource{rng: rand.New(rand.NewPCG(opts.Seed, 0x6b7664))}
+		src = &dummySource{seed: opts.Seed}
 	default:
 		return nil, fmt.Errorf("%w: load format %q (want %s or %s)", ErrConfig, opts.Format, LoadAuto, LoadDummy)
 	}
@@ -113,7 +115,7 @@ func loadWeights(ctx context.Context, c *Config, b kernels.Backend, src source, 
 			off += m
 			p.add(nb)
 		}
-		return b.FromHost(buf, shape...), nil
+		return b.Weight(buf, shape...), nil
 	}
 	var w weights
 	var err error
@@ -186,8 +188,13 @@ func (s checkpointSource) read(name string, shape []int, dst []float32) (int64, 
 }
 
 // dummySource makes weights like vLLM's dummy loader: small uniform values,
-// with norm weights of one so activations keep a sane scale.
-type dummySource struct{ rng *rand.Rand }
+// with norm weights of one so activations keep a sane scale. Values are
+// drawn in parallel chunks, each from its own seeded stream, so an 8B
+// model's worth takes seconds and the same seed gives the same weights.
+type dummySource struct {
+	seed    uint64
+	tensors uint64 // tensors read so far: each gets its own streams
+}
 
 func (s *dummySource) read(name string, shape []int, dst []float32) (int64, error) {
 	if len(shape) == 1 {
@@ -196,9 +203,22 @@ func (s *dummySource) read(name string, shape []int, dst []float32) (int64, erro
 		}
 		return 0, nil
 	}
+	s.tensors++
 	scale := float32(1 / math.Sqrt(float64(shape[len(shape)-1])))
-	for i := range dst {
-		dst[i] = (2*s.rng.Float32() - 1) * scale
+	const chunk = 1 << 20
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	for c := 0; c*chunk < len(dst); c++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			rng := rand.New(rand.NewPCG(s.seed, s.tensors<<32|uint64(c)))
+			for i := range dst[c*chunk : min((c+1)*chunk, len(dst))] {
+				dst[c*chunk+i] = (2*rng.Float32() - 1) * scale
+			}
+		}()
 	}
+	wg.Wait()
 	return 0, nil
 }

@@ -270,7 +270,7 @@ func pagedSparse(t *testing.T, m *Model, tokens []int32, n int, spec policy.Spec
 			bt.Layers = append(bt.Layers, LayerKV{Policy: spec[l], Kept: p.Kept, Slots: p.Slots,
 				Attn: kernels.AttnBatch{KVLen: p.KVLen, BlockIndptr: p.BlockIndptr, Blocks: p.Blocks}})
 		}
-		lg, err := m.Forward(ctx, bt, &Cache{Pool: m.b.FromHost(kv.PoolMemory(), kv.Layout().PoolElems()), Layout: kv.Layout()})
+		lg, err := m.Forward(ctx, bt, &Cache{Pool: kv.PoolTensor(m.b), Layout: kv.Layout()})
 		if err != nil {
 			t.Fatal(err)
 		}

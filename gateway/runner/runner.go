@@ -26,9 +26,9 @@ type KV interface {
 	Layout() shm.Layout
 	// Spec is every layer's sparsity policy.
 	Spec() policy.Spec
-	// PoolMemory is the pool as this process maps it; it may change after
-	// a reconnect to a restarted kvd, so callers fetch it every step.
-	PoolMemory() []float32
+	// PoolTensor is the pool as backend b addresses it; it may change
+	// after a reconnect to a restarted kvd, so callers fetch it every step.
+	PoolTensor(b kernels.Backend) *kernels.Tensor
 	Open(ctx context.Context, ids ...uint64) error
 	Close(ctx context.Context, ids ...uint64) error
 	// Reserve appends a step's tokens and returns the step id and plans.
@@ -45,7 +45,9 @@ type KV interface {
 // Sidecar adapts an ipc.Client to KV.
 type Sidecar struct{ *ipc.Client }
 
-func (s Sidecar) PoolMemory() []float32 { return s.Pool().Float32s() }
+func (s Sidecar) PoolTensor(b kernels.Backend) *kernels.Tensor {
+	return b.FromHost(s.Pool().Float32s(), s.Layout().PoolElems())
+}
 
 func (s Sidecar) Spec() policy.Spec { return s.Hello().Policies }
 
@@ -90,7 +92,7 @@ func NewEmbedded(m *model.Model, numBlocks, blockSize int, spec policy.Spec) (*R
 	if spec == nil {
 		spec = policy.AllFull(c.NumLayers)
 	}
-	kv, err := engine.NewLocal(shm.Layout{NumBlocks: numBlocks, BlockSize: blockSize, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim}, spec)
+	kv, err := engine.NewLocalOn(m.Backend(), shm.Layout{NumBlocks: numBlocks, BlockSize: blockSize, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim}, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -101,6 +103,15 @@ func NewEmbedded(m *model.Model, numBlocks, blockSize int, spec policy.Spec) (*R
 // layer, the null block included: a pool-sizing helper.
 func BlocksFor(c *model.Config, n, blockSize int) int {
 	return c.NumLayers*((n+blockSize-1)/blockSize) + 1
+}
+
+// Shutdown releases an embedded pool (the GPU memory of a device pool);
+// a sidecar's pool belongs to kvd.
+func (r *Runner) Shutdown() error {
+	if l, ok := r.kv.(*engine.Local); ok {
+		return l.Shutdown()
+	}
+	return nil
 }
 
 // Model is the runner's model.
@@ -192,7 +203,7 @@ func (r *Runner) Step(ctx context.Context, work []Work) ([][]float32, error) {
 		bt.Layers[l] = model.LayerKV{Policy: spec[l], Kept: p.Kept, Slots: p.Slots, Attn: kernels.AttnBatch{KVLen: p.KVLen, BlockIndptr: p.BlockIndptr, Blocks: p.Blocks}}
 	}
 	b := r.m.Backend()
-	cache := &model.Cache{Pool: b.FromHost(r.kv.PoolMemory(), r.kv.Layout().PoolElems()), Layout: r.kv.Layout()}
+	cache := &model.Cache{Pool: r.kv.PoolTensor(b), Layout: r.kv.Layout()}
 	logits, err := r.m.Forward(ctx, bt, cache)
 	r.kv.Done(id, err != nil)
 	if err != nil {

@@ -73,6 +73,15 @@ func StartServer(t testing.TB, bin string, logs io.Writer, args ...string) strin
 // directory and returns the binary's path.
 func Build(t testing.TB, pkg string) string {
 	t.Helper()
+	if dir := os.Getenv("KVD_TEST_BIN_DIR"); dir != "" {
+		// Prebuilt binaries: the GPU machine runs test binaries built
+		// elsewhere and has no Go toolchain.
+		bin := filepath.Join(dir, path.Base(pkg))
+		if _, err := os.Stat(bin); err != nil {
+			t.Fatalf("KVD_TEST_BIN_DIR: %v", err)
+		}
+		return bin
+	}
 	bin := filepath.Join(t.TempDir(), path.Base(pkg))
 	if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, out)

@@ -41,12 +41,21 @@ func serve(args []string, out io.Writer) error {
 	window := fs.Int("window", 1024, "tokens the --sparse-layers keep")
 	grace := fs.Duration("grace", 10*time.Second, "how long a dropped client's sequences are kept for it to reconnect")
 	level := fs.String("log-level", observability.LogLevelFromEnv(), "debug, info, warn or error")
+	device := fs.String("device", "auto", "auto or cpu: where the pool lives and eviction runs (the GPU pool, shared over CUDA IPC, is not built yet)")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %v", ErrUsage, err)
 	}
 	log, err := observability.NewLogger(os.Stderr, *level, "text")
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrUsage, err)
+	}
+	switch *device {
+	case "auto", "cpu":
+		log.Info("backend chosen", "backend", "cpu", "why", "--device "+*device+": kvd's pool is shared host memory (memfd)")
+	case "cuda":
+		return fmt.Errorf("%w: --device cuda: kvd cannot hold its pool on the GPU yet (that needs CUDA IPC); for the GPU run the gateway alone with --embedded --device cuda", ErrUsage)
+	default:
+		return fmt.Errorf("%w: --device %q: want auto, cpu or cuda", ErrUsage, *device)
 	}
 	if *dtype != "float32" {
 		return fmt.Errorf("%w: --dtype %s: the host pool holds float32 only", ErrUsage, *dtype)

@@ -95,8 +95,11 @@ func New(p pool.Pool, cfg Config) (*Engine, error) {
 		cfg: cfg, pool: p, alloc: a, compute: kernels.NewCPU(),
 		instance: randomID(), start: cfg.Now(), clients: map[string]*client{}, seen: map[blocks.SeqID]int{},
 	}
-	if h, ok := p.(*pool.Host); ok {
-		e.mem = e.compute.FromHost(h.Float32s(), p.Layout().PoolElems())
+	switch p := p.(type) {
+	case *pool.Host:
+		e.mem = e.compute.FromHost(p.Float32s(), p.Layout().PoolElems())
+	case *pool.Device:
+		e.compute, e.mem = p.Backend(), p.Tensor()
 	}
 	for i, l := range cfg.Spec {
 		if l.Decode == "" {

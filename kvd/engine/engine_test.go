@@ -9,6 +9,7 @@ import (
 
 	"github.com/kvd-project/kvd/kvd/blocks"
 	"github.com/kvd-project/kvd/kvd/policy"
+	"github.com/kvd-project/kvd/kvd/pool"
 	"github.com/kvd-project/kvd/shm"
 )
 
@@ -35,7 +36,7 @@ func TestSparseInvariants(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer kv.Shutdown()
-	e, mem, ctx := kv.Engine(), kv.PoolMemory(), context.Background()
+	e, mem, ctx := kv.Engine(), kv.pool.(*pool.Host).Float32s(), context.Background()
 	seed := uint64(7)
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 3))

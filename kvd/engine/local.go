@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/kvd-project/kvd/ipc"
+	"github.com/kvd-project/kvd/kernels"
 	"github.com/kvd-project/kvd/kvd/blocks"
 	"github.com/kvd-project/kvd/kvd/policy"
 	"github.com/kvd-project/kvd/kvd/pool"
@@ -17,7 +18,7 @@ import (
 // Not safe for concurrent use (the runner drives it from one goroutine).
 type Local struct {
 	e    *Engine
-	pool *pool.Host
+	pool pool.Pool
 	sess Session
 	// evicting is closed when the last step's done report (and the
 	// eviction it triggers) has been handled: it runs while the caller
@@ -40,6 +41,25 @@ func NewLocal(l shm.Layout, spec policy.Spec) (*Local, error) {
 	if err != nil {
 		return nil, err
 	}
+	return NewLocalPool(p, spec)
+}
+
+// NewLocalOn is NewLocal with the pool where b computes: shared host
+// memory for the CPU backend, the GPU's memory for a GPU backend.
+func NewLocalOn(b kernels.Backend, l shm.Layout, spec policy.Spec) (*Local, error) {
+	if _, ok := b.(*kernels.CPU); ok {
+		return NewLocal(l, spec)
+	}
+	p, err := pool.NewDevice(b, l)
+	if err != nil {
+		return nil, err
+	}
+	return NewLocalPool(p, spec)
+}
+
+// NewLocalPool is NewLocal over p (a pool.Device on the GPU, say), which
+// the Local then owns.
+func NewLocalPool(p pool.Pool, spec policy.Spec) (*Local, error) {
 	e, err := New(p, Config{Spec: spec, Model: "embedded"})
 	if err != nil {
 		p.Close()
@@ -62,8 +82,13 @@ func (c *Local) Layout() shm.Layout { return c.pool.Layout() }
 // Spec is the layers' policies.
 func (c *Local) Spec() policy.Spec { return c.e.cfg.Spec }
 
-// PoolMemory is the pool as this process maps it.
-func (c *Local) PoolMemory() []float32 { return c.pool.Float32s() }
+// PoolTensor is the pool as b, the forward pass's backend, addresses it.
+func (c *Local) PoolTensor(b kernels.Backend) *kernels.Tensor {
+	if d, ok := c.pool.(*pool.Device); ok {
+		return d.Tensor()
+	}
+	return b.FromHost(c.pool.(*pool.Host).Float32s(), c.pool.Layout().PoolElems())
+}
 
 func (c *Local) Open(ctx context.Context, ids ...uint64) error {
 	c.settle()

@@ -8,6 +8,7 @@ package pool
 import (
 	"fmt"
 
+	"github.com/kvd-project/kvd/kernels"
 	"github.com/kvd-project/kvd/shm"
 )
 
@@ -55,3 +56,37 @@ func (h *Host) Close() error       { return h.seg.Close() }
 
 // Float32s is the pool's memory as kvd maps it.
 func (h *Host) Float32s() []float32 { return h.seg.Float32s() }
+
+// Device is a pool in a compute backend's own memory: the GPU's, for the
+// gateway's embedded mode (kvd's sidecar pool on the GPU, shared over CUDA
+// IPC, is the next step). It cannot be mapped by another process.
+type Device struct {
+	layout shm.Layout
+	b      kernels.Backend
+	t      *kernels.Tensor
+}
+
+// NewDevice allocates a zeroed pool of l on b.
+func NewDevice(b kernels.Backend, l shm.Layout) (*Device, error) {
+	if err := l.Validate(); err != nil {
+		return nil, err
+	}
+	t := b.Alloc(l.PoolElems())
+	if err := b.Err(); err != nil {
+		b.Free(t)
+		return nil, fmt.Errorf("KV pool of %d blocks (%d bytes) on %s: %w", l.NumBlocks, 4*int64(l.PoolElems()), b.Name(), err)
+	}
+	return &Device{layout: l, b: b, t: t}, nil
+}
+
+func (d *Device) Layout() shm.Layout { return d.layout }
+func (d *Device) Kind() string       { return d.b.Name() }
+func (d *Device) Bytes() int64       { return 4 * int64(d.layout.PoolElems()) }
+func (d *Device) FD() int            { return -1 }
+func (d *Device) Close() error       { d.b.Free(d.t); return d.b.Err() }
+
+// Tensor is the pool as its backend holds it.
+func (d *Device) Tensor() *kernels.Tensor { return d.t }
+
+// Backend is the backend the pool lives on.
+func (d *Device) Backend() kernels.Backend { return d.b }

@@ -14,12 +14,18 @@ import (
 // "1GiB", "64KiB", or KB/MB/GB as powers of 1000), or a fraction in (0, 1]
 // of the host's available memory ("0.5").
 func ParseSize(s string) (int64, error) {
+	return ParseSizeOf(s, AvailableMemory)
+}
+
+// ParseSizeOf is ParseSize with a fraction taken of what avail reports
+// (free GPU memory, for a pool on the GPU).
+func ParseSizeOf(s string, avail func() (int64, error)) (int64, error) {
 	if f, err := strconv.ParseFloat(s, 64); err == nil && f > 0 && f <= 1 && !strings.ContainsAny(s, "BKMG") {
-		avail, err := availableMemory()
+		a, err := avail()
 		if err != nil {
 			return 0, fmt.Errorf("%q as a fraction of available memory: %w", s, err)
 		}
-		return int64(f * float64(avail)), nil
+		return int64(f * float64(a)), nil
 	}
 	units := []struct {
 		suffix string
@@ -39,8 +45,8 @@ func ParseSize(s string) (int64, error) {
 	return int64(n * float64(mult)), nil
 }
 
-// availableMemory reads MemAvailable from /proc/meminfo.
-func availableMemory() (int64, error) {
+// AvailableMemory reads MemAvailable from /proc/meminfo.
+func AvailableMemory() (int64, error) {
 	f, err := os.Open("/proc/meminfo")
 	if err != nil {
 		return 0, err

@@ -1,0 +1,117 @@
+// Command forward times the forward pass alone, in process: prefill and
+// decode tokens/s at several batch sizes, for a model directory (real or
+// --load-format dummy) on a chosen --device. It is for orientation; the
+// serving numbers come from bench/serve against a running gateway.
+//
+//	go run ./bench/forward --model bench/models/llama-3.1-8b --load-format dummy --device cuda --batch 1,32
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kvd-project/kvd/gateway/model"
+	"github.com/kvd-project/kvd/gateway/runner"
+	"github.com/kvd-project/kvd/kernels"
+)
+
+func main() {
+	dir := flag.String("model", "", "Hugging Face model directory (required)")
+	format := flag.String("load-format", model.LoadAuto, "auto or dummy")
+	device := flag.String("device", kernels.DeviceAuto, "auto, cpu or cuda")
+	batches := flag.String("batch", "1,32", "comma-separated batch sizes")
+	prompt := flag.Int("prompt", 512, "prompt tokens per sequence")
+	decode := flag.Int("decode", 64, "decode steps")
+	chunk := flag.Int("max-num-batched-tokens", 8192, "prefill tokens per step")
+	flag.Parse()
+	if err := run(*dir, *format, *device, *batches, *prompt, *decode, *chunk); err != nil {
+		fmt.Fprintln(os.Stderr, "forward:", err)
+		os.Exit(1)
+	}
+}
+
+func run(dir, format, device, batches string, prompt, decode, chunk int) error {
+	if dir == "" {
+		return fmt.Errorf("--model is required")
+	}
+	var bs []int
+	for _, f := range strings.Split(batches, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return fmt.Errorf("--batch %q: want positive integers", batches)
+		}
+		bs = append(bs, n)
+	}
+	b, why, err := kernels.Select(device)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	log.Info("backend chosen", "backend", b.Name(), "why", why)
+	card := fmt.Sprintf("cpu, %d threads", runtime.GOMAXPROCS(0))
+	if g, ok := b.(*kernels.CUDA); ok {
+		card = g.Device().String()
+	}
+	ctx := context.Background()
+	start := time.Now()
+	m, err := model.Load(ctx, dir, b, model.LoadOptions{Format: format, Progress: os.Stderr, Logger: log})
+	if err != nil {
+		return err
+	}
+	log.Info("model loaded", "seconds", time.Since(start).Seconds())
+	fmt.Printf("| model | device | batch | prompt | prefill tok/s | decode steps | decode tok/s | decode step ms |\n|---|---|---|---|---|---|---|---|\n")
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, batch := range bs {
+		r, err := runner.NewEmbedded(m, batch*runner.BlocksFor(m.Config, prompt+decode, 16), 16, nil)
+		if err != nil {
+			return err
+		}
+		work := make([]runner.Work, batch)
+		for i := range work {
+			if err := r.Open(ctx, uint64(i)); err != nil {
+				return err
+			}
+			toks := make([]int32, prompt)
+			for j := range toks {
+				toks[j] = int32(rng.IntN(m.Config.VocabSize))
+			}
+			work[i] = runner.Work{Seq: uint64(i), Tokens: toks}
+		}
+		// Prefill in steps of at most chunk tokens, whole prompts each.
+		t0 := time.Now()
+		per := max(1, chunk/prompt)
+		for lo := 0; lo < batch; lo += per {
+			if _, err := r.Step(ctx, work[lo:min(lo+per, batch)]); err != nil {
+				return err
+			}
+		}
+		pre := time.Since(t0)
+		for i := range work {
+			work[i].Tokens = work[i].Tokens[:1]
+		}
+		t0 = time.Now()
+		for range decode {
+			if _, err := r.Step(ctx, work); err != nil {
+				return err
+			}
+		}
+		dec := time.Since(t0)
+		fmt.Printf("| %s | %s | %d | %d | %.0f | %d | %.1f | %.2f |\n", m.Config.ModelType, card, batch, prompt,
+			float64(batch*prompt)/pre.Seconds(), decode, float64(batch*decode)/dec.Seconds(), dec.Seconds()*1000/float64(decode))
+		for i := range work {
+			r.Close(ctx, uint64(i))
+		}
+		if err := r.Shutdown(); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,117 @@
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kvd-project/kvd/kernels"
+	"github.com/kvd-project/kvd/kernels/cuda"
+)
+
+// TestGPUMatchesCPU serves the bundled model twice, embedded, with
+// --device cpu and --device cuda, and compares greedy completions over a
+// fixed prompt set, with full KV and with every sparsity policy: the token
+// agreement rate (positions that agree before the first divergence, over
+// all positions) and the largest logprob difference where they agree. It
+// skips without a GPU. KVD_GPU_REPORT names a file for the table.
+func TestGPUMatchesCPU(t *testing.T) {
+	g, err := kernels.NewCUDA(0)
+	if errors.Is(err, cuda.ErrNoDriver) {
+		t.Skipf("no GPU: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := g.Device().String()
+	g.Close()
+	dir, err := filepath.Abs("../models/kvd-go-16m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompts := gpuPrompts()
+	policies := []struct{ name, spec string }{
+		{"full", ""},
+		{"window", "2-7=window:sinks=4,window=252"},
+		{"snapkv", "2-7=snapkv:budget=256"},
+		{"pyramid", "2-7=pyramid:budget=256"},
+		{"h2o", "2-7=full/h2o:heavy=224,recent=32"},
+		{"snapkv+h2o", "2-7=snapkv:budget=256/h2o:recent=32"},
+	}
+	var report strings.Builder
+	fmt.Fprintf(&report, "| policy | prompts | tokens agreeing before divergence | completions identical | largest logprob difference |\n|---|---|---|---|---|\n")
+	for _, p := range policies {
+		var pol []string
+		if p.spec != "" {
+			pol = []string{"--kv-policy", p.spec}
+		}
+		cpu := startStack(t, "embedded", options{model: dir, kvMemory: "512MiB", policy: pol, gateway: []string{"--device", "cpu"}})
+		gpu := startStack(t, "embedded", options{model: dir, kvMemory: "512MiB", policy: pol, gateway: []string{"--device", "cuda"}})
+		if !strings.Contains(gpu.allLogs(), "backend=cuda") {
+			t.Fatalf("the --device cuda gateway did not choose the GPU:\n%s", gpu.allLogs())
+		}
+		agree, total, same := 0, 0, 0
+		maxDiff := 0.0
+		for i, prompt := range prompts {
+			body := map[string]any{"prompt": prompt, "max_tokens": 48, "temperature": 0, "ignore_eos": true, "logprobs": 1, "return_tokens_as_token_ids": true}
+			a, b := cpu.complete(t, body), gpu.complete(t, body)
+			ta, tb := ids(t, a.Choices[0].Logprobs.Tokens), ids(t, b.Choices[0].Logprobs.Tokens)
+			n := 0
+			for n < len(ta) && n < len(tb) && ta[n] == tb[n] {
+				d := math.Abs(*a.Choices[0].Logprobs.TokenLogprobs[n] - *b.Choices[0].Logprobs.TokenLogprobs[n])
+				maxDiff = math.Max(maxDiff, d)
+				n++
+			}
+			agree += n
+			total += len(ta)
+			if n == len(ta) && len(ta) == len(tb) {
+				same++
+			} else {
+				t.Logf("%s: prompt %d: diverges at token %d of %d", p.name, i, n, len(ta))
+			}
+		}
+		rate := float64(agree) / float64(total)
+		fmt.Fprintf(&report, "| %s | %d | %.3f (%d of %d) | %d of %d | %.4f |\n", p.name, len(prompts), rate, agree, total, same, len(prompts), maxDiff)
+		// bf16 GEMM operands move logits by about 1e-2, enough to flip a
+		// near-tie now and then, never to change most tokens.
+		if rate < 0.8 || maxDiff > 0.1 {
+			t.Errorf("%s: GPU agrees with the CPU on %.3f of tokens, largest logprob difference %.4f", p.name, rate, maxDiff)
+		}
+		cpu.stop()
+		gpu.stop()
+	}
+	t.Logf("%s\n%s", dev, report.String())
+	if path := os.Getenv("KVD_GPU_REPORT"); path != "" {
+		if err := os.WriteFile(path, []byte("Card: "+dev+"\n\n"+report.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// gpuPrompts is the fixed prompt set: Go code openings, and token-id
+// prompts of the lengths the kernels are tested at (the long ones cross
+// the sparse layers' budget).
+func gpuPrompts() []any {
+	out := []any{
+		"package main\n\nimport (\n\t\"fmt\"\n\t\"os\"\n)\n\nfunc main() {\n",
+		"// Copy copies from src to dst until EOF.\nfunc Copy(dst io.Writer, src io.Reader) (int64, error) {\n",
+		"func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {\n\tif r.Method != http.MethodGet {\n",
+		"type Cache struct {\n\tmu    sync.Mutex\n\titems map[string]*entry\n}\n\nfunc (c *Cache) Get(key string) (",
+		"func TestParse(t *testing.T) {\n\tfor _, tc := range []struct {\n\t\tin   string\n\t\twant int\n\t}{\n",
+		"// Sort sorts data in ascending order as determined by the Less method.\nfunc Sort(data Interface) {\n\tn := data.Len()\n",
+	}
+	rng := rand.New(rand.NewPCG(42, 42))
+	for _, n := range []int{1, 15, 17, 97, 600, 1979} {
+		p := make([]int32, n)
+		for i := range p {
+			p[i] = int32(3 + rng.IntN(8000))
+		}
+		out = append(out, p)
+	}
+	return out
+}

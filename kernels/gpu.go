@@ -1,0 +1,540 @@
+//go:build cgo
+
+package kernels
+
+import (
+	"embed"
+	"errors"
+	"fmt"
+	"math"
+	"math/bits"
+	"strings"
+	"sync"
+	"unsafe"
+
+	"github.com/kvd-project/kvd/kernels/cuda"
+	"github.com/kvd-project/kvd/shm"
+)
+
+// The kernels as `make kernels` builds them: one fat binary per .cu file,
+// with machine code for sm_80 and sm_90 and PTX the driver compiles for
+// anything newer.
+//
+//go:embed cudabin/*.fatbin
+var cudaBins embed.FS
+
+// CUDA is the GPU backend: activations in float32, weight matrices in bf16
+// (GEMMs through cuBLAS, bf16 in, float32 accumulate), the pool in float32
+// as shm.Layout lays it out, all work in order on the context's legacy
+// default stream. Device memory for a step's scratch comes from a cache of
+// power-of-two size classes that Free returns to, as PyTorch's allocator.
+type CUDA struct {
+	drv  *cuda.Driver
+	ctx  *cuda.Context
+	dev  cuda.Device
+	blas *cuda.BLAS
+	fns  map[string]*cuda.Function
+
+	mu    sync.Mutex
+	cache map[int][]cuda.Ptr // free device buffers by size class (bytes)
+	err   error              // the first failure since Err
+}
+
+// NewCUDA opens the driver and cuBLAS and loads the kernels on GPU index.
+// It fails with an error wrapping cuda.ErrNoDriver when there is no usable
+// driver or no such GPU.
+func NewCUDA(index int) (*CUDA, error) {
+	drv, err := cuda.Open()
+	if err != nil {
+		return nil, err
+	}
+	devs, err := drv.Devices()
+	if err != nil {
+		drv.Close()
+		return nil, err
+	}
+	if index < 0 || index >= len(devs) {
+		drv.Close()
+		return nil, fmt.Errorf("%w: GPU %d asked for, driver %s sees %d", cuda.ErrNoDriver, index, drv.Version(), len(devs))
+	}
+	c := &CUDA{drv: drv, dev: devs[index], fns: map[string]*cuda.Function{}, cache: map[int][]cuda.Ptr{}}
+	if c.ctx, err = drv.Context(c.dev); err != nil {
+		drv.Close()
+		return nil, err
+	}
+	if c.blas, err = c.ctx.BLAS(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	entries, err := cudaBins.ReadDir("cudabin")
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	for _, e := range entries {
+		img, err := cudaBins.ReadFile("cudabin/" + e.Name())
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		m, err := c.ctx.LoadModule(img)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("loading kernels %s on %s: %w", e.Name(), c.dev, err)
+		}
+		for _, name := range kernelNames[strings.TrimSuffix(e.Name(), ".fatbin")] {
+			if c.fns[name], err = m.Function(name); err != nil {
+				c.Close()
+				return nil, err
+			}
+		}
+	}
+	return c, nil
+}
+
+// kernelNames lists each module's entry points.
+var kernelNames = map[string][]string{
+	"elementwise": {"embedding_bf16", "rmsnorm", "to_bf16", "rope", "silu_mul", "add", "gather_rows", "columns"},
+	"cache":       {"write_kv", "scatter_kept", "table_scores", "evict_gather", "evict_scatter"},
+	"attention": {
+		"attn_paged_g1", "attn_paged_g2", "attn_paged_g3", "attn_paged_g4", "attn_paged_g5", "attn_paged_g6", "attn_paged_g7", "attn_paged_g8",
+		"attn_prompt_g1", "attn_prompt_g2", "attn_prompt_g3", "attn_prompt_g4", "attn_prompt_g5", "attn_prompt_g6", "attn_prompt_g7", "attn_prompt_g8",
+	},
+}
+
+// maxGroup is the most query heads per KV head the attention kernels take.
+const maxGroup = 8
+
+// Close releases cuBLAS, the context and the driver.
+func (c *CUDA) Close() {
+	if c.blas != nil {
+		c.blas.Close()
+	}
+	if c.ctx != nil {
+		c.ctx.Release()
+	}
+	c.drv.Close()
+}
+
+func (c *CUDA) Name() string { return "cuda" }
+
+// Device is the GPU in use.
+func (c *CUDA) Device() cuda.Device { return c.dev }
+
+// Context is the CUDA context the backend runs in.
+func (c *CUDA) Context() *cuda.Context { return c.ctx }
+
+func (c *CUDA) fail(err error) {
+	if err == nil {
+		return
+	}
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.mu.Unlock()
+}
+
+func (c *CUDA) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	err := c.err
+	c.err = nil
+	return err
+}
+
+// alloc returns a device buffer of at least n bytes from the cache.
+func (c *CUDA) alloc(n int) (cuda.Ptr, int) {
+	class := 1 << bits.Len(uint(max(n, 256)-1))
+	c.mu.Lock()
+	if free := c.cache[class]; len(free) > 0 {
+		p := free[len(free)-1]
+		c.cache[class] = free[:len(free)-1]
+		c.mu.Unlock()
+		return p, class
+	}
+	c.mu.Unlock()
+	p, err := c.ctx.Alloc(class)
+	if err != nil {
+		c.fail(err)
+		return 0, 0
+	}
+	return p, class
+}
+
+func (c *CUDA) release(p cuda.Ptr, class int) {
+	if p == 0 || class == 0 {
+		return
+	}
+	c.mu.Lock()
+	c.cache[class] = append(c.cache[class], p)
+	c.mu.Unlock()
+}
+
+func (c *CUDA) tensor(shape []int, bf16 bool) *Tensor {
+	size := 4
+	if bf16 {
+		size = 2
+	}
+	p, class := c.alloc(numel(shape) * size)
+	return &Tensor{shape: append([]int(nil), shape...), dev: uint64(p), bf16: bf16, class: class}
+}
+
+func (c *CUDA) Alloc(shape ...int) *Tensor {
+	t := c.tensor(shape, false)
+	if t.dev != 0 {
+		c.fail(c.ctx.Memset32(cuda.Ptr(t.dev), 0, (t.Len()*4+3)/4))
+	}
+	return t
+}
+
+func (c *CUDA) FromHost(data []float32, shape ...int) *Tensor {
+	if numel(shape) != len(data) {
+		panic("kernels: FromHost shape does not match data") // programming error, not input
+	}
+	t := c.tensor(shape, false)
+	if t.dev != 0 {
+		c.fail(c.ctx.CopyToDevice(cuda.Ptr(t.dev), f32Bytes(data)))
+	}
+	return t
+}
+
+// Weight keeps matrices as bf16 (rounded to nearest even) and vectors
+// (norm weights) as float32; weights stay allocated for the process.
+func (c *CUDA) Weight(data []float32, shape ...int) *Tensor {
+	if len(shape) < 2 {
+		return c.FromHost(data, shape...)
+	}
+	if numel(shape) != len(data) {
+		panic("kernels: Weight shape does not match data")
+	}
+	p, err := c.ctx.Alloc(len(data) * 2)
+	if err != nil {
+		c.fail(err)
+		return &Tensor{shape: append([]int(nil), shape...), bf16: true}
+	}
+	// Convert and copy in chunks, converting on every core, so a large
+	// checkpoint needs little extra host memory and little time.
+	const chunk = 1 << 24
+	buf := make([]uint16, min(chunk, len(data)))
+	for off := 0; off < len(data); off += chunk {
+		part := data[off:min(off+chunk, len(data))]
+		var wg sync.WaitGroup
+		const piece = 1 << 18
+		for lo := 0; lo < len(part); lo += piece {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i, v := range part[lo:min(lo+piece, len(part))] {
+					buf[lo+i] = toBF16(v)
+				}
+			}()
+		}
+		wg.Wait()
+		c.fail(c.ctx.CopyToDevice(p+cuda.Ptr(2*off), unsafe.Slice((*byte)(unsafe.Pointer(&buf[0])), 2*len(part))))
+	}
+	return &Tensor{shape: append([]int(nil), shape...), dev: uint64(p), bf16: true}
+}
+
+// toBF16 rounds to the nearest bfloat16, ties to even (NaN stays NaN).
+func toBF16(f float32) uint16 {
+	u := math.Float32bits(f)
+	if u&0x7fffffff > 0x7f800000 {
+		return uint16(u>>16) | 0x40
+	}
+	u += 0x7fff + (u>>16)&1
+	return uint16(u >> 16)
+}
+
+func (c *CUDA) ToHost(dst []float32, t *Tensor) {
+	if t.dev == 0 {
+		c.fail(errors.New("kernels: ToHost of a tensor with no device memory"))
+		return
+	}
+	if !t.bf16 {
+		c.fail(c.ctx.CopyToHost(f32Bytes(dst), cuda.Ptr(t.dev)))
+		return
+	}
+	buf := make([]uint16, len(dst))
+	c.fail(c.ctx.CopyToHost(unsafe.Slice((*byte)(unsafe.Pointer(&buf[0])), 2*len(buf)), cuda.Ptr(t.dev)))
+	for i, b := range buf {
+		dst[i] = math.Float32frombits(uint32(b) << 16)
+	}
+}
+
+func (c *CUDA) Free(t *Tensor) {
+	if t.class != 0 {
+		c.release(cuda.Ptr(t.dev), t.class)
+	} else if t.dev != 0 {
+		c.fail(c.ctx.Free(cuda.Ptr(t.dev)))
+	}
+	t.dev, t.class = 0, 0
+}
+
+func f32Bytes(x []float32) []byte {
+	if len(x) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&x[0])), 4*len(x))
+}
+
+// ints copies host integers to a cached device buffer; the caller releases
+// it after queueing the launch that reads it (the stream orders the reuse).
+func (c *CUDA) ints(x []int32) (cuda.Ptr, int) {
+	if len(x) == 0 {
+		return 0, 0
+	}
+	p, class := c.alloc(4 * len(x))
+	if p != 0 {
+		c.fail(c.ctx.CopyToDevice(p, unsafe.Slice((*byte)(unsafe.Pointer(&x[0])), 4*len(x))))
+	}
+	return p, class
+}
+
+func (c *CUDA) floats(x []float32) (cuda.Ptr, int) {
+	if len(x) == 0 {
+		return 0, 0
+	}
+	p, class := c.alloc(4 * len(x))
+	if p != 0 {
+		c.fail(c.ctx.CopyToDevice(p, f32Bytes(x)))
+	}
+	return p, class
+}
+
+// launch queues kernel name on the default stream.
+func (c *CUDA) launch(name string, grid, block cuda.Dim3, args ...any) {
+	f := c.fns[name]
+	if f == nil {
+		c.fail(fmt.Errorf("kernels: no CUDA kernel %q", name))
+		return
+	}
+	if grid.X == 0 {
+		return // no work (the driver would run one block of it)
+	}
+	c.fail(f.Launch(cuda.Stream{}, grid, block, 0, args...))
+}
+
+// ptr is t's device address; a tensor without one (a failed allocation,
+// already recorded) launches nothing useful, so the caller checks Err.
+func ptr(t *Tensor) cuda.Ptr { return cuda.Ptr(t.dev) }
+
+// gridFor is a grid-stride launch's block count for n elements.
+func gridFor(n int) uint32 { return uint32(min((n+255)/256, 65535)) }
+
+func (c *CUDA) Embedding(out, table *Tensor, ids []int32) {
+	p, class := c.ints(ids)
+	defer c.release(p, class)
+	if table.bf16 {
+		c.launch("embedding_bf16", cuda.Dim3{X: uint32(len(ids))}, cuda.Dim3{X: 256}, ptr(out), ptr(table), p, int32(table.Cols()))
+	} else {
+		c.launch("gather_rows", cuda.Dim3{X: uint32(len(ids))}, cuda.Dim3{X: 256}, ptr(out), ptr(table), p, int32(table.Cols()))
+	}
+}
+
+func (c *CUDA) RMSNorm(out, x, w *Tensor, eps float32) {
+	c.launch("rmsnorm", cuda.Dim3{X: uint32(x.Rows())}, cuda.Dim3{X: 256}, ptr(out), ptr(x), ptr(w), int32(w.Len()), eps)
+}
+
+// Linear runs out = x·wᵀ through cuBLAS. A bf16 weight takes x rounded to
+// bf16 (a cached staging buffer); float32 weights multiply in float32.
+func (c *CUDA) Linear(out, x, w *Tensor) {
+	t, k, n := x.Rows(), x.Cols(), w.Rows()
+	a := cuda.Matrix{Ptr: ptr(w), Type: cuda.Float32, LD: k}
+	b := cuda.Matrix{Ptr: ptr(x), Type: cuda.Float32, LD: k}
+	if w.bf16 {
+		xb, class := c.alloc(2 * t * k)
+		defer c.release(xb, class)
+		c.launch("to_bf16", cuda.Dim3{X: gridFor(t * k)}, cuda.Dim3{X: 256}, xb, ptr(x), int64(t*k))
+		a.Type, b.Ptr, b.Type = cuda.BFloat16, xb, cuda.BFloat16
+	}
+	c.fail(c.blas.Gemm(cuda.Trans, cuda.NoTrans, n, t, k, 1, a, b, 0, cuda.Matrix{Ptr: ptr(out), Type: cuda.Float32, LD: n}))
+}
+
+func (c *CUDA) RoPE(x *Tensor, heads int, positions []int32, invFreq []float32) {
+	pp, pc := c.ints(positions)
+	defer c.release(pp, pc)
+	fp, fc := c.floats(invFreq)
+	defer c.release(fp, fc)
+	c.launch("rope", cuda.Dim3{X: uint32(len(positions))}, cuda.Dim3{X: 128}, ptr(x), pp, fp, int32(heads), int32(x.Cols()/heads))
+}
+
+func (c *CUDA) SiLUMul(out, gateUp *Tensor) {
+	n := out.Len()
+	c.launch("silu_mul", cuda.Dim3{X: gridFor(n)}, cuda.Dim3{X: 256}, ptr(out), ptr(gateUp), int32(out.Cols()), int64(n))
+}
+
+func (c *CUDA) Add(dst, x *Tensor) {
+	n := x.Len()
+	c.launch("add", cuda.Dim3{X: gridFor(n)}, cuda.Dim3{X: 256}, ptr(dst), ptr(x), int64(n))
+}
+
+func (c *CUDA) Gather(out, x *Tensor, rows []int32) {
+	p, class := c.ints(rows)
+	defer c.release(p, class)
+	c.launch("gather_rows", cuda.Dim3{X: uint32(len(rows))}, cuda.Dim3{X: 256}, ptr(out), ptr(x), p, int32(x.Cols()))
+}
+
+func (c *CUDA) Columns(out, x *Tensor, start int) {
+	c.launch("columns", cuda.Dim3{X: uint32(out.Rows())}, cuda.Dim3{X: 256}, ptr(out), ptr(x), int32(out.Cols()), int32(x.Cols()), int32(start))
+}
+
+// layoutArgs are a kernel's three pool-geometry parameters.
+func layoutArgs(l shm.Layout) []any {
+	return []any{int32(l.BlockSize), int32(l.KVHeads), int32(l.HeadDim)}
+}
+
+func args(a ...any) []any { return a }
+
+func (c *CUDA) WriteKV(pool *Tensor, l shm.Layout, k, v *Tensor, slots []int32) {
+	if len(slots) == 0 {
+		return
+	}
+	p, class := c.ints(slots)
+	defer c.release(p, class)
+	a := append(args(ptr(pool)), layoutArgs(l)...)
+	c.launch("write_kv", cuda.Dim3{X: uint32(len(slots)), Y: uint32(l.KVHeads)}, cuda.Dim3{X: uint32(l.HeadDim)}, append(a, ptr(k), ptr(v), p)...)
+}
+
+// checkGroup records an error for a head layout the kernels do not take.
+func (c *CUDA) checkGroup(heads int, l shm.Layout) (int, bool) {
+	group := heads / l.KVHeads
+	if group < 1 || group > maxGroup || l.HeadDim > 256 || l.HeadDim%2 != 0 {
+		c.fail(fmt.Errorf("kernels: CUDA attention takes 1 to %d query heads per KV head and even head dims up to 256; got %d heads, %d KV heads of dim %d",
+			maxGroup, heads, l.KVHeads, l.HeadDim))
+		return 0, false
+	}
+	return group, true
+}
+
+func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale float32) {
+	group, ok := c.checkGroup(q.Cols()/l.HeadDim, l)
+	if !ok {
+		return
+	}
+	var rows, nvis, table, score []int32
+	for s := range b.KVLen {
+		q0, q1 := int(b.QIndptr[s]), int(b.QIndptr[s+1])
+		if q1 == q0 || (b.Skip != nil && b.Skip[s]) {
+			continue
+		}
+		past := int(b.KVLen[s]) - (q1 - q0)
+		scoreFrom := q1
+		if b.ScoreFrom != nil {
+			scoreFrom = q0 + int(b.ScoreFrom[s])
+		}
+		for r := q0; r < q1; r++ {
+			rows = append(rows, int32(r))
+			nvis = append(nvis, int32(past+r-q0+1))
+			table = append(table, b.BlockIndptr[s])
+			sc := int32(0)
+			if r >= scoreFrom {
+				sc = 1
+			}
+			score = append(score, sc)
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	meta := make([]int32, 0, 4*len(rows)+len(b.Blocks))
+	meta = append(append(append(append(append(meta, rows...), nvis...), table...), score...), b.Blocks...)
+	p, class := c.ints(meta)
+	defer c.release(p, class)
+	R := cuda.Ptr(4 * len(rows))
+	a := append(args(ptr(out), ptr(q), ptr(pool)), layoutArgs(l)...)
+	a = append(a, p, p+R, p+2*R, p+4*R, p+3*R, scale)
+	c.launch(fmt.Sprintf("attn_paged_g%d", group), cuda.Dim3{X: uint32(len(rows)), Y: uint32(l.KVHeads)}, cuda.Dim3{X: 128}, a...)
+}
+
+// SparsePrefill computes the prompt's attention and its per-head window
+// sums on the GPU, then selects on the host with the CPU backend's code
+// (so both backends keep the same tokens, ties aside) and scatters the
+// kept tokens into their slots on the GPU. The sums are [H, n] float32: a
+// small copy next to the prompt's O(n²) attention.
+func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l shm.Layout, slots []int32, sel Selection, scale float32) {
+	heads := q.Cols() / l.HeadDim
+	group, ok := c.checkGroup(heads, l)
+	if !ok {
+		return
+	}
+	kvh := l.KVHeads
+	obsFrom := max(0, n-sel.ObsWindow)
+	hs := c.Alloc(heads, n)
+	defer c.Free(hs)
+	c.launch(fmt.Sprintf("attn_prompt_g%d", group), cuda.Dim3{X: uint32(n), Y: uint32(kvh)}, cuda.Dim3{X: 128},
+		ptr(out), ptr(q), ptr(k), ptr(v), int32(kvh), int32(l.HeadDim), int32(row0), int32(n), int32(obsFrom), ptr(hs), scale)
+	sums := make([]float32, heads*n)
+	c.ToHost(sums, hs)
+	headSum := make([]float64, n)
+	raw32 := make([]float32, kvh*n)
+	idx := make([]int32, 0, kvh*sel.Keep)
+	for kh := range kvh {
+		raw, vote := make([]float64, n), make([]float64, n)
+		for g := range group {
+			for j, w := range sums[(kh*group+g)*n : (kh*group+g+1)*n] {
+				headSum[j] = float64(w)
+			}
+			addVote(raw, vote, headSum, group, sel.GQAMax)
+		}
+		for j, w := range raw {
+			raw32[kh*n+j] = float32(w)
+		}
+		for _, j := range selectTokens(vote, n, sel) {
+			idx = append(idx, int32(j))
+		}
+	}
+	keep := len(idx) / kvh
+	if keep != len(slots) {
+		c.fail(fmt.Errorf("kernels: sparse prefill keeps %d tokens for %d slots", keep, len(slots)))
+		return
+	}
+	rp, rc := c.floats(raw32)
+	defer c.release(rp, rc)
+	meta := append(append([]int32(nil), idx...), slots...)
+	mp, mc := c.ints(meta)
+	defer c.release(mp, mc)
+	a := append(args(ptr(pool)), layoutArgs(l)...)
+	a = append(a, ptr(k), ptr(v), rp, mp, mp+cuda.Ptr(4*len(idx)), int32(row0), int32(n), int32(keep))
+	c.launch("scatter_kept", cuda.Dim3{X: uint32(keep), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.HeadDim)}, a...)
+}
+
+// Evict reads the table's scores back, chooses the survivors on the host
+// with the CPU backend's code, and compacts on the GPU through a staging
+// buffer.
+func (c *CUDA) Evict(pool *Tensor, l shm.Layout, blocks []int32, tokens, keep, sinks, recent int) {
+	kvh := l.KVHeads
+	bp, bc := c.ints(blocks)
+	defer c.release(bp, bc)
+	sc := c.Alloc(kvh, tokens)
+	defer c.Free(sc)
+	c.launch("table_scores", cuda.Dim3{X: uint32(tokens), Y: uint32(kvh)}, cuda.Dim3{X: 1}, append(append(args(ptr(sc), ptr(pool)), layoutArgs(l)...), bp, int32(tokens))...)
+	scores := make([]float32, kvh*tokens)
+	c.ToHost(scores, sc)
+	var src []int32
+	n := -1
+	for h := range kvh {
+		s := evictSources(func(i int) float32 { return scores[h*tokens+i] }, tokens, keep, sinks, recent)
+		if n >= 0 && len(s) != n {
+			c.fail(fmt.Errorf("kernels: eviction keeps %d tokens in one head and %d in another", n, len(s)))
+			return
+		}
+		n = len(s)
+		for _, i := range s {
+			src = append(src, int32(i))
+		}
+	}
+	if n <= 0 {
+		return
+	}
+	sp, scl := c.ints(src)
+	defer c.release(sp, scl)
+	tmp, tc := c.alloc(4 * kvh * n * (2*l.HeadDim + 1))
+	defer c.release(tmp, tc)
+	grid, block := cuda.Dim3{X: uint32(n), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.HeadDim)}
+	c.launch("evict_gather", grid, block, append(append(args(tmp, ptr(pool)), layoutArgs(l)...), bp, sp, int32(n))...)
+	c.launch("evict_scatter", grid, block, append(append(args(ptr(pool)), layoutArgs(l)...), tmp, bp, int32(n))...)
+}
+
+// MemInfo is the GPU's free and total memory in bytes.
+func (c *CUDA) MemInfo() (free, total uint64, err error) { return c.ctx.MemInfo() }

@@ -1,0 +1,444 @@
+//go:build cgo
+
+package kernels
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/kvd-project/kvd/kernels/cuda"
+	"github.com/kvd-project/kvd/shm"
+)
+
+// Every CUDA kernel against the CPU backend on fresh random inputs. These
+// tests skip without a GPU; `make gpu-test` runs them on the GPU machine.
+// KVD_GPU_QUICK=1 keeps the small sizes only (for compute-sanitizer, which
+// is slow).
+
+func newGPU(t testing.TB) *CUDA {
+	t.Helper()
+	g, err := NewCUDA(0)
+	if errors.Is(err, cuda.ErrNoDriver) {
+		t.Skipf("no GPU: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(g.Close)
+	return g
+}
+
+// seqLens are the sequence lengths every kernel is checked at.
+func seqLens() []int {
+	if os.Getenv("KVD_GPU_QUICK") != "" {
+		return []int{1, 15, 17, 97}
+	}
+	return []int{1, 15, 17, 97, 1979, 5000}
+}
+
+func randn(rng *rand.Rand, n int) []float32 {
+	x := make([]float32, n)
+	for i := range x {
+		x[i] = float32(rng.NormFloat64())
+	}
+	return x
+}
+
+// bf16Round is x as the GPU holds a weight: rounded to bf16.
+func bf16Round(x []float32) []float32 {
+	out := make([]float32, len(x))
+	for i, v := range x {
+		out[i] = math.Float32frombits(uint32(toBF16(v)) << 16)
+	}
+	return out
+}
+
+// relErr is ‖got − want‖ / ‖want‖; a NaN anywhere (an unwritten, poisoned
+// output) makes it +Inf.
+func relErr(got, want []float32) float64 {
+	var num, den float64
+	for i := range want {
+		if math.IsNaN(float64(got[i])) || math.IsInf(float64(got[i]), 0) {
+			return math.Inf(1)
+		}
+		d := float64(got[i]) - float64(want[i])
+		num += d * d
+		den += float64(want[i]) * float64(want[i])
+	}
+	if den == 0 {
+		return math.Sqrt(num)
+	}
+	return math.Sqrt(num / den)
+}
+
+// poisoned is an output tensor filled with NaN, so unwritten elements show.
+func (c *CUDA) poisoned(shape ...int) *Tensor {
+	t := c.tensor(shape, false)
+	c.fail(c.ctx.Memset32(ptr(t), 0xffffffff, t.Len()))
+	return t
+}
+
+func (c *CUDA) host(t testing.TB, x *Tensor) []float32 {
+	t.Helper()
+	out := make([]float32, x.Len())
+	c.ToHost(out, x)
+	if err := c.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func check(t *testing.T, what string, got, want []float32, tol float64) {
+	t.Helper()
+	if e := relErr(got, want); !(e <= tol) {
+		t.Errorf("%s: relative error %.3g, want <= %.1g", what, e, tol)
+	}
+}
+
+func TestGPUElementwise(t *testing.T) {
+	g, cpu := newGPU(t), NewCPU()
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, T := range seqLens() {
+		for _, hd := range []int{64, 128} {
+			name := fmt.Sprintf("T=%d/hd=%d", T, hd)
+			D, V, heads := 3*hd, 1000, 4
+			// Embedding: a bf16 table, so both sides see the same values.
+			table := bf16Round(randn(rng, V*D))
+			ids := make([]int32, T)
+			for i := range ids {
+				ids[i] = int32(rng.IntN(V))
+			}
+			want := cpu.Alloc(T, D)
+			cpu.Embedding(want, cpu.Weight(table, V, D), ids)
+			got := g.poisoned(T, D)
+			g.Embedding(got, g.Weight(table, V, D), ids)
+			check(t, name+" embedding", g.host(t, got), want.data, 0)
+
+			x, w := randn(rng, T*D), randn(rng, D)
+			cpu.RMSNorm(want, cpu.FromHost(x, T, D), cpu.FromHost(w, D), 1e-5)
+			g.RMSNorm(got, g.FromHost(x, T, D), g.Weight(w, D), 1e-5)
+			check(t, name+" rmsnorm", g.host(t, got), want.data, 1e-5)
+
+			pos := make([]int32, T)
+			for i := range pos {
+				pos[i] = int32(rng.IntN(5000))
+			}
+			inv := make([]float32, hd/2)
+			for i := range inv {
+				inv[i] = float32(math.Pow(500000, -2*float64(i)/float64(hd)))
+			}
+			q := randn(rng, T*heads*hd)
+			wq, gq := cpu.FromHost(slices.Clone(q), T, heads*hd), g.FromHost(q, T, heads*hd)
+			cpu.RoPE(wq, heads, pos, inv)
+			g.RoPE(gq, heads, pos, inv)
+			check(t, name+" rope", g.host(t, gq), wq.data, 1e-6)
+
+			gu := randn(rng, T*2*D)
+			wa, ga := cpu.Alloc(T, D), g.poisoned(T, D)
+			cpu.SiLUMul(wa, cpu.FromHost(gu, T, 2*D))
+			g.SiLUMul(ga, g.FromHost(gu, T, 2*D))
+			check(t, name+" silu_mul", g.host(t, ga), wa.data, 1e-6)
+
+			y := randn(rng, T*D)
+			wy, gy := cpu.FromHost(slices.Clone(y), T, D), g.FromHost(y, T, D)
+			cpu.Add(wy, cpu.FromHost(x, T, D))
+			g.Add(gy, g.FromHost(x, T, D))
+			check(t, name+" add", g.host(t, gy), wy.data, 0)
+
+			rows := make([]int32, 1+T/3)
+			for i := range rows {
+				rows[i] = int32(rng.IntN(T))
+			}
+			wr, gr := cpu.Alloc(len(rows), D), g.poisoned(len(rows), D)
+			cpu.Gather(wr, cpu.FromHost(x, T, D), rows)
+			g.Gather(gr, g.FromHost(x, T, D), rows)
+			check(t, name+" gather", g.host(t, gr), wr.data, 0)
+
+			wc, gc := cpu.Alloc(T, hd), g.poisoned(T, hd)
+			cpu.Columns(wc, cpu.FromHost(x, T, D), hd)
+			g.Columns(gc, g.FromHost(x, T, D), hd)
+			check(t, name+" columns", g.host(t, gc), wc.data, 0)
+		}
+	}
+}
+
+func TestGPULinear(t *testing.T) {
+	g, cpu := newGPU(t), NewCPU()
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, T := range seqLens() {
+		for _, kn := range [][2]int{{384, 1152}, {1536, 384}, {4096, 1024}} {
+			k, n := kn[0], kn[1]
+			x, w := randn(rng, T*k), bf16Round(randn(rng, n*k))
+			want := cpu.Alloc(T, n)
+			cpu.Linear(want, cpu.FromHost(x, T, k), cpu.Weight(w, n, k))
+			got := g.poisoned(T, n)
+			g.Linear(got, g.FromHost(x, T, k), g.Weight(w, n, k))
+			// bf16 activations against float32: about 2⁻⁹ per element.
+			check(t, fmt.Sprintf("bf16 linear %dx%dx%d", T, k, n), g.host(t, got), want.data, 1e-2)
+			got32 := g.poisoned(T, n)
+			g.Linear(got32, g.FromHost(x, T, k), g.FromHost(w, n, k))
+			check(t, fmt.Sprintf("fp32 linear %dx%dx%d", T, k, n), g.host(t, got32), want.data, 1e-5)
+		}
+	}
+}
+
+// attnCase is one sequence of an attention batch: past cached tokens and
+// rows new ones, scoring from scoreFrom (-1: no scores), or skipped.
+type attnCase struct {
+	past, rows, scoreFrom int
+	skip                  bool
+}
+
+func attnCompositions() map[string][]attnCase {
+	lens := seqLens()
+	long := lens[len(lens)-1]
+	prefill, decode := []attnCase{}, []attnCase{}
+	for i, n := range lens {
+		prefill = append(prefill, attnCase{rows: n, scoreFrom: -1 + (i%2)*(max(0, n-32)+1)})
+		decode = append(decode, attnCase{past: n, rows: 1, scoreFrom: -1 + (i%2)*1})
+	}
+	return map[string][]attnCase{
+		"prefill": prefill,
+		"decode":  decode,
+		"mixed": {
+			{past: lens[len(lens)-2], rows: 97, scoreFrom: 65}, // a chunk of a long prompt
+			{past: long, rows: 1, scoreFrom: 0},                // H2O decode
+			{past: 0, rows: 17, skip: true},                    // a compressed prompt
+			{past: 15, rows: 0},                                // nothing this step
+			{past: 16, rows: 1, scoreFrom: -1},
+		},
+	}
+}
+
+// randomPool fills a pool of l with random K, V and positive scores.
+func randomPool(rng *rand.Rand, l shm.Layout) []float32 {
+	p := randn(rng, l.PoolElems())
+	for b := range l.NumBlocks {
+		for h := range l.KVHeads {
+			for s := range l.BlockSize {
+				p[l.Score(b, h, s)] = rng.Float32()
+			}
+		}
+	}
+	return p
+}
+
+// splitPool separates a pool's keys and values from its scores.
+func splitPool(p []float32, l shm.Layout) (kv, scores []float32) {
+	for b := range l.NumBlocks {
+		base := b * l.BlockElems()
+		kv = append(kv, p[base:base+2*l.KVHeads*l.HeadElems()]...)
+		scores = append(scores, p[base+2*l.KVHeads*l.HeadElems():base+l.BlockElems()]...)
+	}
+	return kv, scores
+}
+
+func TestGPUAttention(t *testing.T) {
+	g, cpu := newGPU(t), NewCPU()
+	rng := rand.New(rand.NewPCG(5, 6))
+	const kvh = 2
+	for name, cases := range attnCompositions() {
+		for _, hd := range []int{64, 128} {
+			for _, group := range []int{1, 4, 8} {
+				for _, bs := range []int{16, 32} {
+					label := fmt.Sprintf("%s/hd=%d/group=%d/bs=%d", name, hd, group, bs)
+					heads := kvh * group
+					b := &AttnBatch{QIndptr: []int32{0}, BlockIndptr: []int32{0}, ScoreFrom: []int32{}, Skip: []bool{}}
+					total := 0
+					for _, c := range cases {
+						total += (c.past + c.rows + bs - 1) / bs
+					}
+					l := shm.Layout{NumBlocks: total + 8, BlockSize: bs, KVHeads: kvh, HeadDim: hd}
+					ids := rng.Perm(l.NumBlocks - 1)
+					T := 0
+					for _, c := range cases {
+						n := (c.past + c.rows + bs - 1) / bs
+						for _, id := range ids[:n] {
+							b.Blocks = append(b.Blocks, int32(id+1))
+						}
+						ids = ids[n:]
+						T += c.rows
+						b.QIndptr = append(b.QIndptr, int32(T))
+						b.BlockIndptr = append(b.BlockIndptr, int32(len(b.Blocks)))
+						b.KVLen = append(b.KVLen, int32(c.past+c.rows))
+						sf := c.scoreFrom
+						if sf < 0 {
+							sf = c.rows
+						}
+						b.ScoreFrom = append(b.ScoreFrom, int32(sf))
+						b.Skip = append(b.Skip, c.skip)
+					}
+					if err := b.Validate(T, l); err != nil {
+						t.Fatalf("%s: %v", label, err)
+					}
+					pool, q := randomPool(rng, l), randn(rng, T*heads*hd)
+					scale := float32(1 / math.Sqrt(float64(hd)))
+					wantPool := cpu.FromHost(slices.Clone(pool), l.PoolElems())
+					want := cpu.Alloc(T, heads*hd)
+					cpu.Attention(want, cpu.FromHost(q, T, heads*hd), wantPool, l, b, scale)
+					gotPool := g.FromHost(pool, l.PoolElems())
+					got := g.poisoned(T, heads*hd)
+					g.Attention(got, g.FromHost(q, T, heads*hd), gotPool, l, b, scale)
+					out := g.host(t, got)
+					// Compare the rows that were computed; the others
+					// must be left alone (still poisoned).
+					var gw, ww []float32
+					for s, c := range cases {
+						lo, hi := int(b.QIndptr[s])*heads*hd, int(b.QIndptr[s+1])*heads*hd
+						if c.skip {
+							for _, v := range out[lo:hi] {
+								if !math.IsNaN(float64(v)) {
+									t.Fatalf("%s: a skipped sequence's output was written", label)
+								}
+							}
+							continue
+						}
+						gw, ww = append(gw, out[lo:hi]...), append(ww, want.data[lo:hi]...)
+					}
+					check(t, label+" output", gw, ww, 2e-5)
+					gp := g.host(t, gotPool)
+					gkv, gsc := splitPool(gp, l)
+					wkv, wsc := splitPool(wantPool.data, l)
+					check(t, label+" keys and values", gkv, wkv, 0)
+					check(t, label+" scores", gsc, wsc, 1e-5)
+				}
+			}
+		}
+	}
+}
+
+func TestGPUWriteKV(t *testing.T) {
+	g, cpu := newGPU(t), NewCPU()
+	rng := rand.New(rand.NewPCG(7, 8))
+	for _, T := range seqLens() {
+		for _, bs := range []int{16, 32} {
+			l := shm.Layout{NumBlocks: 2 + (T+bs-1)/bs*2, BlockSize: bs, KVHeads: 4, HeadDim: 128}
+			perm := rng.Perm((l.NumBlocks - 1) * bs)
+			slots := make([]int32, T)
+			for i := range slots {
+				slots[i] = int32(perm[i] + bs) // past the null block
+				if rng.IntN(7) == 0 {
+					slots[i] = -1
+				}
+			}
+			pool := randomPool(rng, l)
+			k, v := randn(rng, T*4*128), randn(rng, T*4*128)
+			want := cpu.FromHost(slices.Clone(pool), l.PoolElems())
+			cpu.WriteKV(want, l, cpu.FromHost(k, T, 512), cpu.FromHost(v, T, 512), slots)
+			got := g.FromHost(pool, l.PoolElems())
+			g.WriteKV(got, l, g.FromHost(k, T, 512), g.FromHost(v, T, 512), slots)
+			check(t, fmt.Sprintf("write_kv T=%d bs=%d", T, bs), g.host(t, got), want.data, 0)
+		}
+	}
+}
+
+func TestGPUSparsePrefill(t *testing.T) {
+	g, cpu := newGPU(t), NewCPU()
+	rng := rand.New(rand.NewPCG(9, 10))
+	sels := map[string]Selection{
+		"window":         {Sinks: 4, ObsWindow: 32},
+		"snapkv":         {SnapKV: true, Sinks: 4, ObsWindow: 32, Kernel: 7},
+		"snapkv-avg-max": {SnapKV: true, Sinks: 0, ObsWindow: 16, Kernel: 5, PoolAvg: true, GQAMax: true},
+	}
+	for _, n := range seqLens() {
+		if n < 2 {
+			continue
+		}
+		for name, sel := range sels {
+			const kvh, group, hd, bs = 2, 4, 128, 16
+			heads := kvh * group
+			sel.Keep = min(n, max(sel.ObsWindow+sel.Sinks+1, n/3))
+			l := shm.Layout{NumBlocks: 2 + (sel.Keep+bs-1)/bs, BlockSize: bs, KVHeads: kvh, HeadDim: hd}
+			slots := make([]int32, sel.Keep)
+			for i := range slots {
+				slots[i] = int32(bs + i) // block 1 onwards
+			}
+			const row0 = 3 // the prompt is not the step's first rows
+			T := row0 + n
+			q, k, v := randn(rng, T*heads*hd), randn(rng, T*kvh*hd), randn(rng, T*kvh*hd)
+			pool := randomPool(rng, l)
+			scale := float32(1 / math.Sqrt(float64(hd)))
+			wantPool, want := cpu.FromHost(slices.Clone(pool), l.PoolElems()), cpu.Alloc(T, heads*hd)
+			cpu.SparsePrefill(want, cpu.FromHost(q, T, heads*hd), cpu.FromHost(k, T, kvh*hd), cpu.FromHost(v, T, kvh*hd), row0, n, wantPool, l, slots, sel, scale)
+			gotPool, got := g.FromHost(pool, l.PoolElems()), g.poisoned(T, heads*hd)
+			g.SparsePrefill(got, g.FromHost(q, T, heads*hd), g.FromHost(k, T, kvh*hd), g.FromHost(v, T, kvh*hd), row0, n, gotPool, l, slots, sel, scale)
+			label := fmt.Sprintf("n=%d/%s", n, name)
+			check(t, label+" output", g.host(t, got)[row0*heads*hd:], want.data[row0*heads*hd:], 2e-5)
+			// The kept tokens: compare each slot's key (which token it
+			// holds) and, where both kept the same token, its score.
+			gp := g.host(t, gotPool)
+			differ := 0
+			var gs, ws []float32
+			for h := range kvh {
+				for _, s := range slots {
+					blk, off := int(s)/bs, int(s)%bs
+					ko := l.K(blk, h, off)
+					if !slices.Equal(gp[ko:ko+hd], wantPool.data[ko:ko+hd]) {
+						differ++
+						continue
+					}
+					gs, ws = append(gs, gp[l.Score(blk, h, off)]), append(ws, wantPool.data[l.Score(blk, h, off)])
+				}
+			}
+			// Ties aside: near-equal votes may rank differently after
+			// float32 sums on the GPU; more than 1% is a bug.
+			if differ*100 > kvh*len(slots) {
+				t.Errorf("%s: %d of %d kept tokens differ from the CPU's", label, differ, kvh*len(slots))
+			} else if differ > 0 {
+				t.Logf("%s: %d of %d kept tokens differ (near-ties)", label, differ, kvh*len(slots))
+			}
+			check(t, label+" kept scores", gs, ws, 1e-4)
+		}
+	}
+}
+
+func TestGPUEvict(t *testing.T) {
+	g, cpu := newGPU(t), NewCPU()
+	rng := rand.New(rand.NewPCG(11, 12))
+	for _, tokens := range seqLens() {
+		if tokens < 3 {
+			continue
+		}
+		for _, bs := range []int{16, 32} {
+			nb := (tokens + bs - 1) / bs
+			l := shm.Layout{NumBlocks: nb + 5, BlockSize: bs, KVHeads: 4, HeadDim: 64}
+			ids := rng.Perm(l.NumBlocks - 1)[:nb]
+			blocks := make([]int32, nb)
+			for i, id := range ids {
+				blocks[i] = int32(id + 1)
+			}
+			keep, sinks, recent := tokens/2+1, min(4, tokens/4), min(32, tokens/4)
+			pool := randomPool(rng, l)
+			want := cpu.FromHost(slices.Clone(pool), l.PoolElems())
+			cpu.Evict(want, l, blocks, tokens, keep, sinks, recent)
+			got := g.FromHost(pool, l.PoolElems())
+			g.Evict(got, l, blocks, tokens, keep, sinks, recent)
+			check(t, fmt.Sprintf("evict tokens=%d bs=%d", tokens, bs), g.host(t, got), want.data, 0)
+		}
+	}
+}
+
+func TestGPUErrors(t *testing.T) {
+	g := newGPU(t)
+	l := shm.Layout{NumBlocks: 4, BlockSize: 16, KVHeads: 1, HeadDim: 64}
+	b := &AttnBatch{QIndptr: []int32{0, 1}, KVLen: []int32{1}, BlockIndptr: []int32{0, 1}, Blocks: []int32{1}}
+	out, q := g.Alloc(1, 16*64), g.Alloc(1, 16*64)
+	g.Attention(out, q, g.Alloc(l.PoolElems()), l, b, 1)
+	if err := g.Err(); err == nil || !strings.Contains(err.Error(), "query heads per KV head") {
+		t.Errorf("16 query heads per KV head: got %v, want an error saying what the kernels take", err)
+	}
+	if err := g.Err(); err != nil {
+		t.Errorf("Err did not clear: %v", err)
+	}
+	g.Alloc(1<<42, 1) // 16 TiB
+	var ce *cuda.Error
+	if err := g.Err(); !errors.As(err, &ce) || ce.Name != "CUDA_ERROR_OUT_OF_MEMORY" {
+		t.Errorf("16 TiB allocation: got %v, want CUDA_ERROR_OUT_OF_MEMORY", err)
+	}
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# `make gpu-test`: everything issue F asks of the GPU, in one go.
+#   1. the CUDA shim's own tests (driver, cuBLAS, errors);
+#   2. every kernel against the CPU backend over the grid of sizes;
+#   3. compute-sanitizer memcheck over the kernels at the small sizes;
+#   4. GPU against CPU through HTTP on the bundled model, every policy;
+#   5. first timings: the bundled model and Llama-3.1-8B's shapes (dummy).
+# With Go on the machine it builds first; without (the lent GPU machine) it
+# runs what tools/gpu/build.sh left in .dev/bin. Logs and tables go to
+# $OUT (default /tmp/kvd-gpu); the summary is printed last.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+OUT=${OUT:-/tmp/kvd-gpu}
+mkdir -p "$OUT"
+if command -v go >/dev/null; then
+	tools/gpu/build.sh >/dev/null
+fi
+bin=$(mktemp -d)
+for f in .dev/bin/*.xz; do xz -dc "$f" >"$bin/$(basename "$f" .xz)"; done
+chmod +x "$bin"/*
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,temperature.gpu --format=csv | tee "$OUT/card.csv"
+declare -A rc
+(cd kernels/cuda && "$bin/cuda.test" -test.v -test.count=1) >"$OUT/cuda.log" 2>&1
+rc[shim]=$?
+(cd kernels && "$bin/kernels.test" -test.run GPU -test.v -test.count=1) >"$OUT/kernels.log" 2>&1
+rc[kernels]=$?
+san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+if [ -n "$san" ]; then
+	(cd kernels && KVD_GPU_QUICK=1 "$san" --tool memcheck --error-exitcode 9 "$bin/kernels.test" \
+		-test.run 'GPU(Elementwise|Linear|Attention|WriteKV|SparsePrefill|Evict)' -test.count=1) >"$OUT/memcheck.log" 2>&1
+	rc[memcheck]=$?
+else
+	echo "no compute-sanitizer" >"$OUT/memcheck.log"
+	rc[memcheck]=missing
+fi
+(cd e2e && KVD_TEST_BIN_DIR="$bin" KVD_GPU_REPORT="$OUT/agreement.md" "$bin/e2e.test" -test.run GPUMatchesCPU -test.v -test.count=1) >"$OUT/e2e.log" 2>&1
+rc[e2e]=$?
+{
+	"$bin/forward" --model models/kvd-go-16m --device cuda --batch 1,32 --prompt 512 --decode 64
+	"$bin/forward" --model bench/models/llama-3.1-8b --load-format dummy --device cuda --batch 1,32 --prompt 512 --decode 32 | tail -n +3
+} >"$OUT/timing.md" 2>"$OUT/timing.log"
+rc[timing]=$?
+grep -E "^(---|===|ok|FAIL|PASS)|relative error|differ|kept tokens" "$OUT/kernels.log" | grep -v "^=== RUN" | tail -40
+grep -E "ERROR SUMMARY|========= " "$OUT/memcheck.log" | tail -5
+cat "$OUT/agreement.md" 2>/dev/null
+cat "$OUT/timing.md"
+for k in shim kernels memcheck e2e timing; do echo "$k: exit ${rc[$k]}"; done
+cd "$root"
+[ "${rc[shim]}${rc[kernels]}${rc[e2e]}${rc[timing]}" = 0000 ]
