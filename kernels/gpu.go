@@ -38,7 +38,18 @@ type CUDA struct {
 	mu    sync.Mutex
 	cache map[int][]cuda.Ptr // free device buffers by size class (bytes)
 	err   error              // the first failure since Err
+	// stage is pinned host memory that a step's small inputs (token
+	// positions, slots, attention tables) are copied through, so their
+	// uploads queue behind the kernels instead of waiting for them (a
+	// copy from pageable memory first drains the stream). It is reused
+	// from the start after each point where the stream is known drained.
+	stage    *cuda.Pinned
+	stageOff int
 }
+
+// stageBytes is the pinned staging area's size; a larger upload goes
+// synchronously.
+const stageBytes = 16 << 20
 
 // NewCUDA opens the driver and cuBLAS and loads the kernels on GPU index.
 // It fails with an error wrapping cuda.ErrNoDriver when there is no usable
@@ -63,6 +74,10 @@ func NewCUDA(index int) (*CUDA, error) {
 		return nil, err
 	}
 	if c.blas, err = c.ctx.BLAS(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if c.stage, err = c.ctx.HostAlloc(stageBytes); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -99,16 +114,34 @@ var kernelNames = map[string][]string{
 	"attention": {
 		"attn_paged_g1", "attn_paged_g2", "attn_paged_g3", "attn_paged_g4", "attn_paged_g5", "attn_paged_g6", "attn_paged_g7", "attn_paged_g8",
 		"attn_prompt_g1", "attn_prompt_g2", "attn_prompt_g3", "attn_prompt_g4", "attn_prompt_g5", "attn_prompt_g6", "attn_prompt_g7", "attn_prompt_g8",
+		"flash_paged_hd64", "flash_paged_hd128", "flash_prompt_hd64", "flash_prompt_hd128",
 	},
 }
 
 // maxGroup is the most query heads per KV head the attention kernels take.
 const maxGroup = 8
 
+// A sequence's run of at least flashMinRows query rows that do not score
+// goes to the tensor-core prefill kernel, in tiles of flashRows; the rest
+// (decode, observation windows) to the row kernels.
+const (
+	flashMinRows = 16
+	flashRows    = 64
+)
+
+// flashOK says whether the tensor-core kernels take this geometry: head
+// dims they are built for, and 16-byte aligned keys in the pool.
+func flashOK(l shm.Layout) bool {
+	return (l.HeadDim == 64 || l.HeadDim == 128) && l.KVHeads*l.BlockSize%4 == 0
+}
+
 // Close releases cuBLAS, the context and the driver.
 func (c *CUDA) Close() {
 	if c.blas != nil {
 		c.blas.Close()
+	}
+	if c.stage != nil {
+		c.ctx.FreeHost(c.stage)
 	}
 	if c.ctx != nil {
 		c.ctx.Release()
@@ -251,6 +284,9 @@ func (c *CUDA) ToHost(dst []float32, t *Tensor) {
 		c.fail(errors.New("kernels: ToHost of a tensor with no device memory"))
 		return
 	}
+	// A copy to pageable memory returns when done: everything queued
+	// before it has run, so the staging area is free again.
+	defer c.drained()
 	if !t.bf16 {
 		c.fail(c.ctx.CopyToHost(f32Bytes(dst), cuda.Ptr(t.dev)))
 		return
@@ -278,6 +314,40 @@ func f32Bytes(x []float32) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(&x[0])), 4*len(x))
 }
 
+// upload queues a copy of src to dst through the staging area.
+func (c *CUDA) upload(dst cuda.Ptr, src []byte) {
+	n := (len(src) + 255) &^ 255
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n > len(c.stage.Bytes) {
+		c.fail1(c.ctx.CopyToDevice(dst, src))
+		return
+	}
+	if c.stageOff+n > len(c.stage.Bytes) {
+		// Full: wait for the queued copies to have read it.
+		c.fail1(c.ctx.Sync(cuda.Stream{}))
+		c.stageOff = 0
+	}
+	buf := c.stage.Bytes[c.stageOff : c.stageOff+len(src)]
+	copy(buf, src)
+	c.stageOff += n
+	c.fail1(c.ctx.CopyToDeviceAsync(dst, buf, cuda.Stream{}))
+}
+
+// fail1 is fail with c.mu held.
+func (c *CUDA) fail1(err error) {
+	if err != nil && c.err == nil {
+		c.err = err
+	}
+}
+
+// drained marks the stream idle: the staging area is free.
+func (c *CUDA) drained() {
+	c.mu.Lock()
+	c.stageOff = 0
+	c.mu.Unlock()
+}
+
 // ints copies host integers to a cached device buffer; the caller releases
 // it after queueing the launch that reads it (the stream orders the reuse).
 func (c *CUDA) ints(x []int32) (cuda.Ptr, int) {
@@ -286,7 +356,7 @@ func (c *CUDA) ints(x []int32) (cuda.Ptr, int) {
 	}
 	p, class := c.alloc(4 * len(x))
 	if p != 0 {
-		c.fail(c.ctx.CopyToDevice(p, unsafe.Slice((*byte)(unsafe.Pointer(&x[0])), 4*len(x))))
+		c.upload(p, unsafe.Slice((*byte)(unsafe.Pointer(&x[0])), 4*len(x)))
 	}
 	return p, class
 }
@@ -297,7 +367,7 @@ func (c *CUDA) floats(x []float32) (cuda.Ptr, int) {
 	}
 	p, class := c.alloc(4 * len(x))
 	if p != 0 {
-		c.fail(c.ctx.CopyToDevice(p, f32Bytes(x)))
+		c.upload(p, f32Bytes(x))
 	}
 	return p, class
 }
@@ -412,7 +482,7 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 	if !ok {
 		return
 	}
-	var rows, nvis, table, score []int32
+	var rows, nvis, table, score, tiles []int32
 	for s := range b.KVLen {
 		q0, q1 := int(b.QIndptr[s]), int(b.QIndptr[s+1])
 		if q1 == q0 || (b.Skip != nil && b.Skip[s]) {
@@ -423,7 +493,14 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 		if b.ScoreFrom != nil {
 			scoreFrom = q0 + int(b.ScoreFrom[s])
 		}
-		for r := q0; r < q1; r++ {
+		r := q0
+		if scoreFrom-q0 >= flashMinRows && flashOK(l) {
+			for ; r < scoreFrom; r += flashRows {
+				tiles = append(tiles, int32(r), int32(min(flashRows, scoreFrom-r)), int32(past+r-q0), b.BlockIndptr[s])
+			}
+			r = scoreFrom
+		}
+		for ; r < q1; r++ {
 			rows = append(rows, int32(r))
 			nvis = append(nvis, int32(past+r-q0+1))
 			table = append(table, b.BlockIndptr[s])
@@ -434,17 +511,25 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 			score = append(score, sc)
 		}
 	}
-	if len(rows) == 0 {
+	if len(rows)+len(tiles) == 0 {
 		return
 	}
-	meta := make([]int32, 0, 4*len(rows)+len(b.Blocks))
-	meta = append(append(append(append(append(meta, rows...), nvis...), table...), score...), b.Blocks...)
+	meta := make([]int32, 0, 4*len(rows)+len(tiles)+len(b.Blocks))
+	meta = append(append(append(append(append(append(meta, b.Blocks...), tiles...), rows...), nvis...), table...), score...)
 	p, class := c.ints(meta)
 	defer c.release(p, class)
-	R := cuda.Ptr(4 * len(rows))
-	a := append(args(ptr(out), ptr(q), ptr(pool)), layoutArgs(l)...)
-	a = append(a, p, p+R, p+2*R, p+4*R, p+3*R, scale)
-	c.launch(fmt.Sprintf("attn_paged_g%d", group), cuda.Dim3{X: uint32(len(rows)), Y: uint32(l.KVHeads)}, cuda.Dim3{X: 128}, a...)
+	off := func(i int) cuda.Ptr { return p + cuda.Ptr(4*i) }
+	blocks, nb, nt, R := p, len(b.Blocks), len(tiles), len(rows)
+	heads := q.Cols() / l.HeadDim
+	if nt > 0 {
+		c.launch(fmt.Sprintf("flash_paged_hd%d", l.HeadDim), cuda.Dim3{X: uint32(nt / 4), Y: uint32(heads)}, cuda.Dim3{X: 128},
+			ptr(out), ptr(q), ptr(pool), int32(l.BlockSize), int32(l.KVHeads), int32(heads), off(nb), blocks, scale)
+	}
+	if R > 0 {
+		a := append(args(ptr(out), ptr(q), ptr(pool)), layoutArgs(l)...)
+		a = append(a, off(nb+nt), off(nb+nt+R), off(nb+nt+2*R), blocks, off(nb+nt+3*R), scale)
+		c.launch(fmt.Sprintf("attn_paged_g%d", group), cuda.Dim3{X: uint32(R), Y: uint32(l.KVHeads)}, cuda.Dim3{X: 128}, a...)
+	}
 }
 
 // SparsePrefill computes the prompt's attention and its per-head window
@@ -462,8 +547,14 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 	obsFrom := max(0, n-sel.ObsWindow)
 	hs := c.Alloc(heads, n)
 	defer c.Free(hs)
-	c.launch(fmt.Sprintf("attn_prompt_g%d", group), cuda.Dim3{X: uint32(n), Y: uint32(kvh)}, cuda.Dim3{X: 128},
-		ptr(out), ptr(q), ptr(k), ptr(v), int32(kvh), int32(l.HeadDim), int32(row0), int32(n), int32(obsFrom), ptr(hs), scale)
+	first := 0 // rows before it are done on the tensor cores
+	if obsFrom >= flashMinRows && (l.HeadDim == 64 || l.HeadDim == 128) {
+		c.launch(fmt.Sprintf("flash_prompt_hd%d", l.HeadDim), cuda.Dim3{X: uint32((obsFrom + flashRows - 1) / flashRows), Y: uint32(heads)}, cuda.Dim3{X: 128},
+			ptr(out), ptr(q), ptr(k), ptr(v), int32(kvh), int32(heads), int32(row0), int32(obsFrom), scale)
+		first = obsFrom
+	}
+	c.launch(fmt.Sprintf("attn_prompt_g%d", group), cuda.Dim3{X: uint32(n - first), Y: uint32(kvh)}, cuda.Dim3{X: 128},
+		ptr(out), ptr(q), ptr(k), ptr(v), int32(kvh), int32(l.HeadDim), int32(row0), int32(n), int32(obsFrom), int32(first), ptr(hs), scale)
 	sums := make([]float32, heads*n)
 	c.ToHost(sums, hs)
 	headSum := make([]float64, n)

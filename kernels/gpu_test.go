@@ -287,8 +287,10 @@ func TestGPUAttention(t *testing.T) {
 					g.Attention(got, g.FromHost(q, T, heads*hd), gotPool, l, b, scale)
 					out := g.host(t, got)
 					// Compare the rows that were computed; the others
-					// must be left alone (still poisoned).
-					var gw, ww []float32
+					// must be left alone (still poisoned). Sequences with
+					// a run of rows for the tensor cores (TF32) get a
+					// looser bound.
+					var gw, ww, gf, wf []float32
 					for s, c := range cases {
 						lo, hi := int(b.QIndptr[s])*heads*hd, int(b.QIndptr[s+1])*heads*hd
 						if c.skip {
@@ -299,9 +301,14 @@ func TestGPUAttention(t *testing.T) {
 							}
 							continue
 						}
-						gw, ww = append(gw, out[lo:hi]...), append(ww, want.data[lo:hi]...)
+						if int(b.ScoreFrom[s]) >= flashMinRows && flashOK(l) {
+							gf, wf = append(gf, out[lo:hi]...), append(wf, want.data[lo:hi]...)
+						} else {
+							gw, ww = append(gw, out[lo:hi]...), append(ww, want.data[lo:hi]...)
+						}
 					}
 					check(t, label+" output", gw, ww, 2e-5)
+					check(t, label+" output (tensor cores)", gf, wf, 3e-3)
 					gp := g.host(t, gotPool)
 					gkv, gsc := splitPool(gp, l)
 					wkv, wsc := splitPool(wantPool.data, l)
@@ -369,7 +376,11 @@ func TestGPUSparsePrefill(t *testing.T) {
 			gotPool, got := g.FromHost(pool, l.PoolElems()), g.poisoned(T, heads*hd)
 			g.SparsePrefill(got, g.FromHost(q, T, heads*hd), g.FromHost(k, T, kvh*hd), g.FromHost(v, T, kvh*hd), row0, n, gotPool, l, slots, sel, scale)
 			label := fmt.Sprintf("n=%d/%s", n, name)
-			check(t, label+" output", g.host(t, got)[row0*heads*hd:], want.data[row0*heads*hd:], 2e-5)
+			tol := 2e-5
+			if n-sel.ObsWindow >= flashMinRows {
+				tol = 3e-3 // rows before the window ran on the tensor cores (TF32)
+			}
+			check(t, label+" output", g.host(t, got)[row0*heads*hd:], want.data[row0*heads*hd:], tol)
 			// The kept tokens: compare each slot's key (which token it
 			// holds) and, where both kept the same token, its score.
 			gp := g.host(t, gotPool)

@@ -39,6 +39,9 @@ typedef struct {
 	CUresult (*cuMemcpyHtoD)(CUdeviceptr, const void *, size_t);
 	CUresult (*cuMemcpyDtoH)(void *, CUdeviceptr, size_t);
 	CUresult (*cuMemsetD32)(CUdeviceptr, unsigned int, size_t);
+	CUresult (*cuMemHostAlloc)(void **, size_t, unsigned int);
+	CUresult (*cuMemFreeHost)(void *);
+	CUresult (*cuMemcpyHtoDAsync)(CUdeviceptr, const void *, size_t, CUstream);
 	CUresult (*cuModuleLoadData)(CUmodule *, const void *);
 	CUresult (*cuModuleUnload)(CUmodule);
 	CUresult (*cuModuleGetFunction)(CUfunction *, CUmodule, const char *);
@@ -76,6 +79,9 @@ static const char *kvd_cu_open(kvd_cu *d, const char *path) {
 	SYM(cuMemcpyHtoD, "cuMemcpyHtoD_v2")
 	SYM(cuMemcpyDtoH, "cuMemcpyDtoH_v2")
 	SYM(cuMemsetD32, "cuMemsetD32_v2")
+	SYM(cuMemHostAlloc, "cuMemHostAlloc")
+	SYM(cuMemFreeHost, "cuMemFreeHost")
+	SYM(cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2")
 	SYM(cuModuleLoadData, "cuModuleLoadData")
 	SYM(cuModuleUnload, "cuModuleUnload")
 	SYM(cuModuleGetFunction, "cuModuleGetFunction")
@@ -108,6 +114,9 @@ static CUresult kvd_cuMemFree(kvd_cu *d, CUdeviceptr p) { return d->cuMemFree(p)
 static CUresult kvd_cuMemcpyHtoD(kvd_cu *d, CUdeviceptr dst, const void *src, size_t n) { return d->cuMemcpyHtoD(dst, src, n); }
 static CUresult kvd_cuMemcpyDtoH(kvd_cu *d, void *dst, CUdeviceptr src, size_t n) { return d->cuMemcpyDtoH(dst, src, n); }
 static CUresult kvd_cuMemsetD32(kvd_cu *d, CUdeviceptr p, unsigned int v, size_t n) { return d->cuMemsetD32(p, v, n); }
+static CUresult kvd_cuMemHostAlloc(kvd_cu *d, void **p, size_t n) { return d->cuMemHostAlloc(p, n, 0); }
+static CUresult kvd_cuMemFreeHost(kvd_cu *d, void *p) { return d->cuMemFreeHost(p); }
+static CUresult kvd_cuMemcpyHtoDAsync(kvd_cu *d, CUdeviceptr dst, const void *src, size_t n, CUstream s) { return d->cuMemcpyHtoDAsync(dst, src, n, s); }
 static CUresult kvd_cuModuleLoadData(kvd_cu *d, CUmodule *m, const void *image) { return d->cuModuleLoadData(m, image); }
 static CUresult kvd_cuModuleUnload(kvd_cu *d, CUmodule m) { return d->cuModuleUnload(m); }
 static CUresult kvd_cuModuleGetFunction(kvd_cu *d, CUfunction *f, CUmodule m, const char *name) { return d->cuModuleGetFunction(f, m, name); }
@@ -338,6 +347,49 @@ func (c *Context) CopyToHost(dst []byte, src Ptr) error {
 	return c.drv.check("cuMemcpyDtoH", C.kvd_cuMemcpyDtoH(c.drv.d, unsafe.Pointer(&dst[0]), C.CUdeviceptr(src), C.size_t(len(dst))))
 }
 
+// Pinned is page-locked host memory from HostAlloc: copies from it can be
+// asynchronous. Bytes aliases C memory, valid until FreeHost.
+type Pinned struct {
+	Bytes []byte
+	p     unsafe.Pointer
+}
+
+// HostAlloc allocates n bytes of pinned host memory.
+func (c *Context) HostAlloc(n int) (*Pinned, error) {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return nil, err
+	}
+	var p unsafe.Pointer
+	if err := c.drv.check("cuMemHostAlloc", C.kvd_cuMemHostAlloc(c.drv.d, &p, C.size_t(n))); err != nil {
+		return nil, err
+	}
+	return &Pinned{Bytes: unsafe.Slice((*byte)(p), n), p: p}, nil
+}
+
+// FreeHost frees pinned memory.
+func (c *Context) FreeHost(m *Pinned) error {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return err
+	}
+	m.Bytes = nil
+	return c.drv.check("cuMemFreeHost", C.kvd_cuMemFreeHost(c.drv.d, m.p))
+}
+
+// CopyToDeviceAsync queues a copy of src, which must lie in pinned memory
+// and stay unchanged until s has run the copy, to dst on s.
+func (c *Context) CopyToDeviceAsync(dst Ptr, src []byte, s Stream) error {
+	if len(src) == 0 {
+		return nil
+	}
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return err
+	}
+	return c.drv.check("cuMemcpyHtoDAsync", C.kvd_cuMemcpyHtoDAsync(c.drv.d, C.CUdeviceptr(dst), unsafe.Pointer(&src[0]), C.size_t(len(src)), s.s))
+}
+
 // Memset32 sets n 32-bit words at p to v (tests poison outputs with it).
 func (c *Context) Memset32(p Ptr, v uint32, n int) error {
 	defer runtime.UnlockOSThread()
@@ -447,8 +499,7 @@ func (f *Function) Launch(s Stream, grid, block Dim3, shared uint32, args ...any
 	if len(args) > 32 {
 		return fmt.Errorf("%s: %d arguments (at most 32)", f.name, len(args))
 	}
-	slots := (*[32]C.ulonglong)(C.calloc(32, 8))
-	defer C.free(unsafe.Pointer(slots))
+	var slots [32]C.ulonglong // plain words: cgo lets C read them for the call
 	for i, a := range args {
 		switch v := a.(type) {
 		case Ptr:

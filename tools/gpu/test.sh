@@ -39,6 +39,7 @@ rc[e2e]=$?
 {
 	"$bin/forward" --model models/kvd-go-16m --device cuda --batch 1,32 --prompt 512 --decode 64
 	"$bin/forward" --model bench/models/llama-3.1-8b --load-format dummy --device cuda --batch 1,32 --prompt 512 --decode 32 | tail -n +3
+	"$bin/forward" --model bench/models/llama-3.1-8b --load-format dummy --device cuda --batch 1,8 --prompt 5000 --decode 32 | tail -n +3
 } >"$OUT/timing.md" 2>"$OUT/timing.log"
 rc[timing]=$?
 grep -E "^(---|===|ok|FAIL|PASS)|relative error|differ|kept tokens" "$OUT/kernels.log" | grep -v "^=== RUN" | tail -40
