@@ -2,18 +2,21 @@
 // prompt's own K and V (a sparse layer's prefill), with the score
 // accumulation that H2O and SnapKV select by.
 //
-// One CTA computes one query row for one KV head: the G query heads of
-// that head's group share every key and value it reads (GQA). Keys go in
-// tiles of TILE with an online softmax (flash-style, in float32 on the
-// CUDA cores); a row that scores makes a second pass over its keys once
-// the softmax's max and sum are known, adding each key's probability,
-// summed over the group, to its score with atomics.
+// Rows that score, decode rows and short prefills take the split row
+// kernels: a work item is one query row's range of keys for one KV head,
+// whose G query heads (GQA) share every key and value read. An item walks
+// its keys in tiles of TILE with an online softmax in float32 and leaves
+// its unnormalised partial (max, sum, weighted values); attn_combine merges
+// a row's items (flash-decoding), and a row that scores gets a second pass
+// over its keys once the final max and sum are known, adding each key's
+// probability, summed over the group, to its score with atomics. Splitting
+// a long context over many items keeps every SM busy at batch 1.
+// Long runs of rows that do not score take the tensor-core kernel below.
 #include "common.cuh"
 
 #define NT 128    // threads per CTA
 #define TILE 64   // keys per tile
 #define HDMAX 256 // largest head dim (two dims per thread)
-
 // Paged keys: token j of a table is slot j % bs of block blocks[j / bs].
 struct PagedKV {
     const float *pool;
@@ -56,45 +59,59 @@ template <int G> struct HeadScore {
     }
 };
 
-// sc[g][j] = scale · q_g · key(t0 + j) for j < tn; one warp per key.
+// sc[g][j] = scale · q_g · key(t0 + j) for j < tn. Each key is read by 8
+// lanes (4 keys per warp at once), so a dot product needs 3 shuffles.
 template <int G, class KV>
 __device__ __forceinline__ void logits(float (&sc)[G][TILE], const float (&qs)[G][HDMAX], const KV &kv, int hd, int t0,
                                        int tn, float scale) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int j = warp; j < tn; j += NT / 32) {
-        const float *kr = kv.key(t0 + j);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane >> 3, sl = lane & 7;
+    for (int j0 = warp * 4; j0 < tn; j0 += NT / 8) {  // uniform per warp: all lanes shuffle
+        const int j = j0 + sub;
         float dot[G];
 #pragma unroll
         for (int g = 0; g < G; g++) dot[g] = 0;
-        for (int d = lane; d < hd; d += 32) {
-            const float kk = kr[d];
+        if (j < tn) {
+            const float *kr = kv.key(t0 + j);
+            for (int d = sl * 4; d < hd; d += 32) {
+                const float k0 = kr[d], k1 = kr[d + 1], k2 = kr[d + 2], k3 = kr[d + 3];
 #pragma unroll
-            for (int g = 0; g < G; g++) dot[g] += qs[g][d] * kk;
+                for (int g = 0; g < G; g++)
+                    dot[g] += qs[g][d] * k0 + qs[g][d + 1] * k1 + qs[g][d + 2] * k2 + qs[g][d + 3] * k3;
+            }
         }
 #pragma unroll
         for (int g = 0; g < G; g++) {
-            const float s = warp_sum(dot[g]);
-            if (lane == 0) sc[g][j] = s * scale;
+            float s = dot[g];
+            s += __shfl_xor_sync(0xffffffffu, s, 1);
+            s += __shfl_xor_sync(0xffffffffu, s, 2);
+            s += __shfl_xor_sync(0xffffffffu, s, 4);
+            if (sl == 0 && j < tn) sc[g][j] = s * scale;
         }
     }
 }
 
-// One query row of one KV head's group: q and out point at the group's
-// first head, [G, hd] consecutive. The row sees keys 0..nvis-1.
-template <int G, class KV, class Sink>
-__device__ void attend(float *out, const float *q, int hd, int nvis, const KV &kv, bool score, const Sink &sink,
-                       float scale) {
+// Loads the group's queries, [G, hd] from q, into qs.
+template <int G>
+__device__ __forceinline__ void load_q(float (&qs)[G][HDMAX], const float *q, int hd) {
+    for (int i = threadIdx.x; i < G * hd; i += NT) qs[i / hd][i % hd] = q[i];
+    __syncthreads();
+}
+
+// One work item: keys k0..k1 of one query row for one KV head's group (q
+// points at the group's first head, [G, hd]). Leaves in ws [2G + G·hd]
+// the running max and sum per head and the unnormalised weighted values.
+template <int G, class KV>
+__device__ void partial(float *ws, const float *q, int hd, int k0, int k1, const KV &kv, float scale) {
     __shared__ float qs[G][HDMAX];
     __shared__ float sc[G][TILE];
     __shared__ float red[G];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    for (int i = tid; i < G * hd; i += NT) qs[i / hd][i % hd] = q[i];
+    load_q<G>(qs, q, hd);
     float m[G], l[G], acc[G][2];
 #pragma unroll
     for (int g = 0; g < G; g++) m[g] = -INFINITY, l[g] = 0, acc[g][0] = acc[g][1] = 0;
-    __syncthreads();
-    for (int t0 = 0; t0 < nvis; t0 += TILE) {
-        const int tn = min(TILE, nvis - t0);
+    for (int t0 = k0; t0 < k1; t0 += TILE) {
+        const int tn = min(TILE, k1 - t0);
         logits<G>(sc, qs, kv, hd, t0, tn, scale);
         __syncthreads();
         for (int g = warp; g < G; g += NT / 32) {
@@ -142,68 +159,143 @@ __device__ void attend(float *out, const float *q, int hd, int nvis, const KV &k
         }
         __syncthreads();  // sc and red are rewritten by the next tile
     }
+    if (tid < G) {
+#pragma unroll
+        for (int g = 0; g < G; g++)
+            if (g == tid) ws[g] = m[g], ws[G + g] = l[g];
+    }
 #pragma unroll
     for (int c = 0; c < 2; c++) {
         const int d = tid + c * NT;
         if (d >= hd) continue;
 #pragma unroll
-        for (int g = 0; g < G; g++) out[g * hd + d] = acc[g][c] / l[g];
+        for (int g = 0; g < G; g++) ws[2 * G + g * hd + d] = acc[g][c];
     }
-    if (!score) return;
-    for (int t0 = 0; t0 < nvis; t0 += TILE) {
-        const int tn = min(TILE, nvis - t0);
+}
+
+// The scoring pass of one work item: with the row's final max and sum per
+// head (fin [2G]), each key's probability goes to sink.
+template <int G, class KV, class Sink>
+__device__ void score(const float *fin, const float *q, int hd, int k0, int k1, const KV &kv, const Sink &sink,
+                      float scale) {
+    __shared__ float qs[G][HDMAX];
+    __shared__ float sc[G][TILE];
+    load_q<G>(qs, q, hd);
+    float m[G], inv[G];
+#pragma unroll
+    for (int g = 0; g < G; g++) m[g] = fin[g], inv[g] = 1.f / fin[G + g];
+    for (int t0 = k0; t0 < k1; t0 += TILE) {
+        const int tn = min(TILE, k1 - t0);
         logits<G>(sc, qs, kv, hd, t0, tn, scale);
         __syncthreads();
-        for (int j = tid; j < tn; j += NT) {
+        for (int j = threadIdx.x; j < tn; j += NT) {
             float p[G];
 #pragma unroll
-            for (int g = 0; g < G; g++) p[g] = expf(sc[g][j] - m[g]) / l[g];
+            for (int g = 0; g < G; g++) p[g] = expf(sc[g][j] - m[g]) * inv[g];
             sink.add(t0 + j, p);
         }
         __syncthreads();
     }
 }
 
-// Attention over the pool for R query rows: row i is q's row rows[i], it
-// sees the first nvis[i] tokens of the table blocks[table[i]...], and adds
-// to their scores when score[i] is set. grid (R, kvh), block NT.
+// Work items, items [n, 4]: the row (an index into rowinfo), its first and
+// end key, and the item's slot in the workspace. rowinfo [R, 4]: the row of
+// q and out, keys it sees, where its table starts in blocks (paged), and
+// whether it scores. ws [items, kvh, 2G + G·hd]; fin [R, kvh, 2G].
+
 template <int G>
-__device__ void attn_paged(float *out /*[T, H*hd]*/, const float *q /*[T, H*hd]*/, float *pool, int bs, int kvh, int hd,
-                           const int *rows /*[R]*/, const int *nvis /*[R]*/, const int *table /*[R]*/,
-                           const int *blocks, const int *score /*[R]*/, float scale) {
-    const int i = blockIdx.x, h = blockIdx.y;
-    const PoolLayout L{bs, kvh, hd};
-    const int *bl = blocks + table[i];
-    const i64 off = ((i64)rows[i] * kvh * G + (i64)h * G) * hd;
-    attend<G>(out + off, q + off, hd, nvis[i], PagedKV{pool, L, bl, h}, score[i] != 0, PoolScore<G>{pool, L, bl, h},
-              scale);
+__device__ void split_paged(float *ws, const float *q, const float *pool, int bs, int kvh, int hd, const int *rowinfo,
+                            const int *items, const int *blocks, float scale) {
+    const int *it = items + 4 * blockIdx.x, *ri = rowinfo + 4 * it[0];
+    const int h = blockIdx.y;
+    const PagedKV kv{pool, PoolLayout{bs, kvh, hd}, blocks + ri[2], h};
+    partial<G>(ws + ((i64)it[3] * kvh + h) * (2 * G + G * hd), q + ((i64)ri[0] * kvh + h) * G * hd, hd, it[1], it[2],
+               kv, scale);
 }
 
-// A sparse layer's prompt, rows row0..row0+n of q, k, v: exact causal
-// attention into out for its rows from first on; the rows from obs_from
-// add their probabilities to hs [H, n] per query head. grid (n - first,
-// kvh), block NT.
 template <int G>
-__device__ void attn_prompt(float *out /*[T, H*hd]*/, const float *q /*[T, H*hd]*/, const float *k /*[T, kvh*hd]*/,
-                            const float *v /*[T, kvh*hd]*/, int kvh, int hd, int row0, int n, int obs_from, int first,
-                            float *hs /*[H, n]*/, float scale) {
-    const int i = first + blockIdx.x, h = blockIdx.y;
-    const i64 off = ((i64)(row0 + i) * kvh * G + (i64)h * G) * hd;
-    attend<G>(out + off, q + off, hd, i + 1, DenseKV{k, v, kvh, hd, row0, h}, i >= obs_from, HeadScore<G>{hs, n, h},
-              scale);
+__device__ void score_paged(float *pool, const float *fin, const float *q, int bs, int kvh, int hd, const int *rowinfo,
+                            const int *items, const int *blocks, float scale) {
+    const int *it = items + 4 * blockIdx.x, *ri = rowinfo + 4 * it[0];
+    const int h = blockIdx.y;
+    const PoolLayout L{bs, kvh, hd};
+    const int *bl = blocks + ri[2];
+    score<G>(fin + ((i64)it[0] * kvh + h) * 2 * G, q + ((i64)ri[0] * kvh + h) * G * hd, hd, it[1], it[2],
+             PagedKV{pool, L, bl, h}, PoolScore<G>{pool, L, bl, h}, scale);
+}
+
+// A sparse layer's prompt: rowinfo's rows index rows row0.. of q, k, v, and
+// scores go to hs [H, n] per query head.
+template <int G>
+__device__ void split_prompt(float *ws, const float *q, const float *k, const float *v, int kvh, int hd, int row0,
+                             const int *rowinfo, const int *items, float scale) {
+    const int *it = items + 4 * blockIdx.x, *ri = rowinfo + 4 * it[0];
+    const int h = blockIdx.y;
+    partial<G>(ws + ((i64)it[3] * kvh + h) * (2 * G + G * hd), q + ((i64)ri[0] * kvh + h) * G * hd, hd, it[1], it[2],
+               DenseKV{k, v, kvh, hd, row0, h}, scale);
+}
+
+template <int G>
+__device__ void score_prompt(float *hs, int n, const float *fin, const float *q, const float *k, const float *v, int kvh,
+                             int hd, int row0, const int *rowinfo, const int *items, float scale) {
+    const int *it = items + 4 * blockIdx.x, *ri = rowinfo + 4 * it[0];
+    const int h = blockIdx.y;
+    score<G>(fin + ((i64)it[0] * kvh + h) * 2 * G, q + ((i64)ri[0] * kvh + h) * G * hd, hd, it[1], it[2],
+             DenseKV{k, v, kvh, hd, row0, h}, HeadScore<G>{hs, n, h}, scale);
+}
+
+// Merges each row's items, rowsplit [R+1] (a row's items are consecutive
+// workspace slots), into out, and leaves the final max and sum in fin for
+// rows that score. grid (R, kvh), block NT.
+extern "C" __global__ void __launch_bounds__(NT)
+    attn_combine(float *out /*[T, H*hd]*/, float *fin /*[R, kvh, 2G]*/, const float *ws, const int *rowinfo,
+                 const int *rowsplit /*[R+1]*/, int H, int kvh, int hd) {
+    const int r = blockIdx.x, h = blockIdx.y, G = H / kvh, stride = 2 * G + G * hd;
+    const int s0 = rowsplit[r], s1 = rowsplit[r + 1];
+    const int *ri = rowinfo + 4 * r;
+    for (int g = 0; g < G; g++) {
+        float M = -INFINITY, L = 0;
+        for (int s = s0; s < s1; s++) M = fmaxf(M, ws[((i64)s * kvh + h) * stride + g]);
+        for (int s = s0; s < s1; s++) {
+            const float *w = ws + ((i64)s * kvh + h) * stride;
+            L += w[G + g] * expf(w[g] - M);
+        }
+        for (int d = threadIdx.x; d < hd; d += NT) {
+            float o = 0;
+            for (int s = s0; s < s1; s++) {
+                const float *w = ws + ((i64)s * kvh + h) * stride;
+                o += w[2 * G + g * hd + d] * expf(w[g] - M);
+            }
+            out[((i64)ri[0] * H + h * G + g) * hd + d] = o / L;
+        }
+        if (threadIdx.x == 0 && ri[3]) {
+            fin[((i64)r * kvh + h) * 2 * G + g] = M;
+            fin[((i64)r * kvh + h) * 2 * G + G + g] = L;
+        }
+    }
 }
 
 // The group sizes instantiated: 1 to 8 query heads per KV head.
-#define INSTANTIATE(G)                                                                                                \
-    extern "C" __global__ void __launch_bounds__(NT) attn_paged_g##G(                                                 \
-        float *out, const float *q, float *pool, int bs, int kvh, int hd, const int *rows, const int *nvis,         \
-        const int *table, const int *blocks, const int *score, float scale) {                                       \
-        attn_paged<G>(out, q, pool, bs, kvh, hd, rows, nvis, table, blocks, score, scale);                           \
-    }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(NT)                                                                 \
-        attn_prompt_g##G(float *out, const float *q, const float *k, const float *v, int kvh, int hd, int row0, int n, \
-                         int obs_from, int first, float *hs, float scale) {                                          \
-        attn_prompt<G>(out, q, k, v, kvh, hd, row0, n, obs_from, first, hs, scale);                                  \
+#define INSTANTIATE(G)                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
+        split_paged_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd, const int *rowinfo,    \
+                         const int *items, const int *blocks, float scale) {                                          \
+        split_paged<G>(ws, q, pool, bs, kvh, hd, rowinfo, items, blocks, scale);                                      \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
+        score_paged_g##G(float *pool, const float *fin, const float *q, int bs, int kvh, int hd, const int *rowinfo,   \
+                         const int *items, const int *blocks, float scale) {                                          \
+        score_paged<G>(pool, fin, q, bs, kvh, hd, rowinfo, items, blocks, scale);                                     \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
+        split_prompt_g##G(float *ws, const float *q, const float *k, const float *v, int kvh, int hd, int row0,        \
+                          const int *rowinfo, const int *items, float scale) {                                        \
+        split_prompt<G>(ws, q, k, v, kvh, hd, row0, rowinfo, items, scale);                                           \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
+        score_prompt_g##G(float *hs, int n, const float *fin, const float *q, const float *k, const float *v, int kvh,  \
+                          int hd, int row0, const int *rowinfo, const int *items, float scale) {                      \
+        score_prompt<G>(hs, n, fin, q, k, v, kvh, hd, row0, rowinfo, items, scale);                                   \
     }
 INSTANTIATE(1)
 INSTANTIATE(2)

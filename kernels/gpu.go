@@ -107,14 +107,20 @@ func NewCUDA(index int) (*CUDA, error) {
 	return c, nil
 }
 
+func init() {
+	for g := 1; g <= maxGroup; g++ {
+		for _, k := range []string{"split_paged", "score_paged", "split_prompt", "score_prompt"} {
+			kernelNames["attention"] = append(kernelNames["attention"], fmt.Sprintf("%s_g%d", k, g))
+		}
+	}
+}
+
 // kernelNames lists each module's entry points.
 var kernelNames = map[string][]string{
 	"elementwise": {"embedding_bf16", "rmsnorm", "to_bf16", "rope", "silu_mul", "add", "gather_rows", "columns"},
 	"cache":       {"write_kv", "scatter_kept", "table_scores", "evict_gather", "evict_scatter"},
 	"attention": {
-		"attn_paged_g1", "attn_paged_g2", "attn_paged_g3", "attn_paged_g4", "attn_paged_g5", "attn_paged_g6", "attn_paged_g7", "attn_paged_g8",
-		"attn_prompt_g1", "attn_prompt_g2", "attn_prompt_g3", "attn_prompt_g4", "attn_prompt_g5", "attn_prompt_g6", "attn_prompt_g7", "attn_prompt_g8",
-		"flash_paged_hd64", "flash_paged_hd128", "flash_prompt_hd64", "flash_prompt_hd128",
+		"attn_combine", "flash_paged_hd64", "flash_paged_hd128", "flash_prompt_hd64", "flash_prompt_hd128",
 	},
 }
 
@@ -482,7 +488,8 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 	if !ok {
 		return
 	}
-	var rows, nvis, table, score, tiles []int32
+	var w rowWork
+	var tiles []int32
 	for s := range b.KVLen {
 		q0, q1 := int(b.QIndptr[s]), int(b.QIndptr[s+1])
 		if q1 == q0 || (b.Skip != nil && b.Skip[s]) {
@@ -501,34 +508,112 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 			r = scoreFrom
 		}
 		for ; r < q1; r++ {
-			rows = append(rows, int32(r))
-			nvis = append(nvis, int32(past+r-q0+1))
-			table = append(table, b.BlockIndptr[s])
-			sc := int32(0)
-			if r >= scoreFrom {
-				sc = 1
-			}
-			score = append(score, sc)
+			w.row(r, past+r-q0+1, int(b.BlockIndptr[s]), r >= scoreFrom)
 		}
 	}
-	if len(rows)+len(tiles) == 0 {
+	heads := q.Cols() / l.HeadDim
+	if len(tiles) > 0 {
+		meta := append(append([]int32(nil), b.Blocks...), tiles...)
+		p, class := c.ints(meta)
+		defer c.release(p, class)
+		c.launch(fmt.Sprintf("flash_paged_hd%d", l.HeadDim), cuda.Dim3{X: uint32(len(tiles) / 4), Y: uint32(heads)}, cuda.Dim3{X: 128},
+			ptr(out), ptr(q), ptr(pool), int32(l.BlockSize), int32(l.KVHeads), int32(heads), p+cuda.Ptr(4*len(b.Blocks)), p, scale)
+	}
+	if len(w.info) == 0 {
 		return
 	}
-	meta := make([]int32, 0, 4*len(rows)+len(tiles)+len(b.Blocks))
-	meta = append(append(append(append(append(append(meta, b.Blocks...), tiles...), rows...), nvis...), table...), score...)
+	c.splitRows(&w, out, q, heads, l, group, b.Blocks, splitSrc{pool: ptr(pool)}, scale)
+}
+
+// splitSrc is where the split row kernels find keys: the pool (paged), or
+// a prompt's rows of k and v, whose scoring rows vote into hs [H, n].
+type splitSrc struct {
+	pool     cuda.Ptr
+	k, v, hs cuda.Ptr
+	row0, n  int
+}
+
+// rowWork is the rows a launch of the split row kernels takes: rowinfo
+// [R, 4] as attention.cu reads it, and each row's keys, split into items
+// once the launch's size is known.
+type rowWork struct {
+	info []int32
+}
+
+func (w *rowWork) row(qrow, nvis, table int, score bool) {
+	sc := int32(0)
+	if score {
+		sc = 1
+	}
+	w.info = append(w.info, int32(qrow), int32(nvis), int32(table), sc)
+}
+
+// items splits every row's keys into work items, enough of them to give
+// each SM several CTAs, in tiles of 64 keys: items [n, 4] (row, first
+// key, end key, workspace slot), the score rows' items, and where each
+// row's items start (rowsplit [R+1]).
+func (w *rowWork) items(kvh, sms int) (items, scoring, rowsplit []int32) {
+	R := len(w.info) / 4
+	maxKeys := 0
+	for r := range R {
+		maxKeys = max(maxKeys, int(w.info[4*r+1]))
+	}
+	per := maxKeys // keys per item
+	if target := 4 * sms; R*kvh < target {
+		splits := (target + R*kvh - 1) / (R * kvh)
+		per = max(64, ((maxKeys+splits-1)/splits+63)/64*64)
+	}
+	rowsplit = make([]int32, 0, R+1)
+	for r := range R {
+		rowsplit = append(rowsplit, int32(len(items)/4))
+		nvis := int(w.info[4*r+1])
+		for k0 := 0; k0 < nvis; k0 += per {
+			it := []int32{int32(r), int32(k0), int32(min(k0+per, nvis)), int32(len(items) / 4)}
+			items = append(items, it...)
+			if w.info[4*r+3] != 0 {
+				scoring = append(scoring, it...)
+			}
+		}
+	}
+	return items, scoring, append(rowsplit, int32(len(items)/4))
+}
+
+// splitRows launches the split row kernels for w: the partials, the
+// combine into out, and for rows that score the scoring pass.
+func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, group int, blocks []int32, src splitSrc, scale float32) {
+	kvh, hd := l.KVHeads, l.HeadDim
+	items, scoring, rowsplit := w.items(kvh, c.dev.SMs)
+	R, n := len(w.info)/4, len(items)/4
+	meta := make([]int32, 0, len(blocks)+len(w.info)+len(items)+len(scoring)+len(rowsplit))
+	meta = append(append(append(append(append(meta, blocks...), w.info...), items...), scoring...), rowsplit...)
 	p, class := c.ints(meta)
 	defer c.release(p, class)
-	off := func(i int) cuda.Ptr { return p + cuda.Ptr(4*i) }
-	blocks, nb, nt, R := p, len(b.Blocks), len(tiles), len(rows)
-	heads := q.Cols() / l.HeadDim
-	if nt > 0 {
-		c.launch(fmt.Sprintf("flash_paged_hd%d", l.HeadDim), cuda.Dim3{X: uint32(nt / 4), Y: uint32(heads)}, cuda.Dim3{X: 128},
-			ptr(out), ptr(q), ptr(pool), int32(l.BlockSize), int32(l.KVHeads), int32(heads), off(nb), blocks, scale)
+	at := func(i int) cuda.Ptr { return p + cuda.Ptr(4*i) }
+	pBlocks, pInfo := at(0), at(len(blocks))
+	pItems := at(len(blocks) + len(w.info))
+	pScoring := at(len(blocks) + len(w.info) + len(items))
+	pSplit := at(len(blocks) + len(w.info) + len(items) + len(scoring))
+	stride := 2*group + group*hd
+	ws, wc := c.alloc(4 * n * kvh * stride)
+	defer c.release(ws, wc)
+	fin, fc := c.alloc(4 * R * kvh * 2 * group)
+	defer c.release(fin, fc)
+	grid := func(x int) cuda.Dim3 { return cuda.Dim3{X: uint32(x), Y: uint32(kvh)} }
+	block := cuda.Dim3{X: 128}
+	if src.pool != 0 {
+		pool := src.pool
+		c.launch(fmt.Sprintf("split_paged_g%d", group), grid(n), block, ws, ptr(q), pool, int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pItems, pBlocks, scale)
+		c.launch("attn_combine", grid(R), block, ptr(out), fin, ws, pInfo, pSplit, int32(heads), int32(kvh), int32(hd))
+		if len(scoring) > 0 {
+			c.launch(fmt.Sprintf("score_paged_g%d", group), grid(len(scoring)/4), block, pool, fin, ptr(q), int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pScoring, pBlocks, scale)
+		}
+		return
 	}
-	if R > 0 {
-		a := append(args(ptr(out), ptr(q), ptr(pool)), layoutArgs(l)...)
-		a = append(a, off(nb+nt), off(nb+nt+R), off(nb+nt+2*R), blocks, off(nb+nt+3*R), scale)
-		c.launch(fmt.Sprintf("attn_paged_g%d", group), cuda.Dim3{X: uint32(R), Y: uint32(l.KVHeads)}, cuda.Dim3{X: 128}, a...)
+	k, v, row0 := src.k, src.v, int32(src.row0)
+	c.launch(fmt.Sprintf("split_prompt_g%d", group), grid(n), block, ws, ptr(q), k, v, int32(kvh), int32(hd), row0, pInfo, pItems, scale)
+	c.launch("attn_combine", grid(R), block, ptr(out), fin, ws, pInfo, pSplit, int32(heads), int32(kvh), int32(hd))
+	if len(scoring) > 0 {
+		c.launch(fmt.Sprintf("score_prompt_g%d", group), grid(len(scoring)/4), block, src.hs, int32(src.n), fin, ptr(q), k, v, int32(kvh), int32(hd), row0, pInfo, pScoring, scale)
 	}
 }
 
@@ -553,8 +638,11 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 			ptr(out), ptr(q), ptr(k), ptr(v), int32(kvh), int32(heads), int32(row0), int32(obsFrom), scale)
 		first = obsFrom
 	}
-	c.launch(fmt.Sprintf("attn_prompt_g%d", group), cuda.Dim3{X: uint32(n - first), Y: uint32(kvh)}, cuda.Dim3{X: 128},
-		ptr(out), ptr(q), ptr(k), ptr(v), int32(kvh), int32(l.HeadDim), int32(row0), int32(n), int32(obsFrom), int32(first), ptr(hs), scale)
+	var w rowWork
+	for i := first; i < n; i++ {
+		w.row(row0+i, i+1, 0, i >= obsFrom)
+	}
+	c.splitRows(&w, out, q, heads, l, group, nil, splitSrc{k: ptr(k), v: ptr(v), hs: ptr(hs), row0: row0, n: n}, scale)
 	sums := make([]float32, heads*n)
 	c.ToHost(sums, hs)
 	headSum := make([]float64, n)

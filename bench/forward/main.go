@@ -3,7 +3,7 @@
 // --load-format dummy) on a chosen --device. It is for orientation; the
 // serving numbers come from bench/serve against a running gateway.
 //
-//	go run ./bench/forward --model bench/models/llama-3.1-8b --load-format dummy --device cuda --batch 1,32
+//	go run ./bench/forward --model bench/models/llama-3.1-8b --load-format dummy --device cuda --runs 1x512,32x512
 package main
 
 import (
@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -27,28 +28,34 @@ func main() {
 	dir := flag.String("model", "", "Hugging Face model directory (required)")
 	format := flag.String("load-format", model.LoadAuto, "auto or dummy")
 	device := flag.String("device", kernels.DeviceAuto, "auto, cpu or cuda")
-	batches := flag.String("batch", "1,32", "comma-separated batch sizes")
-	prompt := flag.Int("prompt", 512, "prompt tokens per sequence")
+	runs := flag.String("runs", "1x512,32x512", "comma-separated BATCHxPROMPT runs: sequences, and prompt tokens each")
 	decode := flag.Int("decode", 64, "decode steps")
 	chunk := flag.Int("max-num-batched-tokens", 8192, "prefill tokens per step")
+	profile := flag.String("cpuprofile", "", "write a CPU profile of the decode steps here")
 	flag.Parse()
-	if err := run(*dir, *format, *device, *batches, *prompt, *decode, *chunk); err != nil {
+	cpuProfile = *profile
+	if err := run(*dir, *format, *device, *runs, *decode, *chunk); err != nil {
 		fmt.Fprintln(os.Stderr, "forward:", err)
 		os.Exit(1)
 	}
 }
 
-func run(dir, format, device, batches string, prompt, decode, chunk int) error {
+var cpuProfile string
+
+func run(dir, format, device, runs string, decode, chunk int) error {
 	if dir == "" {
 		return fmt.Errorf("--model is required")
 	}
-	var bs []int
-	for _, f := range strings.Split(batches, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return fmt.Errorf("--batch %q: want positive integers", batches)
+	type shape struct{ batch, prompt int }
+	var shapes []shape
+	for _, f := range strings.Split(runs, ",") {
+		b, p, ok := strings.Cut(strings.TrimSpace(f), "x")
+		nb, err1 := strconv.Atoi(b)
+		np, err2 := strconv.Atoi(p)
+		if !ok || err1 != nil || err2 != nil || nb < 1 || np < 1 {
+			return fmt.Errorf("--runs %q: want BATCHxPROMPT pairs like 1x512,32x512", runs)
 		}
-		bs = append(bs, n)
+		shapes = append(shapes, shape{nb, np})
 	}
 	b, why, err := kernels.Select(device)
 	if err != nil {
@@ -69,7 +76,8 @@ func run(dir, format, device, batches string, prompt, decode, chunk int) error {
 	log.Info("model loaded", "seconds", time.Since(start).Seconds())
 	fmt.Printf("| model | device | batch | prompt | prefill tok/s | decode steps | decode tok/s | decode step ms |\n|---|---|---|---|---|---|---|---|\n")
 	rng := rand.New(rand.NewPCG(1, 2))
-	for _, batch := range bs {
+	for _, sh := range shapes {
+		batch, prompt := sh.batch, sh.prompt
 		r, err := runner.NewEmbedded(m, batch*runner.BlocksFor(m.Config, prompt+decode, 16), 16, nil)
 		if err != nil {
 			return err
@@ -97,6 +105,13 @@ func run(dir, format, device, batches string, prompt, decode, chunk int) error {
 		for i := range work {
 			work[i].Tokens = work[i].Tokens[:1]
 		}
+		if cpuProfile != "" {
+			f, err := os.Create(fmt.Sprintf("%s.%dx%d", cpuProfile, batch, prompt))
+			if err != nil {
+				return err
+			}
+			pprof.StartCPUProfile(f)
+		}
 		t0 = time.Now()
 		for range decode {
 			if _, err := r.Step(ctx, work); err != nil {
@@ -104,6 +119,9 @@ func run(dir, format, device, batches string, prompt, decode, chunk int) error {
 			}
 		}
 		dec := time.Since(t0)
+		if cpuProfile != "" {
+			pprof.StopCPUProfile()
+		}
 		fmt.Printf("| %s | %s | %d | %d | %.0f | %d | %.1f | %.2f |\n", m.Config.ModelType, card, batch, prompt,
 			float64(batch*prompt)/pre.Seconds(), decode, float64(batch*decode)/dec.Seconds(), dec.Seconds()*1000/float64(decode))
 		for i := range work {

@@ -37,6 +37,7 @@ type Device struct {
 	Index        int
 	Name         string
 	Major, Minor int    // compute capability
+	SMs          int    // multiprocessors
 	Memory       uint64 // bytes
 	handle       int32  // the CUdevice
 }

@@ -148,6 +148,7 @@ import (
 const (
 	attrComputeMajor = 75
 	attrComputeMinor = 76
+	attrSMs          = 16 // CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
 )
 
 // Driver is an opened CUDA driver library with cuInit done.
@@ -248,11 +249,15 @@ func (drv *Driver) Devices() ([]Device, error) {
 		if err := drv.check("cuDeviceGetAttribute", C.kvd_cuDeviceGetAttribute(drv.d, &minor, attrComputeMinor, dev)); err != nil {
 			return nil, err
 		}
+		var sms C.int
+		if err := drv.check("cuDeviceGetAttribute", C.kvd_cuDeviceGetAttribute(drv.d, &sms, attrSMs, dev)); err != nil {
+			return nil, err
+		}
 		var mem C.size_t
 		if err := drv.check("cuDeviceTotalMem", C.kvd_cuDeviceTotalMem(drv.d, &mem, dev)); err != nil {
 			return nil, err
 		}
-		devs = append(devs, Device{Index: i, Name: C.GoString(&name[0]), Major: int(major), Minor: int(minor), Memory: uint64(mem), handle: int32(dev)})
+		devs = append(devs, Device{Index: i, Name: C.GoString(&name[0]), Major: int(major), Minor: int(minor), SMs: int(sms), Memory: uint64(mem), handle: int32(dev)})
 	}
 	return devs, nil
 }

@@ -12,40 +12,41 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
 OUT=${OUT:-/tmp/kvd-gpu}
-mkdir -p "$OUT"
+logs=$OUT/logs
+mkdir -p "$logs"
 if command -v go >/dev/null; then
 	tools/gpu/build.sh >/dev/null
 fi
 bin=$(mktemp -d)
 for f in .dev/bin/*.xz; do xz -dc "$f" >"$bin/$(basename "$f" .xz)"; done
 chmod +x "$bin"/*
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,temperature.gpu --format=csv | tee "$OUT/card.csv"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,temperature.gpu --format=csv | tee "$logs/card.csv"
 declare -A rc
-(cd kernels/cuda && "$bin/cuda.test" -test.v -test.count=1) >"$OUT/cuda.log" 2>&1
+(cd kernels/cuda && "$bin/cuda.test" -test.v -test.count=1) >"$logs/cuda.log" 2>&1
 rc[shim]=$?
-(cd kernels && "$bin/kernels.test" -test.run GPU -test.v -test.count=1) >"$OUT/kernels.log" 2>&1
+(cd kernels && "$bin/kernels.test" -test.run GPU -test.v -test.count=1) >"$logs/kernels.log" 2>&1
 rc[kernels]=$?
 san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 if [ -n "$san" ]; then
 	(cd kernels && KVD_GPU_QUICK=1 "$san" --tool memcheck --error-exitcode 9 "$bin/kernels.test" \
-		-test.run 'GPU(Elementwise|Linear|Attention|WriteKV|SparsePrefill|Evict)' -test.count=1) >"$OUT/memcheck.log" 2>&1
+		-test.run 'GPU(Elementwise|Linear|Attention|WriteKV|SparsePrefill|Evict)' -test.count=1) >"$logs/memcheck.log" 2>&1
 	rc[memcheck]=$?
 else
-	echo "no compute-sanitizer" >"$OUT/memcheck.log"
+	echo "no compute-sanitizer" >"$logs/memcheck.log"
 	rc[memcheck]=missing
 fi
-(cd e2e && KVD_TEST_BIN_DIR="$bin" KVD_GPU_REPORT="$OUT/agreement.md" "$bin/e2e.test" -test.run GPUMatchesCPU -test.v -test.count=1) >"$OUT/e2e.log" 2>&1
+(cd e2e && KVD_TEST_BIN_DIR="$bin" KVD_GPU_REPORT="$OUT/agreement.md" "$bin/e2e.test" -test.run GPUMatchesCPU -test.v -test.count=1) >"$logs/e2e.log" 2>&1
 rc[e2e]=$?
 {
-	"$bin/forward" --model models/kvd-go-16m --device cuda --batch 1,32 --prompt 512 --decode 64
-	"$bin/forward" --model bench/models/llama-3.1-8b --load-format dummy --device cuda --batch 1,32 --prompt 512 --decode 32 | tail -n +3
-	"$bin/forward" --model bench/models/llama-3.1-8b --load-format dummy --device cuda --batch 1,8 --prompt 5000 --decode 32 | tail -n +3
-} >"$OUT/timing.md" 2>"$OUT/timing.log"
+	"$bin/forward" --model models/kvd-go-16m --device cuda --runs 1x512,32x512 --decode 64
+	"$bin/forward" --model bench/models/llama-3.1-8b --load-format dummy --device cuda --runs 1x512,32x512,1x5000,8x5000 --decode 32 --cpuprofile "$OUT/decode.pprof" | tail -n +3
+} >"$OUT/timing.md" 2>"$logs/timing.log"
 rc[timing]=$?
-grep -E "^(---|===|ok|FAIL|PASS)|relative error|differ|kept tokens" "$OUT/kernels.log" | grep -v "^=== RUN" | tail -40
-grep -E "ERROR SUMMARY|========= " "$OUT/memcheck.log" | tail -5
+grep -E "^(---|===|ok|FAIL|PASS)|relative error|differ|kept tokens" "$logs/kernels.log" | grep -v "^=== RUN" | tail -40
+grep -E "ERROR SUMMARY|========= " "$logs/memcheck.log" | tail -5
 cat "$OUT/agreement.md" 2>/dev/null
 cat "$OUT/timing.md"
 for k in shim kernels memcheck e2e timing; do echo "$k: exit ${rc[$k]}"; done
+tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$logs"
 cd "$root"
 [ "${rc[shim]}${rc[kernels]}${rc[e2e]}${rc[timing]}" = 0000 ]
