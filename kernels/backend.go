@@ -140,6 +140,13 @@ type Backend interface {
 	// positions[t]*invFreq[i], pairing element i with i+Hd/2 (HF's
 	// rotate_half convention).
 	RoPE(x *Tensor, heads int, positions []int32, invFreq []float32)
+	// SplitRoPE splits qkv [T, (H+2·KVH)·Hd] into q [T, H·Hd], k and v
+	// [T, KVH·Hd], rotating q and k as RoPE does: the three Columns and two
+	// RoPEs of attention's input, fused.
+	SplitRoPE(q, k, v, qkv *Tensor, positions []int32, invFreq []float32)
+	// AddRMSNorm: x += delta, then out = RMSNorm(x)·w (out may be delta):
+	// a residual add and the next norm, fused.
+	AddRMSNorm(out, x, delta, w *Tensor, eps float32)
 	// SiLUMul: out[T,F] = silu(gateUp[T, :F]) * gateUp[T, F:].
 	SiLUMul(out, gateUp *Tensor)
 	// Add: dst += x, elementwise.

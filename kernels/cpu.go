@@ -140,6 +140,20 @@ func (c *CPU) RoPE(x *Tensor, heads int, positions []int32, invFreq []float32) {
 	})
 }
 
+func (c *CPU) SplitRoPE(q, k, v, qkv *Tensor, positions []int32, invFreq []float32) {
+	hd := 2 * len(invFreq)
+	c.Columns(q, qkv, 0)
+	c.Columns(k, qkv, q.Cols())
+	c.Columns(v, qkv, q.Cols()+k.Cols())
+	c.RoPE(q, q.Cols()/hd, positions, invFreq)
+	c.RoPE(k, k.Cols()/hd, positions, invFreq)
+}
+
+func (c *CPU) AddRMSNorm(out, x, delta, w *Tensor, eps float32) {
+	c.Add(x, delta)
+	c.RMSNorm(out, x, w, eps)
+}
+
 func (c *CPU) SiLUMul(out, gateUp *Tensor) {
 	f := out.Cols()
 	c.parallel(out.Rows(), 4, func(lo, hi int) {

@@ -86,3 +86,101 @@ extern "C" __global__ void columns(float *out /*[T, C]*/, const float *x /*[T, X
     const i64 t = blockIdx.x;
     for (int i = threadIdx.x; i < C; i += blockDim.x) out[t * C + i] = x[t * XC + start + i];
 }
+
+// q [T, H*hd], k, v [T, KVH*hd] from qkv [T, (H+2·KVH)*hd], with q and k
+// rotated as rope does. grid (T), block any.
+extern "C" __global__ void split_rope(float *q /*[T, H*hd]*/, float *k /*[T, KVH*hd]*/, float *v /*[T, KVH*hd]*/,
+                                      const float *qkv /*[T, (H+2KVH)*hd]*/, const int *pos /*[T]*/,
+                                      const float *inv_freq /*[hd/2]*/, int H, int KVH, int hd) {
+    const i64 t = blockIdx.x;
+    const int half = hd / 2, W = (H + 2 * KVH) * hd;
+    const float *row = qkv + t * W;
+    // Rotated pairs of q's and k's heads: H + KVH heads of half pairs.
+    for (int j = threadIdx.x; j < (H + KVH) * half; j += blockDim.x) {
+        const int h = j / half, i = j % half;
+        double s, c;
+        sincos((double)pos[t] * (double)inv_freq[i], &s, &c);
+        const float cs = (float)c, sn = (float)s;
+        const float a = row[h * hd + i], b = row[h * hd + i + half];
+        float *dst = h < H ? q + (t * H + h) * hd : k + (t * KVH + h - H) * hd;
+        dst[i] = a * cs - b * sn;
+        dst[i + half] = b * cs + a * sn;
+    }
+    for (int j = threadIdx.x; j < KVH * hd; j += blockDim.x) v[t * KVH * hd + j] = row[(H + KVH) * hd + j];
+}
+
+// x += delta, then out = x / sqrt(mean(x²) + eps) * w: a residual add and
+// the next norm in one pass. grid (T), block 256.
+extern "C" __global__ void add_rmsnorm(float *out /*[T, D]*/, float *x /*[T, D]*/, const float *delta /*[T, D]*/,
+                                       const float *w /*[D]*/, int D, float eps) {
+    __shared__ float part[32];
+    const i64 t = blockIdx.x;
+    float *row = x + t * D;
+    const float *dr = delta + t * D;
+    float ss = 0;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        const float v = row[i] + dr[i];
+        row[i] = v;
+        ss += v * v;
+    }
+    ss = warp_sum(ss);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < (blockDim.x + 31) / 32 ? part[threadIdx.x] : 0.f;
+        v = warp_sum(v);
+        if (threadIdx.x == 0) part[0] = v;
+    }
+    __syncthreads();
+    const float inv = rsqrtf(part[0] / D + eps);
+    for (int i = threadIdx.x; i < D; i += blockDim.x) out[t * D + i] = row[i] * inv * w[i];
+}
+
+// Decode's matrix-vector products: out [T, N] = x [T, K] · w [N, K]ᵀ for
+// T <= 8, w in bf16, float32 accumulate. Memory-bound: each warp streams
+// one row of w with 16-byte loads while x sits in shared memory, a chunk
+// of K at a time. Needs K % 8 == 0. grid (ceil(N / 8)), block 256.
+#define GEMV_TMAX 8
+#define GEMV_KC 1024
+extern "C" __global__ void __launch_bounds__(256)
+    gemv_bf16(float *out /*[T, N]*/, const float *x /*[T, K]*/, const bf16_t *w /*[N, K]*/, int T, int N, int K) {
+    __shared__ __align__(16) float xs[GEMV_TMAX][GEMV_KC];
+    const int lane = threadIdx.x & 31, n = blockIdx.x * 8 + (threadIdx.x >> 5);
+    float acc[GEMV_TMAX];
+#pragma unroll
+    for (int t = 0; t < GEMV_TMAX; t++) acc[t] = 0.f;
+    for (int k0 = 0; k0 < K; k0 += GEMV_KC) {
+        const int kn = min(GEMV_KC, K - k0);
+        __syncthreads();
+        for (int i = threadIdx.x; i < T * GEMV_KC; i += blockDim.x) {
+            const int t = i / GEMV_KC, k = i % GEMV_KC;
+            xs[t][k] = k < kn ? x[(i64)t * K + k0 + k] : 0.f;
+        }
+        __syncthreads();
+        if (n >= N) continue;
+        const bf16_t *wr = w + (i64)n * K + k0;
+        for (int k = lane * 8; k < kn; k += 256) {
+            const uint4 raw = *reinterpret_cast<const uint4 *>(wr + k);
+            float wf[8];
+            wf[0] = __uint_as_float(raw.x << 16), wf[1] = __uint_as_float(raw.x & 0xffff0000u);
+            wf[2] = __uint_as_float(raw.y << 16), wf[3] = __uint_as_float(raw.y & 0xffff0000u);
+            wf[4] = __uint_as_float(raw.z << 16), wf[5] = __uint_as_float(raw.z & 0xffff0000u);
+            wf[6] = __uint_as_float(raw.w << 16), wf[7] = __uint_as_float(raw.w & 0xffff0000u);
+#pragma unroll
+            for (int t = 0; t < GEMV_TMAX; t++) {
+                if (t >= T) break;
+                const float4 a = *reinterpret_cast<const float4 *>(&xs[t][k]);
+                const float4 b = *reinterpret_cast<const float4 *>(&xs[t][k + 4]);
+                acc[t] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
+                          wf[6] * b.z + wf[7] * b.w;
+            }
+        }
+    }
+    if (n >= N) return;
+#pragma unroll
+    for (int t = 0; t < GEMV_TMAX; t++) {
+        if (t >= T) break;
+        const float s = warp_sum(acc[t]);
+        if (lane == 0) out[(i64)t * N + n] = s;
+    }
+}

@@ -117,7 +117,7 @@ func init() {
 
 // kernelNames lists each module's entry points.
 var kernelNames = map[string][]string{
-	"elementwise": {"embedding_bf16", "rmsnorm", "to_bf16", "rope", "silu_mul", "add", "gather_rows", "columns"},
+	"elementwise": {"embedding_bf16", "rmsnorm", "to_bf16", "rope", "silu_mul", "add", "gather_rows", "columns", "split_rope", "add_rmsnorm", "gemv_bf16"},
 	"cache":       {"write_kv", "scatter_kept", "table_scores", "evict_gather", "evict_scatter"},
 	"attention": {
 		"attn_combine", "flash_paged_hd64", "flash_paged_hd128", "flash_prompt_hd64", "flash_prompt_hd128",
@@ -412,10 +412,20 @@ func (c *CUDA) RMSNorm(out, x, w *Tensor, eps float32) {
 	c.launch("rmsnorm", cuda.Dim3{X: uint32(x.Rows())}, cuda.Dim3{X: 256}, ptr(out), ptr(x), ptr(w), int32(w.Len()), eps)
 }
 
-// Linear runs out = x·wᵀ through cuBLAS. A bf16 weight takes x rounded to
-// bf16 (a cached staging buffer); float32 weights multiply in float32.
+// gemvRows is the most rows of x the matrix-vector kernel takes; more go
+// to cuBLAS.
+const gemvRows = 8
+
+// Linear runs out = x·wᵀ. With a bf16 weight, up to gemvRows rows (decode)
+// take our matrix-vector kernel, which streams w at close to memory speed;
+// more rows go through cuBLAS with x rounded to bf16 (a cached staging
+// buffer). Float32 weights multiply in float32 on cuBLAS.
 func (c *CUDA) Linear(out, x, w *Tensor) {
 	t, k, n := x.Rows(), x.Cols(), w.Rows()
+	if w.bf16 && t <= gemvRows && k%8 == 0 {
+		c.launch("gemv_bf16", cuda.Dim3{X: uint32((n + 7) / 8)}, cuda.Dim3{X: 256}, ptr(out), ptr(x), ptr(w), int32(t), int32(n), int32(k))
+		return
+	}
 	a := cuda.Matrix{Ptr: ptr(w), Type: cuda.Float32, LD: k}
 	b := cuda.Matrix{Ptr: ptr(x), Type: cuda.Float32, LD: k}
 	if w.bf16 {
@@ -433,6 +443,20 @@ func (c *CUDA) RoPE(x *Tensor, heads int, positions []int32, invFreq []float32) 
 	fp, fc := c.floats(invFreq)
 	defer c.release(fp, fc)
 	c.launch("rope", cuda.Dim3{X: uint32(len(positions))}, cuda.Dim3{X: 128}, ptr(x), pp, fp, int32(heads), int32(x.Cols()/heads))
+}
+
+func (c *CUDA) SplitRoPE(q, k, v, qkv *Tensor, positions []int32, invFreq []float32) {
+	hd := 2 * len(invFreq)
+	pp, pc := c.ints(positions)
+	defer c.release(pp, pc)
+	fp, fc := c.floats(invFreq)
+	defer c.release(fp, fc)
+	c.launch("split_rope", cuda.Dim3{X: uint32(len(positions))}, cuda.Dim3{X: 256}, ptr(q), ptr(k), ptr(v), ptr(qkv), pp, fp,
+		int32(q.Cols()/hd), int32(k.Cols()/hd), int32(hd))
+}
+
+func (c *CUDA) AddRMSNorm(out, x, delta, w *Tensor, eps float32) {
+	c.launch("add_rmsnorm", cuda.Dim3{X: uint32(x.Rows())}, cuda.Dim3{X: 256}, ptr(out), ptr(x), ptr(delta), ptr(w), int32(w.Len()), eps)
 }
 
 func (c *CUDA) SiLUMul(out, gateUp *Tensor) {

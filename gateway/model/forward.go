@@ -127,14 +127,9 @@ func (sc *scratch) free(b kernels.Backend, more ...*kernels.Tensor) {
 // the hidden states x in sc.q, sc.k, sc.v.
 func (m *Model) attnInput(sc *scratch, x *kernels.Tensor, l *layer, pos []int32) {
 	c, b := m.Config, m.b
-	qd, kvd := c.NumHeads*c.HeadDim, c.NumKVHeads*c.HeadDim
 	b.RMSNorm(sc.h, x, l.attnNorm, float32(c.RMSNormEps))
 	b.Linear(sc.qkv, sc.h, l.qkv)
-	b.Columns(sc.q, sc.qkv, 0)
-	b.Columns(sc.k, sc.qkv, qd)
-	b.Columns(sc.v, sc.qkv, qd+kvd)
-	b.RoPE(sc.q, c.NumHeads, pos, m.invFreq)
-	b.RoPE(sc.k, c.NumKVHeads, pos, m.invFreq)
+	b.SplitRoPE(sc.q, sc.k, sc.v, sc.qkv, pos, m.invFreq)
 }
 
 // attnOutputAndMLP adds the attention output's projection, then the MLP, to
@@ -142,8 +137,7 @@ func (m *Model) attnInput(sc *scratch, x *kernels.Tensor, l *layer, pos []int32)
 func (m *Model) attnOutputAndMLP(sc *scratch, x, attn *kernels.Tensor, l *layer) {
 	b := m.b
 	b.Linear(sc.h, attn, l.o)
-	b.Add(x, sc.h)
-	b.RMSNorm(sc.h, x, l.mlpNorm, float32(m.Config.RMSNormEps))
+	b.AddRMSNorm(sc.h, x, sc.h, l.mlpNorm, float32(m.Config.RMSNormEps))
 	b.Linear(sc.gu, sc.h, l.gateUp)
 	b.SiLUMul(sc.act, sc.gu)
 	b.Linear(sc.h, sc.act, l.down)

@@ -26,6 +26,7 @@ declare -A rc
 rc[shim]=$?
 (cd kernels && "$bin/kernels.test" -test.run GPU -test.v -test.count=1) >"$logs/kernels.log" 2>&1
 rc[kernels]=$?
+(cd kernels && "$bin/kernels.test" -test.run '^$' -test.bench GPU -test.benchtime 20x) >"$OUT/ceilings.txt" 2>&1
 san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 if [ -n "$san" ]; then
 	(cd kernels && KVD_GPU_QUICK=1 "$san" --tool memcheck --error-exitcode 9 "$bin/kernels.test" \
@@ -44,6 +45,7 @@ rc[e2e]=$?
 rc[timing]=$?
 grep -E "^(---|===|ok|FAIL|PASS)|relative error|differ|kept tokens" "$logs/kernels.log" | grep -v "^=== RUN" | tail -40
 grep -E "ERROR SUMMARY|========= " "$logs/memcheck.log" | tail -5
+grep -E "^Benchmark" "$OUT/ceilings.txt"
 cat "$OUT/agreement.md" 2>/dev/null
 cat "$OUT/timing.md"
 for k in shim kernels memcheck e2e timing; do echo "$k: exit ${rc[$k]}"; done
