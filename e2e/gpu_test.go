@@ -60,6 +60,12 @@ func TestGPUMatchesCPU(t *testing.T) {
 		for i, prompt := range prompts {
 			body := map[string]any{"prompt": prompt, "max_tokens": 48, "temperature": 0, "ignore_eos": true, "logprobs": 1, "return_tokens_as_token_ids": true}
 			a, b := cpu.complete(t, body), gpu.complete(t, body)
+			// Without logprobs the greedy token is the GPU's argmax and
+			// the logits stay there: the same text.
+			plain := map[string]any{"prompt": prompt, "max_tokens": 48, "temperature": 0, "ignore_eos": true}
+			if c := gpu.complete(t, plain); c.Choices[0].Text != b.Choices[0].Text {
+				t.Errorf("%s: prompt %d: the GPU's argmax path gave %q, its logits path %q", p.name, i, c.Choices[0].Text, b.Choices[0].Text)
+			}
 			ta, tb := ids(t, a.Choices[0].Logprobs.Tokens), ids(t, b.Choices[0].Logprobs.Tokens)
 			n := 0
 			for n < len(ta) && n < len(tb) && ta[n] == tb[n] {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/kvd-project/kvd/shm"
@@ -321,5 +322,55 @@ func BenchmarkLinear(b *testing.B) {
 				b.ReportMetric(2*float64(s.t*s.k*s.n)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 			})
 		}
+	}
+}
+
+// argmaxRows are logits rows with the cases greedy sampling must agree on:
+// ties (the lowest index wins), NaN (never chosen), all -Inf (index 0),
+// +Inf, and plain random rows of vocabulary size v.
+func argmaxRows(rng *rand.Rand, v int) ([]float32, []int32) {
+	inf := float32(math.Inf(1))
+	nan := float32(math.NaN())
+	var rows []float32
+	var want []int32
+	add := func(row []float32, w int32) { rows, want = append(rows, row...), append(want, w) }
+	for range 5 {
+		row := make([]float32, v)
+		best := 0
+		for i := range row {
+			row[i] = float32(rng.NormFloat64())
+			if row[i] > row[best] {
+				best = i
+			}
+		}
+		add(row, int32(best))
+	}
+	row := make([]float32, v)
+	row[v/3], row[v/2] = 7, 7 // a tie
+	add(row, int32(v/3))
+	row = make([]float32, v)
+	for i := range row {
+		row[i] = nan
+	}
+	row[v-1] = -1 // NaN everywhere else
+	add(row, int32(v-1))
+	row = make([]float32, v)
+	for i := range row {
+		row[i] = -inf
+	}
+	add(row, 0)
+	row = make([]float32, v)
+	row[v-2], row[v-1] = inf, inf
+	add(row, int32(v-2))
+	return rows, want
+}
+
+func TestArgmax(t *testing.T) {
+	c := NewCPU()
+	rows, want := argmaxRows(rand.New(rand.NewPCG(1, 1)), 1000)
+	got := make([]int32, len(want))
+	c.Argmax(got, c.FromHost(rows, len(want), 1000))
+	if !slices.Equal(got, want) {
+		t.Errorf("argmax %v, want %v", got, want)
 	}
 }

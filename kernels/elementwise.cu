@@ -137,18 +137,29 @@ extern "C" __global__ void add_rmsnorm(float *out /*[T, D]*/, float *x /*[T, D]*
 }
 
 // Decode's matrix-vector products: out [T, N] = x [T, K] · w [N, K]ᵀ for
-// T <= 8, w in bf16, float32 accumulate. Memory-bound: each warp streams
-// one row of w with 16-byte loads while x sits in shared memory, a chunk
-// of K at a time. Needs K % 8 == 0. grid (ceil(N / 8)), block 256.
+// T <= 8, w in bf16, float32 accumulate. Memory-bound: each warp streams R
+// rows of w with 16-byte loads, a chunk's loads all issued before their
+// use, while x sits in shared memory a chunk of K at a time; R rows per
+// warp reuse each x read R times (more rows of x want a larger R). Needs
+// K % 8 == 0. grid (ceil(N / (8R))), block 256.
 #define GEMV_TMAX 8
 #define GEMV_KC 1024
-extern "C" __global__ void __launch_bounds__(256)
-    gemv_bf16(float *out /*[T, N]*/, const float *x /*[T, K]*/, const bf16_t *w /*[N, K]*/, int T, int N, int K) {
+__device__ __forceinline__ void unpack8(float (&f)[8], uint4 r) {
+    f[0] = __uint_as_float(r.x << 16), f[1] = __uint_as_float(r.x & 0xffff0000u);
+    f[2] = __uint_as_float(r.y << 16), f[3] = __uint_as_float(r.y & 0xffff0000u);
+    f[4] = __uint_as_float(r.z << 16), f[5] = __uint_as_float(r.z & 0xffff0000u);
+    f[6] = __uint_as_float(r.w << 16), f[7] = __uint_as_float(r.w & 0xffff0000u);
+}
+
+template <int R>
+__device__ void gemv(float *out, const float *x, const bf16_t *w, int T, int N, int K) {
     __shared__ __align__(16) float xs[GEMV_TMAX][GEMV_KC];
-    const int lane = threadIdx.x & 31, n = blockIdx.x * 8 + (threadIdx.x >> 5);
-    float acc[GEMV_TMAX];
+    const int lane = threadIdx.x & 31, n0 = (blockIdx.x * 8 + (threadIdx.x >> 5)) * R;
+    float acc[R][GEMV_TMAX];
 #pragma unroll
-    for (int t = 0; t < GEMV_TMAX; t++) acc[t] = 0.f;
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < GEMV_TMAX; t++) acc[r][t] = 0.f;
     for (int k0 = 0; k0 < K; k0 += GEMV_KC) {
         const int kn = min(GEMV_KC, K - k0);
         __syncthreads();
@@ -157,30 +168,80 @@ extern "C" __global__ void __launch_bounds__(256)
             xs[t][k] = k < kn ? x[(i64)t * K + k0 + k] : 0.f;
         }
         __syncthreads();
-        if (n >= N) continue;
-        const bf16_t *wr = w + (i64)n * K + k0;
-        for (int k = lane * 8; k < kn; k += 256) {
-            const uint4 raw = *reinterpret_cast<const uint4 *>(wr + k);
-            float wf[8];
-            wf[0] = __uint_as_float(raw.x << 16), wf[1] = __uint_as_float(raw.x & 0xffff0000u);
-            wf[2] = __uint_as_float(raw.y << 16), wf[3] = __uint_as_float(raw.y & 0xffff0000u);
-            wf[4] = __uint_as_float(raw.z << 16), wf[5] = __uint_as_float(raw.z & 0xffff0000u);
-            wf[6] = __uint_as_float(raw.w << 16), wf[7] = __uint_as_float(raw.w & 0xffff0000u);
+        if (n0 >= N) continue;
+        uint4 wv[R][GEMV_KC / 256];
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int c = 0; c < GEMV_KC / 256; c++) {
+                const int k = lane * 8 + c * 256;
+                wv[r][c] = n0 + r < N && k < kn ? *reinterpret_cast<const uint4 *>(w + (i64)(n0 + r) * K + k0 + k)
+                                                : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+        for (int c = 0; c < GEMV_KC / 256; c++) {
+            const int k = lane * 8 + c * 256;
+            if (k >= kn) break;
+            float wf[R][8];
+#pragma unroll
+            for (int r = 0; r < R; r++) unpack8(wf[r], wv[r][c]);
 #pragma unroll
             for (int t = 0; t < GEMV_TMAX; t++) {
                 if (t >= T) break;
                 const float4 a = *reinterpret_cast<const float4 *>(&xs[t][k]);
                 const float4 b = *reinterpret_cast<const float4 *>(&xs[t][k + 4]);
-                acc[t] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
-                          wf[6] * b.z + wf[7] * b.w;
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                    acc[r][t] += wf[r][0] * a.x + wf[r][1] * a.y + wf[r][2] * a.z + wf[r][3] * a.w +
+                                 wf[r][4] * b.x + wf[r][5] * b.y + wf[r][6] * b.z + wf[r][7] * b.w;
             }
         }
     }
-    if (n >= N) return;
 #pragma unroll
-    for (int t = 0; t < GEMV_TMAX; t++) {
-        if (t >= T) break;
-        const float s = warp_sum(acc[t]);
-        if (lane == 0) out[(i64)t * N + n] = s;
+    for (int r = 0; r < R; r++) {
+#pragma unroll
+        for (int t = 0; t < GEMV_TMAX; t++) {
+            if (t >= T) break;
+            const float s = warp_sum(acc[r][t]);
+            if (lane == 0 && n0 + r < N) out[(i64)t * N + n0 + r] = s;
+        }
     }
+}
+
+// One row of w per warp, for one or two rows of x.
+extern "C" __global__ void __launch_bounds__(256)
+    gemv_bf16(float *out /*[T, N]*/, const float *x /*[T, K]*/, const bf16_t *w /*[N, K]*/, int T, int N, int K) {
+    gemv<1>(out, x, w, T, N, K);
+}
+
+// Four rows of w per warp, for 3 to 8 rows of x.
+extern "C" __global__ void __launch_bounds__(256)
+    gemv4_bf16(float *out /*[T, N]*/, const float *x /*[T, K]*/, const bf16_t *w /*[N, K]*/, int T, int N, int K) {
+    gemv<4>(out, x, w, T, N, K);
+}
+
+// out[R] = the index of each row's largest logit, the lowest on a tie,
+// NaN never chosen and 0 for a row with nothing above -Inf (as the host
+// sampler's argmax). grid (R), block 256.
+extern "C" __global__ void __launch_bounds__(256) argmax_rows(int *out /*[R]*/, const float *logits /*[R, V]*/, int V) {
+    __shared__ float bv[256];
+    __shared__ int bi[256];
+    const float *row = logits + (i64)blockIdx.x * V;
+    float best = -INFINITY;
+    int at = V;  // none yet
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        const float v = row[i];
+        if (v > best) best = v, at = i;  // false for NaN; i rises, so a tie keeps the first
+    }
+    bv[threadIdx.x] = best, bi[threadIdx.x] = at;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            const float ov = bv[threadIdx.x + s];
+            const int oi = bi[threadIdx.x + s];
+            if (ov > bv[threadIdx.x] || (ov == bv[threadIdx.x] && oi < bi[threadIdx.x])) bv[threadIdx.x] = ov, bi[threadIdx.x] = oi;
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = bi[0] == V || bv[0] == -INFINITY ? 0 : bi[0];
 }

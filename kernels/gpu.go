@@ -117,7 +117,7 @@ func init() {
 
 // kernelNames lists each module's entry points.
 var kernelNames = map[string][]string{
-	"elementwise": {"embedding_bf16", "rmsnorm", "to_bf16", "rope", "silu_mul", "add", "gather_rows", "columns", "split_rope", "add_rmsnorm", "gemv_bf16"},
+	"elementwise": {"embedding_bf16", "rmsnorm", "to_bf16", "rope", "silu_mul", "add", "gather_rows", "columns", "split_rope", "add_rmsnorm", "gemv_bf16", "gemv4_bf16", "argmax_rows"},
 	"cache":       {"write_kv", "scatter_kept", "table_scores", "evict_gather", "evict_scatter"},
 	"attention": {
 		"attn_combine", "flash_paged_hd64", "flash_paged_hd128", "flash_prompt_hd64", "flash_prompt_hd128",
@@ -423,7 +423,11 @@ const gemvRows = 8
 func (c *CUDA) Linear(out, x, w *Tensor) {
 	t, k, n := x.Rows(), x.Cols(), w.Rows()
 	if w.bf16 && t <= gemvRows && k%8 == 0 {
-		c.launch("gemv_bf16", cuda.Dim3{X: uint32((n + 7) / 8)}, cuda.Dim3{X: 256}, ptr(out), ptr(x), ptr(w), int32(t), int32(n), int32(k))
+		if t <= 2 {
+			c.launch("gemv_bf16", cuda.Dim3{X: uint32((n + 7) / 8)}, cuda.Dim3{X: 256}, ptr(out), ptr(x), ptr(w), int32(t), int32(n), int32(k))
+		} else {
+			c.launch("gemv4_bf16", cuda.Dim3{X: uint32((n + 31) / 32)}, cuda.Dim3{X: 256}, ptr(out), ptr(x), ptr(w), int32(t), int32(n), int32(k))
+		}
 		return
 	}
 	a := cuda.Matrix{Ptr: ptr(w), Type: cuda.Float32, LD: k}
@@ -467,6 +471,17 @@ func (c *CUDA) SiLUMul(out, gateUp *Tensor) {
 func (c *CUDA) Add(dst, x *Tensor) {
 	n := x.Len()
 	c.launch("add", cuda.Dim3{X: gridFor(n)}, cuda.Dim3{X: 256}, ptr(dst), ptr(x), int64(n))
+}
+
+func (c *CUDA) Argmax(dst []int32, logits *Tensor) {
+	if len(dst) == 0 {
+		return
+	}
+	p, class := c.alloc(4 * len(dst))
+	defer c.release(p, class)
+	c.launch("argmax_rows", cuda.Dim3{X: uint32(len(dst))}, cuda.Dim3{X: 256}, p, ptr(logits), int32(logits.Cols()))
+	c.fail(c.ctx.CopyToHost(unsafe.Slice((*byte)(unsafe.Pointer(&dst[0])), 4*len(dst)), p))
+	c.drained()
 }
 
 func (c *CUDA) Gather(out, x *Tensor, rows []int32) {

@@ -495,7 +495,7 @@ func BenchmarkGPU(b *testing.B) {
 	})
 	g.Free(x)
 	g.Free(y)
-	for _, sh := range [][3]int{{1, 4096, 14336}, {8, 4096, 14336}, {32, 4096, 14336}, {1, 14336, 4096}, {4096, 4096, 14336}} {
+	for _, sh := range [][3]int{{1, 4096, 14336}, {2, 4096, 14336}, {4, 4096, 14336}, {8, 4096, 14336}, {32, 4096, 14336}, {1, 14336, 4096}, {1, 4096, 128256}, {4096, 4096, 14336}} {
 		T, k, nn := sh[0], sh[1], sh[2]
 		w := g.Weight(randn(rng, nn*k), nn, k)
 		in, out := g.FromHost(randn(rng, T*k), T, k), g.Alloc(T, nn)
@@ -517,5 +517,20 @@ func (c *CUDA) sync(tb testing.TB) {
 	c.fail(c.ctx.Sync(cuda.Stream{}))
 	if err := c.Err(); err != nil {
 		tb.Fatal(err)
+	}
+}
+
+func TestGPUArgmax(t *testing.T) {
+	g := newGPU(t)
+	for _, v := range []int{1000, 128256} {
+		rows, want := argmaxRows(rand.New(rand.NewPCG(2, uint64(v))), v)
+		got := make([]int32, len(want))
+		g.Argmax(got, g.FromHost(rows, len(want), v))
+		if err := g.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("vocab %d: argmax %v, want %v", v, got, want)
+		}
 	}
 }

@@ -66,13 +66,25 @@ type Batch struct {
 
 // Forward runs one step and returns logits [len(LogitRows), VocabSize].
 func (m *Model) Forward(ctx context.Context, bt *Batch, cache *Cache) ([]float32, error) {
+	lg, _, err := m.ForwardArgmax(ctx, bt, cache, nil)
+	return lg, err
+}
+
+// ForwardArgmax is Forward for a caller that samples some rows greedily:
+// it returns every LogitRow's argmax, computed where the logits are (the
+// GPU), and brings to the host only the logits of the rows with host[i]
+// set, in order. A nil host brings every row and computes no argmax.
+func (m *Model) ForwardArgmax(ctx context.Context, bt *Batch, cache *Cache, host []bool) (logits []float32, argmax []int32, err error) {
+	if host != nil && len(host) != len(bt.LogitRows) {
+		return nil, nil, fmt.Errorf("forward: %d host flags for %d logit rows", len(host), len(bt.LogitRows))
+	}
 	c, b, w := m.Config, m.b, m.w
 	ids, pos, qIndptr, err := m.flatten(bt)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(bt.Layers) != c.NumLayers {
-		return nil, fmt.Errorf("forward: %d layer plans for %d layers", len(bt.Layers), c.NumLayers)
+		return nil, nil, fmt.Errorf("forward: %d layer plans for %d layers", len(bt.Layers), c.NumLayers)
 	}
 	T := len(ids)
 	x, sc := b.Alloc(T, c.HiddenSize), m.newScratch(T)
@@ -82,15 +94,15 @@ func (m *Model) Forward(ctx context.Context, bt *Batch, cache *Cache) ([]float32
 	b.Embedding(x, w.embed, ids)
 	for i := range w.layers {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if err := b.Err(); err != nil {
-			return nil, fmt.Errorf("forward: layer %d: %w", i, err)
+			return nil, nil, fmt.Errorf("forward: layer %d: %w", i, err)
 		}
 		l, plan := &w.layers[i], &bt.Layers[i]
 		tokSlots, err := m.preparePlan(plan, qIndptr, T, cache.Layout)
 		if err != nil {
-			return nil, fmt.Errorf("forward: layer %d: %w", i, err)
+			return nil, nil, fmt.Errorf("forward: layer %d: %w", i, err)
 		}
 		m.attnInput(sc, x, l, pos)
 		b.WriteKV(cache.Pool, cache.Layout, sc.k, sc.v, tokSlots)
@@ -98,7 +110,7 @@ func (m *Model) Forward(ctx context.Context, bt *Batch, cache *Cache) ([]float32
 		b.Attention(attn, sc.q, cache.Pool, cache.Layout, &plan.Attn, m.scale)
 		m.attnOutputAndMLP(sc, x, attn, l)
 	}
-	return m.logits(x, bt.LogitRows)
+	return m.logits(x, bt.LogitRows, host)
 }
 
 // scratch holds one step's intermediate tensors, [T, ·].
@@ -232,17 +244,18 @@ func (m *Model) sparsePrefills(plan *LayerKV, qIndptr []int32, sc *scratch, attn
 	}
 }
 
-// logits applies the final norm and the LM head to the selected rows of x.
-func (m *Model) logits(x *kernels.Tensor, rows []int32) ([]float32, error) {
+// logits applies the final norm and the LM head to the selected rows of x,
+// and returns the logits host asks for and, with host set, every row's
+// argmax (see ForwardArgmax).
+func (m *Model) logits(x *kernels.Tensor, rows []int32, host []bool) ([]float32, []int32, error) {
 	b, c := m.b, m.Config
 	for _, r := range rows {
 		if r < 0 || int(r) >= x.Rows() {
-			return nil, fmt.Errorf("forward: logit row %d outside the step's %d tokens", r, x.Rows())
+			return nil, nil, fmt.Errorf("forward: logit row %d outside the step's %d tokens", r, x.Rows())
 		}
 	}
-	out := make([]float32, len(rows)*c.VocabSize)
 	if len(rows) == 0 {
-		return out, nil
+		return nil, nil, nil
 	}
 	sel, normed := b.Alloc(len(rows), c.HiddenSize), b.Alloc(len(rows), c.HiddenSize)
 	lg := b.Alloc(len(rows), c.VocabSize)
@@ -250,11 +263,31 @@ func (m *Model) logits(x *kernels.Tensor, rows []int32) ([]float32, error) {
 	b.Gather(sel, x, rows)
 	b.RMSNorm(normed, sel, m.w.norm, float32(c.RMSNormEps))
 	b.Linear(lg, normed, m.w.lmHead)
-	b.ToHost(out, lg)
-	if err := b.Err(); err != nil {
-		return nil, fmt.Errorf("forward: logits: %w", err)
+	var argmax []int32
+	keep := make([]int32, 0, len(rows))
+	for i := range rows {
+		if host == nil || host[i] {
+			keep = append(keep, int32(i))
+		}
 	}
-	return out, nil
+	if host != nil {
+		argmax = make([]int32, len(rows))
+		b.Argmax(argmax, lg)
+	}
+	out := make([]float32, len(keep)*c.VocabSize)
+	switch {
+	case len(keep) == len(rows):
+		b.ToHost(out, lg)
+	case len(keep) > 0:
+		part := b.Alloc(len(keep), c.VocabSize)
+		b.Gather(part, lg, keep)
+		b.ToHost(out, part)
+		b.Free(part)
+	}
+	if err := b.Err(); err != nil {
+		return nil, nil, fmt.Errorf("forward: logits: %w", err)
+	}
+	return out, argmax, nil
 }
 
 // flatten concatenates the step's tokens and positions, checking ids.

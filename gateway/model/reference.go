@@ -80,5 +80,6 @@ func (m *Model) Reference(ctx context.Context, tokens []int32) ([]float32, error
 	for i := range rows {
 		rows[i] = int32(i)
 	}
-	return m.logits(x, rows)
+	lg, _, err := m.logits(x, rows, nil)
+	return lg, err
 }

@@ -165,22 +165,44 @@ type Work struct {
 	// AllLogits asks for logits after every token (prompt log-probs);
 	// otherwise only after the last.
 	AllLogits bool
+	// ArgmaxOnly asks for the greedy token alone: the logits stay where
+	// they were computed (the GPU) and only the argmax comes back.
+	ArgmaxOnly bool
 }
 
 // Step runs one forward pass and returns each Work's logits:
 // [rows, VocabSize] where rows is len(Tokens) or 1.
 func (r *Runner) Step(ctx context.Context, work []Work) ([][]float32, error) {
+	for _, w := range work {
+		if w.ArgmaxOnly {
+			return nil, fmt.Errorf("sequence %d: ArgmaxOnly work needs StepArgmax", w.Seq)
+		}
+	}
+	lg, _, err := r.StepArgmax(ctx, work)
+	return lg, err
+}
+
+// StepArgmax is Step that also gives each ArgmaxOnly Work its greedy
+// token, argmax[i], the argmax of its last row; such a Work's logits are
+// nil. argmax is nil when no Work is ArgmaxOnly.
+func (r *Runner) StepArgmax(ctx context.Context, work []Work) (logits [][]float32, argmax []int32, err error) {
 	appends := make([]blocks.Append, len(work))
 	bt := &model.Batch{Seqs: make([]model.Seq, len(work))}
 	row := int32(0)
+	var host []bool // per logit row: bring its logits to the host
+	anyArgmax := false
 	for i, w := range work {
 		pos, ok := r.pos[w.Seq]
 		if !ok {
-			return nil, fmt.Errorf("sequence %d: %w", w.Seq, blocks.ErrUnknownSeq)
+			return nil, nil, fmt.Errorf("sequence %d: %w", w.Seq, blocks.ErrUnknownSeq)
 		}
 		if len(w.Tokens) == 0 {
-			return nil, fmt.Errorf("sequence %d: no tokens in step", w.Seq)
+			return nil, nil, fmt.Errorf("sequence %d: no tokens in step", w.Seq)
 		}
+		if w.ArgmaxOnly && w.AllLogits {
+			return nil, nil, fmt.Errorf("sequence %d: ArgmaxOnly with AllLogits", w.Seq)
+		}
+		anyArgmax = anyArgmax || w.ArgmaxOnly
 		appends[i] = blocks.Append{Seq: blocks.SeqID(w.Seq), N: len(w.Tokens)}
 		bt.Seqs[i] = model.Seq{Tokens: w.Tokens, Pos: pos}
 		first := row
@@ -188,14 +210,19 @@ func (r *Runner) Step(ctx context.Context, work []Work) ([][]float32, error) {
 		if w.AllLogits {
 			for j := first; j < row; j++ {
 				bt.LogitRows = append(bt.LogitRows, j)
+				host = append(host, true)
 			}
 		} else {
 			bt.LogitRows = append(bt.LogitRows, row-1)
+			host = append(host, !w.ArgmaxOnly)
 		}
+	}
+	if !anyArgmax {
+		host = nil
 	}
 	id, plans, err := r.kv.Reserve(ctx, appends)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	bt.Layers = make([]model.LayerKV, len(plans))
 	spec := r.kv.Spec()
@@ -204,35 +231,33 @@ func (r *Runner) Step(ctx context.Context, work []Work) ([][]float32, error) {
 	}
 	b := r.m.Backend()
 	cache := &model.Cache{Pool: r.kv.PoolTensor(b), Layout: r.kv.Layout()}
-	logits, err := r.m.Forward(ctx, bt, cache)
+	flat, rowArgmax, err := r.m.ForwardArgmax(ctx, bt, cache, host)
 	r.kv.Done(id, err != nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	v := r.m.Config.VocabSize
-	out := make([][]float32, len(work))
-	off := 0
+	logits = make([][]float32, len(work))
+	if anyArgmax {
+		argmax = make([]int32, len(work))
+	}
+	off, lrow := 0, 0 // rows of flat taken; logit rows passed
 	for i, w := range work {
 		n := 1
 		if w.AllLogits {
 			n = len(w.Tokens)
 		}
-		out[i] = logits[off*v : (off+n)*v]
-		off += n
+		if anyArgmax {
+			argmax[i] = rowArgmax[lrow+n-1]
+		}
+		lrow += n
+		if !w.ArgmaxOnly {
+			logits[i] = flat[off*v : (off+n)*v]
+			off += n
+		}
 		r.pos[w.Seq] += len(w.Tokens)
 	}
-	return out, nil
-}
-
-// Argmax is greedy sampling: the index of the largest logit.
-func Argmax(logits []float32) int32 {
-	best := 0
-	for i, x := range logits {
-		if x > logits[best] {
-			best = i
-		}
-	}
-	return int32(best)
+	return logits, argmax, nil
 }
 
 // Greedy prefills prompt as one sequence and decodes up to maxTokens tokens
@@ -245,11 +270,11 @@ func (r *Runner) Greedy(ctx context.Context, id uint64, prompt []int32, maxToken
 	var out []int32
 	next := prompt
 	for len(out) < maxTokens {
-		lg, err := r.Step(ctx, []Work{{Seq: id, Tokens: next}})
+		_, am, err := r.StepArgmax(ctx, []Work{{Seq: id, Tokens: next, ArgmaxOnly: true}})
 		if err != nil {
 			return out, err
 		}
-		t := Argmax(lg[0])
+		t := am[0]
 		out = append(out, t)
 		if emit != nil {
 			emit(t)

@@ -91,6 +91,9 @@ func New(p Params) *Sampler {
 	return s
 }
 
+// Greedy says the sampler always takes the argmax (temperature 0, or top-k 1).
+func (s *Sampler) Greedy() bool { return s.greedy }
+
 // Sample picks the next token from logits [vocab] without modifying them.
 // Greedy is argmax with the lowest index on ties. Otherwise it scales by
 // 1/temperature, keeps the top-k, keeps the smallest prefix whose

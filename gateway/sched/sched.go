@@ -168,7 +168,7 @@ type item struct {
 func (s *Scheduler) step(ctx context.Context) bool {
 	batch := s.schedule()
 	for len(batch) > 0 {
-		logits, err := s.run(ctx, batch)
+		logits, argmax, err := s.run(ctx, batch)
 		switch {
 		case errors.Is(err, blocks.ErrPoolExhausted):
 			batch = s.preempt(batch)
@@ -179,7 +179,7 @@ func (s *Scheduler) step(ctx context.Context) bool {
 			s.fail(batch, err)
 			return true
 		default:
-			s.sample(batch, logits)
+			s.sample(batch, logits, argmax)
 			return true
 		}
 	}
@@ -243,13 +243,23 @@ func (s *Scheduler) admit(r *Request) error {
 }
 
 // run is the forward pass; kvd's calls join the oldest request's trace.
-func (s *Scheduler) run(ctx context.Context, batch []item) ([][]float32, error) {
+// A request that only needs its greedy token gets just that back.
+func (s *Scheduler) run(ctx context.Context, batch []item) ([][]float32, []int32, error) {
 	work := make([]runner.Work, len(batch))
 	for i, it := range batch {
-		work[i] = runner.Work{Seq: it.req.id, Tokens: it.tokens, AllLogits: it.prefill && it.req.Params.PromptLogprobs && !it.req.scored}
+		all := it.prefill && it.req.Params.PromptLogprobs && !it.req.scored
+		work[i] = runner.Work{Seq: it.req.id, Tokens: it.tokens, AllLogits: all, ArgmaxOnly: !all && it.req.argmaxOnly()}
 	}
 	stepCtx := trace.ContextWithSpan(ctx, batch[0].req.span)
-	return s.r.Step(stepCtx, work)
+	return s.r.StepArgmax(stepCtx, work)
+}
+
+// argmaxOnly says the next token is the argmax of the logits with nothing
+// else read from them: greedy, no logprobs, no tokens suppressed or forced.
+func (r *Request) argmaxOnly() bool {
+	g := r.generated()
+	return r.sampler.Greedy() && r.Params.Logprobs < 0 && g >= len(r.Params.Forced) &&
+		(g >= r.Params.MinTokens || len(r.Params.StopTokens) == 0)
 }
 
 // preempt makes room after kvd said the pool is full: the newest admitted
@@ -285,8 +295,9 @@ func (s *Scheduler) closeSeq(r *Request) {
 	}
 }
 
-// sample turns each item's logits into its next token and events.
-func (s *Scheduler) sample(batch []item, logits [][]float32) {
+// sample turns each item's logits (or, for a greedy request, its argmax)
+// into its next token and events.
+func (s *Scheduler) sample(batch []item, logits [][]float32, argmax []int32) {
 	now := time.Now()
 	v := s.r.Model().Config.VocabSize
 	for i, it := range batch {
@@ -302,7 +313,12 @@ func (s *Scheduler) sample(batch []item, logits [][]float32) {
 			s.finishRunning(r, FinishLength)
 			continue
 		}
-		tok := s.next(r, lg)
+		var tok Token
+		if lg == nil {
+			tok.ID = argmax[i]
+		} else {
+			tok = s.next(r, lg)
+		}
 		r.tokens = append(r.tokens, tok.ID)
 		if r.first.IsZero() {
 			r.first = now
