@@ -55,6 +55,9 @@ func TestGPUMatchesCPU(t *testing.T) {
 		if !strings.Contains(gpu.allLogs(), "backend=cuda") {
 			t.Fatalf("the --device cuda gateway did not choose the GPU:\n%s", gpu.allLogs())
 		}
+		if used, temp := gpu.metric(t, "kvd_gpu_memory_used_bytes"), gpu.metric(t, "kvd_gpu_temperature_celsius"); !(used > 0) || !(temp > 0) {
+			t.Errorf("NVML gauges: memory used %v, temperature %v", used, temp)
+		}
 		agree, total, same := 0, 0, 0
 		maxDiff := 0.0
 		for i, prompt := range prompts {

@@ -1,11 +1,16 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 
+	"go.opentelemetry.io/otel/metric"
+
 	"github.com/kvd-project/kvd/kernels"
+	"github.com/kvd-project/kvd/kernels/cuda"
 	"github.com/kvd-project/kvd/kvd/pool"
+	"github.com/kvd-project/kvd/observability"
 )
 
 // selectDevice opens the backend --device asks for and logs which one and
@@ -39,4 +44,50 @@ func freeMemory(b kernels.Backend) func() (int64, error) {
 		}
 	}
 	return pool.AvailableMemory
+}
+
+// gpuGauges exports the GPU's NVML readings on /metrics when the model runs
+// on one; without NVML it logs why and exports nothing.
+func gpuGauges(b kernels.Backend, log *slog.Logger) (func(), error) {
+	g, ok := b.(*kernels.CUDA)
+	if !ok {
+		return func() {}, nil
+	}
+	nv, err := cuda.OpenNVML(g.Device().Index)
+	if err != nil {
+		log.Warn("no GPU metrics", "err", err)
+		return func() {}, nil
+	}
+	if s, err := nv.Stats(); err == nil {
+		log.Info("gpu", "device", g.Device().String(), "memory_used_bytes", s.MemoryUsed, "temperature_c", s.Temperature)
+	}
+	meter := observability.Meter("gateway")
+	used, err := meter.Int64ObservableGauge("kvd_gpu_memory_used_bytes", metric.WithDescription("GPU memory in use (NVML)."))
+	if err != nil {
+		return nil, err
+	}
+	total, err := meter.Int64ObservableGauge("kvd_gpu_memory_total_bytes", metric.WithDescription("GPU memory (NVML)."))
+	if err != nil {
+		return nil, err
+	}
+	util, err := meter.Float64ObservableGauge("kvd_gpu_utilization", metric.WithDescription("Fraction of the last sample period with a kernel running (NVML)."))
+	if err != nil {
+		return nil, err
+	}
+	temp, err := meter.Int64ObservableGauge("kvd_gpu_temperature_celsius", metric.WithDescription("GPU temperature (NVML)."))
+	if err != nil {
+		return nil, err
+	}
+	_, err = meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		s, err := nv.Stats()
+		if err != nil {
+			return nil
+		}
+		o.ObserveInt64(used, int64(s.MemoryUsed))
+		o.ObserveInt64(total, int64(s.MemoryTotal))
+		o.ObserveFloat64(util, float64(s.Utilization)/100)
+		o.ObserveInt64(temp, int64(s.Temperature))
+		return nil
+	}, used, total, util, temp)
+	return nv.Close, err
 }

@@ -141,6 +141,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := kvGauges(status); err != nil {
 		return err
 	}
+	closeNVML, err := gpuGauges(b, log)
+	if err != nil {
+		return err
+	}
+	defer closeNVML()
 	s, err := sched.New(r, sched.Config{MaxNumSeqs: *maxSeqs, MaxBatchTokens: *maxBatched, MaxModelLen: *maxLen, MaxQueue: *maxQueue, Logger: log})
 	if err != nil {
 		return err

@@ -26,12 +26,52 @@ func TestOpenNotADriver(t *testing.T) {
 	}
 }
 
+// TestNVMLNotALibrary loads libraries that are not NVML.
+func TestNVMLNotALibrary(t *testing.T) {
+	for _, c := range []struct{ lib, want string }{
+		{"/nonexistent/libnvidia-ml.so.1", "/nonexistent/libnvidia-ml.so.1"},
+		{"libc.so.6", "nvmlInit_v2"},
+	} {
+		t.Setenv("KVD_LIBNVML", c.lib)
+		_, err := OpenNVML(0)
+		if !errors.Is(err, ErrNoDriver) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("KVD_LIBNVML=%s: %v, want ErrNoDriver saying %q", c.lib, err, c.want)
+		}
+	}
+}
+
+// testNVML checks NVML's reading of dev against the driver's.
+func testNVML(t *testing.T, dev Device) {
+	m, err := OpenNVML(dev.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	s, err := m.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("NVML: %+v", s)
+	if s.MemoryTotal < dev.Memory*9/10 || s.MemoryTotal > dev.Memory*11/10 || s.MemoryUsed > s.MemoryTotal ||
+		s.Temperature < 5 || s.Temperature > 110 || s.Utilization < 0 || s.Utilization > 100 {
+		t.Errorf("NVML reading %+v for a device the driver says has %d bytes", s, dev.Memory)
+	}
+	m.Close()
+	if _, err := m.Stats(); err == nil {
+		t.Error("Stats after Close succeeded")
+	}
+}
+
 func testDevice(t *testing.T, drv *Driver) {
 	devs, err := drv.Devices()
 	if err != nil || len(devs) == 0 {
 		t.Fatalf("driver %s: devices %v, %v", drv.Version(), devs, err)
 	}
 	t.Logf("driver %s: %v", drv.Version(), devs)
+	if devs[0].SMs < 1 {
+		t.Errorf("device %v reports %d multiprocessors", devs[0], devs[0].SMs)
+	}
+	testNVML(t, devs[0])
 	ctx, err := drv.Context(devs[0])
 	if err != nil {
 		t.Fatal(err)

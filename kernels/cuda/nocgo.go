@@ -14,3 +14,25 @@ func Open() (*Driver, error) {
 
 // Close does nothing.
 func (*Driver) Close() {}
+
+// NVML is unavailable without cgo.
+type NVML struct{}
+
+// GPUStats is one reading.
+type GPUStats struct {
+	MemoryUsed, MemoryTotal uint64
+	Utilization             int
+	MemoryUtilization       int
+	Temperature             int
+}
+
+// OpenNVML reports ErrNoDriver.
+func OpenNVML(index int) (*NVML, error) {
+	return nil, fmt.Errorf("%w: this binary was built without cgo (CGO_ENABLED=0)", ErrNoDriver)
+}
+
+// Stats reports ErrNoDriver.
+func (*NVML) Stats() (GPUStats, error) { return GPUStats{}, ErrNoDriver }
+
+// Close does nothing.
+func (*NVML) Close() {}
