@@ -91,13 +91,13 @@ func run(dir, format, device, runs string, decode, chunk int) error {
 			for j := range toks {
 				toks[j] = int32(rng.IntN(m.Config.VocabSize))
 			}
-			work[i] = runner.Work{Seq: uint64(i), Tokens: toks}
+			work[i] = runner.Work{Seq: uint64(i), Tokens: toks, ArgmaxOnly: true} // greedy, as a server samples it
 		}
 		// Prefill in steps of at most chunk tokens, whole prompts each.
 		t0 := time.Now()
 		per := max(1, chunk/prompt)
 		for lo := 0; lo < batch; lo += per {
-			if _, err := r.Step(ctx, work[lo:min(lo+per, batch)]); err != nil {
+			if _, _, err := r.StepArgmax(ctx, work[lo:min(lo+per, batch)]); err != nil {
 				return err
 			}
 		}
@@ -114,7 +114,7 @@ func run(dir, format, device, runs string, decode, chunk int) error {
 		}
 		t0 = time.Now()
 		for range decode {
-			if _, err := r.Step(ctx, work); err != nil {
+			if _, _, err := r.StepArgmax(ctx, work); err != nil {
 				return err
 			}
 		}
