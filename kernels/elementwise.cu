@@ -140,8 +140,8 @@ extern "C" __global__ void add_rmsnorm(float *out /*[T, D]*/, float *x /*[T, D]*
 // T <= 8, w in bf16, float32 accumulate. Memory-bound: each warp streams R
 // rows of w with 16-byte loads, a chunk's loads all issued before their
 // use, while x sits in shared memory a chunk of K at a time; R rows per
-// warp reuse each x read R times (more rows of x want a larger R). Needs
-// K % 8 == 0. grid (ceil(N / (8R))), block 256.
+// warp reuse each x read R times. Needs K % 8 == 0. grid (ceil(N / (8R))),
+// block 256. The backend uses it for one row of x (gpu.go, gemvRows).
 #define GEMV_TMAX 8
 #define GEMV_KC 1024
 __device__ __forceinline__ void unpack8(float (&f)[8], uint4 r) {
@@ -208,17 +208,12 @@ __device__ void gemv(float *out, const float *x, const bf16_t *w, int T, int N, 
     }
 }
 
-// One row of w per warp, for one or two rows of x.
+// One row of w per warp.
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16(float *out /*[T, N]*/, const float *x /*[T, K]*/, const bf16_t *w /*[N, K]*/, int T, int N, int K) {
     gemv<1>(out, x, w, T, N, K);
 }
 
-// Four rows of w per warp, for 3 to 8 rows of x.
-extern "C" __global__ void __launch_bounds__(256)
-    gemv4_bf16(float *out /*[T, N]*/, const float *x /*[T, K]*/, const bf16_t *w /*[N, K]*/, int T, int N, int K) {
-    gemv<4>(out, x, w, T, N, K);
-}
 
 // out[R] = the index of each row's largest logit, the lowest on a tie,
 // NaN never chosen and 0 for a row with nothing above -Inf (as the host

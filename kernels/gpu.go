@@ -117,7 +117,7 @@ func init() {
 
 // kernelNames lists each module's entry points.
 var kernelNames = map[string][]string{
-	"elementwise": {"embedding_bf16", "rmsnorm", "to_bf16", "rope", "silu_mul", "add", "gather_rows", "columns", "split_rope", "add_rmsnorm", "gemv_bf16", "gemv4_bf16", "argmax_rows"},
+	"elementwise": {"embedding_bf16", "rmsnorm", "to_bf16", "rope", "silu_mul", "add", "gather_rows", "columns", "split_rope", "add_rmsnorm", "gemv_bf16", "argmax_rows"},
 	"cache":       {"write_kv", "scatter_kept", "table_scores", "evict_gather", "evict_scatter"},
 	"attention": {
 		"attn_combine", "flash_paged_hd64", "flash_paged_hd128", "flash_prompt_hd64", "flash_prompt_hd128",
@@ -413,21 +413,22 @@ func (c *CUDA) RMSNorm(out, x, w *Tensor, eps float32) {
 }
 
 // gemvRows is the most rows of x the matrix-vector kernel takes; more go
-// to cuBLAS.
-const gemvRows = 8
+// to cuBLAS. Measured on an H200 (BenchmarkGPU, 4096x14336 bf16): one row
+// streams the weight at 2.6 TB/s (71% of a copy) against cuBLAS's 2.1 TB/s
+// at 32 rows, but two rows already take 1.6x as long as one and eight (four
+// weight rows per warp) 3x, where cuBLAS at 32 rows is faster still: x's
+// staging through shared memory grows with the rows.
+const gemvRows = 1
 
-// Linear runs out = x·wᵀ. With a bf16 weight, up to gemvRows rows (decode)
-// take our matrix-vector kernel, which streams w at close to memory speed;
-// more rows go through cuBLAS with x rounded to bf16 (a cached staging
-// buffer). Float32 weights multiply in float32 on cuBLAS.
+// Linear runs out = x·wᵀ. With a bf16 weight, a single row (batch-1
+// decode, the LM head of one sequence) takes our matrix-vector kernel,
+// which keeps x in float32; more rows go through cuBLAS with x rounded to
+// bf16 (a cached staging buffer). Float32 weights multiply in float32 on
+// cuBLAS.
 func (c *CUDA) Linear(out, x, w *Tensor) {
 	t, k, n := x.Rows(), x.Cols(), w.Rows()
 	if w.bf16 && t <= gemvRows && k%8 == 0 {
-		if t <= 2 {
-			c.launch("gemv_bf16", cuda.Dim3{X: uint32((n + 7) / 8)}, cuda.Dim3{X: 256}, ptr(out), ptr(x), ptr(w), int32(t), int32(n), int32(k))
-		} else {
-			c.launch("gemv4_bf16", cuda.Dim3{X: uint32((n + 31) / 32)}, cuda.Dim3{X: 256}, ptr(out), ptr(x), ptr(w), int32(t), int32(n), int32(k))
-		}
+		c.launch("gemv_bf16", cuda.Dim3{X: uint32((n + 7) / 8)}, cuda.Dim3{X: 256}, ptr(out), ptr(x), ptr(w), int32(t), int32(n), int32(k))
 		return
 	}
 	a := cuda.Matrix{Ptr: ptr(w), Type: cuda.Float32, LD: k}

@@ -189,7 +189,7 @@ func TestGPUElementwise(t *testing.T) {
 func TestGPULinear(t *testing.T) {
 	g, cpu := newGPU(t), NewCPU()
 	rng := rand.New(rand.NewPCG(3, 4))
-	for _, T := range append(seqLens(), 5, gemvRows) { // up to gemvRows rows take the matrix-vector kernel
+	for _, T := range append(seqLens(), 2, 5, 8) { // up to gemvRows rows take the matrix-vector kernel
 		for _, kn := range [][2]int{{384, 1152}, {1536, 384}, {4096, 1024}, {1000, 24}} {
 			k, n := kn[0], kn[1]
 			x, w := randn(rng, T*k), bf16Round(randn(rng, n*k))
