@@ -512,6 +512,52 @@ func BenchmarkGPU(b *testing.B) {
 	}
 }
 
+// BenchmarkGPUAttention times Llama-3.1-8B's attention (32 heads, 8 KV
+// heads of 128) over the pool: a 5000-token prompt (the tensor-core
+// kernel), and decode at 5000 tokens of context for 1 and 8 sequences
+// (the split row kernels), with FLOP/s and the bytes of K and V read.
+func BenchmarkGPUAttention(b *testing.B) {
+	g := newGPU(b)
+	rng := rand.New(rand.NewPCG(3, 3))
+	const heads, kvh, hd, bs, ctx = 32, 8, 128, 16, 5000
+	for _, c := range []struct {
+		name       string
+		seqs, rows int
+	}{{"prefill-1x5000", 1, ctx}, {"decode-1x5000", 1, 1}, {"decode-8x5000", 8, 1}} {
+		nb := (ctx + bs - 1) / bs
+		l := shm.Layout{NumBlocks: c.seqs*nb + 1, BlockSize: bs, KVHeads: kvh, HeadDim: hd}
+		ab := &AttnBatch{QIndptr: []int32{0}, BlockIndptr: []int32{0}}
+		for s := range c.seqs {
+			for i := range nb {
+				ab.Blocks = append(ab.Blocks, int32(1+s*nb+i))
+			}
+			ab.QIndptr = append(ab.QIndptr, int32((s+1)*c.rows))
+			ab.BlockIndptr = append(ab.BlockIndptr, int32(len(ab.Blocks)))
+			ab.KVLen = append(ab.KVLen, ctx)
+		}
+		T := c.seqs * c.rows
+		pool := g.FromHost(randomPool(rng, l), l.PoolElems())
+		q, out := g.FromHost(randn(rng, T*heads*hd), T, heads*hd), g.Alloc(T, heads*hd)
+		b.Run(c.name, func(b *testing.B) {
+			for range b.N {
+				g.Attention(out, q, pool, l, ab, 0.088)
+			}
+			g.sync(b)
+			s := b.Elapsed().Seconds() / float64(b.N)
+			keys := float64(c.seqs) * float64(ctx) // per row of the last query
+			flops := 4 * float64(heads*hd) * keys
+			if c.rows > 1 {
+				flops *= float64(c.rows) / 2 // causal
+			}
+			b.ReportMetric(flops/s/1e12, "TFLOP/s")
+			b.ReportMetric(keys*2*kvh*hd*4/s/1e9, "KV-GB/s")
+		})
+		g.Free(pool)
+		g.Free(q)
+		g.Free(out)
+	}
+}
+
 func (c *CUDA) sync(tb testing.TB) {
 	tb.Helper()
 	c.fail(c.ctx.Sync(cuda.Stream{}))
