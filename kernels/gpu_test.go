@@ -376,58 +376,66 @@ func TestGPUSparsePrefill(t *testing.T) {
 		"snapkv":         {SnapKV: true, Sinks: 4, ObsWindow: 32, Kernel: 7},
 		"snapkv-avg-max": {SnapKV: true, Sinks: 0, ObsWindow: 16, Kernel: 5, PoolAvg: true, GQAMax: true},
 	}
+	type geom struct{ group, hd, bs int }
+	geoms := []geom{{4, 128, 16}, {1, 64, 32}, {8, 64, 16}}
 	for _, n := range seqLens() {
 		if n < 2 {
 			continue
 		}
-		for name, sel := range sels {
-			const kvh, group, hd, bs = 2, 4, 128, 16
-			heads := kvh * group
-			sel.Keep = min(n, max(sel.ObsWindow+sel.Sinks+1, n/3))
-			l := shm.Layout{NumBlocks: 2 + (sel.Keep+bs-1)/bs, BlockSize: bs, KVHeads: kvh, HeadDim: hd}
-			slots := make([]int32, sel.Keep)
-			for i := range slots {
-				slots[i] = int32(bs + i) // block 1 onwards
-			}
-			const row0 = 3 // the prompt is not the step's first rows
-			T := row0 + n
-			q, k, v := randn(rng, T*heads*hd), randn(rng, T*kvh*hd), randn(rng, T*kvh*hd)
-			pool := randomPool(rng, l)
-			scale := float32(1 / math.Sqrt(float64(hd)))
-			wantPool, want := cpu.FromHost(slices.Clone(pool), l.PoolElems()), cpu.Alloc(T, heads*hd)
-			cpu.SparsePrefill(want, cpu.FromHost(q, T, heads*hd), cpu.FromHost(k, T, kvh*hd), cpu.FromHost(v, T, kvh*hd), row0, n, wantPool, l, slots, sel, scale)
-			gotPool, got := g.FromHost(pool, l.PoolElems()), g.poisoned(T, heads*hd)
-			g.SparsePrefill(got, g.FromHost(q, T, heads*hd), g.FromHost(k, T, kvh*hd), g.FromHost(v, T, kvh*hd), row0, n, gotPool, l, slots, sel, scale)
-			label := fmt.Sprintf("n=%d/%s", n, name)
-			tol := 2e-5
-			if n-sel.ObsWindow >= flashMinRows {
-				tol = 3e-3 // rows before the window ran on the tensor cores (TF32)
-			}
-			check(t, label+" output", g.host(t, got)[row0*heads*hd:], want.data[row0*heads*hd:], tol)
-			// The kept tokens: compare each slot's key (which token it
-			// holds) and, where both kept the same token, its score.
-			gp := g.host(t, gotPool)
-			differ := 0
-			var gs, ws []float32
-			for h := range kvh {
-				for _, s := range slots {
-					blk, off := int(s)/bs, int(s)%bs
-					ko := l.K(blk, h, off)
-					if !slices.Equal(gp[ko:ko+hd], wantPool.data[ko:ko+hd]) {
-						differ++
-						continue
-					}
-					gs, ws = append(gs, gp[l.Score(blk, h, off)]), append(ws, wantPool.data[l.Score(blk, h, off)])
+		for gi, ge := range geoms {
+			for name, sel := range sels {
+				const kvh = 2
+				group, hd, bs := ge.group, ge.hd, ge.bs
+				if gi > 0 && name == "window" {
+					continue // the window's selection does not depend on the geometry
 				}
+				heads := kvh * group
+				sel.Keep = min(n, max(sel.ObsWindow+sel.Sinks+1, n/3))
+				l := shm.Layout{NumBlocks: 2 + (sel.Keep+bs-1)/bs, BlockSize: bs, KVHeads: kvh, HeadDim: hd}
+				slots := make([]int32, sel.Keep)
+				for i := range slots {
+					slots[i] = int32(bs + i) // block 1 onwards
+				}
+				const row0 = 3 // the prompt is not the step's first rows
+				T := row0 + n
+				q, k, v := randn(rng, T*heads*hd), randn(rng, T*kvh*hd), randn(rng, T*kvh*hd)
+				pool := randomPool(rng, l)
+				scale := float32(1 / math.Sqrt(float64(hd)))
+				wantPool, want := cpu.FromHost(slices.Clone(pool), l.PoolElems()), cpu.Alloc(T, heads*hd)
+				cpu.SparsePrefill(want, cpu.FromHost(q, T, heads*hd), cpu.FromHost(k, T, kvh*hd), cpu.FromHost(v, T, kvh*hd), row0, n, wantPool, l, slots, sel, scale)
+				gotPool, got := g.FromHost(pool, l.PoolElems()), g.poisoned(T, heads*hd)
+				g.SparsePrefill(got, g.FromHost(q, T, heads*hd), g.FromHost(k, T, kvh*hd), g.FromHost(v, T, kvh*hd), row0, n, gotPool, l, slots, sel, scale)
+				label := fmt.Sprintf("n=%d/%s/group=%d/hd=%d/bs=%d", n, name, group, hd, bs)
+				tol := 2e-5
+				if n-sel.ObsWindow >= flashMinRows {
+					tol = 3e-3 // rows before the window ran on the tensor cores (TF32)
+				}
+				check(t, label+" output", g.host(t, got)[row0*heads*hd:], want.data[row0*heads*hd:], tol)
+				// The kept tokens: compare each slot's key (which token it
+				// holds) and, where both kept the same token, its score.
+				gp := g.host(t, gotPool)
+				differ := 0
+				var gs, ws []float32
+				for h := range kvh {
+					for _, s := range slots {
+						blk, off := int(s)/bs, int(s)%bs
+						ko := l.K(blk, h, off)
+						if !slices.Equal(gp[ko:ko+hd], wantPool.data[ko:ko+hd]) {
+							differ++
+							continue
+						}
+						gs, ws = append(gs, gp[l.Score(blk, h, off)]), append(ws, wantPool.data[l.Score(blk, h, off)])
+					}
+				}
+				// Ties aside: near-equal votes may rank differently after
+				// float32 sums on the GPU; more than 1% is a bug.
+				if differ*100 > kvh*len(slots) {
+					t.Errorf("%s: %d of %d kept tokens differ from the CPU's", label, differ, kvh*len(slots))
+				} else if differ > 0 {
+					t.Logf("%s: %d of %d kept tokens differ (near-ties)", label, differ, kvh*len(slots))
+				}
+				check(t, label+" kept scores", gs, ws, 1e-4)
 			}
-			// Ties aside: near-equal votes may rank differently after
-			// float32 sums on the GPU; more than 1% is a bug.
-			if differ*100 > kvh*len(slots) {
-				t.Errorf("%s: %d of %d kept tokens differ from the CPU's", label, differ, kvh*len(slots))
-			} else if differ > 0 {
-				t.Logf("%s: %d of %d kept tokens differ (near-ties)", label, differ, kvh*len(slots))
-			}
-			check(t, label+" kept scores", gs, ws, 1e-4)
 		}
 	}
 }
@@ -441,7 +449,7 @@ func TestGPUEvict(t *testing.T) {
 		}
 		for _, bs := range []int{16, 32} {
 			nb := (tokens + bs - 1) / bs
-			l := shm.Layout{NumBlocks: nb + 5, BlockSize: bs, KVHeads: 4, HeadDim: 64}
+			l := shm.Layout{NumBlocks: nb + 5, BlockSize: bs, KVHeads: 4, HeadDim: 64 * (1 + bs/32)} // head dims 64 and 128
 			ids := rng.Perm(l.NumBlocks - 1)[:nb]
 			blocks := make([]int32, nb)
 			for i, id := range ids {
