@@ -316,6 +316,7 @@ INSTANTIATE(8)
 
 #define FLASH_BM 64
 #define FLASH_BN 32
+// Launched with flash_smem_bytes<HD>() of dynamic shared memory.
 
 __device__ __forceinline__ unsigned to_tf32(float x) {
     unsigned r;
@@ -332,21 +333,52 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const unsigned (&a)[4], 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+__device__ __forceinline__ void cp_async16(float *dst, const float *src, bool valid) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// The dynamic shared memory flash<HD> uses: K and V tiles, double-buffered,
+// rows padded for conflict-free fragments, and each warp's P.
+template <int HD> constexpr int flash_smem_bytes() {
+    return (2 * 2 * FLASH_BN * (HD + 4) + 4 * 16 * (FLASH_BN + 4)) * 4;
+}
+
 // One tile: query rows row0..row0+nrows of q [T, H*HD] (head h), the first
-// at position qpos0 of its sequence, so row i sees keys 0..qpos0+i.
+// at position qpos0 of its sequence, so row i sees keys 0..qpos0+i. The next
+// K/V tile streams into shared memory (cp.async) while this one is used;
+// its float32 values feed the TF32 units as they are (the units read the
+// top 19 bits), Q and P are rounded to TF32.
 template <int HD, class KV>
 __device__ void flash(float *out, const float *q, int H, int h, int row0, int nrows, int qpos0, const KV &kv,
                       float scale) {
-    constexpr int KS = HD + 4;       // padded smem rows: conflict-free fragments
+    constexpr int KS = HD + 4;  // padded smem rows: conflict-free fragments
     constexpr int PS = FLASH_BN + 4;
-    __shared__ __align__(16) float Ks[FLASH_BN][KS];
-    __shared__ __align__(16) float Vs[FLASH_BN][KS];
-    __shared__ float Ps[4][16][PS];
+    extern __shared__ __align__(16) float smem[];
+    float(*Ks)[FLASH_BN][KS] = reinterpret_cast<float(*)[FLASH_BN][KS]>(smem);
+    float(*Vs)[FLASH_BN][KS] = reinterpret_cast<float(*)[FLASH_BN][KS]>(smem + 2 * FLASH_BN * KS);
+    float(*Ps)[16][PS] = reinterpret_cast<float(*)[16][PS]>(smem + 4 * FLASH_BN * KS);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
     const float sl2 = scale * 1.4426950408889634f;  // exp(x·scale) = exp2(x·scale·log2 e)
-    // Q fragments, scaled, for rows wr+g and wr+g+8 of this warp.
+    const int kv_end = qpos0 + nrows;                       // keys the last row sees
     const int wr = warp * 16;
+    const int warp_last = qpos0 + min(wr + 15, nrows - 1);  // this warp's last row's position
+    // Queue tile kb's keys and values into buffer b.
+    auto load = [&](int kb, int b) {
+        for (int i = tid; i < FLASH_BN * HD / 4; i += blockDim.x) {
+            const int key = i / (HD / 4), c = (i % (HD / 4)) * 4;
+            const bool ok = kb + key < kv_end;
+            const int j = ok ? kb + key : 0;
+            cp_async16(&Ks[b][key][c], kv.key(j) + c, ok);
+            cp_async16(&Vs[b][key][c], kv.val(j) + c, ok);
+        }
+        cp_async_commit();
+    };
+    load(0, 0);
+    // Q fragments, scaled, for rows wr+g and wr+g+8 of this warp.
     unsigned qa[HD / 8][4];
 #pragma unroll
     for (int kk = 0; kk < HD / 8; kk++) {
@@ -361,86 +393,80 @@ __device__ void flash(float *out, const float *q, int H, int h, int row0, int nr
 #pragma unroll
     for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-    const int kv_end = qpos0 + nrows;                   // keys the last row sees
-    const int warp_last = qpos0 + min(wr + 15, nrows - 1);  // this warp's last row's position
-    for (int kb = 0; kb < kv_end; kb += FLASH_BN) {
-        __syncthreads();  // the last tile's readers are done
-        for (int i = tid; i < FLASH_BN * HD / 4; i += blockDim.x) {
-            const int key = i / (HD / 4), c = (i % (HD / 4)) * 4;
-            float4 kx = make_float4(0.f, 0.f, 0.f, 0.f), vx = kx;
-            if (kb + key < kv_end) {
-                kx = *reinterpret_cast<const float4 *>(kv.key(kb + key) + c);
-                vx = *reinterpret_cast<const float4 *>(kv.val(kb + key) + c);
-            }
-            Ks[key][c] = __uint_as_float(to_tf32(kx.x)), Ks[key][c + 1] = __uint_as_float(to_tf32(kx.y));
-            Ks[key][c + 2] = __uint_as_float(to_tf32(kx.z)), Ks[key][c + 3] = __uint_as_float(to_tf32(kx.w));
-            Vs[key][c] = __uint_as_float(to_tf32(vx.x)), Vs[key][c + 1] = __uint_as_float(to_tf32(vx.y));
-            Vs[key][c + 2] = __uint_as_float(to_tf32(vx.z)), Vs[key][c + 3] = __uint_as_float(to_tf32(vx.w));
+    for (int kb = 0, b = 0; kb < kv_end; kb += FLASH_BN, b ^= 1) {
+        if (kb + FLASH_BN < kv_end) {
+            load(kb + FLASH_BN, b ^ 1);  // the buffer the last iteration finished with
+            cp_async_wait<1>();         // this tile's group is done, the next may fly
+        } else {
+            cp_async_wait<0>();
         }
         __syncthreads();
-        if (wr >= nrows || kb > warp_last) continue;  // no row of this warp sees this tile
-        float s[FLASH_BN / 8][4];
+        if (wr < nrows && kb <= warp_last) {  // else no row of this warp sees this tile
+            float s[FLASH_BN / 8][4];
 #pragma unroll
-        for (int n = 0; n < FLASH_BN / 8; n++) {
-            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+            for (int n = 0; n < FLASH_BN / 8; n++) {
+                s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 #pragma unroll
-            for (int kk = 0; kk < HD / 8; kk++)
-                mma_tf32(s[n], qa[kk], __float_as_uint(Ks[n * 8 + g][kk * 8 + t]),
-                         __float_as_uint(Ks[n * 8 + g][kk * 8 + t + 4]));
-        }
-        // Causal mask, then the online softmax for rows g (i = 0) and g+8.
-        float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int n = 0; n < FLASH_BN / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int r = wr + g + (e >> 1) * 8, key = kb + n * 8 + 2 * t + (e & 1);
-                if (r >= nrows || key > qpos0 + r) s[n][e] = -INFINITY;
-                mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+                for (int kk = 0; kk < HD / 8; kk++)
+                    mma_tf32(s[n], qa[kk], __float_as_uint(Ks[b][n * 8 + g][kk * 8 + t]),
+                             __float_as_uint(Ks[b][n * 8 + g][kk * 8 + t + 4]));
             }
-        float alpha[2], mu[2];
+            // Causal mask, then the online softmax for rows g (i = 0) and g+8.
+            float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-            const float mn = fmaxf(m[i], mx[i]);
-            mu[i] = mn == -INFINITY ? 0.f : mn;  // a row that has seen nothing yet
-            alpha[i] = exp2f(m[i] - mu[i]);
-            m[i] = mn;
-        }
-        float sum[2] = {0.f, 0.f};
+            for (int n = 0; n < FLASH_BN / 8; n++)
 #pragma unroll
-        for (int n = 0; n < FLASH_BN / 8; n++)
+                for (int e = 0; e < 4; e++) {
+                    const int r = wr + g + (e >> 1) * 8, key = kb + n * 8 + 2 * t + (e & 1);
+                    if (r >= nrows || key > qpos0 + r) s[n][e] = -INFINITY;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+                }
+            float alpha[2], mu[2];
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const float p = exp2f(s[n][e] - mu[e >> 1]);
-                sum[e >> 1] += p;
-                Ps[warp][g + (e >> 1) * 8][n * 8 + 2 * t + (e & 1)] = __uint_as_float(to_tf32(p));
+            for (int i = 0; i < 2; i++) {
+                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+                const float mn = fmaxf(m[i], mx[i]);
+                mu[i] = mn == -INFINITY ? 0.f : mn;  // a row that has seen nothing yet
+                alpha[i] = exp2f(m[i] - mu[i]);
+                m[i] = mn;
+            }
+            float sum[2] = {0.f, 0.f};
+#pragma unroll
+            for (int n = 0; n < FLASH_BN / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const float p = exp2f(s[n][e] - mu[e >> 1]);
+                    sum[e >> 1] += p;
+                    Ps[warp][g + (e >> 1) * 8][n * 8 + 2 * t + (e & 1)] = __uint_as_float(to_tf32(p));
+                }
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 1);
+                sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 2);
+                l[i] = l[i] * alpha[i] + sum[i];
             }
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 1);
-            sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 2);
-            l[i] = l[i] * alpha[i] + sum[i];
+            for (int n = 0; n < HD / 8; n++)
+                o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+            __syncwarp();
+            unsigned pa[FLASH_BN / 8][4];
+#pragma unroll
+            for (int kk = 0; kk < FLASH_BN / 8; kk++) {
+                pa[kk][0] = __float_as_uint(Ps[warp][g][kk * 8 + t]);
+                pa[kk][1] = __float_as_uint(Ps[warp][g + 8][kk * 8 + t]);
+                pa[kk][2] = __float_as_uint(Ps[warp][g][kk * 8 + t + 4]);
+                pa[kk][3] = __float_as_uint(Ps[warp][g + 8][kk * 8 + t + 4]);
+            }
+            __syncwarp();  // Ps is rewritten by the next tile
+#pragma unroll
+            for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+                for (int kk = 0; kk < FLASH_BN / 8; kk++)
+                    mma_tf32(o[n], pa[kk], __float_as_uint(Vs[b][kk * 8 + t][n * 8 + g]),
+                             __float_as_uint(Vs[b][kk * 8 + t + 4][n * 8 + g]));
         }
-#pragma unroll
-        for (int n = 0; n < HD / 8; n++) o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
-        __syncwarp();
-        unsigned pa[FLASH_BN / 8][4];
-#pragma unroll
-        for (int kk = 0; kk < FLASH_BN / 8; kk++) {
-            pa[kk][0] = __float_as_uint(Ps[warp][g][kk * 8 + t]);
-            pa[kk][1] = __float_as_uint(Ps[warp][g + 8][kk * 8 + t]);
-            pa[kk][2] = __float_as_uint(Ps[warp][g][kk * 8 + t + 4]);
-            pa[kk][3] = __float_as_uint(Ps[warp][g + 8][kk * 8 + t + 4]);
-        }
-        __syncwarp();  // Ps is rewritten by the next tile
-#pragma unroll
-        for (int n = 0; n < HD / 8; n++)
-#pragma unroll
-            for (int kk = 0; kk < FLASH_BN / 8; kk++)
-                mma_tf32(o[n], pa[kk], __float_as_uint(Vs[kk * 8 + t][n * 8 + g]),
-                         __float_as_uint(Vs[kk * 8 + t + 4][n * 8 + g]));
+        __syncthreads();  // buffer b is refilled two tiles on
     }
 #pragma unroll
     for (int i = 0; i < 2; i++) {

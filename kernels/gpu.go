@@ -104,7 +104,22 @@ func NewCUDA(index int) (*CUDA, error) {
 			}
 		}
 	}
+	for _, hd := range []int{64, 128} {
+		for _, k := range []string{"flash_paged", "flash_prompt"} {
+			if err := c.fns[fmt.Sprintf("%s_hd%d", k, hd)].SetMaxDynamicShared(flashSmem(hd)); err != nil {
+				c.Close()
+				return nil, err
+			}
+		}
+	}
 	return c, nil
+}
+
+// flashSmem is the dynamic shared memory of the tensor-core kernel for head
+// dim hd, as attention.cu's flash_smem_bytes computes it.
+func flashSmem(hd int) int {
+	const bn = 32
+	return (2*2*bn*(hd+4) + 4*16*(bn+4)) * 4
 }
 
 func init() {
@@ -380,6 +395,11 @@ func (c *CUDA) floats(x []float32) (cuda.Ptr, int) {
 
 // launch queues kernel name on the default stream.
 func (c *CUDA) launch(name string, grid, block cuda.Dim3, args ...any) {
+	c.launchShared(name, grid, block, 0, args...)
+}
+
+// launchShared is launch with dynamic shared memory.
+func (c *CUDA) launchShared(name string, grid, block cuda.Dim3, shared int, args ...any) {
 	f := c.fns[name]
 	if f == nil {
 		c.fail(fmt.Errorf("kernels: no CUDA kernel %q", name))
@@ -388,7 +408,7 @@ func (c *CUDA) launch(name string, grid, block cuda.Dim3, args ...any) {
 	if grid.X == 0 {
 		return // no work (the driver would run one block of it)
 	}
-	c.fail(f.Launch(cuda.Stream{}, grid, block, 0, args...))
+	c.fail(f.Launch(cuda.Stream{}, grid, block, uint32(shared), args...))
 }
 
 // ptr is t's device address; a tensor without one (a failed allocation,
@@ -556,7 +576,7 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 		meta := append(append([]int32(nil), b.Blocks...), tiles...)
 		p, class := c.ints(meta)
 		defer c.release(p, class)
-		c.launch(fmt.Sprintf("flash_paged_hd%d", l.HeadDim), cuda.Dim3{X: uint32(len(tiles) / 4), Y: uint32(heads)}, cuda.Dim3{X: 128},
+		c.launchShared(fmt.Sprintf("flash_paged_hd%d", l.HeadDim), cuda.Dim3{X: uint32(len(tiles) / 4), Y: uint32(heads)}, cuda.Dim3{X: 128}, flashSmem(l.HeadDim),
 			ptr(out), ptr(q), ptr(pool), int32(l.BlockSize), int32(l.KVHeads), int32(heads), p+cuda.Ptr(4*len(b.Blocks)), p, scale)
 	}
 	if len(w.info) == 0 {
@@ -572,6 +592,10 @@ type splitSrc struct {
 	k, v, hs cuda.Ptr
 	row0, n  int
 }
+
+// splitPerSM is how many work items per SM a launch of the split row
+// kernels aims for (BenchmarkGPUAttention tries others).
+var splitPerSM = 4
 
 // rowWork is the rows a launch of the split row kernels takes: rowinfo
 // [R, 4] as attention.cu reads it, and each row's keys, split into items
@@ -599,7 +623,7 @@ func (w *rowWork) items(kvh, sms int) (items, scoring, rowsplit []int32) {
 		maxKeys = max(maxKeys, int(w.info[4*r+1]))
 	}
 	per := maxKeys // keys per item
-	if target := 4 * sms; R*kvh < target {
+	if target := splitPerSM * sms; R*kvh < target {
 		splits := (target + R*kvh - 1) / (R * kvh)
 		per = max(64, ((maxKeys+splits-1)/splits+63)/64*64)
 	}
@@ -674,7 +698,7 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 	defer c.Free(hs)
 	first := 0 // rows before it are done on the tensor cores
 	if obsFrom >= flashMinRows && (l.HeadDim == 64 || l.HeadDim == 128) {
-		c.launch(fmt.Sprintf("flash_prompt_hd%d", l.HeadDim), cuda.Dim3{X: uint32((obsFrom + flashRows - 1) / flashRows), Y: uint32(heads)}, cuda.Dim3{X: 128},
+		c.launchShared(fmt.Sprintf("flash_prompt_hd%d", l.HeadDim), cuda.Dim3{X: uint32((obsFrom + flashRows - 1) / flashRows), Y: uint32(heads)}, cuda.Dim3{X: 128}, flashSmem(l.HeadDim),
 			ptr(out), ptr(q), ptr(k), ptr(v), int32(kvh), int32(heads), int32(row0), int32(obsFrom), scale)
 		first = obsFrom
 	}

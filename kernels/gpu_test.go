@@ -546,20 +546,27 @@ func BenchmarkGPUAttention(b *testing.B) {
 		T := c.seqs * c.rows
 		pool := g.FromHost(randomPool(rng, l), l.PoolElems())
 		q, out := g.FromHost(randn(rng, T*heads*hd), T, heads*hd), g.Alloc(T, heads*hd)
-		b.Run(c.name, func(b *testing.B) {
-			for range b.N {
-				g.Attention(out, q, pool, l, ab, 0.088)
+		for _, per := range []int{1, 2, 4, 8} {
+			if c.rows > 1 && per != 4 {
+				continue // the prompt's rows do not split
 			}
-			g.sync(b)
-			s := b.Elapsed().Seconds() / float64(b.N)
-			keys := float64(c.seqs) * float64(ctx) // per row of the last query
-			flops := 4 * float64(heads*hd) * keys
-			if c.rows > 1 {
-				flops *= float64(c.rows) / 2 // causal
-			}
-			b.ReportMetric(flops/s/1e12, "TFLOP/s")
-			b.ReportMetric(keys*2*kvh*hd*4/s/1e9, "KV-GB/s")
-		})
+			splitPerSM = per
+			b.Run(fmt.Sprintf("%s/split%d", c.name, per), func(b *testing.B) {
+				for range b.N {
+					g.Attention(out, q, pool, l, ab, 0.088)
+				}
+				g.sync(b)
+				s := b.Elapsed().Seconds() / float64(b.N)
+				keys := float64(c.seqs) * float64(ctx) // per row of the last query
+				flops := 4 * float64(heads*hd) * keys
+				if c.rows > 1 {
+					flops *= float64(c.rows) / 2 // causal
+				}
+				b.ReportMetric(flops/s/1e12, "TFLOP/s")
+				b.ReportMetric(keys*2*kvh*hd*4/s/1e9, "KV-GB/s")
+			})
+		}
+		splitPerSM = 4
 		g.Free(pool)
 		g.Free(q)
 		g.Free(out)

@@ -45,6 +45,7 @@ typedef struct {
 	CUresult (*cuModuleLoadData)(CUmodule *, const void *);
 	CUresult (*cuModuleUnload)(CUmodule);
 	CUresult (*cuModuleGetFunction)(CUfunction *, CUmodule, const char *);
+	CUresult (*cuFuncSetAttribute)(CUfunction, int, int);
 	CUresult (*cuLaunchKernel)(CUfunction, unsigned int, unsigned int, unsigned int,
 		unsigned int, unsigned int, unsigned int, unsigned int, CUstream, void **, void **);
 	CUresult (*cuStreamCreate)(CUstream *, unsigned int);
@@ -85,6 +86,7 @@ static const char *kvd_cu_open(kvd_cu *d, const char *path) {
 	SYM(cuModuleLoadData, "cuModuleLoadData")
 	SYM(cuModuleUnload, "cuModuleUnload")
 	SYM(cuModuleGetFunction, "cuModuleGetFunction")
+	SYM(cuFuncSetAttribute, "cuFuncSetAttribute")
 	SYM(cuLaunchKernel, "cuLaunchKernel")
 	SYM(cuStreamCreate, "cuStreamCreate")
 	SYM(cuStreamDestroy, "cuStreamDestroy_v2")
@@ -120,6 +122,7 @@ static CUresult kvd_cuMemcpyHtoDAsync(kvd_cu *d, CUdeviceptr dst, const void *sr
 static CUresult kvd_cuModuleLoadData(kvd_cu *d, CUmodule *m, const void *image) { return d->cuModuleLoadData(m, image); }
 static CUresult kvd_cuModuleUnload(kvd_cu *d, CUmodule m) { return d->cuModuleUnload(m); }
 static CUresult kvd_cuModuleGetFunction(kvd_cu *d, CUfunction *f, CUmodule m, const char *name) { return d->cuModuleGetFunction(f, m, name); }
+static CUresult kvd_cuFuncSetAttribute(kvd_cu *d, CUfunction f, int a, int v) { return d->cuFuncSetAttribute(f, a, v); }
 static CUresult kvd_cuStreamCreate(kvd_cu *d, CUstream *s) { return d->cuStreamCreate(s, 1); } // CU_STREAM_NON_BLOCKING
 static CUresult kvd_cuStreamDestroy(kvd_cu *d, CUstream s) { return d->cuStreamDestroy(s); }
 static CUresult kvd_cuStreamSynchronize(kvd_cu *d, CUstream s) { return d->cuStreamSynchronize(s); }
@@ -458,6 +461,17 @@ func (m *Module) Function(name string) (*Function, error) {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return &Function{c: m.c, f: f, name: name}, nil
+}
+
+// SetMaxDynamicShared lets launches of f ask for up to n bytes of dynamic
+// shared memory (more than the default 48 KB needs this).
+func (f *Function) SetMaxDynamicShared(n int) error {
+	defer runtime.UnlockOSThread()
+	if err := f.c.enter(); err != nil {
+		return err
+	}
+	const maxDynamicShared = 8 // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+	return f.c.drv.check("cuFuncSetAttribute", C.kvd_cuFuncSetAttribute(f.c.drv.d, f.f, maxDynamicShared, C.int(n)))
 }
 
 // Stream is a CUDA stream (non-blocking with respect to the legacy
