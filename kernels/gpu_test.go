@@ -546,8 +546,8 @@ func BenchmarkGPUAttention(b *testing.B) {
 		T := c.seqs * c.rows
 		pool := g.FromHost(randomPool(rng, l), l.PoolElems())
 		q, out := g.FromHost(randn(rng, T*heads*hd), T, heads*hd), g.Alloc(T, heads*hd)
-		for _, per := range []int{1, 2, 4, 8} {
-			if c.rows > 1 && per != 4 {
+		for _, per := range []int{2, 8, 16} {
+			if c.rows > 1 && per != 8 {
 				continue // the prompt's rows do not split
 			}
 			splitPerSM = per
@@ -566,7 +566,7 @@ func BenchmarkGPUAttention(b *testing.B) {
 				b.ReportMetric(keys*2*kvh*hd*4/s/1e9, "KV-GB/s")
 			})
 		}
-		splitPerSM = 4
+		splitPerSM = 8
 		g.Free(pool)
 		g.Free(q)
 		g.Free(out)
