@@ -12,7 +12,7 @@ PROMPT  ?= // Max returns the larger of x and y.\nfunc Max(x, y int) int {
 NVCC         ?= nvcc
 NVCC_VERSION := 11.8
 CUDA_GENCODE := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=compute_80
-CUDA_FAMILIES := elementwise cache attention
+CUDA_FAMILIES := elementwise cache attention sampling
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)

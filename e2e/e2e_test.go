@@ -28,6 +28,7 @@ func TestSuite(t *testing.T) {
 			t.Run("chat", func(t *testing.T) { chat(t, s) })
 			t.Run("score a continuation", func(t *testing.T) { scoreContinuation(t, s) })
 			t.Run("stop strings", func(t *testing.T) { stopStrings(t, s) })
+			t.Run("seeded sampling", func(t *testing.T) { seededSampling(t, s) })
 			t.Run("disconnect frees blocks", func(t *testing.T) { disconnect(t, s, true) })
 			t.Run("disconnect frees blocks, not streaming", func(t *testing.T) { disconnect(t, s, false) })
 			t.Run("bad inputs", func(t *testing.T) { badInputs(t, s) })
@@ -188,6 +189,42 @@ func echoLogprobs(t *testing.T, s *stack) {
 	got := ids(t, c.Choices[0].Logprobs.Tokens)
 	if !slices.Equal(got[:len(prompt)], prompt) || !slices.Equal(got[len(prompt):], refGreedy(t, prompt, 4)) {
 		t.Errorf("echo + generation tokens %v", got)
+	}
+}
+
+// seededSampling: a seed repeats a sampled completion, with or without
+// logprobs (the draw does not depend on them), other seeds give others, and
+// the logprob reported is the drawn token's.
+func seededSampling(t *testing.T, s *stack) {
+	prompt := randomPrompt(rand.New(rand.NewPCG(9, 9)), 20)
+	body := func(seed int, logprobs bool) map[string]any {
+		b := map[string]any{"prompt": prompt, "max_tokens": 24, "temperature": 1.5, "top_p": 0.95, "top_k": 100, "seed": seed, "ignore_eos": true, "return_tokens_as_token_ids": true}
+		if logprobs {
+			b["logprobs"] = 2
+		}
+		return b
+	}
+	a := s.complete(t, body(7, false)).Choices[0].Text
+	if b := s.complete(t, body(7, false)).Choices[0].Text; a != b {
+		t.Errorf("seed 7 twice: %q then %q", a, b)
+	}
+	lp := s.complete(t, body(7, true))
+	if lp.Choices[0].Text != a {
+		t.Errorf("seed 7 with logprobs gave %q, without %q", lp.Choices[0].Text, a)
+	}
+	for i, l := range lp.Choices[0].Logprobs.TokenLogprobs {
+		if l == nil || *l > 0 || math.IsInf(*l, 0) {
+			t.Errorf("token %d: logprob %v", i, l)
+		}
+	}
+	differ := 0
+	for seed := 8; seed < 12; seed++ {
+		if s.complete(t, body(seed, false)).Choices[0].Text != a {
+			differ++
+		}
+	}
+	if differ == 0 {
+		t.Error("seeds 8-11 all repeated seed 7's completion at temperature 1.5")
 	}
 }
 

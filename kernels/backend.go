@@ -151,10 +151,11 @@ type Backend interface {
 	SiLUMul(out, gateUp *Tensor)
 	// Add: dst += x, elementwise.
 	Add(dst, x *Tensor)
-	// Argmax sets dst[r] to the index of logits[r]'s largest element, the
-	// lowest on a tie, NaN never chosen, 0 when nothing is above -Inf:
-	// greedy sampling without bringing the logits to the host.
-	Argmax(dst []int32, logits *Tensor)
+	// Sample draws dst[r] from logits[r] as params[r] says (SampleParams;
+	// greedy is the argmax, the lowest index on a tie), where the logits
+	// are, so they need not come to the host. It may overwrite suppressed
+	// ids' logits with -Inf.
+	Sample(dst []int32, logits *Tensor, params []SampleParams)
 	// Gather copies rows: out[len(rows), C] = x[rows[i], :].
 	Gather(out, x *Tensor, rows []int32)
 	// Columns copies a band of columns: out[T, C] = x[T, start:start+C].

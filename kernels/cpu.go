@@ -174,19 +174,6 @@ func (c *CPU) Add(dst, x *Tensor) {
 	}
 }
 
-func (c *CPU) Argmax(dst []int32, logits *Tensor) {
-	v := logits.Cols()
-	for r := range dst {
-		best, at := float32(math.Inf(-1)), 0
-		for i, x := range logits.data[r*v : (r+1)*v] {
-			if x > best { // false for NaN
-				best, at = x, i
-			}
-		}
-		dst[r] = int32(at)
-	}
-}
-
 func (c *CPU) Gather(out, x *Tensor, rows []int32) {
 	d := x.Cols()
 	for i, r := range rows {

@@ -365,12 +365,130 @@ func argmaxRows(rng *rand.Rand, v int) ([]float32, []int32) {
 	return rows, want
 }
 
-func TestArgmax(t *testing.T) {
+func TestSampleGreedy(t *testing.T) {
 	c := NewCPU()
 	rows, want := argmaxRows(rand.New(rand.NewPCG(1, 1)), 1000)
 	got := make([]int32, len(want))
-	c.Argmax(got, c.FromHost(rows, len(want), 1000))
+	c.Sample(got, c.FromHost(rows, len(want), 1000), make([]SampleParams, len(want)))
 	if !slices.Equal(got, want) {
-		t.Errorf("argmax %v, want %v", got, want)
+		t.Errorf("greedy %v, want %v", got, want)
+	}
+}
+
+// sampleDist is the distribution Sample draws from for row under p,
+// computed directly: temperature, top-k, top-p, renormalised.
+func sampleDist(row []float64, p SampleParams) []float64 {
+	idx := make([]int, len(row))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortStableFunc(idx, func(a, b int) int { return cmpDesc(row[a], row[b]) })
+	keep := len(row)
+	if p.TopK > 0 && p.TopK < len(row) {
+		keep = p.TopK
+	}
+	w := make([]float64, len(row))
+	W := 0.0
+	for _, i := range idx[:keep] {
+		w[i] = math.Exp((row[i] - row[idx[0]]) / float64(p.Temperature))
+		W += w[i]
+	}
+	if p.TopP > 0 && p.TopP < 1 {
+		s, cut := 0.0, keep
+		for n, i := range idx[:keep] {
+			s += w[i]
+			if s >= float64(p.TopP)*W {
+				cut = n + 1
+				break
+			}
+		}
+		for _, i := range idx[cut:keep] {
+			W -= w[i]
+			w[i] = 0
+		}
+	}
+	for i := range w {
+		w[i] /= W
+	}
+	return w
+}
+
+func cmpDesc(a, b float64) int {
+	switch {
+	case a > b:
+		return -1
+	case a < b:
+		return 1
+	}
+	return 0
+}
+
+func TestSampleDistribution(t *testing.T) {
+	c := NewCPU()
+	row := []float64{1.5, -0.3, 2.2, 0.8, 2.0, -1.1, 0.1, 1.2}
+	r32 := make([]float32, len(row))
+	for i, x := range row {
+		r32[i] = float32(x)
+	}
+	for _, p := range []SampleParams{
+		{Temperature: 1},
+		{Temperature: 0.7, TopK: 5},
+		{Temperature: 1.3, TopP: 0.8},
+		{Temperature: 0.9, TopK: 6, TopP: 0.7, Seed: 99},
+	} {
+		want := sampleDist(row, p)
+		const n = 40000
+		count := make([]float64, len(row))
+		for s := range n {
+			p.Step = uint64(s)
+			got := []int32{0}
+			c.Sample(got, c.FromHost(slices.Clone(r32), 1, len(row)), []SampleParams{p})
+			count[got[0]]++
+		}
+		for i := range count {
+			if f := count[i] / n; math.Abs(f-want[i]) > 0.01 || (want[i] == 0 && f != 0) {
+				t.Errorf("%+v: token %d drawn %.4f of the time, want %.4f", p, i, f, want[i])
+			}
+		}
+	}
+}
+
+func TestSampleSeededAndSuppressed(t *testing.T) {
+	c := NewCPU()
+	rng := rand.New(rand.NewPCG(5, 5))
+	row := randSlice(rng, 500)
+	draw := func(p SampleParams) int32 {
+		got := []int32{0}
+		c.Sample(got, c.FromHost(slices.Clone(row), 1, len(row)), []SampleParams{p})
+		return got[0]
+	}
+	p := SampleParams{Temperature: 5, Seed: 7, Step: 3}
+	if draw(p) != draw(p) {
+		t.Error("the same seed and step drew different tokens")
+	}
+	differ := false
+	for s := range 20 {
+		q := p
+		q.Step = uint64(s)
+		differ = differ || draw(q) != draw(p)
+	}
+	if !differ {
+		t.Error("20 steps drew the same token at temperature 5")
+	}
+	p.Temperature = 0
+	top := draw(p)
+	p.Suppress = []int32{top}
+	if got := draw(p); got == top {
+		t.Errorf("suppressed token %d drawn", top)
+	}
+	inf := float32(math.Inf(1))
+	row = make([]float32, 500)
+	row[10], row[400] = inf, inf
+	seen := map[int32]bool{}
+	for s := range 50 {
+		seen[draw(SampleParams{Temperature: 1, Step: uint64(s)})] = true
+	}
+	if len(seen) != 2 || !seen[10] || !seen[400] {
+		t.Errorf("+Inf logits at 10 and 400: drew %v", seen)
 	}
 }

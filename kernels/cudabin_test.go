@@ -35,7 +35,7 @@ func TestKernelsBuiltFromSources(t *testing.T) {
 	if got := hex.EncodeToString(h.Sum(nil)); got != strings.TrimSpace(string(want)) {
 		t.Errorf("kernels/*.cu changed since the kernels were built (sources %s, built from %s): run make kernels", got, bytes.TrimSpace(want))
 	}
-	for _, f := range []string{"elementwise", "cache", "attention"} {
+	for _, f := range []string{"elementwise", "cache", "attention", "sampling"} {
 		if st, err := os.Stat("cudabin/" + f + ".fatbin"); err != nil || st.Size() == 0 {
 			t.Errorf("cudabin/%s.fatbin missing: run make kernels", f)
 		}

@@ -213,30 +213,3 @@ extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16(float *out /*[T, N]*/, const float *x /*[T, K]*/, const bf16_t *w /*[N, K]*/, int T, int N, int K) {
     gemv<1>(out, x, w, T, N, K);
 }
-
-
-// out[R] = the index of each row's largest logit, the lowest on a tie,
-// NaN never chosen and 0 for a row with nothing above -Inf (as the host
-// sampler's argmax). grid (R), block 256.
-extern "C" __global__ void __launch_bounds__(256) argmax_rows(int *out /*[R]*/, const float *logits /*[R, V]*/, int V) {
-    __shared__ float bv[256];
-    __shared__ int bi[256];
-    const float *row = logits + (i64)blockIdx.x * V;
-    float best = -INFINITY;
-    int at = V;  // none yet
-    for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        const float v = row[i];
-        if (v > best) best = v, at = i;  // false for NaN; i rises, so a tie keeps the first
-    }
-    bv[threadIdx.x] = best, bi[threadIdx.x] = at;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) {
-            const float ov = bv[threadIdx.x + s];
-            const int oi = bi[threadIdx.x + s];
-            if (ov > bv[threadIdx.x] || (ov == bv[threadIdx.x] && oi < bi[threadIdx.x])) bv[threadIdx.x] = ov, bi[threadIdx.x] = oi;
-        }
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) out[blockIdx.x] = bi[0] == V || bv[0] == -INFINITY ? 0 : bi[0];
-}

@@ -132,7 +132,8 @@ func init() {
 
 // kernelNames lists each module's entry points.
 var kernelNames = map[string][]string{
-	"elementwise": {"embedding_bf16", "rmsnorm", "to_bf16", "rope", "silu_mul", "add", "gather_rows", "columns", "split_rope", "add_rmsnorm", "gemv_bf16", "argmax_rows"},
+	"elementwise": {"embedding_bf16", "rmsnorm", "to_bf16", "rope", "silu_mul", "add", "gather_rows", "columns", "split_rope", "add_rmsnorm", "gemv_bf16"},
+	"sampling":    {"sample_rows", "suppress_ids"},
 	"cache":       {"write_kv", "scatter_kept", "table_scores", "evict_gather", "evict_scatter"},
 	"attention": {
 		"attn_combine", "flash_paged_hd64", "flash_paged_hd128", "flash_prompt_hd64", "flash_prompt_hd128",
@@ -494,14 +495,33 @@ func (c *CUDA) Add(dst, x *Tensor) {
 	c.launch("add", cuda.Dim3{X: gridFor(n)}, cuda.Dim3{X: 256}, ptr(dst), ptr(x), int64(n))
 }
 
-func (c *CUDA) Argmax(dst []int32, logits *Tensor) {
-	if len(dst) == 0 {
+func (c *CUDA) Sample(dst []int32, logits *Tensor, params []SampleParams) {
+	R, v := len(dst), logits.Cols()
+	if R == 0 {
 		return
 	}
-	p, class := c.alloc(4 * len(dst))
-	defer c.release(p, class)
-	c.launch("argmax_rows", cuda.Dim3{X: uint32(len(dst))}, cuda.Dim3{X: 256}, p, ptr(logits), int32(logits.Cols()))
-	c.fail(c.ctx.CopyToHost(unsafe.Slice((*byte)(unsafe.Pointer(&dst[0])), 4*len(dst)), p))
+	var rows, ids []int32
+	words := make([]int32, 0, 8*R)
+	for r, p := range params[:R] {
+		for _, id := range p.Suppress {
+			if id >= 0 && int(id) < v {
+				rows, ids = append(rows, int32(r)), append(ids, id)
+			}
+		}
+		words = append(words, int32(math.Float32bits(p.Temperature)), int32(p.TopK), int32(math.Float32bits(p.TopP)),
+			int32(uint32(p.Seed)), int32(uint32(p.Seed>>32)), int32(uint32(p.Step)), int32(uint32(p.Step>>32)), 0)
+	}
+	if len(ids) > 0 {
+		sp, sc := c.ints(append(rows, ids...))
+		defer c.release(sp, sc)
+		c.launch("suppress_ids", cuda.Dim3{X: uint32(len(ids))}, cuda.Dim3{X: 1}, ptr(logits), int32(v), sp, sp+cuda.Ptr(4*len(ids)))
+	}
+	pp, pc := c.ints(words)
+	defer c.release(pp, pc)
+	out, oc := c.alloc(4 * R)
+	defer c.release(out, oc)
+	c.launch("sample_rows", cuda.Dim3{X: uint32(R)}, cuda.Dim3{X: 1024}, out, ptr(logits), int32(v), pp)
+	c.fail(c.ctx.CopyToHost(unsafe.Slice((*byte)(unsafe.Pointer(&dst[0])), 4*R), out))
 	c.drained()
 }
 

@@ -581,17 +581,49 @@ func (c *CUDA) sync(tb testing.TB) {
 	}
 }
 
-func TestGPUArgmax(t *testing.T) {
-	g := newGPU(t)
+func TestGPUSample(t *testing.T) {
+	g, cpu := newGPU(t), NewCPU()
 	for _, v := range []int{1000, 128256} {
 		rows, want := argmaxRows(rand.New(rand.NewPCG(2, uint64(v))), v)
 		got := make([]int32, len(want))
-		g.Argmax(got, g.FromHost(rows, len(want), v))
+		g.Sample(got, g.FromHost(rows, len(want), v), make([]SampleParams, len(want)))
 		if err := g.Err(); err != nil {
 			t.Fatal(err)
 		}
 		if !slices.Equal(got, want) {
-			t.Errorf("vocab %d: argmax %v, want %v", v, got, want)
+			t.Errorf("vocab %d: greedy %v, want %v", v, got, want)
+		}
+		// Random rows under every kind of setting: the same draws as
+		// the CPU, but for near-ties of float64 sums at a boundary.
+		rng := rand.New(rand.NewPCG(3, uint64(v)))
+		const R = 96
+		data := make([]float32, R*v)
+		params := make([]SampleParams, R)
+		for r := range R {
+			for i := range v {
+				data[r*v+i] = float32(rng.NormFloat64() * 3)
+			}
+			params[r] = SampleParams{Temperature: []float32{0, 0.5, 1, 2}[r%4], TopK: []int{0, 1, 50, v / 2}[r/4%4],
+				TopP: []float32{1, 0.9, 0.5}[r/16%3], Seed: uint64(r), Step: uint64(r * 7)}
+			if r%5 == 0 {
+				params[r].Suppress = []int32{int32(rng.IntN(v)), int32(rng.IntN(v))}
+			}
+		}
+		wantTok, gotTok := make([]int32, R), make([]int32, R)
+		cpu.Sample(wantTok, cpu.FromHost(slices.Clone(data), R, v), params)
+		g.Sample(gotTok, g.FromHost(data, R, v), params)
+		if err := g.Err(); err != nil {
+			t.Fatal(err)
+		}
+		differ := 0
+		for r := range R {
+			if gotTok[r] != wantTok[r] {
+				differ++
+				t.Logf("vocab %d row %d %+v: GPU drew %d, CPU %d", v, r, params[r], gotTok[r], wantTok[r])
+			}
+		}
+		if differ > 1 {
+			t.Errorf("vocab %d: %d of %d draws differ from the CPU's", v, differ, R)
 		}
 	}
 }

@@ -91,13 +91,13 @@ func run(dir, format, device, runs string, decode, chunk int) error {
 			for j := range toks {
 				toks[j] = int32(rng.IntN(m.Config.VocabSize))
 			}
-			work[i] = runner.Work{Seq: uint64(i), Tokens: toks, ArgmaxOnly: true} // greedy, as a server samples it
+			work[i] = runner.Work{Seq: uint64(i), Tokens: toks, Draw: &kernels.SampleParams{}, NoLogits: true} // greedy, drawn on the device as the server does
 		}
 		// Prefill in steps of at most chunk tokens, whole prompts each.
 		t0 := time.Now()
 		per := max(1, chunk/prompt)
 		for lo := 0; lo < batch; lo += per {
-			if _, _, err := r.StepArgmax(ctx, work[lo:min(lo+per, batch)]); err != nil {
+			if _, _, err := r.StepSample(ctx, work[lo:min(lo+per, batch)]); err != nil {
 				return err
 			}
 		}
@@ -114,7 +114,7 @@ func run(dir, format, device, runs string, decode, chunk int) error {
 		}
 		t0 = time.Now()
 		for range decode {
-			if _, _, err := r.StepArgmax(ctx, work); err != nil {
+			if _, _, err := r.StepSample(ctx, work); err != nil {
 				return err
 			}
 		}

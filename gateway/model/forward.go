@@ -66,17 +66,33 @@ type Batch struct {
 
 // Forward runs one step and returns logits [len(LogitRows), VocabSize].
 func (m *Model) Forward(ctx context.Context, bt *Batch, cache *Cache) ([]float32, error) {
-	lg, _, err := m.ForwardArgmax(ctx, bt, cache, nil)
+	lg, _, err := m.ForwardSample(ctx, bt, cache, nil, nil)
 	return lg, err
 }
 
-// ForwardArgmax is Forward for a caller that samples some rows greedily:
-// it returns every LogitRow's argmax, computed where the logits are (the
-// GPU), and brings to the host only the logits of the rows with host[i]
-// set, in order. A nil host brings every row and computes no argmax.
-func (m *Model) ForwardArgmax(ctx context.Context, bt *Batch, cache *Cache, host []bool) (logits []float32, argmax []int32, err error) {
+// Draws asks ForwardSample for tokens drawn where the logits are (the GPU):
+// Rows are indices into LogitRows, each drawn under its Params.
+type Draws struct {
+	Rows   []int32
+	Params []kernels.SampleParams
+}
+
+// ForwardSample is Forward for a caller that samples: it brings to the host
+// only the logits of the rows with host[i] set (nil: every row), in order,
+// and draws a token for each of d's rows on the backend.
+func (m *Model) ForwardSample(ctx context.Context, bt *Batch, cache *Cache, host []bool, d *Draws) (logits []float32, tokens []int32, err error) {
 	if host != nil && len(host) != len(bt.LogitRows) {
 		return nil, nil, fmt.Errorf("forward: %d host flags for %d logit rows", len(host), len(bt.LogitRows))
+	}
+	if d != nil {
+		if len(d.Rows) != len(d.Params) {
+			return nil, nil, fmt.Errorf("forward: %d draws with %d settings", len(d.Rows), len(d.Params))
+		}
+		for _, r := range d.Rows {
+			if r < 0 || int(r) >= len(bt.LogitRows) {
+				return nil, nil, fmt.Errorf("forward: draw from logit row %d of %d", r, len(bt.LogitRows))
+			}
+		}
 	}
 	c, b, w := m.Config, m.b, m.w
 	ids, pos, qIndptr, err := m.flatten(bt)
@@ -110,7 +126,7 @@ func (m *Model) ForwardArgmax(ctx context.Context, bt *Batch, cache *Cache, host
 		b.Attention(attn, sc.q, cache.Pool, cache.Layout, &plan.Attn, m.scale)
 		m.attnOutputAndMLP(sc, x, attn, l)
 	}
-	return m.logits(x, bt.LogitRows, host)
+	return m.logits(x, bt.LogitRows, host, d)
 }
 
 // scratch holds one step's intermediate tensors, [T, ·].
@@ -245,9 +261,8 @@ func (m *Model) sparsePrefills(plan *LayerKV, qIndptr []int32, sc *scratch, attn
 }
 
 // logits applies the final norm and the LM head to the selected rows of x,
-// and returns the logits host asks for and, with host set, every row's
-// argmax (see ForwardArgmax).
-func (m *Model) logits(x *kernels.Tensor, rows []int32, host []bool) ([]float32, []int32, error) {
+// and returns the rows host asks for (all when nil) and the tokens d draws.
+func (m *Model) logits(x *kernels.Tensor, rows []int32, host []bool, d *Draws) ([]float32, []int32, error) {
 	b, c := m.b, m.Config
 	for _, r := range rows {
 		if r < 0 || int(r) >= x.Rows() {
@@ -263,17 +278,13 @@ func (m *Model) logits(x *kernels.Tensor, rows []int32, host []bool) ([]float32,
 	b.Gather(sel, x, rows)
 	b.RMSNorm(normed, sel, m.w.norm, float32(c.RMSNormEps))
 	b.Linear(lg, normed, m.w.lmHead)
-	var argmax []int32
 	keep := make([]int32, 0, len(rows))
 	for i := range rows {
 		if host == nil || host[i] {
 			keep = append(keep, int32(i))
 		}
 	}
-	if host != nil {
-		argmax = make([]int32, len(rows))
-		b.Argmax(argmax, lg)
-	}
+	// The host's copy first: drawing may write -Inf over suppressed ids.
 	out := make([]float32, len(keep)*c.VocabSize)
 	switch {
 	case len(keep) == len(rows):
@@ -284,10 +295,31 @@ func (m *Model) logits(x *kernels.Tensor, rows []int32, host []bool) ([]float32,
 		b.ToHost(out, part)
 		b.Free(part)
 	}
+	var tokens []int32
+	if d != nil && len(d.Rows) > 0 {
+		tokens = make([]int32, len(d.Rows))
+		src := lg
+		if len(d.Rows) != len(rows) || !isIota(d.Rows) {
+			src = b.Alloc(len(d.Rows), c.VocabSize)
+			defer b.Free(src)
+			b.Gather(src, lg, d.Rows)
+		}
+		b.Sample(tokens, src, d.Params)
+	}
 	if err := b.Err(); err != nil {
 		return nil, nil, fmt.Errorf("forward: logits: %w", err)
 	}
-	return out, argmax, nil
+	return out, tokens, nil
+}
+
+// isIota says rows is 0, 1, 2, ...
+func isIota(rows []int32) bool {
+	for i, r := range rows {
+		if int(r) != i {
+			return false
+		}
+	}
+	return true
 }
 
 // flatten concatenates the step's tokens and positions, checking ids.

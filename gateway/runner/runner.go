@@ -165,32 +165,35 @@ type Work struct {
 	// AllLogits asks for logits after every token (prompt log-probs);
 	// otherwise only after the last.
 	AllLogits bool
-	// ArgmaxOnly asks for the greedy token alone: the logits stay where
-	// they were computed (the GPU) and only the argmax comes back.
-	ArgmaxOnly bool
+	// Draw, when set, draws the next token from the last row's logits
+	// where they are (the GPU), with these settings (StepSample).
+	Draw *kernels.SampleParams
+	// NoLogits leaves the logits where they were computed: only a drawn
+	// token comes back (StepSample).
+	NoLogits bool
 }
 
 // Step runs one forward pass and returns each Work's logits:
 // [rows, VocabSize] where rows is len(Tokens) or 1.
 func (r *Runner) Step(ctx context.Context, work []Work) ([][]float32, error) {
 	for _, w := range work {
-		if w.ArgmaxOnly {
-			return nil, fmt.Errorf("sequence %d: ArgmaxOnly work needs StepArgmax", w.Seq)
+		if w.Draw != nil || w.NoLogits {
+			return nil, fmt.Errorf("sequence %d: drawing on the device needs StepSample", w.Seq)
 		}
 	}
-	lg, _, err := r.StepArgmax(ctx, work)
+	lg, _, err := r.StepSample(ctx, work)
 	return lg, err
 }
 
-// StepArgmax is Step that also gives each ArgmaxOnly Work its greedy
-// token, argmax[i], the argmax of its last row; such a Work's logits are
-// nil. argmax is nil when no Work is ArgmaxOnly.
-func (r *Runner) StepArgmax(ctx context.Context, work []Work) (logits [][]float32, argmax []int32, err error) {
+// StepSample is Step that also draws a token, tokens[i], for each Work with
+// Draw set, on the backend; a NoLogits Work's logits are nil.
+func (r *Runner) StepSample(ctx context.Context, work []Work) (logits [][]float32, tokens []int32, err error) {
 	appends := make([]blocks.Append, len(work))
 	bt := &model.Batch{Seqs: make([]model.Seq, len(work))}
 	row := int32(0)
 	var host []bool // per logit row: bring its logits to the host
-	anyArgmax := false
+	var draws model.Draws
+	drawAt := make([]int, len(work)) // each Work's index in draws, or -1
 	for i, w := range work {
 		pos, ok := r.pos[w.Seq]
 		if !ok {
@@ -199,10 +202,9 @@ func (r *Runner) StepArgmax(ctx context.Context, work []Work) (logits [][]float3
 		if len(w.Tokens) == 0 {
 			return nil, nil, fmt.Errorf("sequence %d: no tokens in step", w.Seq)
 		}
-		if w.ArgmaxOnly && w.AllLogits {
-			return nil, nil, fmt.Errorf("sequence %d: ArgmaxOnly with AllLogits", w.Seq)
+		if w.NoLogits && w.AllLogits {
+			return nil, nil, fmt.Errorf("sequence %d: NoLogits with AllLogits", w.Seq)
 		}
-		anyArgmax = anyArgmax || w.ArgmaxOnly
 		appends[i] = blocks.Append{Seq: blocks.SeqID(w.Seq), N: len(w.Tokens)}
 		bt.Seqs[i] = model.Seq{Tokens: w.Tokens, Pos: pos}
 		first := row
@@ -214,11 +216,14 @@ func (r *Runner) StepArgmax(ctx context.Context, work []Work) (logits [][]float3
 			}
 		} else {
 			bt.LogitRows = append(bt.LogitRows, row-1)
-			host = append(host, !w.ArgmaxOnly)
+			host = append(host, !w.NoLogits)
 		}
-	}
-	if !anyArgmax {
-		host = nil
+		drawAt[i] = -1
+		if w.Draw != nil {
+			drawAt[i] = len(draws.Rows)
+			draws.Rows = append(draws.Rows, int32(len(bt.LogitRows)-1))
+			draws.Params = append(draws.Params, *w.Draw)
+		}
 	}
 	id, plans, err := r.kv.Reserve(ctx, appends)
 	if err != nil {
@@ -231,33 +236,32 @@ func (r *Runner) StepArgmax(ctx context.Context, work []Work) (logits [][]float3
 	}
 	b := r.m.Backend()
 	cache := &model.Cache{Pool: r.kv.PoolTensor(b), Layout: r.kv.Layout()}
-	flat, rowArgmax, err := r.m.ForwardArgmax(ctx, bt, cache, host)
+	flat, drawn, err := r.m.ForwardSample(ctx, bt, cache, host, &draws)
 	r.kv.Done(id, err != nil)
 	if err != nil {
 		return nil, nil, err
 	}
 	v := r.m.Config.VocabSize
 	logits = make([][]float32, len(work))
-	if anyArgmax {
-		argmax = make([]int32, len(work))
+	if len(draws.Rows) > 0 {
+		tokens = make([]int32, len(work))
 	}
-	off, lrow := 0, 0 // rows of flat taken; logit rows passed
+	off := 0 // rows of flat taken
 	for i, w := range work {
 		n := 1
 		if w.AllLogits {
 			n = len(w.Tokens)
 		}
-		if anyArgmax {
-			argmax[i] = rowArgmax[lrow+n-1]
+		if drawAt[i] >= 0 {
+			tokens[i] = drawn[drawAt[i]]
 		}
-		lrow += n
-		if !w.ArgmaxOnly {
+		if !w.NoLogits {
 			logits[i] = flat[off*v : (off+n)*v]
 			off += n
 		}
 		r.pos[w.Seq] += len(w.Tokens)
 	}
-	return logits, argmax, nil
+	return logits, tokens, nil
 }
 
 // Greedy prefills prompt as one sequence and decodes up to maxTokens tokens
@@ -270,7 +274,7 @@ func (r *Runner) Greedy(ctx context.Context, id uint64, prompt []int32, maxToken
 	var out []int32
 	next := prompt
 	for len(out) < maxTokens {
-		_, am, err := r.StepArgmax(ctx, []Work{{Seq: id, Tokens: next, ArgmaxOnly: true}})
+		_, am, err := r.StepSample(ctx, []Work{{Seq: id, Tokens: next, Draw: &kernels.SampleParams{}, NoLogits: true}})
 		if err != nil {
 			return out, err
 		}

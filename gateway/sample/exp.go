@@ -40,62 +40,21 @@ func expReduced(x float64) float64 {
 	return p * exp2Frac[u&63] * math.Float64frombits(u>>6<<52)
 }
 
-// Below these, e^x underflows: float32's normal range ends at e^-87.3
-// (denormal weights are flushed to 0 rather than pay for denormal
-// arithmetic), float64's at e^-708.
-const (
-	floor32 = -87
-	floor64 = -708
-)
-
-// weight is exp((v-m)*invT) as a float32, for a logit v under the maximum
-// m (NaN as -Inf) and 1/temperature invT > 0. NaN and -Inf weigh 0, except
-// that a logit equal to m weighs 1, so that the non-finite cases come out
-// as limits: +Inf logits share all the mass, and a row of nothing but -Inf
-// and NaN is uniform.
-func weight(v, m float32, invT float64) float32 {
-	if v == m || (v != v && m == float32(math.Inf(-1))) {
-		return 1
-	}
-	if x := (float64(v) - float64(m)) * invT; x >= floor32 { // false for NaN
-		return float32(expReduced(x))
-	}
-	return 0
-}
-
-// expRow sets dst[i] = weight(logits[i], m, invT) for a whole row [vocab]
-// (dst at least as long) and returns the float64 sum of the weights. The
-// loop is weight's, with the non-finite maximum taken out of it.
-func expRow(dst, logits []float32, m float32, invT float64) float64 {
-	dst = dst[:len(logits)]
-	var sum float64
-	if math.IsInf(float64(m), 0) {
-		for i, v := range logits {
-			dst[i] = weight(v, m, invT)
-			sum += float64(dst[i])
-		}
-		return sum
-	}
-	mf := float64(m)
-	for i, v := range logits {
-		e := 0.0
-		if x := (float64(v) - mf) * invT; x >= floor32 { // false for NaN, -Inf
-			e = expReduced(x)
-		}
-		w := float32(e)
-		dst[i] = w
-		sum += float64(w)
-	}
-	return sum
-}
+// Below this, e^x underflows float64.
+const floor64 = -708
 
 // expSum returns Σ exp(logits[i]-m) in float64, the normaliser of
-// LogSoftmax, with weight's treatment of non-finite values.
+// LogSoftmax. NaN and -Inf weigh 0, except that a logit equal to an
+// infinite m weighs 1, so the non-finite cases come out as limits: +Inf
+// logits share all the mass, and a row of nothing but -Inf and NaN is
+// uniform.
 func expSum(logits []float32, m float32) float64 {
 	var sum float64
 	if math.IsInf(float64(m), 0) {
 		for _, v := range logits {
-			sum += float64(weight(v, m, 1))
+			if v == m || (v != v && m < 0) { // NaN counts as -Inf
+				sum++
+			}
 		}
 		return sum
 	}

@@ -66,3 +66,79 @@ func Suppress(logits []float32, ids []int32) {
 		}
 	}
 }
+
+// cand is a candidate token: v is its raw logit while top-k selects, its
+// unnormalised probability afterwards.
+type cand struct {
+	v  float32
+	id int32
+}
+
+// better orders candidates best first: higher value, then lower token id.
+func better(a, b cand) bool {
+	return a.v > b.v || (a.v == b.v && a.id < b.id)
+}
+
+func compareCands(a, b cand) int {
+	switch {
+	case better(a, b):
+		return -1
+	case better(b, a):
+		return 1
+	}
+	return 0
+}
+
+// selectTop appends to h the k best (value, index) pairs of vals, in heap
+// order, NaN as -Inf. Precondition: 0 < k <= len(vals).
+func selectTop(h []cand, vals []float32, k int) []cand {
+	for i, v := range vals[:k] {
+		if v != v {
+			v = float32(math.Inf(-1))
+		}
+		h = append(h, cand{v, int32(i)})
+		siftUp(h, len(h)-1)
+	}
+	// Indices only grow, so an equal value never beats the root; NaN fails
+	// the compare too. Keeping the root's value in a register makes this
+	// one compare per token.
+	floor := h[0].v
+	for i, v := range vals[k:] {
+		if v > floor {
+			h[0] = cand{v, int32(k + i)}
+			siftDown(h, 0)
+			floor = h[0].v
+		}
+	}
+	return h
+}
+
+// The heap keeps the worst candidate at the root.
+func siftUp(h []cand, i int) {
+	for i > 0 {
+		p := (i - 1) / 2
+		if !better(h[p], h[i]) {
+			return
+		}
+		h[p], h[i] = h[i], h[p]
+		i = p
+	}
+}
+
+func siftDown(h []cand, i int) {
+	n := len(h)
+	for {
+		worst, l, r := i, 2*i+1, 2*i+2
+		if l < n && better(h[worst], h[l]) {
+			worst = l
+		}
+		if r < n && better(h[worst], h[r]) {
+			worst = r
+		}
+		if worst == i {
+			return
+		}
+		h[i], h[worst] = h[worst], h[i]
+		i = worst
+	}
+}

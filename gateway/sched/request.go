@@ -80,8 +80,8 @@ type Request struct {
 	tokens   []int32 // prompt, then generated tokens
 	computed int     // tokens whose K/V are in kvd
 	open     bool    // has a sequence in kvd
-	sampler  *sample.Sampler
-	scored   bool // prompt log-probs sent
+	seed     uint64  // the draws' seed: Params.Sampling.Seed or random
+	scored   bool    // prompt log-probs sent
 	arrived  time.Time
 	first    time.Time // first token
 	last     time.Time // latest token

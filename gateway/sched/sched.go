@@ -2,6 +2,8 @@ package sched
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +18,7 @@ import (
 	"github.com/kvd-project/kvd/gateway/runner"
 	"github.com/kvd-project/kvd/gateway/sample"
 	"github.com/kvd-project/kvd/ipc"
+	"github.com/kvd-project/kvd/kernels"
 	"github.com/kvd-project/kvd/kvd/blocks"
 	"github.com/kvd-project/kvd/observability"
 )
@@ -80,7 +83,7 @@ func (s *Scheduler) Submit(req *Request) error {
 	}
 	req.box.init()
 	req.tokens = append([]int32(nil), req.Prompt...)
-	req.sampler = sample.New(req.Params.Sampling)
+	req.seed = requestSeed(req.Params.Sampling.Seed)
 	req.arrived = time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -168,7 +171,7 @@ type item struct {
 func (s *Scheduler) step(ctx context.Context) bool {
 	batch := s.schedule()
 	for len(batch) > 0 {
-		logits, argmax, err := s.run(ctx, batch)
+		logits, drawn, err := s.run(ctx, batch)
 		switch {
 		case errors.Is(err, blocks.ErrPoolExhausted):
 			batch = s.preempt(batch)
@@ -179,7 +182,7 @@ func (s *Scheduler) step(ctx context.Context) bool {
 			s.fail(batch, err)
 			return true
 		default:
-			s.sample(batch, logits, argmax)
+			s.sample(batch, logits, drawn)
 			return true
 		}
 	}
@@ -243,23 +246,35 @@ func (s *Scheduler) admit(r *Request) error {
 }
 
 // run is the forward pass; kvd's calls join the oldest request's trace.
-// A request that only needs its greedy token gets just that back.
+// Tokens are drawn where the logits are (the GPU); the logits come to the
+// host only for a request that asks for log-probabilities.
 func (s *Scheduler) run(ctx context.Context, batch []item) ([][]float32, []int32, error) {
 	work := make([]runner.Work, len(batch))
 	for i, it := range batch {
-		all := it.prefill && it.req.Params.PromptLogprobs && !it.req.scored
-		work[i] = runner.Work{Seq: it.req.id, Tokens: it.tokens, AllLogits: all, ArgmaxOnly: !all && it.req.argmaxOnly()}
+		r := it.req
+		all := it.prefill && r.Params.PromptLogprobs && !r.scored
+		w := runner.Work{Seq: r.id, Tokens: it.tokens, AllLogits: all, NoLogits: !all && r.Params.Logprobs < 0}
+		if g := r.generated(); g >= len(r.Params.Forced) {
+			sp := r.Params.Sampling
+			w.Draw = &kernels.SampleParams{Temperature: sp.Temperature, TopK: sp.TopK, TopP: sp.TopP, Seed: r.seed, Step: uint64(g)}
+			if g < r.Params.MinTokens {
+				w.Draw.Suppress = r.Params.StopTokens
+			}
+		}
+		work[i] = w
 	}
 	stepCtx := trace.ContextWithSpan(ctx, batch[0].req.span)
-	return s.r.StepArgmax(stepCtx, work)
+	return s.r.StepSample(stepCtx, work)
 }
 
-// argmaxOnly says the next token is the argmax of the logits with nothing
-// else read from them: greedy, no logprobs, no tokens suppressed or forced.
-func (r *Request) argmaxOnly() bool {
-	g := r.generated()
-	return r.sampler.Greedy() && r.Params.Logprobs < 0 && g >= len(r.Params.Forced) &&
-		(g >= r.Params.MinTokens || len(r.Params.StopTokens) == 0)
+// requestSeed is a request's sampling seed: its own, or a random one.
+func requestSeed(seed *uint64) uint64 {
+	if seed != nil {
+		return *seed
+	}
+	var b [8]byte
+	crand.Read(b[:]) // never fails since Go 1.24
+	return binary.LittleEndian.Uint64(b[:])
 }
 
 // preempt makes room after kvd said the pool is full: the newest admitted
@@ -295,9 +310,9 @@ func (s *Scheduler) closeSeq(r *Request) {
 	}
 }
 
-// sample turns each item's logits (or, for a greedy request, its argmax)
+// sample turns each item's drawn token (and, with logprobs, its logits)
 // into its next token and events.
-func (s *Scheduler) sample(batch []item, logits [][]float32, argmax []int32) {
+func (s *Scheduler) sample(batch []item, logits [][]float32, drawn []int32) {
 	now := time.Now()
 	v := s.r.Model().Config.VocabSize
 	for i, it := range batch {
@@ -313,12 +328,7 @@ func (s *Scheduler) sample(batch []item, logits [][]float32, argmax []int32) {
 			s.finishRunning(r, FinishLength)
 			continue
 		}
-		var tok Token
-		if lg == nil {
-			tok.ID = argmax[i]
-		} else {
-			tok = s.next(r, lg)
-		}
+		tok := s.next(r, lg, drawn, i)
 		r.tokens = append(r.tokens, tok.ID)
 		if r.first.IsZero() {
 			r.first = now
@@ -340,18 +350,22 @@ func (s *Scheduler) sample(batch []item, logits [][]float32, argmax []int32) {
 	}
 }
 
-func (s *Scheduler) next(r *Request, lg []float32) Token {
-	if r.generated() < r.Params.MinTokens && len(r.Params.StopTokens) > 0 {
-		lg = slices.Clone(lg)
-		sample.Suppress(lg, r.Params.StopTokens)
-	}
+// next is a request's next token: forced, or the one drawn for batch item
+// i; with logprobs, scored under its logits lg (stop tokens suppressed while
+// min_tokens holds, as they were for the draw).
+func (s *Scheduler) next(r *Request, lg []float32, drawn []int32, i int) Token {
 	var tok Token
-	if i := r.generated(); i < len(r.Params.Forced) {
-		tok.ID = r.Params.Forced[i]
+	g := r.generated()
+	if g < len(r.Params.Forced) {
+		tok.ID = r.Params.Forced[g]
 	} else {
-		tok.ID = r.sampler.Sample(lg)
+		tok.ID = drawn[i]
 	}
 	if r.Params.Logprobs >= 0 {
+		if g < r.Params.MinTokens && len(r.Params.StopTokens) > 0 {
+			lg = slices.Clone(lg)
+			sample.Suppress(lg, r.Params.StopTokens)
+		}
 		lp := make([]float32, len(lg))
 		sample.LogSoftmax(lp, lg)
 		tok.Logprob = lp[tok.ID]
