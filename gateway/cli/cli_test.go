@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/kvd-project/kvd/gateway/model/tinymodel"
+	"github.com/kvd-project/kvd/kernels"
 )
 
 var bin, modelDir string
@@ -97,6 +98,9 @@ func TestBadInput(t *testing.T) {
 		{"missing model dir", "gateway", []string{"generate", "--model", "/nonexistent", "--prompt", "x"}, 1, "/nonexistent"},
 		{"bad load format", "gateway", []string{"generate", "--model", modelDir, "--prompt", "x", "--load-format", "pt"}, 1, `load format "pt"`},
 		{"prompt beyond context", "gateway", []string{"generate", "--model", modelDir, "--prompt", strings.Repeat("word ", 50), "--max-model-len", "16"}, 2, "exceeds --max-model-len 16"},
+		{"bad device", "gateway", []string{"generate", "--model", modelDir, "--prompt", "x", "--device", "tpu"}, 2, `--device "tpu": want auto, cpu or cuda`},
+		{"cuda without embedded", "gateway", []string{"serve", "--model", modelDir, "--device", "cuda"}, 2, "--device cuda needs --embedded"},
+		{"kvd on cuda", "kvd", []string{"serve", "--model", modelDir, "--device", "cuda"}, 2, "kvd cannot hold its pool on the GPU yet"},
 		{"kvd no command", "kvd", nil, 2, "no command"},
 		{"kvd bad size", "kvd", []string{"layout", "--model", modelDir, "--kv-memory", "lots"}, 2, "--kv-memory"},
 		{"kvd too small", "kvd", []string{"layout", "--model", modelDir, "--kv-memory", "1KiB"}, 1, "invalid pool layout"},
@@ -111,6 +115,24 @@ func TestBadInput(t *testing.T) {
 				t.Errorf("panicked:\n%s", stderr)
 			}
 		})
+	}
+}
+
+// TestNoGPU: where there is no GPU, --device auto takes the CPU and says
+// why, and --device cuda stops with what is missing.
+func TestNoGPU(t *testing.T) {
+	if g, err := kernels.NewCUDA(0); err == nil {
+		g.Close()
+		t.Skip("this machine has a GPU")
+	}
+	args := []string{"generate", "--model", modelDir, "--prompt", "x", "--max-tokens", "2"}
+	_, log, code := run(t, "gateway", args...)
+	if code != 0 || !strings.Contains(log, "backend=cpu") || !strings.Contains(log, "no GPU") {
+		t.Errorf("--device auto: exit %d, log:\n%s", code, log)
+	}
+	_, log, code = run(t, "gateway", append(args, "--device", "cuda")...)
+	if code != 1 || !strings.Contains(log, "--device cuda: no usable CUDA driver") || !strings.Contains(log, "--device cpu") {
+		t.Errorf("--device cuda: exit %d, log:\n%s", code, log)
 	}
 }
 

@@ -17,6 +17,11 @@ import (
 // why. The sidecar keeps the CPU: kvd's pool is shared host memory until
 // it can be shared over CUDA IPC.
 func selectDevice(device string, embedded bool, log *slog.Logger) (kernels.Backend, error) {
+	switch device {
+	case kernels.DeviceAuto, kernels.DeviceCPU, kernels.DeviceCUDA:
+	default:
+		return nil, fmt.Errorf("%w: --device %q: want auto, cpu or cuda", ErrUsage, device)
+	}
 	if !embedded {
 		switch device {
 		case kernels.DeviceCUDA:
