@@ -12,14 +12,10 @@ extern "C" __global__ void embedding_bf16(float *out /*[T, D]*/, const bf16_t *t
     for (int i = threadIdx.x; i < D; i += blockDim.x) out[t * D + i] = bf16_to_f32(row[i]);
 }
 
-// out[T, D] = x / sqrt(mean(x²) + eps) * w. grid (T), block 256.
-extern "C" __global__ void rmsnorm(float *out /*[T, D]*/, const float *x /*[T, D]*/, const float *w /*[D]*/,
-                                   int D, float eps) {
+// out = row / sqrt(mean(row²) + eps) * w, given each thread's part ss of
+// Σ row²: the block sums the parts, then scales the row.
+__device__ __forceinline__ void norm_row(float *out, const float *row, const float *w, int D, float eps, float ss) {
     __shared__ float part[32];
-    const i64 t = blockIdx.x;
-    const float *row = x + t * D;
-    float ss = 0;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) ss += row[i] * row[i];
     ss = warp_sum(ss);
     if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
     __syncthreads();
@@ -30,7 +26,17 @@ extern "C" __global__ void rmsnorm(float *out /*[T, D]*/, const float *x /*[T, D
     }
     __syncthreads();
     const float inv = rsqrtf(part[0] / D + eps);
-    for (int i = threadIdx.x; i < D; i += blockDim.x) out[t * D + i] = row[i] * inv * w[i];
+    for (int i = threadIdx.x; i < D; i += blockDim.x) out[i] = row[i] * inv * w[i];
+}
+
+// out[T, D] = x / sqrt(mean(x²) + eps) * w. grid (T), block 256.
+extern "C" __global__ void rmsnorm(float *out /*[T, D]*/, const float *x /*[T, D]*/, const float *w /*[D]*/,
+                                   int D, float eps) {
+    const i64 t = blockIdx.x;
+    const float *row = x + t * D;
+    float ss = 0;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) ss += row[i] * row[i];
+    norm_row(out + t * D, row, w, D, eps, ss);
 }
 
 // out[n] = bf16(x[n]): a GEMM's activation operand. Grid-stride.
@@ -113,7 +119,6 @@ extern "C" __global__ void split_rope(float *q /*[T, H*hd]*/, float *k /*[T, KVH
 // the next norm in one pass. grid (T), block 256.
 extern "C" __global__ void add_rmsnorm(float *out /*[T, D]*/, float *x /*[T, D]*/, const float *delta /*[T, D]*/,
                                        const float *w /*[D]*/, int D, float eps) {
-    __shared__ float part[32];
     const i64 t = blockIdx.x;
     float *row = x + t * D;
     const float *dr = delta + t * D;
@@ -123,17 +128,7 @@ extern "C" __global__ void add_rmsnorm(float *out /*[T, D]*/, float *x /*[T, D]*
         row[i] = v;
         ss += v * v;
     }
-    ss = warp_sum(ss);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float v = threadIdx.x < (blockDim.x + 31) / 32 ? part[threadIdx.x] : 0.f;
-        v = warp_sum(v);
-        if (threadIdx.x == 0) part[0] = v;
-    }
-    __syncthreads();
-    const float inv = rsqrtf(part[0] / D + eps);
-    for (int i = threadIdx.x; i < D; i += blockDim.x) out[t * D + i] = row[i] * inv * w[i];
+    norm_row(out + t * D, row, w, D, eps, ss);
 }
 
 // Decode's matrix-vector products: out [T, N] = x [T, K] · w [N, K]ᵀ for
