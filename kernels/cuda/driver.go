@@ -7,6 +7,7 @@ package cuda
 #include <dlfcn.h>
 #include <stdlib.h>
 #include <stddef.h>
+#include <string.h>
 
 // Our own declarations of the few CUDA driver API types and entry points we
 // call: no CUDA header is needed to build. The _v2 names are the ones the
@@ -18,6 +19,9 @@ typedef unsigned long long CUdeviceptr;
 typedef void *CUmodule;
 typedef void *CUfunction;
 typedef void *CUstream;
+typedef void *CUevent;
+typedef struct { char reserved[64]; } CUipcMemHandle;
+typedef struct { char reserved[64]; } CUipcEventHandle;
 
 typedef struct {
 	void *lib;
@@ -51,6 +55,16 @@ typedef struct {
 	CUresult (*cuStreamCreate)(CUstream *, unsigned int);
 	CUresult (*cuStreamDestroy)(CUstream);
 	CUresult (*cuStreamSynchronize)(CUstream);
+	CUresult (*cuIpcGetMemHandle)(CUipcMemHandle *, CUdeviceptr);
+	CUresult (*cuIpcOpenMemHandle)(CUdeviceptr *, CUipcMemHandle, unsigned int);
+	CUresult (*cuIpcCloseMemHandle)(CUdeviceptr);
+	CUresult (*cuEventCreate)(CUevent *, unsigned int);
+	CUresult (*cuEventDestroy)(CUevent);
+	CUresult (*cuEventRecord)(CUevent, CUstream);
+	CUresult (*cuEventSynchronize)(CUevent);
+	CUresult (*cuStreamWaitEvent)(CUstream, CUevent, unsigned int);
+	CUresult (*cuIpcGetEventHandle)(CUipcEventHandle *, CUevent);
+	CUresult (*cuIpcOpenEventHandle)(CUevent *, CUipcEventHandle);
 } kvd_cu;
 
 // kvd_cu_open fills d from the library at path. It returns NULL, or what
@@ -91,6 +105,17 @@ static const char *kvd_cu_open(kvd_cu *d, const char *path) {
 	SYM(cuStreamCreate, "cuStreamCreate")
 	SYM(cuStreamDestroy, "cuStreamDestroy_v2")
 	SYM(cuStreamSynchronize, "cuStreamSynchronize")
+	SYM(cuIpcGetMemHandle, "cuIpcGetMemHandle")
+	if (!(*(void **)(&d->cuIpcOpenMemHandle) = dlsym(d->lib, "cuIpcOpenMemHandle_v2")))
+		SYM(cuIpcOpenMemHandle, "cuIpcOpenMemHandle")
+	SYM(cuIpcCloseMemHandle, "cuIpcCloseMemHandle")
+	SYM(cuEventCreate, "cuEventCreate")
+	SYM(cuEventDestroy, "cuEventDestroy_v2")
+	SYM(cuEventRecord, "cuEventRecord")
+	SYM(cuEventSynchronize, "cuEventSynchronize")
+	SYM(cuStreamWaitEvent, "cuStreamWaitEvent")
+	SYM(cuIpcGetEventHandle, "cuIpcGetEventHandle")
+	SYM(cuIpcOpenEventHandle, "cuIpcOpenEventHandle")
 #undef SYM
 	return NULL;
 }
@@ -126,6 +151,24 @@ static CUresult kvd_cuFuncSetAttribute(kvd_cu *d, CUfunction f, int a, int v) { 
 static CUresult kvd_cuStreamCreate(kvd_cu *d, CUstream *s) { return d->cuStreamCreate(s, 1); } // CU_STREAM_NON_BLOCKING
 static CUresult kvd_cuStreamDestroy(kvd_cu *d, CUstream s) { return d->cuStreamDestroy(s); }
 static CUresult kvd_cuStreamSynchronize(kvd_cu *d, CUstream s) { return d->cuStreamSynchronize(s); }
+static CUresult kvd_cuIpcGetMemHandle(kvd_cu *d, void *h, CUdeviceptr p) { return d->cuIpcGetMemHandle((CUipcMemHandle *)h, p); }
+static CUresult kvd_cuIpcOpenMemHandle(kvd_cu *d, CUdeviceptr *p, const void *h) {
+	CUipcMemHandle handle;
+	memcpy(&handle, h, sizeof handle);
+	return d->cuIpcOpenMemHandle(p, handle, 1); // CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS
+}
+static CUresult kvd_cuIpcCloseMemHandle(kvd_cu *d, CUdeviceptr p) { return d->cuIpcCloseMemHandle(p); }
+static CUresult kvd_cuEventCreateIPC(kvd_cu *d, CUevent *e) { return d->cuEventCreate(e, 2 | 4); } // DISABLE_TIMING | INTERPROCESS
+static CUresult kvd_cuEventDestroy(kvd_cu *d, CUevent e) { return d->cuEventDestroy(e); }
+static CUresult kvd_cuEventRecord(kvd_cu *d, CUevent e, CUstream s) { return d->cuEventRecord(e, s); }
+static CUresult kvd_cuEventSynchronize(kvd_cu *d, CUevent e) { return d->cuEventSynchronize(e); }
+static CUresult kvd_cuStreamWaitEvent(kvd_cu *d, CUstream s, CUevent e) { return d->cuStreamWaitEvent(s, e, 0); }
+static CUresult kvd_cuIpcGetEventHandle(kvd_cu *d, void *h, CUevent e) { return d->cuIpcGetEventHandle((CUipcEventHandle *)h, e); }
+static CUresult kvd_cuIpcOpenEventHandle(kvd_cu *d, CUevent *e, const void *h) {
+	CUipcEventHandle handle;
+	memcpy(&handle, h, sizeof handle);
+	return d->cuIpcOpenEventHandle(e, handle);
+}
 
 // kvd_cuLaunch launches f with nargs 8-byte argument slots (in C memory):
 // the driver wants a pointer to each argument's value.
@@ -396,6 +439,114 @@ func (c *Context) CopyToDeviceAsync(dst Ptr, src []byte, s Stream) error {
 		return err
 	}
 	return c.drv.check("cuMemcpyHtoDAsync", C.kvd_cuMemcpyHtoDAsync(c.drv.d, C.CUdeviceptr(dst), unsafe.Pointer(&src[0]), C.size_t(len(src)), s.s))
+}
+
+// IPCHandle is a CUDA IPC handle (of memory or of an event): 64 opaque
+// bytes another process on the same machine opens.
+type IPCHandle [64]byte
+
+// IPCMemHandle exports the allocation that p starts.
+func (c *Context) IPCMemHandle(p Ptr) (IPCHandle, error) {
+	var h IPCHandle
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return h, err
+	}
+	err := c.drv.check("cuIpcGetMemHandle", C.kvd_cuIpcGetMemHandle(c.drv.d, unsafe.Pointer(&h[0]), C.CUdeviceptr(p)))
+	return h, err
+}
+
+// OpenIPCMem maps another process's exported allocation into this one.
+func (c *Context) OpenIPCMem(h IPCHandle) (Ptr, error) {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return 0, err
+	}
+	var p C.CUdeviceptr
+	err := c.drv.check("cuIpcOpenMemHandle", C.kvd_cuIpcOpenMemHandle(c.drv.d, &p, unsafe.Pointer(&h[0])))
+	return Ptr(p), err
+}
+
+// CloseIPCMem unmaps what OpenIPCMem mapped.
+func (c *Context) CloseIPCMem(p Ptr) error {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return err
+	}
+	return c.drv.check("cuIpcCloseMemHandle", C.kvd_cuIpcCloseMemHandle(c.drv.d, C.CUdeviceptr(p)))
+}
+
+// Event is a CUDA event that other processes can wait on (interprocess,
+// no timing).
+type Event struct{ e C.CUevent }
+
+// NewIPCEvent creates an interprocess event.
+func (c *Context) NewIPCEvent() (Event, error) {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return Event{}, err
+	}
+	var e C.CUevent
+	err := c.drv.check("cuEventCreate", C.kvd_cuEventCreateIPC(c.drv.d, &e))
+	return Event{e}, err
+}
+
+// IPCEventHandle exports e.
+func (c *Context) IPCEventHandle(e Event) (IPCHandle, error) {
+	var h IPCHandle
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return h, err
+	}
+	err := c.drv.check("cuIpcGetEventHandle", C.kvd_cuIpcGetEventHandle(c.drv.d, unsafe.Pointer(&h[0]), e.e))
+	return h, err
+}
+
+// OpenIPCEvent opens another process's exported event.
+func (c *Context) OpenIPCEvent(h IPCHandle) (Event, error) {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return Event{}, err
+	}
+	var e C.CUevent
+	err := c.drv.check("cuIpcOpenEventHandle", C.kvd_cuIpcOpenEventHandle(c.drv.d, &e, unsafe.Pointer(&h[0])))
+	return Event{e}, err
+}
+
+// Record marks e at the current end of s's work.
+func (c *Context) Record(e Event, s Stream) error {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return err
+	}
+	return c.drv.check("cuEventRecord", C.kvd_cuEventRecord(c.drv.d, e.e, s.s))
+}
+
+// Wait makes s's later work wait for e (on the device; the host goes on).
+func (c *Context) Wait(s Stream, e Event) error {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return err
+	}
+	return c.drv.check("cuStreamWaitEvent", C.kvd_cuStreamWaitEvent(c.drv.d, s.s, e.e))
+}
+
+// SyncEvent waits on the host until e has happened.
+func (c *Context) SyncEvent(e Event) error {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return err
+	}
+	return c.drv.check("cuEventSynchronize", C.kvd_cuEventSynchronize(c.drv.d, e.e))
+}
+
+// DestroyEvent destroys e.
+func (c *Context) DestroyEvent(e Event) error {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return err
+	}
+	return c.drv.check("cuEventDestroy", C.kvd_cuEventDestroy(c.drv.d, e.e))
 }
 
 // Memset32 sets n 32-bit words at p to v (tests poison outputs with it).

@@ -1,0 +1,190 @@
+//go:build cgo
+
+package cuda
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// The IPC test's two sides: the parent exports device memory and an event,
+// the child (this test binary again, run with ipcChildEnv set) opens both.
+const ipcChildEnv = "KVD_IPC_CHILD"
+
+const ipcWords = 1 << 20
+
+// TestIPC shares device memory and events with another process, as kvd
+// and the gateway will: the child waits (on the device) for the parent's
+// event, checks the parent's pattern, writes its own after it and records
+// its event; the parent waits for that and finds the child's pattern. It
+// skips without a GPU.
+func TestIPC(t *testing.T) {
+	if os.Getenv(ipcChildEnv) != "" {
+		ipcChild(t)
+		return
+	}
+	drv, err := Open()
+	if errors.Is(err, ErrNoDriver) {
+		t.Skipf("no GPU: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drv.Close()
+	devs, err := drv.Devices()
+	if err != nil || len(devs) == 0 {
+		t.Skipf("no GPU: %v", err)
+	}
+	ctx, err := drv.Context(devs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctx.Release()
+	p, err := ctx.Alloc(4 * ipcWords)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctx.Free(p)
+	if err := ctx.Memset32(p, 0xa5a5a5a5, ipcWords); err != nil {
+		t.Fatal(err)
+	}
+	mine, err := ctx.NewIPCEvent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctx.DestroyEvent(mine)
+	if err := ctx.Record(mine, Stream{}); err != nil {
+		t.Fatal(err)
+	}
+	mh, err := ctx.IPCMemHandle(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eh, err := ctx.IPCEventHandle(mine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestIPC$", "-test.v")
+	cmd.Env = append(os.Environ(), ipcChildEnv+"="+hex.EncodeToString(mh[:])+":"+hex.EncodeToString(eh[:]))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer stdin.Close() // the child exits once the parent is done with its event
+	// The child prints its event's handle, then waits for us to finish
+	// with it; wait for the event on the device.
+	var theirs IPCHandle
+	found := false
+	sc := bufio.NewScanner(stdout)
+	for !found && sc.Scan() {
+		logs.WriteString(sc.Text() + "\n")
+		if h, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "child-event "); ok {
+			b, _ := hex.DecodeString(h)
+			copy(theirs[:], b)
+			found = true
+		}
+	}
+	if !found {
+		stdin.Close()
+		cmd.Wait()
+		t.Fatalf("the child printed no event:\n%s", logs.String())
+	}
+	ev, err := ctx.OpenIPCEvent(theirs)
+	if err != nil {
+		t.Fatalf("opening the child's event: %v", err)
+	}
+	if err := ctx.Wait(Stream{}, ev); err != nil {
+		t.Fatal(err)
+	}
+	back := make([]byte, 4*ipcWords)
+	if err := ctx.CopyToHost(back, p); err != nil {
+		t.Fatal(err)
+	}
+	for i := range ipcWords {
+		if w := binary.LittleEndian.Uint32(back[4*i:]); w != 0x5a5a5a5a {
+			t.Fatalf("word %d is %#x after the child wrote 0x5a5a5a5a", i, w)
+		}
+	}
+}
+
+func ipcChild(t *testing.T) {
+	mhex, ehex, _ := strings.Cut(os.Getenv(ipcChildEnv), ":")
+	var mh, eh IPCHandle
+	b, _ := hex.DecodeString(mhex)
+	copy(mh[:], b)
+	b, _ = hex.DecodeString(ehex)
+	copy(eh[:], b)
+	drv, err := Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drv.Close()
+	devs, err := drv.Devices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, err := drv.Context(devs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctx.Release()
+	p, err := ctx.OpenIPCMem(mh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctx.CloseIPCMem(p)
+	theirs, err := ctx.OpenIPCEvent(eh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ctx.Wait(Stream{}, theirs); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4*ipcWords)
+	if err := ctx.CopyToHost(got, p); err != nil {
+		t.Fatal(err)
+	}
+	for i := range ipcWords {
+		if w := binary.LittleEndian.Uint32(got[4*i:]); w != 0xa5a5a5a5 {
+			t.Fatalf("word %d is %#x, the parent wrote 0xa5a5a5a5", i, w)
+		}
+	}
+	if err := ctx.Memset32(p, 0x5a5a5a5a, ipcWords); err != nil {
+		t.Fatal(err)
+	}
+	mine, err := ctx.NewIPCEvent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ctx.Record(mine, Stream{}); err != nil {
+		t.Fatal(err)
+	}
+	h, err := ctx.IPCEventHandle(mine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ctx.SyncEvent(mine); err != nil {
+		t.Fatal(err)
+	}
+	os.Stdout.WriteString("child-event " + hex.EncodeToString(h[:]) + "\n")
+	// The event lives as long as this process: stay until the parent is
+	// done with it (it closes our stdin).
+	io.Copy(io.Discard, os.Stdin)
+}
