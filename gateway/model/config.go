@@ -175,6 +175,18 @@ func (c *Config) normalize() error {
 	return nil
 }
 
+// Params is the number of weights the model has.
+func (c *Config) Params() int64 {
+	d, f, v := int64(c.HiddenSize), int64(c.IntermediateSize), int64(c.VocabSize)
+	qd, kvd := int64(c.NumHeads*c.HeadDim), int64(c.NumKVHeads*c.HeadDim)
+	layer := 2*d + d*(qd+2*kvd) + qd*d + 3*d*f
+	n := v*d + d + int64(c.NumLayers)*layer
+	if !c.TieWordEmbeddings {
+		n += v * d
+	}
+	return n
+}
+
 // InvFreq returns RoPE's inverse frequencies, [HeadDim/2], with the config's
 // scaling applied (transformers' _compute_llama3_parameters for llama3).
 func (c *Config) InvFreq() []float32 {

@@ -74,6 +74,7 @@ func Load(ctx context.Context, dir string, b kernels.Backend, opts LoadOptions) 
 		total = ck.TotalBytes()
 	case LoadDummy:
 		src = &dummySource{seed: opts.Seed}
+		total = 2 * cfg.Params() // as bf16, for the progress shown
 	default:
 		return nil, fmt.Errorf("%w: load format %q (want %s or %s)", ErrConfig, opts.Format, LoadAuto, LoadDummy)
 	}
@@ -81,7 +82,11 @@ func Load(ctx context.Context, dir string, b kernels.Backend, opts LoadOptions) 
 	if out == nil {
 		out = os.Stderr
 	}
-	p := newProgress(out, log, "loading weights", total)
+	what := "loading weights"
+	if opts.Format == LoadDummy {
+		what = "making dummy weights"
+	}
+	p := newProgress(out, log, what, total)
 	w, err := loadWeights(ctx, cfg, b, src, p)
 	p.done()
 	if err != nil {
@@ -201,7 +206,7 @@ func (s *dummySource) read(name string, shape []int, dst []float32) (int64, erro
 		for i := range dst {
 			dst[i] = 1
 		}
-		return 0, nil
+		return 2 * int64(len(dst)), nil
 	}
 	s.tensors++
 	scale := float32(1 / math.Sqrt(float64(shape[len(shape)-1])))
@@ -220,5 +225,5 @@ func (s *dummySource) read(name string, shape []int, dst []float32) (int64, erro
 		}()
 	}
 	wg.Wait()
-	return 0, nil
+	return 2 * int64(len(dst)), nil
 }

@@ -156,3 +156,21 @@ func TestLlama31Config(t *testing.T) {
 		t.Errorf("inverse frequencies: first %v, last %v", f[0], f[63])
 	}
 }
+
+// TestParamsCountsTheCheckpoint: Config.Params equals the weights a real
+// checkpoint holds (the bundled model's safetensors, bf16).
+func TestParamsCountsTheCheckpoint(t *testing.T) {
+	dir := "../../models/kvd-go-16m"
+	c, err := model.LoadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck, err := safetensors.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ck.Close()
+	if got, want := 2*c.Params(), ck.TotalBytes(); got != want {
+		t.Errorf("2 bytes × %d params = %d, the checkpoint holds %d bytes", c.Params(), got, want)
+	}
+}
