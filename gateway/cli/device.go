@@ -7,6 +7,7 @@ import (
 
 	"go.opentelemetry.io/otel/metric"
 
+	"github.com/kvd-project/kvd/gateway/model"
 	"github.com/kvd-project/kvd/kernels"
 	"github.com/kvd-project/kvd/kernels/cuda"
 	"github.com/kvd-project/kvd/kvd/pool"
@@ -40,15 +41,34 @@ func selectDevice(device string, embedded bool, log *slog.Logger) (kernels.Backe
 }
 
 // freeMemory is what a --kv-memory fraction is taken of: free GPU memory
-// (after the weights) for the CUDA backend, available host memory else.
-func freeMemory(b kernels.Backend) func() (int64, error) {
+// (after the weights) less what a step's activations will take, for the
+// CUDA backend; available host memory else.
+func freeMemory(b kernels.Backend, c *model.Config, maxBatchedTokens int) func() (int64, error) {
 	if g, ok := b.(*kernels.CUDA); ok {
 		return func() (int64, error) {
 			free, _, err := g.MemInfo()
-			return int64(free), err
+			if err != nil {
+				return 0, err
+			}
+			left := int64(free) - activationBytes(c, maxBatchedTokens)
+			if left <= 0 {
+				return 0, fmt.Errorf("%d MiB of GPU memory free after the weights, and a step of %d tokens needs about %d MiB of activations (lower --max-num-batched-tokens)",
+					free>>20, maxBatchedTokens, activationBytes(c, maxBatchedTokens)>>20)
+			}
+			return left, nil
 		}
 	}
 	return pool.AvailableMemory
+}
+
+// activationBytes bounds the device memory one forward step of tokens
+// tokens uses besides the weights and the pool: the scratch tensors
+// (hidden states, q/k/v, the MLP's two widths) and the logits of every row,
+// twice over for the backend's power-of-two size classes.
+func activationBytes(c *model.Config, tokens int) int64 {
+	qd, kvd := c.NumHeads*c.HeadDim, c.NumKVHeads*c.HeadDim
+	perToken := 3*c.HiddenSize + 2*(qd+2*kvd) + 3*c.IntermediateSize + c.VocabSize
+	return 2 * 4 * int64(tokens) * int64(perToken)
 }
 
 // gpuGauges exports the GPU's NVML readings on /metrics when the model runs
