@@ -492,3 +492,44 @@ func TestSampleSeededAndSuppressed(t *testing.T) {
 		t.Errorf("+Inf logits at 10 and 400: drew %v", seen)
 	}
 }
+
+// TestSampleOddInputs: whatever the logits and settings, Sample returns a
+// token of the vocabulary and never panics; a suppressed token is never
+// drawn while another is finite.
+func TestSampleOddInputs(t *testing.T) {
+	c := NewCPU()
+	rng := rand.New(rand.NewPCG(8, 8))
+	odd := []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1)), 0, 1e30, -1e30}
+	temps := []float32{0, 1e-6, 0.5, 1, 1e6, float32(math.Inf(1)), float32(math.NaN()), -1}
+	for i := range 2000 {
+		v := 1 + rng.IntN(300)
+		row := make([]float32, v)
+		for j := range row {
+			if rng.IntN(4) == 0 {
+				row[j] = odd[rng.IntN(len(odd))]
+			} else {
+				row[j] = float32(rng.NormFloat64() * 5)
+			}
+		}
+		p := SampleParams{
+			Temperature: temps[rng.IntN(len(temps))],
+			TopK:        rng.IntN(2*v+2) - 1,
+			TopP:        []float32{0, 0.1, 0.5, 0.99, 1, 2, -1, float32(math.NaN())}[rng.IntN(8)],
+			Seed:        rng.Uint64(), Step: uint64(i),
+			Suppress: []int32{int32(rng.IntN(v)), -1, int32(v), 1 << 30},
+		}
+		got := []int32{-1}
+		c.Sample(got, c.FromHost(slices.Clone(row), 1, v), []SampleParams{p})
+		if got[0] < 0 || int(got[0]) >= v {
+			t.Fatalf("row %v, %+v: drew %d of a vocabulary of %d", row, p, got[0], v)
+		}
+		s := p.Suppress[0]
+		finite := false
+		for j, x := range row {
+			finite = finite || (int32(j) != s && x == x && !math.IsInf(float64(x), -1))
+		}
+		if finite && got[0] == s {
+			t.Fatalf("row %v, %+v: drew the suppressed token %d", row, p, s)
+		}
+	}
+}
