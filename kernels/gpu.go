@@ -176,9 +176,6 @@ func (c *CUDA) Name() string { return "cuda" }
 // Device is the GPU in use.
 func (c *CUDA) Device() cuda.Device { return c.dev }
 
-// Context is the CUDA context the backend runs in.
-func (c *CUDA) Context() *cuda.Context { return c.ctx }
-
 func (c *CUDA) fail(err error) {
 	if err == nil {
 		return
