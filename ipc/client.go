@@ -98,7 +98,8 @@ func (c *Client) Layout() shm.Layout {
 	return shm.Layout{NumBlocks: h.NumBlocks, BlockSize: h.BlockSize, KVHeads: h.KVHeads, HeadDim: h.HeadDim}
 }
 
-// Pool is the mapped pool; it changes if kvd restarts.
+// Pool is the mapped pool; it changes if kvd restarts. It is nil for a
+// GPU pool, which Hello's PoolHandle names.
 func (c *Client) Pool() *shm.Segment {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -151,7 +152,21 @@ func (c *Client) connect(ctx context.Context) error {
 	// A restart, or a lease kvd let go of (its grace ran out): either way
 	// the sequences are gone.
 	restarted := c.hello != nil && (c.hello.Instance != h.Instance || h.Lease != c.lease)
-	if c.hello == nil || restarted {
+	if h.PoolHandle != nil {
+		// A GPU pool: the client's backend opens the handle (ipc has no
+		// CUDA); check only that the handles are whole.
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		if len(h.PoolHandle) != 64 || len(h.StepEvent) != 64 || len(h.EvictEvent) != 64 {
+			c.drop()
+			return fmt.Errorf("kvd sent a %s pool without whole CUDA IPC handles", h.PoolKind)
+		}
+		if c.pool != nil {
+			c.pool.Close()
+			c.pool = nil
+		}
+	} else if c.hello == nil || restarted || c.pool == nil {
 		if fd < 0 {
 			c.drop()
 			return fmt.Errorf("kvd sent no pool fd")

@@ -126,6 +126,16 @@ type HelloReply struct {
 	HeadDim    int         `json:"head_dim"`
 	DType      string      `json:"dtype"`
 	Policies   policy.Spec `json:"policies"`
+	// A GPU pool (PoolKind "cuda") comes as a CUDA IPC handle, with the
+	// GPU it lives on and two interprocess events of this lease: the
+	// client records StepEvent once a step's work is queued, before it
+	// reports the step done, and kvd waits for it before it moves cache
+	// entries; kvd records EvictEvent after its eviction work, and the
+	// client's next step waits for it on the device.
+	GPU        string `json:"gpu,omitempty"`
+	PoolHandle []byte `json:"pool_handle,omitempty"`
+	StepEvent  []byte `json:"step_event,omitempty"`
+	EvictEvent []byte `json:"evict_event,omitempty"`
 }
 
 // Status is what `kvd status --json` prints.
@@ -136,6 +146,7 @@ type Status struct {
 	Model          string        `json:"model,omitempty"`
 	PoolKind       string        `json:"pool_kind"`
 	PoolBytes      int64         `json:"pool_bytes"`
+	GPU            *GPUStatus    `json:"gpu,omitempty"` // the pool's GPU, from NVML
 	BlockSize      int           `json:"block_size"`
 	BlockBytes     int64         `json:"block_bytes"`
 	BlocksTotal    int           `json:"blocks_total"`
@@ -149,6 +160,16 @@ type Status struct {
 	BlocksReturned uint64        `json:"blocks_returned"` // to the pool by eviction, since start
 	Leases         []LeaseStatus `json:"leases"`
 	Layers         []LayerStatus `json:"layers"`
+}
+
+// GPUStatus is the pool's GPU as NVML reads it.
+type GPUStatus struct {
+	Name             string  `json:"name"`
+	MemoryUsedBytes  uint64  `json:"memory_used_bytes"`
+	MemoryTotalBytes uint64  `json:"memory_total_bytes"`
+	Utilization      float64 `json:"utilization"` // fraction of the last sample period a kernel ran
+	TemperatureC     int     `json:"temperature_c"`
+	Error            string  `json:"error,omitempty"` // why there are no readings
 }
 
 // LeaseStatus is one client's lease.

@@ -23,6 +23,7 @@ type Tensor struct {
 	dev    uint64                 // device storage (CUDA backend)
 	bf16   bool                   // dev holds bfloat16 (a CUDA weight), not float32
 	class  int                    // dev's size class in the CUDA backend's cache; 0: not cached
+	opened bool                   // dev is another process's memory, mapped by OpenShared
 }
 
 // Shape returns the tensor's dimensions; callers must not modify it.

@@ -223,12 +223,23 @@ func (c *CUDA) release(p cuda.Ptr, class int) {
 	c.mu.Unlock()
 }
 
+// exactBytes is the size from which a tensor gets an allocation of its
+// own rather than a power-of-two size class: a pool of 40 GiB must not
+// take 64.
+const exactBytes = 256 << 20
+
 func (c *CUDA) tensor(shape []int, bf16 bool) *Tensor {
 	size := 4
 	if bf16 {
 		size = 2
 	}
-	p, class := c.alloc(numel(shape) * size)
+	n := numel(shape) * size
+	if n >= exactBytes {
+		p, err := c.ctx.Alloc(n)
+		c.fail(err)
+		return &Tensor{shape: append([]int(nil), shape...), dev: uint64(p), bf16: bf16}
+	}
+	p, class := c.alloc(n)
 	return &Tensor{shape: append([]int(nil), shape...), dev: uint64(p), bf16: bf16, class: class}
 }
 
@@ -318,13 +329,72 @@ func (c *CUDA) ToHost(dst []float32, t *Tensor) {
 }
 
 func (c *CUDA) Free(t *Tensor) {
-	if t.class != 0 {
+	switch {
+	case t.class != 0:
 		c.release(cuda.Ptr(t.dev), t.class)
-	} else if t.dev != 0 {
+	case t.opened:
+		c.fail(c.ctx.CloseIPCMem(cuda.Ptr(t.dev)))
+	case t.dev != 0:
 		c.fail(c.ctx.Free(cuda.Ptr(t.dev)))
 	}
-	t.dev, t.class = 0, 0
+	t.dev, t.class, t.opened = 0, 0, false
 }
+
+// AllocShared allocates a zeroed float32 tensor of its own and exports it.
+func (c *CUDA) AllocShared(shape ...int) (*Tensor, cuda.IPCHandle, error) {
+	p, err := c.ctx.Alloc(max(4*numel(shape), 4))
+	if err != nil {
+		return nil, cuda.IPCHandle{}, err
+	}
+	t := &Tensor{shape: append([]int(nil), shape...), dev: uint64(p)}
+	if err := c.ctx.Memset32(p, 0, numel(shape)); err != nil {
+		c.Free(t)
+		return nil, cuda.IPCHandle{}, err
+	}
+	h, err := c.ctx.IPCMemHandle(p)
+	if err != nil {
+		c.Free(t)
+		return nil, h, err
+	}
+	return t, h, nil
+}
+
+// OpenShared maps a float32 tensor another process exported.
+func (c *CUDA) OpenShared(h cuda.IPCHandle, shape ...int) (*Tensor, error) {
+	p, err := c.ctx.OpenIPCMem(h)
+	if err != nil {
+		return nil, err
+	}
+	return &Tensor{shape: append([]int(nil), shape...), dev: uint64(p), opened: true}, nil
+}
+
+// NewEvent creates an interprocess event and exports it.
+func (c *CUDA) NewEvent() (cuda.Event, cuda.IPCHandle, error) {
+	e, err := c.ctx.NewIPCEvent()
+	if err != nil {
+		return e, cuda.IPCHandle{}, err
+	}
+	h, err := c.ctx.IPCEventHandle(e)
+	if err != nil {
+		c.ctx.DestroyEvent(e)
+	}
+	return e, h, err
+}
+
+// OpenEvent opens an event another process exported.
+func (c *CUDA) OpenEvent(h cuda.IPCHandle) (cuda.Event, error) { return c.ctx.OpenIPCEvent(h) }
+
+// Record marks e after the work queued so far.
+func (c *CUDA) Record(e cuda.Event) { c.fail(c.ctx.Record(e, cuda.Stream{})) }
+
+// WaitEvent makes later work wait for e.
+func (c *CUDA) WaitEvent(e cuda.Event) { c.fail(c.ctx.Wait(cuda.Stream{}, e)) }
+
+// EventDone reports whether e has happened.
+func (c *CUDA) EventDone(e cuda.Event) (bool, error) { return c.ctx.Done(e) }
+
+// CloseEvent destroys e.
+func (c *CUDA) CloseEvent(e cuda.Event) { c.fail(c.ctx.DestroyEvent(e)) }
 
 func f32Bytes(x []float32) []byte {
 	if len(x) == 0 {

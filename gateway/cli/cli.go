@@ -73,7 +73,7 @@ func generate(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	maxLen := fs.Int("max-model-len", 0, "context length (0: the model's max_position_embeddings)")
 	blockSize := fs.Int("block-size", 16, "tokens per KV layer-block (embedded mode)")
 	socket := fs.String("kvd-socket", "", "use the kvd daemon on this socket for the KV cache (default: embedded, in process)")
-	device := fs.String("device", kernels.DeviceAuto, "auto, cpu or cuda (auto: the GPU when there is one; a kvd socket keeps the CPU)")
+	device := fs.String("device", kernels.DeviceAuto, "auto, cpu or cuda (auto: the GPU when there is one; with a kvd socket, where kvd's pool is)")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %v", ErrUsage, err)
 	}
@@ -93,7 +93,13 @@ func generate(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	start := time.Now()
-	b, err := selectDevice(*device, *socket == "", log)
+	var b kernels.Backend
+	var cl *ipc.Client
+	if *socket == "" {
+		b, err = selectDevice(*device, log)
+	} else {
+		cl, b, err = dialKVD(ctx, *socket, ipc.Options{Name: "gateway generate", Wait: 2 * time.Second}, *device, log)
+	}
 	if err != nil {
 		return err
 	}
@@ -120,15 +126,15 @@ func generate(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("%w: prompt of %d tokens plus %d new tokens exceeds --max-model-len %d", ErrUsage, len(ids), *maxTokens, ctxLen)
 	}
 	var r *runner.Runner
-	if *socket != "" {
-		c, err := ipc.Dial(ctx, *socket, ipc.Options{Name: "gateway generate", Wait: 2 * time.Second})
+	if cl != nil {
+		sc, err := runner.NewSidecar(cl, b)
 		if err != nil {
+			cl.Shutdown()
 			return err
 		}
-		defer c.Shutdown()
-		log.Info("using kvd", "socket", *socket, "pool", c.Hello().PoolKind, "blocks", c.Hello().NumBlocks-1)
-		r, err = runner.New(m, runner.Sidecar{Client: c})
-		if err != nil {
+		defer sc.Shutdown()
+		log.Info("using kvd", "socket", *socket, "pool", cl.Hello().PoolKind, "blocks", cl.Hello().NumBlocks-1)
+		if r, err = runner.New(m, sc); err != nil {
 			return err
 		}
 	} else if r, err = runner.NewEmbedded(m, runner.BlocksFor(m.Config, len(ids)+*maxTokens, *blockSize), *blockSize, nil); err != nil {

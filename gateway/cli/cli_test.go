@@ -99,8 +99,8 @@ func TestBadInput(t *testing.T) {
 		{"bad load format", "gateway", []string{"generate", "--model", modelDir, "--prompt", "x", "--load-format", "pt"}, 1, `load format "pt"`},
 		{"prompt beyond context", "gateway", []string{"generate", "--model", modelDir, "--prompt", strings.Repeat("word ", 50), "--max-model-len", "16"}, 2, "exceeds --max-model-len 16"},
 		{"bad device", "gateway", []string{"generate", "--model", modelDir, "--prompt", "x", "--device", "tpu"}, 2, `--device "tpu": want auto, cpu or cuda`},
-		{"cuda without embedded", "gateway", []string{"serve", "--model", modelDir, "--device", "cuda"}, 2, "--device cuda needs --embedded"},
-		{"kvd on cuda", "kvd", []string{"serve", "--model", modelDir, "--device", "cuda"}, 2, "kvd cannot hold its pool on the GPU yet"},
+		{"kvd bad device", "kvd", []string{"serve", "--model", modelDir, "--device", "tpu"}, 2, `--device "tpu": want auto, cpu or cuda`},
+		{"sidecar bad device", "gateway", []string{"serve", "--model", modelDir, "--device", "tpu"}, 2, `--device "tpu": want auto, cpu or cuda`},
 		{"kvd no command", "kvd", nil, 2, "no command"},
 		{"kvd bad size", "kvd", []string{"layout", "--model", modelDir, "--kv-memory", "lots"}, 2, "--kv-memory"},
 		{"kvd too small", "kvd", []string{"layout", "--model", modelDir, "--kv-memory", "1KiB"}, 1, "invalid pool layout"},
@@ -134,6 +134,10 @@ func TestNoGPU(t *testing.T) {
 	if code != 1 || !strings.Contains(log, "--device cuda: no usable CUDA driver") || !strings.Contains(log, "--device cpu") {
 		t.Errorf("--device cuda: exit %d, log:\n%s", code, log)
 	}
+	_, log, code = run(t, "kvd", "serve", "--model", modelDir, "--socket", filepath.Join(t.TempDir(), "k.sock"), "--device", "cuda")
+	if code != 1 || !strings.Contains(log, "--device cuda: no usable CUDA driver") || !strings.Contains(log, "--device cpu") {
+		t.Errorf("kvd --device cuda: exit %d, log:\n%s", code, log)
+	}
 }
 
 func TestKVDLayout(t *testing.T) {
@@ -154,7 +158,7 @@ func TestKVDLayout(t *testing.T) {
 // output equals the embedded mode's, and that kvd got its blocks back.
 func TestGenerateThroughKVD(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "kvd.sock")
-	kvd := exec.Command(filepath.Join(bin, "kvd"), "serve", "--socket", sock, "--model", modelDir, "--kv-memory", "2MiB")
+	kvd := exec.Command(filepath.Join(bin, "kvd"), "serve", "--socket", sock, "--model", modelDir, "--kv-memory", "2MiB", "--device", "cpu")
 	var kvdLog bytes.Buffer
 	kvd.Stderr = &kvdLog
 	if err := kvd.Start(); err != nil {
@@ -162,7 +166,7 @@ func TestGenerateThroughKVD(t *testing.T) {
 	}
 	defer func() { kvd.Process.Signal(os.Interrupt); kvd.Wait() }()
 	args := []string{"generate", "--model", modelDir, "--prompt", "Le cache garde les clés 🙂", "--max-tokens", "20", "--ignore-eos"}
-	embedded, elog, code := run(t, "gateway", args...)
+	embedded, elog, code := run(t, "gateway", append(args, "--device", "cpu")...)
 	if code != 0 {
 		t.Fatalf("embedded: %s", elog)
 	}
@@ -173,8 +177,13 @@ func TestGenerateThroughKVD(t *testing.T) {
 	if sidecar != embedded {
 		t.Errorf("sidecar output %q differs from embedded %q", sidecar, embedded)
 	}
-	if !strings.Contains(slog, "using kvd") {
-		t.Errorf("sidecar run did not use kvd:\n%s", slog)
+	if !strings.Contains(slog, "using kvd") || !strings.Contains(slog, "backend=cpu") {
+		t.Errorf("sidecar run did not use kvd's host pool from the CPU:\n%s", slog)
+	}
+	// A GPU gateway cannot address a host pool: it says what to change.
+	_, glog, code := run(t, "gateway", append(args, "--kvd-socket", sock, "--device", "cuda")...)
+	if code != 2 || !strings.Contains(glog, "kvd's pool is host memory (memfd); start kvd with --device cuda") {
+		t.Errorf("--device cuda on a host pool: exit %d\n%s", code, glog)
 	}
 	out, stderr, code := run(t, "kvd", "status", "--socket", sock, "--json")
 	if code != 0 {

@@ -8,29 +8,18 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/kvd-project/kvd/gateway/model"
+	"github.com/kvd-project/kvd/ipc"
 	"github.com/kvd-project/kvd/kernels"
 	"github.com/kvd-project/kvd/kernels/cuda"
 	"github.com/kvd-project/kvd/kvd/pool"
 	"github.com/kvd-project/kvd/observability"
 )
 
-// selectDevice opens the backend --device asks for and logs which one and
-// why. The sidecar keeps the CPU: kvd's pool is shared host memory until
-// it can be shared over CUDA IPC.
-func selectDevice(device string, embedded bool, log *slog.Logger) (kernels.Backend, error) {
-	switch device {
-	case kernels.DeviceAuto, kernels.DeviceCPU, kernels.DeviceCUDA:
-	default:
-		return nil, fmt.Errorf("%w: --device %q: want auto, cpu or cuda", ErrUsage, device)
-	}
-	if !embedded {
-		switch device {
-		case kernels.DeviceCUDA:
-			return nil, fmt.Errorf("%w: --device cuda needs --embedded: kvd's pool is shared host memory, which the GPU backend cannot use yet", ErrUsage)
-		case kernels.DeviceAuto:
-			log.Info("backend chosen", "backend", "cpu", "why", "--device auto with kvd as a sidecar: its pool is shared host memory")
-			return kernels.NewCPU(), nil
-		}
+// selectDevice opens the backend --device asks for, for the embedded
+// mode, and logs which one and why.
+func selectDevice(device string, log *slog.Logger) (kernels.Backend, error) {
+	if err := checkDevice(device); err != nil {
+		return nil, err
 	}
 	b, why, err := kernels.Select(device)
 	if err != nil {
@@ -38,6 +27,50 @@ func selectDevice(device string, embedded bool, log *slog.Logger) (kernels.Backe
 	}
 	log.Info("backend chosen", "backend", b.Name(), "why", why)
 	return b, nil
+}
+
+func checkDevice(device string) error {
+	switch device {
+	case kernels.DeviceAuto, kernels.DeviceCPU, kernels.DeviceCUDA:
+		return nil
+	}
+	return fmt.Errorf("%w: --device %q: want auto, cpu or cuda", ErrUsage, device)
+}
+
+// dialKVD connects to kvd and opens the backend that can address its pool:
+// the GPU for a pool kvd holds there (shared over CUDA IPC), the CPU for a
+// host pool. --device must agree, or be auto.
+func dialKVD(ctx context.Context, socket string, opts ipc.Options, device string, log *slog.Logger) (*ipc.Client, kernels.Backend, error) {
+	if err := checkDevice(device); err != nil {
+		return nil, nil, err
+	}
+	cl, err := ipc.Dial(ctx, socket, opts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w; or run with --embedded", err)
+	}
+	h := cl.Hello()
+	onGPU := h.PoolHandle != nil
+	switch {
+	case onGPU && device == kernels.DeviceCPU:
+		cl.Shutdown()
+		return nil, nil, fmt.Errorf("%w: --device cpu: kvd's pool is in GPU memory (%s); run the gateway with --device cuda or auto, or kvd with --device cpu", ErrUsage, h.GPU)
+	case !onGPU && device == kernels.DeviceCUDA:
+		cl.Shutdown()
+		return nil, nil, fmt.Errorf("%w: --device cuda: kvd's pool is host memory (%s); start kvd with --device cuda, or run the gateway with --embedded --device cuda", ErrUsage, h.PoolKind)
+	case !onGPU:
+		log.Info("backend chosen", "backend", "cpu", "why", "kvd's pool is host memory ("+h.PoolKind+")")
+		return cl, kernels.NewCPU(), nil
+	}
+	b, why, err := kernels.Select(kernels.DeviceCUDA)
+	if err != nil {
+		cl.Shutdown()
+		return nil, nil, fmt.Errorf("kvd's pool is in GPU memory (%s): %w", h.GPU, err)
+	}
+	if g, ok := b.(*kernels.CUDA); ok && g.Device().String() != h.GPU {
+		log.Warn("kvd's pool is on another GPU than the gateway's: CUDA IPC maps it over peer access, which is slow", "kvd", h.GPU, "gateway", g.Device().String())
+	}
+	log.Info("backend chosen", "backend", b.Name(), "why", why+"; kvd's pool is in its memory (CUDA IPC)")
+	return cl, b, nil
 }
 
 // freeMemory is what a --kv-memory fraction is taken of: free GPU memory

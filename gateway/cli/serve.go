@@ -79,7 +79,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("%w (serving a model without its tokenizer files? --skip-tokenizer-init takes token-id prompts only)", err)
 		}
 	}
-	b, err := selectDevice(*device, *embedded, log)
+	var b kernels.Backend
+	var cl *ipc.Client
+	if *embedded {
+		b, err = selectDevice(*device, log)
+	} else {
+		cl, b, err = dialKVD(ctx, *socket, ipc.Options{Name: "gateway " + *listen, Wait: 10 * time.Second}, *device, log)
+	}
 	if err != nil {
 		return err
 	}
@@ -126,12 +132,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		status = func(ctx context.Context) (*ipc.Status, error) { return local.Engine().Status(ctx), nil }
 		log.Info("kv cache in process", "blocks", l.NumBlocks-1, "block_size", l.BlockSize, "memory", b.Name())
 	} else {
-		cl, err := ipc.Dial(ctx, *socket, ipc.Options{Name: "gateway " + *listen, Wait: 10 * time.Second})
+		sc, err := runner.NewSidecar(cl, b)
 		if err != nil {
-			return fmt.Errorf("%w; or run with --embedded", err)
+			cl.Shutdown()
+			return err
 		}
-		defer cl.Shutdown()
-		if r, err = runner.New(m, runner.Sidecar{Client: cl}); err != nil {
+		defer sc.Shutdown()
+		if r, err = runner.New(m, sc); err != nil {
 			return err
 		}
 		status = func(ctx context.Context) (*ipc.Status, error) { return ipc.QueryStatus(ctx, *socket) }

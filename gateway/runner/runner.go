@@ -14,6 +14,7 @@ import (
 	"github.com/kvd-project/kvd/gateway/model"
 	"github.com/kvd-project/kvd/ipc"
 	"github.com/kvd-project/kvd/kernels"
+	"github.com/kvd-project/kvd/kernels/cuda"
 	"github.com/kvd-project/kvd/kvd/blocks"
 	"github.com/kvd-project/kvd/kvd/engine"
 	"github.com/kvd-project/kvd/kvd/policy"
@@ -42,26 +43,121 @@ type KV interface {
 	Abandon(ids ...uint64)
 }
 
-// Sidecar adapts an ipc.Client to KV.
-type Sidecar struct{ *ipc.Client }
+// Sidecar adapts an ipc.Client to KV. With kvd's pool on the GPU it opens
+// the pool and the lease's two events over CUDA IPC (again after kvd
+// restarts), records the step event once a step's work is queued, before
+// reporting it done, and makes each step's work wait for the eviction
+// event, so kvd moves cache entries only between the gateway's steps.
+type Sidecar struct {
+	*ipc.Client
+	gpu *sharedPool
+}
 
-func (s Sidecar) PoolTensor(b kernels.Backend) *kernels.Tensor {
+// sharedPool is a GPU pool as this process opened it.
+type sharedPool struct {
+	b           kernels.Sharer
+	key         string // kvd instance and lease the handles below belong to
+	pool        *kernels.Tensor
+	step, evict cuda.Event
+}
+
+// NewSidecar checks that b can address kvd's pool: the CPU backend a host
+// pool, a GPU backend a GPU pool.
+func NewSidecar(c *ipc.Client, b kernels.Backend) (*Sidecar, error) {
+	h := c.Hello()
+	if h.PoolHandle == nil {
+		if _, ok := b.(*kernels.CPU); !ok {
+			return nil, fmt.Errorf("kvd's pool is %s host memory, which the %s backend cannot use: start kvd with --device cuda, or run the gateway with --device cpu", h.PoolKind, b.Name())
+		}
+		return &Sidecar{Client: c}, nil
+	}
+	sh, ok := b.(kernels.Sharer)
+	if !ok {
+		return nil, fmt.Errorf("kvd's pool is in GPU memory (%s), which the %s backend cannot use: run the gateway with --device cuda, or kvd with --device cpu", h.GPU, b.Name())
+	}
+	s := &Sidecar{Client: c, gpu: &sharedPool{b: sh}}
+	return s, s.open()
+}
+
+// open (re)opens the pool and events when kvd or the lease changed.
+func (s *Sidecar) open() error {
+	g := s.gpu
+	h := s.Hello()
+	key := h.Instance + "/" + h.Lease
+	if g.key == key {
+		return nil
+	}
+	g.close()
+	pool, err := g.b.OpenShared(cuda.IPCHandle(h.PoolHandle), s.Layout().PoolElems())
+	if err != nil {
+		return fmt.Errorf("opening kvd's GPU pool over CUDA IPC (kvd and the gateway must see the same GPU): %w", err)
+	}
+	step, err := g.b.OpenEvent(cuda.IPCHandle(h.StepEvent))
+	if err != nil {
+		g.b.Free(pool)
+		return fmt.Errorf("opening kvd's step event: %w", err)
+	}
+	evict, err := g.b.OpenEvent(cuda.IPCHandle(h.EvictEvent))
+	if err != nil {
+		g.b.Free(pool)
+		g.b.CloseEvent(step)
+		return fmt.Errorf("opening kvd's eviction event: %w", err)
+	}
+	g.key, g.pool, g.step, g.evict = key, pool, step, evict
+	return nil
+}
+
+func (g *sharedPool) close() {
+	if g.key == "" {
+		return
+	}
+	g.b.Free(g.pool)
+	g.b.CloseEvent(g.step)
+	g.b.CloseEvent(g.evict)
+	g.key, g.pool = "", nil
+}
+
+func (s *Sidecar) PoolTensor(b kernels.Backend) *kernels.Tensor {
+	if s.gpu != nil {
+		return s.gpu.pool
+	}
 	return b.FromHost(s.Pool().Float32s(), s.Layout().PoolElems())
 }
 
-func (s Sidecar) Spec() policy.Spec { return s.Hello().Policies }
+func (s *Sidecar) Spec() policy.Spec { return s.Hello().Policies }
 
-func (s Sidecar) Reserve(ctx context.Context, appends []blocks.Append) (uint64, []blocks.LayerPlan, error) {
+func (s *Sidecar) Reserve(ctx context.Context, appends []blocks.Append) (uint64, []blocks.LayerPlan, error) {
 	st, err := s.Step(ctx, appends)
 	if err != nil {
 		return 0, nil, err
 	}
 	plans, err := s.Plan(st)
+	if err == nil && s.gpu != nil {
+		if err = s.open(); err == nil {
+			s.gpu.b.WaitEvent(s.gpu.evict)
+		}
+	}
 	if err != nil {
 		s.Client.Done(st.ID, true)
 		return 0, nil, err
 	}
 	return st.ID, plans, nil
+}
+
+// Done records the step event (on a GPU pool) and reports the step.
+func (s *Sidecar) Done(id uint64, failed bool) {
+	if s.gpu != nil {
+		s.gpu.b.Record(s.gpu.step)
+	}
+	s.Client.Done(id, failed)
+}
+
+// Shutdown unmaps a GPU pool and closes the connection.
+func (s *Sidecar) Shutdown() error {
+	if s.gpu != nil {
+		s.gpu.close()
+	}
+	return s.Client.Shutdown()
 }
 
 // Runner executes steps. Not safe for concurrent use.

@@ -62,6 +62,7 @@ typedef struct {
 	CUresult (*cuEventDestroy)(CUevent);
 	CUresult (*cuEventRecord)(CUevent, CUstream);
 	CUresult (*cuEventSynchronize)(CUevent);
+	CUresult (*cuEventQuery)(CUevent);
 	CUresult (*cuStreamWaitEvent)(CUstream, CUevent, unsigned int);
 	CUresult (*cuIpcGetEventHandle)(CUipcEventHandle *, CUevent);
 	CUresult (*cuIpcOpenEventHandle)(CUevent *, CUipcEventHandle);
@@ -113,6 +114,7 @@ static const char *kvd_cu_open(kvd_cu *d, const char *path) {
 	SYM(cuEventDestroy, "cuEventDestroy_v2")
 	SYM(cuEventRecord, "cuEventRecord")
 	SYM(cuEventSynchronize, "cuEventSynchronize")
+	SYM(cuEventQuery, "cuEventQuery")
 	SYM(cuStreamWaitEvent, "cuStreamWaitEvent")
 	SYM(cuIpcGetEventHandle, "cuIpcGetEventHandle")
 	SYM(cuIpcOpenEventHandle, "cuIpcOpenEventHandle")
@@ -162,6 +164,7 @@ static CUresult kvd_cuEventCreateIPC(kvd_cu *d, CUevent *e) { return d->cuEventC
 static CUresult kvd_cuEventDestroy(kvd_cu *d, CUevent e) { return d->cuEventDestroy(e); }
 static CUresult kvd_cuEventRecord(kvd_cu *d, CUevent e, CUstream s) { return d->cuEventRecord(e, s); }
 static CUresult kvd_cuEventSynchronize(kvd_cu *d, CUevent e) { return d->cuEventSynchronize(e); }
+static CUresult kvd_cuEventQuery(kvd_cu *d, CUevent e) { return d->cuEventQuery(e); }
 static CUresult kvd_cuStreamWaitEvent(kvd_cu *d, CUstream s, CUevent e) { return d->cuStreamWaitEvent(s, e, 0); }
 static CUresult kvd_cuIpcGetEventHandle(kvd_cu *d, void *h, CUevent e) { return d->cuIpcGetEventHandle((CUipcEventHandle *)h, e); }
 static CUresult kvd_cuIpcOpenEventHandle(kvd_cu *d, CUevent *e, const void *h) {
@@ -538,6 +541,19 @@ func (c *Context) SyncEvent(e Event) error {
 		return err
 	}
 	return c.drv.check("cuEventSynchronize", C.kvd_cuEventSynchronize(c.drv.d, e.e))
+}
+
+// Done reports whether e has happened, without waiting.
+func (c *Context) Done(e Event) (bool, error) {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return false, err
+	}
+	r := C.kvd_cuEventQuery(c.drv.d, e.e)
+	if r == 600 { // CUDA_ERROR_NOT_READY
+		return false, nil
+	}
+	return true, c.drv.check("cuEventQuery", r)
 }
 
 // DestroyEvent destroys e.

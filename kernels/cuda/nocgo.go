@@ -36,3 +36,9 @@ func (*NVML) Stats() (GPUStats, error) { return GPUStats{}, ErrNoDriver }
 
 // Close does nothing.
 func (*NVML) Close() {}
+
+// IPCHandle is a CUDA IPC handle (never made without cgo).
+type IPCHandle [64]byte
+
+// Event is a CUDA event (never made without cgo).
+type Event struct{}

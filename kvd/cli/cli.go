@@ -6,6 +6,8 @@ import (
 	goflag "flag"
 	"fmt"
 	"io"
+
+	"github.com/kvd-project/kvd/kvd/pool"
 )
 
 // ErrUsage marks a command line that cannot be run; it exits with status 2.
@@ -61,7 +63,7 @@ func layout(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	l, err := layoutFor(*mem, *bs, g)
+	l, err := layoutFor(*mem, pool.AvailableMemory, *bs, g)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/kvd-project/kvd/gateway/model"
 	"github.com/kvd-project/kvd/ipc"
+	"github.com/kvd-project/kvd/kernels"
+	"github.com/kvd-project/kvd/kernels/cuda"
 	"github.com/kvd-project/kvd/kvd/api"
 	"github.com/kvd-project/kvd/kvd/engine"
 	"github.com/kvd-project/kvd/kvd/policy"
@@ -29,7 +32,7 @@ type geometry struct {
 func serve(args []string, out io.Writer) error {
 	fs := flag("kvd serve", out)
 	socket := fs.String("socket", ipc.DefaultSocket(), "unix socket to listen on")
-	mem := fs.String("kv-memory", "0.1", "pool size: bytes with an optional KiB/MiB/GiB suffix, or a fraction (0,1] of available memory")
+	mem := fs.String("kv-memory", "0.1", "pool size: bytes with an optional KiB/MiB/GiB suffix, or a fraction (0,1] of available memory (on a GPU: of its free memory when kvd starts, so leave room for the gateway's weights)")
 	bs := fs.Int("block-size", 16, "tokens per layer-block")
 	dir := fs.String("model", "", "model directory whose config.json gives the geometry")
 	layers := fs.Int("layers", 0, "decoder layers (instead of --model)")
@@ -41,7 +44,7 @@ func serve(args []string, out io.Writer) error {
 	window := fs.Int("window", 1024, "tokens the --sparse-layers keep")
 	grace := fs.Duration("grace", 10*time.Second, "how long a dropped client's sequences are kept for it to reconnect")
 	level := fs.String("log-level", observability.LogLevelFromEnv(), "debug, info, warn or error")
-	device := fs.String("device", "auto", "auto or cpu: where the pool lives and eviction runs (the GPU pool, shared over CUDA IPC, is not built yet)")
+	device := fs.String("device", kernels.DeviceAuto, "auto, cpu or cuda: where the pool lives and eviction runs (cuda: GPU memory the gateway opens over CUDA IPC; auto: the GPU when there is one)")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %v", ErrUsage, err)
 	}
@@ -50,10 +53,7 @@ func serve(args []string, out io.Writer) error {
 		return fmt.Errorf("%w: %v", ErrUsage, err)
 	}
 	switch *device {
-	case "auto", "cpu":
-		log.Info("backend chosen", "backend", "cpu", "why", "--device "+*device+": kvd's pool is shared host memory (memfd)")
-	case "cuda":
-		return fmt.Errorf("%w: --device cuda: kvd cannot hold its pool on the GPU yet (that needs CUDA IPC); for the GPU run the gateway alone with --embedded --device cuda", ErrUsage)
+	case kernels.DeviceAuto, kernels.DeviceCPU, kernels.DeviceCUDA:
 	default:
 		return fmt.Errorf("%w: --device %q: want auto, cpu or cuda", ErrUsage, *device)
 	}
@@ -67,13 +67,26 @@ func serve(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	l, err := layoutFor(*mem, *bs, g)
-	if err != nil {
-		return err
-	}
 	spec, err := policy.FromFlags(*kvPolicy, *sparseLayers, *window, g.layers)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrUsage, err)
+	}
+	b, why, err := kernels.Select(*device)
+	if err != nil {
+		return err
+	}
+	avail := pool.AvailableMemory
+	if g, ok := b.(*kernels.CUDA); ok {
+		defer g.Close()
+		avail = func() (int64, error) { free, _, err := g.MemInfo(); return int64(free), err }
+		why += "; the pool is GPU memory the gateway opens over CUDA IPC"
+	} else {
+		why += "; the pool is shared host memory (memfd)"
+	}
+	log.Info("backend chosen", "backend", b.Name(), "why", why)
+	l, err := layoutFor(*mem, avail, *bs, g)
+	if err != nil {
+		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -90,12 +103,19 @@ func serve(args []string, out io.Writer) error {
 		return err
 	}
 	defer shutdown(context.Background())
-	p, err := pool.NewHost(l)
-	if err != nil {
+	var p pool.Pool
+	cfg := engine.Config{Spec: spec, Model: g.model, Grace: *grace}
+	if gpu, ok := b.(*kernels.CUDA); ok {
+		if p, err = pool.NewShared(gpu, l); err != nil {
+			return err
+		}
+		closeNVML := gpuStatus(gpu, &cfg, log)
+		defer closeNVML()
+	} else if p, err = pool.NewHost(l); err != nil {
 		return err
 	}
 	defer p.Close()
-	e, err := engine.New(p, engine.Config{Spec: spec, Model: g.model, Grace: *grace})
+	e, err := engine.New(p, cfg)
 	if err != nil {
 		return err
 	}
@@ -127,10 +147,31 @@ func readGeometry(dir string, layers, kvHeads, headDim int) (geometry, error) {
 	return geometry{layers, kvHeads, headDim, ""}, nil
 }
 
-// layoutFor sizes the pool: mem is bytes (with a unit) or a fraction of the
-// host's available memory.
-func layoutFor(mem string, bs int, g geometry) (shm.Layout, error) {
-	bytes, err := pool.ParseSize(mem)
+// gpuStatus has status read the pool's GPU through NVML; without NVML the
+// status says why.
+func gpuStatus(g *kernels.CUDA, cfg *engine.Config, log *slog.Logger) (close func()) {
+	name := g.Device().String()
+	nv, err := cuda.OpenNVML(g.Device().Index)
+	if err != nil {
+		log.Warn("no GPU readings in status", "err", err)
+		cfg.GPU = func() *ipc.GPUStatus { return &ipc.GPUStatus{Name: name, Error: err.Error()} }
+		return func() {}
+	}
+	cfg.GPU = func() *ipc.GPUStatus {
+		st, err := nv.Stats()
+		if err != nil {
+			return &ipc.GPUStatus{Name: name, Error: err.Error()}
+		}
+		return &ipc.GPUStatus{Name: name, MemoryUsedBytes: st.MemoryUsed, MemoryTotalBytes: st.MemoryTotal,
+			Utilization: float64(st.Utilization) / 100, TemperatureC: st.Temperature}
+	}
+	return nv.Close
+}
+
+// layoutFor sizes the pool: mem is bytes (with a unit) or a fraction of
+// what avail reports.
+func layoutFor(mem string, avail func() (int64, error), bs int, g geometry) (shm.Layout, error) {
+	bytes, err := pool.ParseSizeOf(mem, avail)
 	if err != nil {
 		return shm.Layout{}, fmt.Errorf("%w: --kv-memory: %v", ErrUsage, err)
 	}

@@ -45,6 +45,13 @@ func printStatus(out io.Writer, s *ipc.Status) {
 	if s.BlocksTotal > 0 {
 		pct = 100 * float64(s.BlocksUsed) / float64(s.BlocksTotal)
 	}
+	if g := s.GPU; g != nil {
+		if g.Error != "" {
+			fmt.Fprintf(out, "gpu       %s (no readings: %s)\n", g.Name, g.Error)
+		} else {
+			fmt.Fprintf(out, "gpu       %s, %s used of %s, %.0f%% busy, %d°C\n", g.Name, mib(int64(g.MemoryUsedBytes)), mib(int64(g.MemoryTotalBytes)), 100*g.Utilization, g.TemperatureC)
+		}
+	}
 	fmt.Fprintf(out, "blocks    %d used of %d (%.1f%%), %d free\n", s.BlocksUsed, s.BlocksTotal, pct, s.BlocksFree)
 	fmt.Fprintf(out, "clients   %d connected, %d sequences, %d steps\n", s.Clients, s.Sequences, s.Steps)
 	fmt.Fprintf(out, "eviction  %d tokens evicted, %d blocks returned\n", s.TokensEvicted, s.BlocksReturned)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/kvd-project/kvd/ipc"
 	"github.com/kvd-project/kvd/kernels"
+	"github.com/kvd-project/kvd/kernels/cuda"
 	"github.com/kvd-project/kvd/kvd/blocks"
 	"github.com/kvd-project/kvd/kvd/policy"
 	"github.com/kvd-project/kvd/kvd/pool"
@@ -32,6 +33,11 @@ type Config struct {
 	Model string        // shown in status
 	Grace time.Duration // how long a dropped client's sequences are kept
 	Now   func() time.Time
+	// GPU reads the pool's GPU for status (nil: no GPU readings).
+	GPU func() *ipc.GPUStatus
+	// StepWait bounds how long eviction waits for a client's step to
+	// finish on the GPU (default 60 s); past it that step evicts nothing.
+	StepWait time.Duration
 }
 
 // Engine is safe for concurrent use; calls are serialised by one mutex,
@@ -45,6 +51,11 @@ type Engine struct {
 	compute  kernels.Backend
 	evicting []int           // layers with a decode policy
 	mem      *kernels.Tensor // the pool as kvd maps it, for eviction
+	// share is set when clients open the pool over CUDA IPC: each lease
+	// gets a pair of events to order kvd's work against the client's.
+	share    kernels.Sharer
+	handle   cuda.IPCHandle
+	gpu      string
 	instance string
 	start    time.Time
 	clients  map[string]*client // by lease
@@ -68,6 +79,14 @@ type client struct {
 	inflight  *pending
 	shrunk    []blocks.Shrink // evictions the client has not been told of (client ids)
 	planBuf   blocks.PlanBuf  // embedded Plan's storage, reused step to step
+	events    *events         // a GPU pool's ordering events
+}
+
+// events order one client's GPU work against kvd's: the client records
+// step when a step's work is queued; kvd records evict after eviction.
+type events struct {
+	step, evict   cuda.Event
+	stepH, evictH cuda.IPCHandle
 }
 
 // pending is a reserved step not yet reported done: enough to roll it back.
@@ -100,6 +119,19 @@ func New(p pool.Pool, cfg Config) (*Engine, error) {
 		e.mem = e.compute.FromHost(p.Float32s(), p.Layout().PoolElems())
 	case *pool.Device:
 		e.compute, e.mem = p.Backend(), p.Tensor()
+		if h, ok := p.Handle(); ok {
+			sh, ok := p.Backend().(kernels.Sharer)
+			if !ok {
+				return nil, fmt.Errorf("pool on %s has an IPC handle but its backend cannot share events", p.Kind())
+			}
+			e.share, e.handle = sh, h
+			if g, ok := sh.(*kernels.CUDA); ok {
+				e.gpu = g.Device().String()
+			}
+		}
+	}
+	if cfg.StepWait <= 0 {
+		e.cfg.StepWait = time.Minute
 	}
 	for i, l := range cfg.Spec {
 		if l.Decode == "" {
@@ -157,15 +189,61 @@ func (e *Engine) Hello(ctx context.Context, req ipc.HelloRequest, conn uint64) (
 		}
 	default:
 		lease = randomID()
-		e.clients[lease] = &client{name: req.Name, connected: true, conn: conn, seqs: map[uint64]blocks.SeqID{}, ids: map[blocks.SeqID]uint64{}}
+		c = &client{name: req.Name, connected: true, conn: conn, seqs: map[uint64]blocks.SeqID{}, ids: map[blocks.SeqID]uint64{}}
+		if e.share != nil {
+			ev, err := e.newEvents()
+			if err != nil {
+				return nil, fmt.Errorf("%w: CUDA IPC events: %v", ipc.ErrInternal, err)
+			}
+			c.events = ev
+		}
+		e.clients[lease] = c
 	}
 	l := e.pool.Layout()
-	return &ipc.HelloReply{
+	rep := &ipc.HelloReply{
 		Instance: e.instance, Lease: lease, Reclaimed: reclaimed,
 		PoolKind: e.pool.Kind(), PoolBytes: e.pool.Bytes(),
 		NumBlocks: l.NumBlocks, FreeBlocks: e.alloc.Free(), BlockSize: l.BlockSize, Layers: len(e.cfg.Spec), KVHeads: l.KVHeads, HeadDim: l.HeadDim,
 		DType: "float32", Policies: e.cfg.Spec,
-	}, nil
+	}
+	if c.events != nil {
+		rep.GPU, rep.PoolHandle = e.gpu, e.handle[:]
+		rep.StepEvent, rep.EvictEvent = c.events.stepH[:], c.events.evictH[:]
+	}
+	return rep, nil
+}
+
+func (e *Engine) newEvents() (*events, error) {
+	step, stepH, err := e.share.NewEvent()
+	if err != nil {
+		return nil, err
+	}
+	evict, evictH, err := e.share.NewEvent()
+	if err != nil {
+		e.share.CloseEvent(step)
+		return nil, err
+	}
+	return &events{step: step, evict: evict, stepH: stepH, evictH: evictH}, nil
+}
+
+// awaitStep waits, polling, until the client's last recorded step has run
+// on the GPU, so that eviction reads and moves what the step wrote. It
+// gives up after StepWait (a client that died mid-step may never finish).
+func (e *Engine) awaitStep(c *client) bool {
+	if c.events == nil {
+		return true
+	}
+	deadline := time.Now().Add(e.cfg.StepWait)
+	for pause := time.Microsecond; ; pause = min(2*pause, 200*time.Microsecond) {
+		done, err := e.share.EventDone(c.events.step)
+		if err != nil || done {
+			return err == nil
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(pause)
+	}
 }
 
 // Disconnect starts the lease's grace period when its connection conn
@@ -193,6 +271,10 @@ func (e *Engine) Reap() int {
 			for _, id := range c.seqs {
 				e.alloc.Close(id)
 				delete(e.seen, id)
+			}
+			if c.events != nil {
+				e.share.CloseEvent(c.events.step)
+				e.share.CloseEvent(c.events.evict)
 			}
 			delete(e.clients, lease)
 			n++
@@ -368,6 +450,7 @@ func (e *Engine) evict(c *client, appends []blocks.Append) {
 		return
 	}
 	l := e.pool.Layout()
+	waited := false
 	for _, a := range appends {
 		for _, layer := range e.evicting {
 			p := e.cfg.Spec[layer]
@@ -375,12 +458,21 @@ func (e *Engine) evict(c *client, appends []blocks.Append) {
 			if err != nil || !p.Evicts(tokens, l.BlockSize) {
 				continue
 			}
+			if !waited {
+				if !e.awaitStep(c) {
+					return // the layers stay over budget; a later step evicts them
+				}
+				waited = true
+			}
 			e.compute.Evict(e.mem, l, e.alloc.Blocks(a.Seq, layer), tokens, p.DecodeBudget, p.Sinks, p.Recent)
 			freed, _ := e.alloc.Shrink(a.Seq, layer, p.DecodeBudget)
 			e.evicted += uint64(tokens - p.DecodeBudget)
 			e.returned += uint64(freed)
 			c.shrunk = append(c.shrunk, blocks.Shrink{Seq: blocks.SeqID(c.ids[a.Seq]), Layer: uint32(layer), Tokens: uint32(p.DecodeBudget)})
 		}
+	}
+	if waited && c.events != nil {
+		e.share.Record(c.events.evict)
 	}
 }
 
@@ -416,6 +508,9 @@ func (e *Engine) Status(ctx context.Context) *ipc.Status {
 		Sequences: e.alloc.Len(), Steps: e.steps,
 		Leases: []ipc.LeaseStatus{}, Layers: make([]ipc.LayerStatus, len(e.cfg.Spec)),
 		TokensEvicted: e.evicted, BlocksReturned: e.returned,
+	}
+	if e.cfg.GPU != nil {
+		s.GPU = e.cfg.GPU()
 	}
 	for _, c := range e.clients {
 		ls := ipc.LeaseStatus{Name: c.name, Connected: c.connected, Sequences: len(c.seqs)}

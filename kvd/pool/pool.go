@@ -1,20 +1,24 @@
 // Package pool owns the memory behind kvd's layer-blocks. A Pool is one
 // allocation laid out by shm.Layout; how a client maps it depends on where
 // it lives: a memfd passed over the socket for host memory, a CUDA IPC
-// handle for device memory (a later backend). Nothing here assumes the
-// memory is addressable by this process.
+// handle for device memory. Nothing here assumes the memory is addressable
+// by this process.
 package pool
 
 import (
 	"fmt"
 
 	"github.com/kvd-project/kvd/kernels"
+	"github.com/kvd-project/kvd/kernels/cuda"
 	"github.com/kvd-project/kvd/shm"
 )
 
 // Kinds of pool, as the hello reply names them.
 const (
 	KindMemfd = "memfd"
+	// KindCUDA is a pool in GPU memory that clients open by its CUDA IPC
+	// handle.
+	KindCUDA = "cuda"
 )
 
 // Pool is the block memory. kvd creates one at start and closes it at exit;
@@ -61,6 +65,7 @@ func (h *Host) Float32s() []float32 { return h.seg.Float32s() }
 // gateway's embedded mode (kvd's sidecar pool on the GPU, shared over CUDA
 // IPC, is the next step). It cannot be mapped by another process.
 type Device struct {
+	handle *cuda.IPCHandle // set when other processes can open the pool
 	layout shm.Layout
 	b      kernels.Backend
 	t      *kernels.Tensor
@@ -81,9 +86,30 @@ func NewDevice(b kernels.Backend, l shm.Layout) (*Device, error) {
 
 func (d *Device) Layout() shm.Layout { return d.layout }
 func (d *Device) Kind() string       { return d.b.Name() }
-func (d *Device) Bytes() int64       { return 4 * int64(d.layout.PoolElems()) }
-func (d *Device) FD() int            { return -1 }
-func (d *Device) Close() error       { d.b.Free(d.t); return d.b.Err() }
+
+// NewShared allocates a zeroed pool of l on b that other processes open by
+// its CUDA IPC handle: kvd's GPU pool.
+func NewShared(b kernels.Sharer, l shm.Layout) (*Device, error) {
+	if err := l.Validate(); err != nil {
+		return nil, err
+	}
+	t, h, err := b.AllocShared(l.PoolElems())
+	if err != nil {
+		return nil, fmt.Errorf("KV pool of %d blocks (%d bytes) on %s: %w", l.NumBlocks, 4*int64(l.PoolElems()), b.Name(), err)
+	}
+	return &Device{layout: l, b: b, t: t, handle: &h}, nil
+}
+
+// Handle is the CUDA IPC handle of a pool NewShared made.
+func (d *Device) Handle() (cuda.IPCHandle, bool) {
+	if d.handle == nil {
+		return cuda.IPCHandle{}, false
+	}
+	return *d.handle, true
+}
+func (d *Device) Bytes() int64 { return 4 * int64(d.layout.PoolElems()) }
+func (d *Device) FD() int      { return -1 }
+func (d *Device) Close() error { d.b.Free(d.t); return d.b.Err() }
 
 // Tensor is the pool as its backend holds it.
 func (d *Device) Tensor() *kernels.Tensor { return d.t }
