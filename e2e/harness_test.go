@@ -68,6 +68,8 @@ type stack struct {
 	sock string // kvd's socket (sidecar)
 	cmds []*exec.Cmd
 	logs []*proctest.Buffer
+	// gwArgs are the gateway's arguments, to start it again.
+	gwArgs func() []string
 }
 
 // options for startStack.
@@ -76,6 +78,7 @@ type options struct {
 	kvMemory string   // pool size
 	gateway  []string // extra gateway flags
 	policy   []string // sparsity flags, for kvd (sidecar) or the gateway (embedded)
+	kvd      []string // extra kvd flags (sidecar)
 }
 
 func freeAddr(t *testing.T) string {
@@ -109,10 +112,11 @@ func startStack(t *testing.T, mode string, o options) *stack {
 		s.logs = append(s.logs, logs)
 	}
 	gw := []string{"--model", o.model, "--listen", addr}
+	s.gwArgs = func() []string { return append(append([]string(nil), gw...), o.gateway...) }
 	switch mode {
 	case "sidecar":
 		s.sock = filepath.Join(t.TempDir(), "kvd.sock")
-		start("kvd", append([]string{"serve", "--socket", s.sock, "--model", o.model, "--kv-memory", o.kvMemory, "--grace", "1s"}, o.policy...)...)
+		start("kvd", append(append([]string{"serve", "--socket", s.sock, "--model", o.model, "--kv-memory", o.kvMemory, "--grace", "1s"}, o.policy...), o.kvd...)...)
 		gw = append(gw, "--kvd-socket", s.sock)
 	case "embedded":
 		gw = append(append(gw, "--embedded", "--kv-memory", o.kvMemory), o.policy...)
@@ -121,17 +125,24 @@ func startStack(t *testing.T, mode string, o options) *stack {
 	}
 	start("gateway", append(gw, o.gateway...)...)
 	t.Cleanup(s.stop)
+	s.waitHealthy(t)
+	return s
+}
+
+// waitHealthy waits for the gateway's /health to answer 200.
+func (s *stack) waitHealthy(t *testing.T) {
+	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		resp, err := http.Get(s.base + "/health")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return s
+				return
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s stack did not come up:\n%s", mode, s.allLogs())
+			t.Fatalf("%s stack did not come up:\n%s", s.mode, s.allLogs())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -56,6 +56,12 @@ func TestSkipTokenizerInit(t *testing.T) {
 	if strings.Join(ids[0], ",") != strings.Join(ids[1], ",") || len(ids[1]) != 12 {
 		t.Errorf("generated ids with the tokenizer %v, without %v", ids[0], ids[1])
 	}
+	// A stream has one chunk per token (empty text), then the finish's:
+	// a benchmark times tokens by their chunks.
+	events := bare.stream(t, "/v1/completions", map[string]any{"prompt": []int{1, 17, 42}, "max_tokens": 9, "ignore_eos": true})
+	if len(events) != 10 || events[9]["choices"].([]any)[0].(map[string]any)["finish_reason"] != "length" {
+		t.Errorf("a stream of 9 tokens without a tokenizer sent %d chunks (want 9 and the finish): %v", len(events), events)
+	}
 	for _, c := range []struct{ path, body, want string }{
 		{"/v1/completions", `{"prompt": "some text", "max_tokens": 4}`, "--skip-tokenizer-init"},
 		{"/v1/completions", `{"prompt": [1, 2, 3], "max_tokens": 4, "stop": ["x"]}`, "stop strings need the tokenizer"},

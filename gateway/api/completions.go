@@ -253,8 +253,12 @@ func (s *Server) streamCompletions(out sse, id string, req completionRequest, ge
 				c.Logprobs = nil // a finish-only chunk carries no logprobs
 			}
 		}
-		if c.Text == "" && c.FinishReason == nil && c.Logprobs == nil {
-			return nil // held back by the detokenizer or a possible stop string
+		// Text held back by the detokenizer or a possible stop string
+		// waits; without a tokenizer there is no text, and each token
+		// still gets its (empty) chunk, as vLLM's --skip-tokenizer-init
+		// streams, so that clients see tokens as they come.
+		if c.Text == "" && c.FinishReason == nil && c.Logprobs == nil && (s.cfg.Tokenizer.HasVocab() || len(u.tokens) == 0) {
+			return nil
 		}
 		return out.event(chunk(c))
 	})

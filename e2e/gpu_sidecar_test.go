@@ -1,0 +1,155 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kvd-project/kvd/ipc"
+	"github.com/kvd-project/kvd/kernels"
+	"github.com/kvd-project/kvd/kernels/cuda"
+)
+
+// TestGPUSidecar serves the bundled model with kvd's pool on the GPU (two
+// processes: the gateway opens the pool over CUDA IPC, and kvd evicts on
+// its own stream, ordered by interprocess events) and embedded on the same
+// GPU, and checks that greedy completions are identical, with full KV and
+// with decode-time eviction; that a batch of concurrent requests agrees
+// with them; that kvd status reads the GPU; and that a gateway killed
+// mid-stream gives its blocks back and a new one reattaches and serves.
+// It skips without a GPU.
+func TestGPUSidecar(t *testing.T) {
+	g, err := kernels.NewCUDA(0)
+	if errors.Is(err, cuda.ErrNoDriver) {
+		t.Skipf("no GPU: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Close()
+	dir, err := filepath.Abs("../models/kvd-go-16m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompts := gpuPrompts()
+	var side *stack
+	var want [][]int32
+	for _, p := range []struct{ name, spec string }{
+		{"full", ""},
+		{"snapkv+h2o", "2-7=snapkv:budget=256/h2o:recent=32"},
+	} {
+		var pol []string
+		if p.spec != "" {
+			pol = []string{"--kv-policy", p.spec}
+		}
+		emb := startStack(t, "embedded", options{model: dir, kvMemory: "512MiB", policy: pol, gateway: []string{"--device", "cuda"}})
+		side = startStack(t, "sidecar", options{model: dir, kvMemory: "512MiB", policy: pol, kvd: []string{"--device", "cuda"}})
+		logs := side.allLogs()
+		if !strings.Contains(logs, "pool=cuda") || !strings.Contains(logs, "backend=cuda") || !strings.Contains(logs, "CUDA IPC") {
+			t.Fatalf("%s: the sidecar stack is not kvd's GPU pool opened by a GPU gateway:\n%s", p.name, logs)
+		}
+		want = want[:0]
+		same := 0
+		for i, prompt := range prompts {
+			body := map[string]any{"prompt": prompt, "max_tokens": 48, "temperature": 0, "ignore_eos": true, "logprobs": 0, "return_tokens_as_token_ids": true}
+			a := ids(t, emb.complete(t, body).Choices[0].Logprobs.Tokens)
+			b := ids(t, side.complete(t, body).Choices[0].Logprobs.Tokens)
+			want = append(want, a)
+			if equal(a, b) {
+				same++
+			} else {
+				t.Errorf("%s: prompt %d: sidecar %v, embedded %v", p.name, i, b, a)
+			}
+		}
+		t.Logf("%s: %d of %d greedy completions identical, sidecar vs embedded", p.name, same, len(prompts))
+		// All at once: batched steps (other GEMM shapes, so near-ties may
+		// flip) and eviction of many sequences per step. A race between
+		// kvd's stream and the gateway's would garble the cache.
+		got := make([][]int32, len(prompts))
+		var wg sync.WaitGroup
+		for i, prompt := range prompts {
+			wg.Go(func() {
+				body := map[string]any{"prompt": prompt, "max_tokens": 48, "temperature": 0, "ignore_eos": true, "logprobs": 0, "return_tokens_as_token_ids": true}
+				got[i] = ids(t, side.complete(t, body).Choices[0].Logprobs.Tokens)
+			})
+		}
+		wg.Wait()
+		agree, total := 0, 0
+		for i := range prompts {
+			n := 0
+			for n < len(got[i]) && n < len(want[i]) && got[i][n] == want[i][n] {
+				n++
+			}
+			agree, total = agree+n, total+len(want[i])
+		}
+		if rate := float64(agree) / float64(total); rate < 0.9 {
+			t.Errorf("%s: concurrent sidecar requests agree with sequential embedded ones on %.3f of tokens", p.name, rate)
+		}
+		st := kvdStatus(t, side)
+		if st.PoolKind != "cuda" || st.GPU == nil || st.GPU.MemoryUsedBytes == 0 || st.GPU.TemperatureC <= 0 || st.GPU.Error != "" {
+			t.Errorf("%s: kvd status: pool %q, gpu %+v", p.name, st.PoolKind, st.GPU)
+		}
+		if p.spec != "" && (st.TokensEvicted == 0 || st.BlocksReturned == 0) {
+			t.Errorf("%s: kvd evicted %d tokens and returned %d blocks: the long prompts should have crossed the budget", p.name, st.TokensEvicted, st.BlocksReturned)
+		}
+		emb.stop()
+	}
+
+	// Kill the gateway under a stream: its lease's blocks go back to the
+	// pool after the grace period, and a new gateway reattaches.
+	b, _ := json.Marshal(map[string]any{"prompt": prompts[len(prompts)-1], "max_tokens": 1000, "temperature": 0, "ignore_eos": true, "stream": true})
+	resp, err := http.Post(side.base+"/v1/completions", "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil || !strings.HasPrefix(line, "data: ") {
+		t.Fatalf("first line %q: %v", line, err)
+	}
+	if st := kvdStatus(t, side); st.BlocksUsed == 0 {
+		t.Fatalf("no blocks in use under a stream: %+v", st)
+	}
+	gw := side.cmds[1]
+	gw.Process.Signal(syscall.SIGKILL)
+	gw.Wait()
+	resp.Body.Close()
+	waitFor(t, "kvd to free the killed gateway's blocks", 20*time.Second, func() bool {
+		st := kvdStatus(t, side)
+		return st.BlocksUsed == 0 && st.Sequences == 0 && st.Clients == 0
+	})
+	cmd := exec.Command(filepath.Join(binDir, "gateway"), side.gwArgs()...)
+	cmd.Stdout, cmd.Stderr = side.logs[1], side.logs[1]
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	side.cmds[1] = cmd
+	side.waitHealthy(t)
+	body := map[string]any{"prompt": prompts[0], "max_tokens": 48, "temperature": 0, "ignore_eos": true, "logprobs": 0, "return_tokens_as_token_ids": true}
+	if got := ids(t, side.complete(t, body).Choices[0].Logprobs.Tokens); !equal(got, want[0]) {
+		t.Errorf("the restarted gateway gave %v, want %v", got, want[0])
+	}
+	if st := kvdStatus(t, side); st.Clients != 1 || st.BlocksUsed != 0 {
+		t.Errorf("after the restarted gateway's request: %+v", st)
+	}
+}
+
+func kvdStatus(t *testing.T, s *stack) *ipc.Status {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(binDir, "kvd"), "status", "--socket", s.sock, "--json").Output()
+	if err != nil {
+		t.Fatalf("kvd status: %v", err)
+	}
+	var st ipc.Status
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatal(err)
+	}
+	return &st
+}

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# `make gpu-bench`: issue G's measurements on a GPU machine, in parts that
+# each fit one device call (PARTS, default all of them, in this order):
+#   sidecar  the GPU sidecar's e2e test (two processes over CUDA IPC, against
+#            embedded), then the 8B serving workload through both, full KV;
+#   grid     the seed's grid through the sidecar: sparse layers {22,26,31} x
+#            windows {1536,1280,1024}, the pool as large as the card allows;
+#   capped   full KV and the grid again with weights + KV in a 24 GB card;
+#   floor    the decode step against its floor (bytes read / copy bandwidth);
+#   hf       HF transformers on the same card and workload (tools/hf/bench.py);
+#   accuracy issue E's accuracy table on the GPU, full sample counts.
+# Every serving run is bench/serve at INPUT in / OUTPUT out tokens (random
+# ids, ignore_eos), closed loop at concurrency C over N requests, on the 8B
+# shapes with dummy weights. Results go to $OUT (JSON per run, logs); each
+# part prints its table as it goes, so a cut-off call keeps what ran.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/kvd-bench}
+PARTS=${PARTS:-sidecar grid capped floor hf accuracy}
+M8=${M8:-bench/models/llama-3.1-8b}
+INPUT=${INPUT:-5000}
+OUTPUT=${OUTPUT:-500}
+C=${C:-32}
+N=${N:-32}
+CAPPED_C=${CAPPED_C:-16}
+CAPPED_N=${CAPPED_N:-16}
+CAPPED_KV=${CAPPED_KV:-6GiB} # a 24 GiB card less 16 GB of bf16 weights and ~2.5 GiB of context and activations
+DEVICE=${DEVICE:-cuda}
+FORMAT=${FORMAT:-dummy}
+VOCAB=${VOCAB:-128000}
+GRID_LAYERS=${GRID_LAYERS:-22 26 31}
+GRID_WINDOWS=${GRID_WINDOWS:-1536 1280 1024}
+mkdir -p "$OUT/logs"
+if command -v go >/dev/null && [ -z "${BIN:-}" ]; then
+	tools/gpu/build.sh >/dev/null
+fi
+if [ -z "${BIN:-}" ]; then
+	BIN=$(mktemp -d)
+	for f in .dev/bin/*.xz; do xz -dc "$f" >"$BIN/$(basename "$f" .xz)"; done
+	chmod +x "$BIN"/*
+fi
+SOCK=$(mktemp -u /tmp/kvd-bench.XXXX.sock)
+PORT=${PORT:-18080}
+BASE=http://127.0.0.1:$PORT
+pids=()
+
+# Pool size for the uncapped runs: the card's memory less the weights and
+# room for two CUDA contexts and a 5000-token prefill's activations.
+if [ -z "${KV:-}" ]; then
+	total=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
+	KV=$(( ${total:-40000} * 1048576 / 1073741824 - 16 - 14 ))GiB
+fi
+
+stop() {
+	for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null; done
+	for p in "${pids[@]}"; do
+		for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+		kill -9 "$p" 2>/dev/null
+	done
+	pids=()
+}
+trap stop EXIT
+
+# up NAME MODE KVMEM [policy flags...]: starts kvd + gateway (sidecar) or the
+# gateway alone (embedded) on the 8B model and waits until it serves.
+up() {
+	local name=$1 mode=$2 mem=$3
+	shift 3
+	local gw=(--model "$M8" --load-format "$FORMAT" --skip-tokenizer-init --listen 127.0.0.1:$PORT --max-num-seqs 256 --device "$DEVICE" --log-level warn)
+	if [ "$mode" = sidecar ]; then
+		"$BIN/kvd" serve --socket "$SOCK" --model "$M8" --device "$DEVICE" --kv-memory "$mem" "$@" >"$OUT/logs/$name.kvd.log" 2>&1 &
+		pids+=($!)
+		gw+=(--kvd-socket "$SOCK")
+	else
+		gw+=(--embedded --kv-memory "$mem" "$@")
+	fi
+	"$BIN/gateway" serve "${gw[@]}" >"$OUT/logs/$name.gateway.log" 2>&1 &
+	pids+=($!)
+	for _ in $(seq 1200); do
+		curl -sf "$BASE/health" >/dev/null 2>&1 && return 0
+		for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || { echo "$name: a process exited"; tail -n 5 "$OUT/logs/$name".*.log; stop; return 1; }; done
+		sleep 0.1
+	done
+	echo "$name: no health after 120 s"
+	stop
+	return 1
+}
+
+# serve NAME C N: one warm-up prompt, then the measured run.
+serve() {
+	local name=$1 c=$2 n=$3
+	curl -s "$BASE/v1/completions" -H 'Content-Type: application/json' \
+		-d "{\"prompt\": [$(seq -s, 1000 $((1000 + INPUT - 1)))], \"max_tokens\": 2, \"ignore_eos\": true}" >/dev/null
+	"$BIN/serve" -base "$BASE" -input-len "$INPUT" -output-len "$OUTPUT" -vocab "$VOCAB" -concurrency "$c" -num-prompts "$n" -warmup 0 \
+		-out "$OUT/$name.json" >"$OUT/logs/$name.serve.txt" 2>&1
+	local rc=$?
+	python3 - "$OUT/$name.json" "$name" <<'PY' || tail -n 3 "$OUT/logs/$name.serve.txt"
+import json, sys
+r = json.load(open(sys.argv[1]))[0]
+print(f"{sys.argv[2]}: {r['OutputTokensPerSec']:.1f} out tok/s, TTFT p50 {r['TTFT']['P50']/1e3:.2f} s p99 {r['TTFT']['P99']/1e3:.2f} s, TPOT p50 {r['TPOT']['P50']:.1f} ms, {r['Completed']} ok {r['Failed']} failed {r.get('FirstError', '')}")
+PY
+	return $rc
+}
+
+# one NAME MODE KVMEM C N [policy flags...]
+one() {
+	local name=$1 mode=$2 mem=$3 c=$4 n=$5
+	shift 5
+	local t0=$SECONDS
+	up "$name" "$mode" "$mem" "$@" || return 1
+	echo "$name: up in $((SECONDS - t0)) s"
+	serve "$name" "$c" "$n"
+	curl -s "$BASE/metrics" | grep -E "^kvd_(kv_blocks|gpu_memory_used)" >"$OUT/logs/$name.metrics.txt"
+	[ "$mode" = sidecar ] && "$BIN/kvd" status --socket "$SOCK" --json >"$OUT/logs/$name.status.json" 2>&1
+	stop
+}
+
+grid() {
+	local prefix=$1 mode=$2 mem=$3 c=$4 n=$5
+	for layers in $GRID_LAYERS; do
+		for w in $GRID_WINDOWS; do
+			one "$prefix-$layers-$w" "$mode" "$mem" "$c" "$n" --sparse-layers "$layers" --window "$w"
+		done
+	done
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/card.csv"
+echo "KV pool uncapped $KV, capped $CAPPED_KV; $INPUT in / $OUTPUT out; C=$C N=$N (capped C=$CAPPED_C N=$CAPPED_N)"
+for part in $PARTS; do
+	echo "=== $part"
+	case $part in
+	sidecar)
+		(cd e2e && KVD_TEST_BIN_DIR="$BIN" "$BIN/e2e.test" -test.run GPUSidecar -test.v -test.count=1) >"$OUT/logs/e2e-sidecar.log" 2>&1
+		echo "e2e GPUSidecar: exit $?"
+		grep -E "^(---|ok|FAIL|PASS)|identical|gpu_sidecar_test" "$OUT/logs/e2e-sidecar.log" | head -20
+		one full-embedded embedded "$KV" "$C" "$N"
+		one full-sidecar sidecar "$KV" "$C" "$N"
+		;;
+	grid) grid grid sidecar "$KV" "$C" "$N" ;;
+	capped)
+		one capped-full sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N"
+		grid capped sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N"
+		;;
+	floor)
+		(cd kernels && "$BIN/kernels.test" -test.run '^$' -test.bench 'GPU$/copy' -test.benchtime 20x) >"$OUT/copy.txt" 2>&1
+		grep -E "^Benchmark" "$OUT/copy.txt"
+		"$BIN/forward" --model "$M8" --load-format dummy --device cuda --runs 16x5000,32x5000 --decode 32 >"$OUT/floor.md" 2>"$OUT/logs/floor.log"
+		cat "$OUT/floor.md"
+		;;
+	hf)
+		timeout 420 python3 tools/hf/bench.py --model "$M8" --input-len "$INPUT" --output-len "$OUTPUT" --batch 16 --requests 16 --out "$OUT/hf.json" 2>"$OUT/logs/hf.log"
+		echo "hf: exit $?"
+		;;
+	accuracy)
+		"$BIN/accuracy" -samples bench/accuracy/samples.json -gateway "$BIN/gateway" -parallel 4 -raw-out "$OUT/accuracy-raw.json" \
+			-out "$OUT/accuracy-gpu.md" >"$OUT/logs/accuracy.log" 2>&1
+		echo "accuracy: exit $?"
+		tail -3 "$OUT/logs/accuracy.log"
+		;;
+	*) echo "unknown part $part" ;;
+	esac
+done
+tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
