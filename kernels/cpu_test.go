@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"sort"
 	"testing"
 
 	"github.com/kvd-project/kvd/shm"
@@ -530,6 +531,41 @@ func TestSampleOddInputs(t *testing.T) {
 		}
 		if finite && got[0] == s {
 			t.Fatalf("row %v, %+v: drew the suppressed token %d", row, p, s)
+		}
+	}
+}
+
+// TestEvictSources checks eviction's choice against the plain definition
+// (a stable sort by score, highest first), with ties, small and large
+// numbers to drop, and budgets past the table.
+func TestEvictSources(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	for trial := range 2000 {
+		tokens := 1 + rng.IntN(300)
+		sinks, recent := rng.IntN(8), rng.IntN(40)
+		keep := sinks + recent + rng.IntN(tokens+2)
+		scores := make([]float32, tokens)
+		for i := range scores {
+			scores[i] = float32(rng.IntN(1 + trial%20)) // many ties
+		}
+		got := evictSources(func(i int) float32 { return scores[i] }, tokens, keep, sinks, recent)
+		// The definition.
+		var mid []int
+		for i := sinks; i < tokens-recent; i++ {
+			mid = append(mid, i)
+		}
+		sort.SliceStable(mid, func(a, b int) bool { return scores[mid[a]] > scores[mid[b]] })
+		kept := mid[:max(0, min(keep-sinks-recent, len(mid)))]
+		want := []int{}
+		for i := range min(sinks, tokens) {
+			want = append(want, i)
+		}
+		want = append(want, slices.Sorted(slices.Values(kept))...)
+		for i := max(tokens-recent, sinks); i < tokens; i++ {
+			want = append(want, i)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("tokens %d keep %d sinks %d recent %d scores %v:\ngot  %v\nwant %v", tokens, keep, sinks, recent, scores, got, want)
 		}
 	}
 }

@@ -1,9 +1,9 @@
 package kernels
 
 import (
+	"cmp"
 	"math"
 	"slices"
-	"sort"
 
 	"gonum.org/v1/gonum/blas/blas32"
 
@@ -156,8 +156,15 @@ func selectTokens(vote []float64, n int, sel Selection) []int {
 	for j := sinks; j < obsFrom; j++ {
 		cand = append(cand, j)
 	}
-	// Highest pooled vote first; the earlier token wins a tie.
-	sort.SliceStable(cand, func(a, b int) bool { return pooled[cand[a]] > pooled[cand[b]] })
+	// Highest pooled vote first; the earlier token wins a tie (a total
+	// order, so an unstable sort gives the stable one's answer; a NaN
+	// vote ranks lowest).
+	slices.SortFunc(cand, func(a, b int) int {
+		if c := cmp.Compare(pooled[b], pooled[a]); c != 0 {
+			return c
+		}
+		return cmp.Compare(a, b)
+	})
 	top := cand[:min(len(cand), sel.Keep-(n-obsFrom)-sinks)]
 	keep = append(keep, top...)
 	slices.Sort(keep)
@@ -231,30 +238,77 @@ func (c *CPU) Evict(pool *Tensor, l shm.Layout, blocks []int32, tokens, keep, si
 // evictSources is the ascending list of the table tokens one head keeps
 // when cut from tokens to keep: the first sinks, the last recent, and
 // between them the keep-sinks-recent with the highest score (the earlier
-// on a tie).
+// on a tie; a NaN score ranks lowest). Eviction runs every block of decode
+// in every sparse layer of every sequence, and drops about a block of a
+// window of a thousand or more, so it finds the few to drop rather than
+// sorting all of them.
 func evictSources(score func(i int) float32, tokens, keep, sinks, recent int) []int {
 	heavy := keep - sinks - recent
-	type cand struct {
-		i     int
-		score float32
-	}
-	mid := make([]cand, 0, max(0, tokens-recent-sinks))
-	for i := sinks; i < tokens-recent; i++ {
-		mid = append(mid, cand{i, score(i)})
-	}
-	sort.SliceStable(mid, func(a, b int) bool { return mid[a].score > mid[b].score })
-	kept := make([]int, 0, max(0, heavy))
-	for _, c := range mid[:max(0, min(heavy, len(mid)))] {
-		kept = append(kept, c.i)
-	}
-	slices.Sort(kept)
-	src := make([]int, 0, keep)
+	lo, hi := sinks, tokens-recent // the middle, where heavy tokens compete
+	src := make([]int, 0, max(keep, 0))
 	for i := range min(sinks, tokens) {
 		src = append(src, i)
 	}
-	src = append(src, kept...)
+	if n := hi - lo; n > 0 {
+		drop := dropLowest(score, lo, hi, n-min(max(heavy, 0), n))
+		for i := lo; i < hi; i++ {
+			if len(drop) > 0 && drop[0] == i {
+				drop = drop[1:]
+				continue
+			}
+			src = append(src, i)
+		}
+	}
 	for i := max(tokens-recent, sinks); i < tokens; i++ {
 		src = append(src, i)
 	}
 	return src
+}
+
+// dropLowest is, ascending, the d tokens of [lo, hi) that rank lowest: by
+// score, and on a tie the later one.
+func dropLowest(score func(i int) float32, lo, hi, d int) []int {
+	if d <= 0 {
+		return nil
+	}
+	type cand struct {
+		i int
+		s float32
+	}
+	// worse orders candidates from the first to drop.
+	worse := func(a, b cand) int {
+		if c := cmp.Compare(a.s, b.s); c != 0 {
+			return c
+		}
+		return cmp.Compare(b.i, a.i)
+	}
+	var w []cand
+	if d <= 64 {
+		// Keep the d worst seen so far, sorted worst first.
+		w = make([]cand, 0, d+1)
+		for i := lo; i < hi; i++ {
+			c := cand{i, score(i)}
+			if len(w) == d && worse(c, w[d-1]) >= 0 {
+				continue
+			}
+			at, _ := slices.BinarySearchFunc(w, c, worse)
+			w = slices.Insert(w, at, c)
+			if len(w) > d {
+				w = w[:d]
+			}
+		}
+	} else {
+		w = make([]cand, 0, hi-lo)
+		for i := lo; i < hi; i++ {
+			w = append(w, cand{i, score(i)})
+		}
+		slices.SortFunc(w, worse)
+		w = w[:d]
+	}
+	out := make([]int, len(w))
+	for k, c := range w {
+		out[k] = c.i
+	}
+	slices.Sort(out)
+	return out
 }

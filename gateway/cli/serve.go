@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -44,7 +45,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	skipTok := fs.Bool("skip-tokenizer-init", false, "serve without the tokenizer files: prompts must be token ids, outputs have no text (as vLLM's flag)")
 	maxLen := fs.Int("max-model-len", 0, "context length (default: the model's max_position_embeddings)")
 	maxSeqs := fs.Int("max-num-seqs", 64, "sequences running at once")
-	maxBatched := fs.Int("max-num-batched-tokens", 2048, "tokens per scheduler step (a longer prompt runs alone)")
+	maxBatched := fs.Int("max-num-batched-tokens", 2048, "tokens per scheduler step (a step's first prompt may exceed it: prefill is not chunked)")
 	maxQueue := fs.Int("max-queue-len", 1024, "waiting requests before new ones get 503")
 	apiKey := fs.String("api-key", os.Getenv("KVD_API_KEY"), "require Authorization: Bearer <key> on /v1 (also KVD_API_KEY)")
 	device := fs.String("device", kernels.DeviceAuto, "auto, cpu or cuda: where the model runs (auto: the GPU when there is one and --embedded is set)")
@@ -66,6 +67,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if *name == "" {
 		*name = filepath.Base(filepath.Clean(*dir))
+	}
+	if path := os.Getenv("KVD_CPUPROFILE"); path != "" { // for developers: where the gateway's time goes
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
 	}
 	shutdown, err := observability.Setup(ctx, "gateway")
 	if err != nil {

@@ -10,6 +10,9 @@ package runner
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
+	"time"
 
 	"github.com/kvd-project/kvd/gateway/model"
 	"github.com/kvd-project/kvd/ipc"
@@ -59,6 +62,7 @@ type sharedPool struct {
 	key         string // kvd instance and lease the handles below belong to
 	pool        *kernels.Tensor
 	step, evict cuda.Event
+	noEvents    bool // KVD_IPC_EVENTS=0 (developers), only without eviction
 }
 
 // NewSidecar checks that b can address kvd's pool: the CPU backend a host
@@ -76,7 +80,22 @@ func NewSidecar(c *ipc.Client, b kernels.Backend) (*Sidecar, error) {
 		return nil, fmt.Errorf("kvd's pool is in GPU memory (%s), which the %s backend cannot use: run the gateway with --device cuda, or kvd with --device cpu", h.GPU, b.Name())
 	}
 	s := &Sidecar{Client: c, gpu: &sharedPool{b: sh}}
+	if os.Getenv("KVD_IPC_EVENTS") == "0" && !evicts(h.Policies) {
+		// For developers measuring what the events cost: without
+		// decode-time eviction kvd never moves entries, so the order
+		// they keep is not needed.
+		s.gpu.noEvents = true
+	}
 	return s, s.open()
+}
+
+func evicts(spec policy.Spec) bool {
+	for _, p := range spec {
+		if p.Decode != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // open (re)opens the pool and events when kvd or the lease changed.
@@ -133,7 +152,7 @@ func (s *Sidecar) Reserve(ctx context.Context, appends []blocks.Append) (uint64,
 	}
 	plans, err := s.Plan(st)
 	if err == nil && s.gpu != nil {
-		if err = s.open(); err == nil {
+		if err = s.open(); err == nil && !s.gpu.noEvents {
 			s.gpu.b.WaitEvent(s.gpu.evict)
 		}
 	}
@@ -146,7 +165,7 @@ func (s *Sidecar) Reserve(ctx context.Context, appends []blocks.Append) (uint64,
 
 // Done records the step event (on a GPU pool) and reports the step.
 func (s *Sidecar) Done(id uint64, failed bool) {
-	if s.gpu != nil {
+	if s.gpu != nil && !s.gpu.noEvents {
 		s.gpu.b.Record(s.gpu.step)
 	}
 	s.Client.Done(id, failed)
@@ -162,9 +181,36 @@ func (s *Sidecar) Shutdown() error {
 
 // Runner executes steps. Not safe for concurrent use.
 type Runner struct {
-	m   *model.Model
-	kv  KV
-	pos map[uint64]int // tokens seen, which is the next position
+	m      *model.Model
+	kv     KV
+	pos    map[uint64]int // tokens seen, which is the next position
+	timing *stepTiming    // KVD_STEP_TIMING=N: where each step's time goes, every N steps
+}
+
+// stepTiming sums, for developers, where decode steps' time goes: kvd's
+// reserve (and its plan), the forward pass with sampling (until the tokens
+// are on the host), and the done report. Steps with a prompt are left out.
+type stepTiming struct {
+	every                  int
+	steps, rows            int
+	reserve, forward, done time.Duration
+}
+
+func (t *stepTiming) add(seqs, rows int, reserve, forward, done time.Duration) {
+	if rows != seqs {
+		return // a prefill
+	}
+	t.steps++
+	t.rows += rows
+	t.reserve += reserve
+	t.forward += forward
+	t.done += done
+	if t.steps == t.every {
+		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1e3 / float64(t.steps) }
+		fmt.Fprintf(os.Stderr, "step timing: %d decode steps of %.1f sequences: reserve %.3f ms, forward+sample %.3f ms, done %.3f ms\n",
+			t.steps, float64(t.rows)/float64(t.steps), ms(t.reserve), ms(t.forward), ms(t.done))
+		*t = stepTiming{every: t.every}
+	}
 }
 
 // New returns a runner of m over kv. The pool's geometry must match m.
@@ -177,7 +223,11 @@ func New(m *model.Model, kv KV) (*Runner, error) {
 		return nil, fmt.Errorf("kvd's pool is laid out for %d KV heads of dim %d, the model has %d of dim %d: start kvd with --model for this model",
 			l.KVHeads, l.HeadDim, c.NumKVHeads, c.HeadDim)
 	}
-	return &Runner{m: m, kv: kv, pos: map[uint64]int{}}, nil
+	r := &Runner{m: m, kv: kv, pos: map[uint64]int{}}
+	if n, err := strconv.Atoi(os.Getenv("KVD_STEP_TIMING")); err == nil && n > 0 {
+		r.timing = &stepTiming{every: n}
+	}
+	return r, nil
 }
 
 // NewEmbedded runs kvd's engine in process with a pool of numBlocks
@@ -321,10 +371,12 @@ func (r *Runner) StepSample(ctx context.Context, work []Work) (logits [][]float3
 			draws.Params = append(draws.Params, *w.Draw)
 		}
 	}
+	t0 := time.Now()
 	id, plans, err := r.kv.Reserve(ctx, appends)
 	if err != nil {
 		return nil, nil, err
 	}
+	t1 := time.Now()
 	bt.Layers = make([]model.LayerKV, len(plans))
 	spec := r.kv.Spec()
 	for l, p := range plans {
@@ -333,9 +385,13 @@ func (r *Runner) StepSample(ctx context.Context, work []Work) (logits [][]float3
 	b := r.m.Backend()
 	cache := &model.Cache{Pool: r.kv.PoolTensor(b), Layout: r.kv.Layout()}
 	flat, drawn, err := r.m.ForwardSample(ctx, bt, cache, host, &draws)
+	t2 := time.Now()
 	r.kv.Done(id, err != nil)
 	if err != nil {
 		return nil, nil, err
+	}
+	if r.timing != nil {
+		r.timing.add(len(work), int(row), t1.Sub(t0), t2.Sub(t1), time.Since(t2))
 	}
 	v := r.m.Config.VocabSize
 	logits = make([][]float32, len(work))

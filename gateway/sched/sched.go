@@ -192,10 +192,13 @@ func (s *Scheduler) step(ctx context.Context) bool {
 // schedule picks this step's work: every running sequence decodes one
 // token, then waiting prompts are admitted in order while the token budget,
 // the sequence limit and kvd's free blocks allow (keeping a block per layer
-// for each running sequence's growth). A prompt larger than the token
-// budget runs alone.
+// for each running sequence's growth). The first prompt of a step is
+// admitted even past the budget: prefill is not chunked yet, and a long
+// prompt that waited for the running sequences to drain would serialise a
+// long-prompt workload (the decodes stall for its prefill step instead).
 func (s *Scheduler) schedule() []item {
 	var batch []item
+	prompts := 0
 	budget := s.cfg.MaxBatchTokens
 	for _, r := range s.running {
 		batch = append(batch, item{req: r, tokens: r.tokens[r.computed:]})
@@ -206,7 +209,7 @@ func (s *Scheduler) schedule() []item {
 		r := s.waiting[0]
 		n := len(r.tokens) - r.computed
 		need := s.r.BlocksNeeded(n)
-		if (n > budget || need > free) && len(batch) > 0 {
+		if (need > free && len(batch) > 0) || (n > budget && prompts > 0) {
 			break
 		}
 		s.waiting = s.waiting[1:]
@@ -224,6 +227,7 @@ func (s *Scheduler) schedule() []item {
 		}
 		s.running = append(s.running, r)
 		batch = append(batch, item{req: r, tokens: r.tokens[r.computed:], prefill: true})
+		prompts++
 		budget -= n
 		free -= need
 	}

@@ -3,6 +3,8 @@ package api_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -26,7 +28,9 @@ func BenchmarkStepRoundTrip(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer c.Shutdown()
-			const seqs, ctxLen, reset = 64, 128, 512
+			// KVD_BENCH_SEQS and KVD_BENCH_CTX change the batch and context
+			// (32 and 5000: the 8B serving workload's decode).
+			seqs, ctxLen, reset := envInt("KVD_BENCH_SEQS", 64), envInt("KVD_BENCH_CTX", 128), 512
 			open := func() {
 				ids := make([]uint64, seqs)
 				prefill := make([]blocks.Append, seqs)
@@ -83,6 +87,13 @@ func BenchmarkStepRoundTrip(b *testing.B) {
 			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/step")
 		})
 	}
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
 }
 
 // startKVDB starts kvd for a benchmark with 32 layers and a large pool of
