@@ -175,8 +175,16 @@ type Backend interface {
 	// (rows row0..row0+n of q, k, v): exact attention into out, then only
 	// the tokens sel keeps written to slots with their scores.
 	SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l shm.Layout, slots []int32, sel Selection, scale float32)
-	// Evict compacts one (sequence, layer) table of tokens tokens, laid out
-	// in blocks, to its keep best-scored tokens per head (sinks and recent
-	// kept always), moved in order to the first keep slots.
-	Evict(pool *Tensor, l shm.Layout, blocks []int32, tokens, keep, sinks, recent int)
+	// Evict compacts each job's (sequence, layer) table to its Keep
+	// best-scored tokens per head (Sinks and Recent kept always), moved in
+	// order to the first Keep slots. Jobs must not share blocks. A step's
+	// evictions come in one call, so a device backend waits for the device
+	// once for all of them, not once per table.
+	Evict(pool *Tensor, l shm.Layout, jobs []EvictJob)
+}
+
+// EvictJob is one table for Evict: Tokens tokens laid out in Blocks.
+type EvictJob struct {
+	Blocks                      []int32
+	Tokens, Keep, Sinks, Recent int
 }

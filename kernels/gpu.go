@@ -802,29 +802,38 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 	c.splitRows(&w, out, q, heads, l, group, nil, splitSrc{k: ptr(k), v: ptr(v), hs: ptr(hs), row0: row0, n: n}, scale)
 	sums := make([]float32, heads*n)
 	c.ToHost(sums, hs)
-	headSum := make([]float64, n)
+	// The selection runs on the host while the GPU waits for the next
+	// layer, so its KV heads run in parallel.
 	raw32 := make([]float32, kvh*n)
-	idx := make([]int32, 0, kvh*sel.Keep)
+	perHead := make([][]int, kvh)
+	var wg sync.WaitGroup
 	for kh := range kvh {
-		raw, vote := make([]float64, n), make([]float64, n)
-		for g := range group {
-			for j, w := range sums[(kh*group+g)*n : (kh*group+g+1)*n] {
-				headSum[j] = float64(w)
+		wg.Go(func() {
+			raw, vote, headSum := make([]float64, n), make([]float64, n), make([]float64, n)
+			for g := range group {
+				for j, w := range sums[(kh*group+g)*n : (kh*group+g+1)*n] {
+					headSum[j] = float64(w)
+				}
+				addVote(raw, vote, headSum, group, sel.GQAMax)
 			}
-			addVote(raw, vote, headSum, group, sel.GQAMax)
+			for j, w := range raw {
+				raw32[kh*n+j] = float32(w)
+			}
+			perHead[kh] = selectTokens(vote, n, sel)
+		})
+	}
+	wg.Wait()
+	idx := make([]int32, 0, kvh*sel.Keep)
+	for _, kept := range perHead {
+		if len(kept) != len(slots) {
+			c.fail(fmt.Errorf("kernels: sparse prefill keeps %d tokens for %d slots", len(kept), len(slots)))
+			return
 		}
-		for j, w := range raw {
-			raw32[kh*n+j] = float32(w)
-		}
-		for _, j := range selectTokens(vote, n, sel) {
+		for _, j := range kept {
 			idx = append(idx, int32(j))
 		}
 	}
-	keep := len(idx) / kvh
-	if keep != len(slots) {
-		c.fail(fmt.Errorf("kernels: sparse prefill keeps %d tokens for %d slots", keep, len(slots)))
-		return
-	}
+	keep := len(slots)
 	rp, rc := c.floats(raw32)
 	defer c.release(rp, rc)
 	meta := append(append([]int32(nil), idx...), slots...)
@@ -835,41 +844,80 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 	c.launch("scatter_kept", cuda.Dim3{X: uint32(keep), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.HeadDim)}, a...)
 }
 
-// Evict reads the table's scores back, chooses the survivors on the host
-// with the CPU backend's code, and compacts on the GPU through a staging
-// buffer.
-func (c *CUDA) Evict(pool *Tensor, l shm.Layout, blocks []int32, tokens, keep, sinks, recent int) {
+// Evict reads every table's scores back in one copy (the call's one wait),
+// chooses the survivors on the host with the CPU backend's code, tables in
+// parallel, and compacts on the GPU through a staging buffer per table.
+func (c *CUDA) Evict(pool *Tensor, l shm.Layout, jobs []EvictJob) {
 	kvh := l.KVHeads
-	bp, bc := c.ints(blocks)
-	defer c.release(bp, bc)
-	sc := c.Alloc(kvh, tokens)
-	defer c.Free(sc)
-	c.launch("table_scores", cuda.Dim3{X: uint32(tokens), Y: uint32(kvh)}, cuda.Dim3{X: 1}, append(append(args(ptr(sc), ptr(pool)), layoutArgs(l)...), bp, int32(tokens))...)
-	scores := make([]float32, kvh*tokens)
-	c.ToHost(scores, sc)
-	var src []int32
-	n := -1
-	for h := range kvh {
-		s := evictSources(func(i int) float32 { return scores[h*tokens+i] }, tokens, keep, sinks, recent)
-		if n >= 0 && len(s) != n {
-			c.fail(fmt.Errorf("kernels: eviction keeps %d tokens in one head and %d in another", n, len(s)))
-			return
-		}
-		n = len(s)
-		for _, i := range s {
-			src = append(src, int32(i))
-		}
+	// Every table's scores into one buffer, one copy back: the one wait.
+	offs := make([]int, len(jobs))
+	total := 0
+	for i, j := range jobs {
+		offs[i] = total
+		total += kvh * j.Tokens
 	}
-	if n <= 0 {
+	if total == 0 {
 		return
 	}
-	sp, scl := c.ints(src)
-	defer c.release(sp, scl)
-	tmp, tc := c.alloc(4 * kvh * n * (2*l.HeadDim + 1))
-	defer c.release(tmp, tc)
-	grid, block := cuda.Dim3{X: uint32(n), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.HeadDim)}
-	c.launch("evict_gather", grid, block, append(append(args(tmp, ptr(pool)), layoutArgs(l)...), bp, sp, int32(n))...)
-	c.launch("evict_scatter", grid, block, append(append(args(ptr(pool)), layoutArgs(l)...), tmp, bp, int32(n))...)
+	sc := c.Alloc(total)
+	defer c.Free(sc)
+	type ptrClass struct {
+		p     cuda.Ptr
+		class int
+	}
+	bps := make([]ptrClass, len(jobs))
+	defer func() {
+		for _, b := range bps {
+			c.release(b.p, b.class)
+		}
+	}()
+	for i, j := range jobs {
+		bp, bc := c.ints(j.Blocks)
+		bps[i] = ptrClass{bp, bc}
+		out := cuda.Ptr(sc.dev) + cuda.Ptr(4*offs[i])
+		c.launch("table_scores", cuda.Dim3{X: uint32(j.Tokens), Y: uint32(kvh)}, cuda.Dim3{X: 1}, append(append(args(out, ptr(pool)), layoutArgs(l)...), bp, int32(j.Tokens))...)
+	}
+	scores := make([]float32, total)
+	c.ToHost(scores, sc)
+	// The survivors, chosen on the host, tables in parallel.
+	srcs := make([][]int32, len(jobs))
+	keeps := make([]int, len(jobs))
+	var wg sync.WaitGroup
+	for i, j := range jobs {
+		wg.Go(func() {
+			keeps[i] = -1
+			for h := range kvh {
+				row := scores[offs[i]+h*j.Tokens:][:j.Tokens]
+				s := evictSources(func(k int) float32 { return row[k] }, j.Tokens, j.Keep, j.Sinks, j.Recent)
+				if keeps[i] >= 0 && len(s) != keeps[i] {
+					keeps[i] = -2 // heads keep different counts
+					return
+				}
+				keeps[i] = len(s)
+				for _, k := range s {
+					srcs[i] = append(srcs[i], int32(k))
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for i := range jobs {
+		n := keeps[i]
+		if n == -2 {
+			c.fail(fmt.Errorf("kernels: eviction keeps a different number of tokens in two heads"))
+			return
+		}
+		if n <= 0 {
+			continue
+		}
+		sp, scl := c.ints(srcs[i])
+		tmp, tc := c.alloc(4 * kvh * n * (2*l.HeadDim + 1))
+		grid, block := cuda.Dim3{X: uint32(n), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.HeadDim)}
+		c.launch("evict_gather", grid, block, append(append(args(tmp, ptr(pool)), layoutArgs(l)...), bps[i].p, sp, int32(n))...)
+		c.launch("evict_scatter", grid, block, append(append(args(ptr(pool)), layoutArgs(l)...), tmp, bps[i].p, int32(n))...)
+		c.release(sp, scl)
+		c.release(tmp, tc)
+	}
 }
 
 // MemInfo is the GPU's free and total memory in bytes.

@@ -458,11 +458,39 @@ func TestGPUEvict(t *testing.T) {
 			keep, sinks, recent := tokens/2+1, min(4, tokens/4), min(32, tokens/4)
 			pool := randomPool(rng, l)
 			want := cpu.FromHost(slices.Clone(pool), l.PoolElems())
-			cpu.Evict(want, l, blocks, tokens, keep, sinks, recent)
+			cpu.Evict(want, l, []EvictJob{{blocks, tokens, keep, sinks, recent}})
 			got := g.FromHost(pool, l.PoolElems())
-			g.Evict(got, l, blocks, tokens, keep, sinks, recent)
+			g.Evict(got, l, []EvictJob{{blocks, tokens, keep, sinks, recent}})
 			check(t, fmt.Sprintf("evict tokens=%d bs=%d", tokens, bs), g.host(t, got), want.data, 0)
 		}
+	}
+}
+
+// TestGPUEvictMany evicts several tables of one pool in one call (a
+// step's evictions), of different lengths and budgets, one left alone.
+func TestGPUEvictMany(t *testing.T) {
+	g, cpu := newGPU(t), NewCPU()
+	rng := rand.New(rand.NewPCG(13, 14))
+	l := shm.Layout{NumBlocks: 400, BlockSize: 16, KVHeads: 8, HeadDim: 128}
+	ids := rng.Perm(l.NumBlocks - 1)
+	var jobs []EvictJob
+	for _, tokens := range []int{1040, 17, 300, 1979} {
+		nb := (tokens + l.BlockSize - 1) / l.BlockSize
+		blocks := make([]int32, nb)
+		for i := range blocks {
+			blocks[i] = int32(ids[0] + 1)
+			ids = ids[1:]
+		}
+		jobs = append(jobs, EvictJob{blocks, tokens, min(tokens, 1024), 4, 32})
+	}
+	pool := randomPool(rng, l)
+	want := cpu.FromHost(slices.Clone(pool), l.PoolElems())
+	cpu.Evict(want, l, jobs)
+	got := g.FromHost(pool, l.PoolElems())
+	g.Evict(got, l, jobs)
+	check(t, "evict four tables", g.host(t, got), want.data, 0)
+	if err := g.Err(); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -210,7 +210,13 @@ func pool1D(x []float64, k int, avg bool) []float64 {
 // rest each head keeps those with the highest scores (the earlier on a
 // tie). Kept entries move, in order, to the first keep slots (K, V and
 // score), so the table's blocks past keep can be freed.
-func (c *CPU) Evict(pool *Tensor, l shm.Layout, blocks []int32, tokens, keep, sinks, recent int) {
+func (c *CPU) Evict(pool *Tensor, l shm.Layout, jobs []EvictJob) {
+	for _, j := range jobs {
+		c.evict(pool, l, j.Blocks, j.Tokens, j.Keep, j.Sinks, j.Recent)
+	}
+}
+
+func (c *CPU) evict(pool *Tensor, l shm.Layout, blocks []int32, tokens, keep, sinks, recent int) {
 	hd := l.HeadDim
 	slot := func(i int) (int, int) { return int(blocks[i/l.BlockSize]), i % l.BlockSize }
 	c.parallel(l.KVHeads, 1, func(lo, hi int) {

@@ -450,7 +450,13 @@ func (e *Engine) evict(c *client, appends []blocks.Append) {
 		return
 	}
 	l := e.pool.Layout()
-	waited := false
+	type cut struct {
+		seq    blocks.SeqID
+		layer  int
+		tokens int
+	}
+	var jobs []kernels.EvictJob
+	var cuts []cut
 	for _, a := range appends {
 		for _, layer := range e.evicting {
 			p := e.cfg.Spec[layer]
@@ -458,20 +464,23 @@ func (e *Engine) evict(c *client, appends []blocks.Append) {
 			if err != nil || !p.Evicts(tokens, l.BlockSize) {
 				continue
 			}
-			if !waited {
-				if !e.awaitStep(c) {
-					return // the layers stay over budget; a later step evicts them
-				}
-				waited = true
-			}
-			e.compute.Evict(e.mem, l, e.alloc.Blocks(a.Seq, layer), tokens, p.DecodeBudget, p.Sinks, p.Recent)
-			freed, _ := e.alloc.Shrink(a.Seq, layer, p.DecodeBudget)
-			e.evicted += uint64(tokens - p.DecodeBudget)
-			e.returned += uint64(freed)
-			c.shrunk = append(c.shrunk, blocks.Shrink{Seq: blocks.SeqID(c.ids[a.Seq]), Layer: uint32(layer), Tokens: uint32(p.DecodeBudget)})
+			jobs = append(jobs, kernels.EvictJob{Blocks: e.alloc.Blocks(a.Seq, layer), Tokens: tokens, Keep: p.DecodeBudget, Sinks: p.Sinks, Recent: p.Recent})
+			cuts = append(cuts, cut{a.Seq, layer, tokens})
 		}
 	}
-	if waited && c.events != nil {
+	if len(jobs) == 0 || !e.awaitStep(c) {
+		return // nothing over budget, or the layers stay over and a later step evicts them
+	}
+	// One call for the step: a GPU waits once for all the tables.
+	e.compute.Evict(e.mem, l, jobs)
+	for _, k := range cuts {
+		budget := e.cfg.Spec[k.layer].DecodeBudget
+		freed, _ := e.alloc.Shrink(k.seq, k.layer, budget)
+		e.evicted += uint64(k.tokens - budget)
+		e.returned += uint64(freed)
+		c.shrunk = append(c.shrunk, blocks.Shrink{Seq: blocks.SeqID(c.ids[k.seq]), Layer: uint32(k.layer), Tokens: uint32(budget)})
+	}
+	if c.events != nil {
 		e.share.Record(c.events.evict)
 	}
 }
