@@ -20,7 +20,8 @@ import (
 )
 
 // TestGPUSidecar serves the bundled model with kvd's pool on the GPU (two
-// processes: the gateway opens the pool over CUDA IPC, and kvd evicts on
+// processes: the gateway opens the pool over CUDA IPC, by handle and by
+// file descriptor, and kvd evicts on
 // its own stream, ordered by interprocess events) and embedded on the same
 // GPU, and checks that greedy completions are identical, with full KV and
 // with decode-time eviction; that a batch of concurrent requests agrees
@@ -43,16 +44,21 @@ func TestGPUSidecar(t *testing.T) {
 	prompts := gpuPrompts()
 	var side *stack
 	var want [][]int32
-	for _, p := range []struct{ name, spec string }{
-		{"full", ""},
-		{"snapkv+h2o", "2-7=snapkv:budget=256/h2o:recent=32"},
+	for _, p := range []struct {
+		name, spec string
+		kvd        []string
+	}{
+		{"full", "", nil},
+		{"snapkv+h2o", "2-7=snapkv:budget=256/h2o:recent=32", nil},
+		// The pool as a file descriptor of cuMemCreate'd memory.
+		{"snapkv+h2o, --cuda-ipc-fd", "2-7=snapkv:budget=256/h2o:recent=32", []string{"--cuda-ipc-fd"}},
 	} {
 		var pol []string
 		if p.spec != "" {
 			pol = []string{"--kv-policy", p.spec}
 		}
 		emb := startStack(t, "embedded", options{model: dir, kvMemory: "512MiB", policy: pol, gateway: []string{"--device", "cuda"}})
-		side = startStack(t, "sidecar", options{model: dir, kvMemory: "512MiB", policy: pol, kvd: []string{"--device", "cuda"}})
+		side = startStack(t, "sidecar", options{model: dir, kvMemory: "512MiB", policy: pol, kvd: append([]string{"--device", "cuda"}, p.kvd...)})
 		logs := side.allLogs()
 		if !strings.Contains(logs, "pool=cuda") || !strings.Contains(logs, "backend=cuda") || !strings.Contains(logs, "CUDA IPC") {
 			t.Fatalf("%s: the sidecar stack is not kvd's GPU pool opened by a GPU gateway:\n%s", p.name, logs)

@@ -52,6 +52,7 @@ type Client struct {
 	helloReply []byte
 	helloFD    int
 	pool       *shm.Segment
+	gpuFD      int // a GPU pool's file descriptor from the last hello, or -1
 	tables     *blocks.Tables
 	planBuf    blocks.PlanBuf // Plan's storage, reused step to step
 	// inflight is the step reserved but not reported done, for rolling the
@@ -78,7 +79,7 @@ type Step struct {
 
 // Dial connects to kvd at path and says hello.
 func Dial(ctx context.Context, path string, opts Options) (*Client, error) {
-	c := &Client{path: path, opts: opts}
+	c := &Client{path: path, opts: opts, gpuFD: -1}
 	if err := c.connect(ctx); err != nil {
 		return nil, err
 	}
@@ -98,8 +99,16 @@ func (c *Client) Layout() shm.Layout {
 	return shm.Layout{NumBlocks: h.NumBlocks, BlockSize: h.BlockSize, KVHeads: h.KVHeads, HeadDim: h.HeadDim}
 }
 
+// GPUPoolFD is the file descriptor of a GPU pool shared by one (see
+// HelloReply), as of the last hello, or -1; the Client owns it.
+func (c *Client) GPUPoolFD() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gpuFD
+}
+
 // Pool is the mapped pool; it changes if kvd restarts. It is nil for a
-// GPU pool, which Hello's PoolHandle names.
+// GPU pool, which Hello's PoolHandle or GPUPoolFD names.
 func (c *Client) Pool() *shm.Segment {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -152,20 +161,29 @@ func (c *Client) connect(ctx context.Context) error {
 	// A restart, or a lease kvd let go of (its grace ran out): either way
 	// the sequences are gone.
 	restarted := c.hello != nil && (c.hello.Instance != h.Instance || h.Lease != c.lease)
-	if h.PoolHandle != nil {
-		// A GPU pool: the client's backend opens the handle (ipc has no
-		// CUDA); check only that the handles are whole.
-		if fd >= 0 {
+	if h.GPU != "" {
+		// A GPU pool: the client's backend opens it (ipc has no CUDA),
+		// by its handle or its file descriptor; check only that they came
+		// whole.
+		if h.PoolHandle != nil && fd >= 0 {
 			unix.Close(fd)
+			fd = -1
 		}
-		if len(h.PoolHandle) != 64 || len(h.StepEvent) != 64 || len(h.EvictEvent) != 64 {
+		if (h.PoolHandle != nil && len(h.PoolHandle) != 64) || (h.PoolHandle == nil && fd < 0) || len(h.StepEvent) != 64 || len(h.EvictEvent) != 64 {
+			if fd >= 0 {
+				unix.Close(fd)
+			}
 			c.drop()
-			return fmt.Errorf("kvd sent a %s pool without whole CUDA IPC handles", h.PoolKind)
+			return fmt.Errorf("kvd sent a GPU pool without a whole CUDA IPC handle or file descriptor, or without its events")
 		}
 		if c.pool != nil {
 			c.pool.Close()
 			c.pool = nil
 		}
+		if c.gpuFD >= 0 {
+			unix.Close(c.gpuFD)
+		}
+		c.gpuFD = fd
 	} else if c.hello == nil || restarted || c.pool == nil {
 		if fd < 0 {
 			c.drop()
@@ -577,6 +595,10 @@ func (c *Client) Shutdown() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.drop()
+	if c.gpuFD >= 0 {
+		unix.Close(c.gpuFD)
+		c.gpuFD = -1
+	}
 	if c.pool != nil {
 		err := c.pool.Close()
 		c.pool = nil

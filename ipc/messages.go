@@ -126,8 +126,10 @@ type HelloReply struct {
 	HeadDim    int         `json:"head_dim"`
 	DType      string      `json:"dtype"`
 	Policies   policy.Spec `json:"policies"`
-	// A GPU pool (PoolKind "cuda") comes as a CUDA IPC handle, with the
-	// GPU it lives on and two interprocess events of this lease: the
+	// A GPU pool (PoolKind "cuda", GPU set) comes as a CUDA IPC handle,
+	// or, without one, as the reply's file descriptor (memory made with
+	// CUDA's virtual memory management), with two interprocess events of
+	// this lease: the
 	// client records StepEvent once a step's work is queued, before it
 	// reports the step done, and kvd waits for it before it moves cache
 	// entries; kvd records EvictEvent after its eviction work, and the

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"sync/atomic"
 
+	"github.com/kvd-project/kvd/kernels/cuda"
 	"github.com/kvd-project/kvd/shm"
 )
 
@@ -24,6 +25,7 @@ type Tensor struct {
 	bf16   bool                   // dev holds bfloat16 (a CUDA weight), not float32
 	class  int                    // dev's size class in the CUDA backend's cache; 0: not cached
 	opened bool                   // dev is another process's memory, mapped by OpenShared
+	vmm    *cuda.VMM              // dev is a VMM mapping (AllocSharedFD, OpenSharedFD)
 }
 
 // Shape returns the tensor's dimensions; callers must not modify it.

@@ -334,6 +334,9 @@ func (c *CUDA) Free(t *Tensor) {
 		c.release(cuda.Ptr(t.dev), t.class)
 	case t.opened:
 		c.fail(c.ctx.CloseIPCMem(cuda.Ptr(t.dev)))
+	case t.vmm != nil:
+		c.fail(c.ctx.VMMFree(t.vmm))
+		t.vmm = nil
 	case t.dev != 0:
 		c.fail(c.ctx.Free(cuda.Ptr(t.dev)))
 	}
@@ -366,6 +369,36 @@ func (c *CUDA) OpenShared(h cuda.IPCHandle, shape ...int) (*Tensor, error) {
 		return nil, err
 	}
 	return &Tensor{shape: append([]int(nil), shape...), dev: uint64(p), opened: true}, nil
+}
+
+// AllocSharedFD allocates a zeroed float32 tensor with cuMemCreate and
+// exports it as a file descriptor.
+func (c *CUDA) AllocSharedFD(shape ...int) (*Tensor, int, error) {
+	v, err := c.ctx.VMMAlloc(max(4*numel(shape), 4))
+	if err != nil {
+		return nil, -1, err
+	}
+	t := &Tensor{shape: append([]int(nil), shape...), dev: uint64(v.Ptr), vmm: v}
+	if err := c.ctx.Memset32(v.Ptr, 0, numel(shape)); err != nil {
+		c.Free(t)
+		return nil, -1, err
+	}
+	fd, err := c.ctx.VMMExport(v)
+	if err != nil {
+		c.Free(t)
+		return nil, -1, err
+	}
+	return t, fd, nil
+}
+
+// OpenSharedFD maps a float32 tensor another process exported with
+// AllocSharedFD.
+func (c *CUDA) OpenSharedFD(fd int, shape ...int) (*Tensor, error) {
+	v, err := c.ctx.VMMImport(fd, max(4*numel(shape), 4))
+	if err != nil {
+		return nil, err
+	}
+	return &Tensor{shape: append([]int(nil), shape...), dev: uint64(v.Ptr), vmm: v}, nil
 }
 
 // NewEvent creates an interprocess event and exports it.

@@ -13,6 +13,12 @@ type Sharer interface {
 	AllocShared(shape ...int) (*Tensor, cuda.IPCHandle, error)
 	// OpenShared maps another process's exported tensor; Free unmaps it.
 	OpenShared(h cuda.IPCHandle, shape ...int) (*Tensor, error)
+	// AllocSharedFD and OpenSharedFD are AllocShared and OpenShared over
+	// CUDA's virtual memory management: the memory crosses as a file
+	// descriptor (the caller closes it) and each process maps it at the
+	// driver's recommended granularity.
+	AllocSharedFD(shape ...int) (*Tensor, int, error)
+	OpenSharedFD(fd int, shape ...int) (*Tensor, error)
 	// NewEvent creates an interprocess event and exports it.
 	NewEvent() (cuda.Event, cuda.IPCHandle, error)
 	// OpenEvent opens another process's exported event.

@@ -49,7 +49,7 @@ func dialKVD(ctx context.Context, socket string, opts ipc.Options, device string
 		return nil, nil, fmt.Errorf("%w; or run with --embedded", err)
 	}
 	h := cl.Hello()
-	onGPU := h.PoolHandle != nil
+	onGPU := h.GPU != ""
 	switch {
 	case onGPU && device == kernels.DeviceCPU:
 		cl.Shutdown()

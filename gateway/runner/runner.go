@@ -69,7 +69,7 @@ type sharedPool struct {
 // pool, a GPU backend a GPU pool.
 func NewSidecar(c *ipc.Client, b kernels.Backend) (*Sidecar, error) {
 	h := c.Hello()
-	if h.PoolHandle == nil {
+	if h.GPU == "" {
 		if _, ok := b.(*kernels.CPU); !ok {
 			return nil, fmt.Errorf("kvd's pool is %s host memory, which the %s backend cannot use: start kvd with --device cuda, or run the gateway with --device cpu", h.PoolKind, b.Name())
 		}
@@ -107,7 +107,13 @@ func (s *Sidecar) open() error {
 		return nil
 	}
 	g.close()
-	pool, err := g.b.OpenShared(cuda.IPCHandle(h.PoolHandle), s.Layout().PoolElems())
+	var pool *kernels.Tensor
+	var err error
+	if h.PoolHandle != nil {
+		pool, err = g.b.OpenShared(cuda.IPCHandle(h.PoolHandle), s.Layout().PoolElems())
+	} else {
+		pool, err = g.b.OpenSharedFD(s.GPUPoolFD(), s.Layout().PoolElems())
+	}
 	if err != nil {
 		return fmt.Errorf("opening kvd's GPU pool over CUDA IPC (kvd and the gateway must see the same GPU): %w", err)
 	}

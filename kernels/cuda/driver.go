@@ -8,6 +8,7 @@ package cuda
 #include <stdlib.h>
 #include <stddef.h>
 #include <string.h>
+#include <stdint.h>
 
 // Our own declarations of the few CUDA driver API types and entry points we
 // call: no CUDA header is needed to build. The _v2 names are the ones the
@@ -22,6 +23,18 @@ typedef void *CUstream;
 typedef void *CUevent;
 typedef struct { char reserved[64]; } CUipcMemHandle;
 typedef struct { char reserved[64]; } CUipcEventHandle;
+typedef unsigned long long CUmemGenericAllocationHandle;
+// CUmemLocation, CUmemAllocationProp and CUmemAccessDesc, as cuda.h lays
+// them out (device locations, pinned allocations, POSIX fd handles).
+typedef struct { int type; int id; } kvd_memloc;
+typedef struct {
+	int type;
+	int requestedHandleTypes;
+	kvd_memloc location;
+	void *win32HandleMetaData;
+	struct { unsigned char compressionType, gpuDirectRDMACapable; unsigned short usage; unsigned char reserved[4]; } allocFlags;
+} kvd_memprop;
+typedef struct { kvd_memloc location; int flags; } kvd_memaccess;
 
 typedef struct {
 	void *lib;
@@ -63,6 +76,16 @@ typedef struct {
 	CUresult (*cuEventRecord)(CUevent, CUstream);
 	CUresult (*cuEventSynchronize)(CUevent);
 	CUresult (*cuEventQuery)(CUevent);
+	CUresult (*cuMemGetAllocationGranularity)(size_t *, const kvd_memprop *, int);
+	CUresult (*cuMemCreate)(CUmemGenericAllocationHandle *, size_t, const kvd_memprop *, unsigned long long);
+	CUresult (*cuMemRelease)(CUmemGenericAllocationHandle);
+	CUresult (*cuMemExportToShareableHandle)(void *, CUmemGenericAllocationHandle, int, unsigned long long);
+	CUresult (*cuMemImportFromShareableHandle)(CUmemGenericAllocationHandle *, void *, int);
+	CUresult (*cuMemAddressReserve)(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long);
+	CUresult (*cuMemAddressFree)(CUdeviceptr, size_t);
+	CUresult (*cuMemMap)(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
+	CUresult (*cuMemUnmap)(CUdeviceptr, size_t);
+	CUresult (*cuMemSetAccess)(CUdeviceptr, size_t, const kvd_memaccess *, size_t);
 	CUresult (*cuStreamWaitEvent)(CUstream, CUevent, unsigned int);
 	CUresult (*cuIpcGetEventHandle)(CUipcEventHandle *, CUevent);
 	CUresult (*cuIpcOpenEventHandle)(CUevent *, CUipcEventHandle);
@@ -115,6 +138,16 @@ static const char *kvd_cu_open(kvd_cu *d, const char *path) {
 	SYM(cuEventRecord, "cuEventRecord")
 	SYM(cuEventSynchronize, "cuEventSynchronize")
 	SYM(cuEventQuery, "cuEventQuery")
+	SYM(cuMemGetAllocationGranularity, "cuMemGetAllocationGranularity")
+	SYM(cuMemCreate, "cuMemCreate")
+	SYM(cuMemRelease, "cuMemRelease")
+	SYM(cuMemExportToShareableHandle, "cuMemExportToShareableHandle")
+	SYM(cuMemImportFromShareableHandle, "cuMemImportFromShareableHandle")
+	SYM(cuMemAddressReserve, "cuMemAddressReserve")
+	SYM(cuMemAddressFree, "cuMemAddressFree")
+	SYM(cuMemMap, "cuMemMap")
+	SYM(cuMemUnmap, "cuMemUnmap")
+	SYM(cuMemSetAccess, "cuMemSetAccess")
 	SYM(cuStreamWaitEvent, "cuStreamWaitEvent")
 	SYM(cuIpcGetEventHandle, "cuIpcGetEventHandle")
 	SYM(cuIpcOpenEventHandle, "cuIpcOpenEventHandle")
@@ -165,6 +198,61 @@ static CUresult kvd_cuEventDestroy(kvd_cu *d, CUevent e) { return d->cuEventDest
 static CUresult kvd_cuEventRecord(kvd_cu *d, CUevent e, CUstream s) { return d->cuEventRecord(e, s); }
 static CUresult kvd_cuEventSynchronize(kvd_cu *d, CUevent e) { return d->cuEventSynchronize(e); }
 static CUresult kvd_cuEventQuery(kvd_cu *d, CUevent e) { return d->cuEventQuery(e); }
+
+// Virtual memory management: physical memory made with cuMemCreate,
+// exportable as a POSIX file descriptor, mapped at a reserved range.
+static kvd_memprop kvd_vmm_prop(int dev) {
+	kvd_memprop prop;
+	memset(&prop, 0, sizeof prop);
+	prop.type = 1;                 // CU_MEM_ALLOCATION_TYPE_PINNED
+	prop.requestedHandleTypes = 1; // CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR
+	prop.location.type = 1;        // CU_MEM_LOCATION_TYPE_DEVICE
+	prop.location.id = dev;
+	return prop;
+}
+static CUresult kvd_vmm_granularity(kvd_cu *d, int dev, size_t *g) {
+	kvd_memprop prop = kvd_vmm_prop(dev);
+	return d->cuMemGetAllocationGranularity(g, &prop, 1); // RECOMMENDED
+}
+static CUresult kvd_vmm_create(kvd_cu *d, int dev, size_t size, CUmemGenericAllocationHandle *h) {
+	kvd_memprop prop = kvd_vmm_prop(dev);
+	return d->cuMemCreate(h, size, &prop, 0);
+}
+static CUresult kvd_vmm_export(kvd_cu *d, CUmemGenericAllocationHandle h, int *fd) {
+	return d->cuMemExportToShareableHandle(fd, h, 1, 0);
+}
+static CUresult kvd_vmm_import(kvd_cu *d, int fd, CUmemGenericAllocationHandle *h) {
+	return d->cuMemImportFromShareableHandle(h, (void *)(uintptr_t)fd, 1);
+}
+// kvd_vmm_map maps h's size bytes at a fresh range *p, read-write for dev;
+// *what names the call that failed.
+static CUresult kvd_vmm_map(kvd_cu *d, int dev, CUmemGenericAllocationHandle h, size_t size, CUdeviceptr *p, const char **what) {
+	CUresult r;
+	*what = "cuMemAddressReserve";
+	if ((r = d->cuMemAddressReserve(p, size, 0, 0, 0)) != 0) return r;
+	*what = "cuMemMap";
+	if ((r = d->cuMemMap(*p, size, 0, h, 0)) != 0) {
+		d->cuMemAddressFree(*p, size);
+		return r;
+	}
+	kvd_memaccess acc;
+	acc.location.type = 1;
+	acc.location.id = dev;
+	acc.flags = 3; // CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+	*what = "cuMemSetAccess";
+	if ((r = d->cuMemSetAccess(*p, size, &acc, 1)) != 0) {
+		d->cuMemUnmap(*p, size);
+		d->cuMemAddressFree(*p, size);
+	}
+	return r;
+}
+static CUresult kvd_cuMemRelease(kvd_cu *d, CUmemGenericAllocationHandle h) { return d->cuMemRelease(h); }
+static CUresult kvd_vmm_unmap(kvd_cu *d, CUdeviceptr p, size_t size, CUmemGenericAllocationHandle h) {
+	CUresult r = d->cuMemUnmap(p, size);
+	CUresult r2 = d->cuMemAddressFree(p, size);
+	CUresult r3 = d->cuMemRelease(h);
+	return r ? r : r2 ? r2 : r3;
+}
 static CUresult kvd_cuStreamWaitEvent(kvd_cu *d, CUstream s, CUevent e) { return d->cuStreamWaitEvent(s, e, 0); }
 static CUresult kvd_cuIpcGetEventHandle(kvd_cu *d, void *h, CUevent e) { return d->cuIpcGetEventHandle((CUipcEventHandle *)h, e); }
 static CUresult kvd_cuIpcOpenEventHandle(kvd_cu *d, CUevent *e, const void *h) {
@@ -554,6 +642,93 @@ func (c *Context) Done(e Event) (bool, error) {
 		return false, nil
 	}
 	return true, c.drv.check("cuEventQuery", r)
+}
+
+// VMM is device memory made with cuMemCreate and mapped into this process:
+// its physical memory can be shared with another process as a POSIX file
+// descriptor, which crosses a unix socket like a memfd, and each process
+// maps it at the granularity the driver recommends.
+type VMM struct {
+	Ptr    Ptr
+	Size   int // bytes mapped: the size asked for, rounded up to the granularity
+	handle C.CUmemGenericAllocationHandle
+}
+
+// VMMAlloc makes and maps at least n bytes of device memory.
+func (c *Context) VMMAlloc(n int) (*VMM, error) {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return nil, err
+	}
+	dev := C.int(c.dev.handle)
+	var g C.size_t
+	if err := c.drv.check("cuMemGetAllocationGranularity", C.kvd_vmm_granularity(c.drv.d, dev, &g)); err != nil {
+		return nil, err
+	}
+	size := (n + int(g) - 1) / int(g) * int(g)
+	v := &VMM{Size: size}
+	if err := c.drv.check("cuMemCreate", C.kvd_vmm_create(c.drv.d, dev, C.size_t(size), &v.handle)); err != nil {
+		return nil, err
+	}
+	if err := c.vmmMap(v); err != nil {
+		C.kvd_cuMemRelease(c.drv.d, v.handle)
+		return nil, err
+	}
+	return v, nil
+}
+
+func (c *Context) vmmMap(v *VMM) error {
+	var p C.CUdeviceptr
+	var what *C.char
+	if r := C.kvd_vmm_map(c.drv.d, C.int(c.dev.handle), v.handle, C.size_t(v.Size), &p, &what); r != 0 {
+		return c.drv.check(C.GoString(what), r)
+	}
+	v.Ptr = Ptr(p)
+	return nil
+}
+
+// VMMExport returns a new file descriptor for v's memory; the caller
+// closes it.
+func (c *Context) VMMExport(v *VMM) (int, error) {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return -1, err
+	}
+	var fd C.int
+	err := c.drv.check("cuMemExportToShareableHandle", C.kvd_vmm_export(c.drv.d, v.handle, &fd))
+	return int(fd), err
+}
+
+// VMMImport maps the device memory that fd (from another process's
+// VMMExport of a VMMAlloc of n bytes) names; the caller still owns fd.
+func (c *Context) VMMImport(fd, n int) (*VMM, error) {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return nil, err
+	}
+	var g C.size_t
+	if err := c.drv.check("cuMemGetAllocationGranularity", C.kvd_vmm_granularity(c.drv.d, C.int(c.dev.handle), &g)); err != nil {
+		return nil, err
+	}
+	v := &VMM{Size: (n + int(g) - 1) / int(g) * int(g)}
+	if err := c.drv.check("cuMemImportFromShareableHandle", C.kvd_vmm_import(c.drv.d, C.int(fd), &v.handle)); err != nil {
+		return nil, err
+	}
+	if err := c.vmmMap(v); err != nil {
+		C.kvd_cuMemRelease(c.drv.d, v.handle)
+		return nil, err
+	}
+	return v, nil
+}
+
+// VMMFree unmaps v and releases this process's hold on its memory (which
+// is freed when no process holds it).
+func (c *Context) VMMFree(v *VMM) error {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return err
+	}
+	return c.drv.check("cuMemUnmap", C.kvd_vmm_unmap(c.drv.d, C.CUdeviceptr(v.Ptr), C.size_t(v.Size), v.handle))
 }
 
 // DestroyEvent destroys e.

@@ -42,3 +42,9 @@ type IPCHandle [64]byte
 
 // Event is a CUDA event (never made without cgo).
 type Event struct{}
+
+// VMM is device memory shared by file descriptor (never made without cgo).
+type VMM struct {
+	Ptr  uint64
+	Size int
+}

@@ -42,6 +42,7 @@ func serve(args []string, out io.Writer) error {
 	kvPolicy := fs.String("kv-policy", "", "per-layer sparsity, e.g. \"0-1=full;2-31=snapkv:budget=1024/h2o:recent=32\" (default: every layer full)")
 	sparseLayers := fs.Int("sparse-layers", 0, "the seed's preset: the last N layers keep a SnapKV window of --window tokens, held by H2O while decoding")
 	window := fs.Int("window", 1024, "tokens the --sparse-layers keep")
+	ipcFD := fs.Bool("cuda-ipc-fd", false, "share a GPU pool as a file descriptor of memory from CUDA's virtual memory management (mapped at the driver's recommended granularity) instead of a CUDA IPC handle; experimental")
 	grace := fs.Duration("grace", 10*time.Second, "how long a dropped client's sequences are kept for it to reconnect")
 	level := fs.String("log-level", observability.LogLevelFromEnv(), "debug, info, warn or error")
 	device := fs.String("device", kernels.DeviceAuto, "auto, cpu or cuda: where the pool lives and eviction runs (cuda: GPU memory the gateway opens over CUDA IPC; auto: the GPU when there is one)")
@@ -106,7 +107,7 @@ func serve(args []string, out io.Writer) error {
 	var p pool.Pool
 	cfg := engine.Config{Spec: spec, Model: g.model, Grace: *grace}
 	if gpu, ok := b.(*kernels.CUDA); ok {
-		if p, err = pool.NewShared(gpu, l); err != nil {
+		if p, err = pool.NewShared(gpu, l, *ipcFD); err != nil {
 			return err
 		}
 		closeNVML := gpuStatus(gpu, &cfg, log)

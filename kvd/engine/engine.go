@@ -54,7 +54,7 @@ type Engine struct {
 	// share is set when clients open the pool over CUDA IPC: each lease
 	// gets a pair of events to order kvd's work against the client's.
 	share    kernels.Sharer
-	handle   cuda.IPCHandle
+	handle   *cuda.IPCHandle // nil for a pool shared by file descriptor
 	gpu      string
 	instance string
 	start    time.Time
@@ -119,13 +119,16 @@ func New(p pool.Pool, cfg Config) (*Engine, error) {
 		e.mem = e.compute.FromHost(p.Float32s(), p.Layout().PoolElems())
 	case *pool.Device:
 		e.compute, e.mem = p.Backend(), p.Tensor()
-		if h, ok := p.Handle(); ok {
+		if p.Shared() {
 			sh, ok := p.Backend().(kernels.Sharer)
 			if !ok {
-				return nil, fmt.Errorf("pool on %s has an IPC handle but its backend cannot share events", p.Kind())
+				return nil, fmt.Errorf("pool on %s is shared but its backend cannot share events", p.Kind())
 			}
-			e.share, e.handle = sh, h
-			if g, ok := sh.(*kernels.CUDA); ok {
+			e.share = sh
+			if h, ok := p.Handle(); ok {
+				e.handle = &h
+			}
+			if g, ok := p.Backend().(*kernels.CUDA); ok {
 				e.gpu = g.Device().String()
 			}
 		}
@@ -207,7 +210,10 @@ func (e *Engine) Hello(ctx context.Context, req ipc.HelloRequest, conn uint64) (
 		DType: "float32", Policies: e.cfg.Spec,
 	}
 	if c.events != nil {
-		rep.GPU, rep.PoolHandle = e.gpu, e.handle[:]
+		rep.GPU = e.gpu
+		if e.handle != nil {
+			rep.PoolHandle = e.handle[:]
+		}
 		rep.StepEvent, rep.EvictEvent = c.events.stepH[:], c.events.evictH[:]
 	}
 	return rep, nil

@@ -8,6 +8,8 @@ package pool
 import (
 	"fmt"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kvd-project/kvd/kernels"
 	"github.com/kvd-project/kvd/kernels/cuda"
 	"github.com/kvd-project/kvd/shm"
@@ -65,7 +67,8 @@ func (h *Host) Float32s() []float32 { return h.seg.Float32s() }
 // gateway's embedded mode (kvd's sidecar pool on the GPU, shared over CUDA
 // IPC, is the next step). It cannot be mapped by another process.
 type Device struct {
-	handle *cuda.IPCHandle // set when other processes can open the pool
+	handle *cuda.IPCHandle // set when other processes open the pool by IPC handle
+	fd     int             // a VMM pool's file descriptor, or -1
 	layout shm.Layout
 	b      kernels.Backend
 	t      *kernels.Tensor
@@ -81,24 +84,41 @@ func NewDevice(b kernels.Backend, l shm.Layout) (*Device, error) {
 		b.Free(t)
 		return nil, fmt.Errorf("KV pool of %d blocks (%d bytes) on %s: %w", l.NumBlocks, 4*int64(l.PoolElems()), b.Name(), err)
 	}
-	return &Device{layout: l, b: b, t: t}, nil
+	return &Device{layout: l, b: b, t: t, fd: -1}, nil
 }
 
 func (d *Device) Layout() shm.Layout { return d.layout }
 func (d *Device) Kind() string       { return d.b.Name() }
 
-// NewShared allocates a zeroed pool of l on b that other processes open by
-// its CUDA IPC handle: kvd's GPU pool.
-func NewShared(b kernels.Sharer, l shm.Layout) (*Device, error) {
+// NewShared allocates a zeroed pool of l on b that other processes open:
+// by its CUDA IPC handle, or, with byFD, as a file descriptor of memory
+// made with CUDA's virtual memory management (FD passes it over the
+// socket; each process maps it at the driver's recommended granularity).
+func NewShared(b kernels.Backend, l shm.Layout, byFD bool) (*Device, error) {
+	sh, ok := b.(kernels.Sharer)
+	if !ok {
+		return nil, fmt.Errorf("the %s backend cannot share memory with other processes", b.Name())
+	}
 	if err := l.Validate(); err != nil {
 		return nil, err
 	}
-	t, h, err := b.AllocShared(l.PoolElems())
+	d := &Device{layout: l, b: b, fd: -1}
+	var err error
+	if byFD {
+		d.t, d.fd, err = sh.AllocSharedFD(l.PoolElems())
+	} else {
+		var h cuda.IPCHandle
+		d.t, h, err = sh.AllocShared(l.PoolElems())
+		d.handle = &h
+	}
 	if err != nil {
 		return nil, fmt.Errorf("KV pool of %d blocks (%d bytes) on %s: %w", l.NumBlocks, 4*int64(l.PoolElems()), b.Name(), err)
 	}
-	return &Device{layout: l, b: b, t: t, handle: &h}, nil
+	return d, nil
 }
+
+// Shared reports whether other processes open the pool.
+func (d *Device) Shared() bool { return d.handle != nil || d.fd >= 0 }
 
 // Handle is the CUDA IPC handle of a pool NewShared made.
 func (d *Device) Handle() (cuda.IPCHandle, bool) {
@@ -108,8 +128,15 @@ func (d *Device) Handle() (cuda.IPCHandle, bool) {
 	return *d.handle, true
 }
 func (d *Device) Bytes() int64 { return 4 * int64(d.layout.PoolElems()) }
-func (d *Device) FD() int      { return -1 }
-func (d *Device) Close() error { d.b.Free(d.t); return d.b.Err() }
+func (d *Device) FD() int      { return d.fd }
+func (d *Device) Close() error {
+	if d.fd >= 0 {
+		unix.Close(d.fd)
+		d.fd = -1
+	}
+	d.b.Free(d.t)
+	return d.b.Err()
+}
 
 // Tensor is the pool as its backend holds it.
 func (d *Device) Tensor() *kernels.Tensor { return d.t }

@@ -149,12 +149,13 @@ for part in $PARTS; do
 	grid) grid grid sidecar "$KV" "$C" "$N" ;;
 	diag)
 		# Where the sidecar's decode time goes against embedded (the
-		# runner's step timing, and the IPC events left out), and the
-		# 26-layer / 1024 preset, full and memory-capped.
+		# runner's step timing; the pool shared by IPC handle and by a
+		# VMM file descriptor), and the 26-layer / 1024 preset, full
+		# and memory-capped.
 		one full-embedded embedded "$KV" "$C" "$N"
 		one full-sidecar sidecar "$KV" "$C" "$N"
 		one grid-26-1024 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
-		KVD_IPC_EVENTS=0 one full-sidecar-noevents sidecar "$KV" "$C" "$N"
+		one full-sidecar-fd sidecar "$KV" "$C" "$N" --cuda-ipc-fd
 		one capped-full sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N"
 		one capped-26-1024 sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N" --sparse-layers 26 --window 1024
 		;;
