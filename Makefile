@@ -4,7 +4,7 @@ BIN     := bin
 MODEL   ?= models/kvd-go-16m
 PROMPT  ?= // Max returns the larger of x and y.\nfunc Max(x, y int) int {
 
-.PHONY: help build run generate tiny test bench lint goldens clean kernels cuda-toolchain gpu-test
+.PHONY: help build run generate tiny test bench lint goldens clean kernels cuda-toolchain gpu-test gpu-bench
 
 # The CUDA kernels: one fat binary per .cu family, machine code for sm_80
 # (A100) and sm_90 (H100/H200) plus compute_80 PTX for newer cards, built
@@ -54,6 +54,9 @@ cuda-toolchain: ## install the nvcc that make kernels is pinned to (Debian's nvi
 
 gpu-test: ## on a GPU machine: kernels vs CPU, memcheck, GPU vs CPU over HTTP, first timings (logs in OUT=/tmp/kvd-gpu)
 	tools/gpu/test.sh
+
+gpu-bench: ## on a GPU machine: issue G's serving runs, PARTS="sidecar grid capped floor hf accuracy" (results in OUT=/tmp/kvd-bench)
+	tools/gpu/bench.sh
 
 goldens: ## list what the GPU machine must run to remake the HF golden files
 	@echo "on the GPU machine: bash tools/goldens/run.sh OUTDIR, then here: tar xzf OUTDIR/goldens.tgz"
