@@ -2,11 +2,13 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -532,5 +534,35 @@ func scoreContinuation(t *testing.T, s *stack) {
 	}
 	if code, b, _ := s.post(t, "/v1/kvd/score", map[string]any{"prompt": prompt, "continuation": []int32{}}); code != 400 {
 		t.Errorf("empty continuation: %d %s", code, b)
+	}
+}
+
+// TestLongPromptJoinsDecodes sends a prompt longer than
+// --max-num-batched-tokens while another request decodes: it is admitted
+// into the running batch (prefill is not chunked, so it exceeds the budget
+// alone) and finishes while the first request still streams, rather than
+// waiting for the batch to drain.
+func TestLongPromptJoinsDecodes(t *testing.T) {
+	s := startStack(t, "embedded", options{gateway: []string{"--max-num-batched-tokens", "16"}})
+	rng := rand.New(rand.NewPCG(3, 3))
+	b, _ := json.Marshal(map[string]any{"prompt": randomPrompt(rng, 40), "max_tokens": 1500, "ignore_eos": true, "stream": true})
+	resp, err := http.Post(s.base+"/v1/completions", "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	stream := bufio.NewReader(resp.Body)
+	if line, err := stream.ReadString('\n'); err != nil || !strings.HasPrefix(line, "data: ") {
+		t.Fatalf("first line %q: %v", line, err)
+	}
+	c := s.complete(t, map[string]any{"prompt": randomPrompt(rng, 40), "max_tokens": 4, "ignore_eos": true})
+	if c.Usage.CompletionTokens != 4 {
+		t.Fatalf("the long prompt's request: %+v", c)
+	}
+	// The first request is still going: it has most of its 1500 tokens
+	// left (a step is about a millisecond here; draining it first would
+	// have taken all of them).
+	if got := s.metric(t, "kvd_num_requests_running"); got != 1 {
+		t.Errorf("after the second request, %v requests running, want the first still running", got)
 	}
 }
