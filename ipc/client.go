@@ -53,6 +53,7 @@ type Client struct {
 	helloFD    int
 	pool       *shm.Segment
 	gpuFD      int // a GPU pool's file descriptor from the last hello, or -1
+	onDrop     func()
 	tables     *blocks.Tables
 	planBuf    blocks.PlanBuf // Plan's storage, reused step to step
 	// inflight is the step reserved but not reported done, for rolling the
@@ -278,7 +279,20 @@ func (c *Client) drop() {
 	if c.conn != nil {
 		c.conn.Close()
 		c.conn = nil
+		if c.onDrop != nil {
+			c.onDrop()
+		}
 	}
+}
+
+// OnDrop has f called (with the client's lock held: f must not call the
+// client) when the connection to kvd is found dead, before any reconnect:
+// a GPU pool's user unmaps it there, so that a restarted kvd can have the
+// memory back.
+func (c *Client) OnDrop(f func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.onDrop = f
 }
 
 // errNotSent marks a request that never reached kvd (the write failed), so

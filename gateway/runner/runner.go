@@ -80,6 +80,10 @@ func NewSidecar(c *ipc.Client, b kernels.Backend) (*Sidecar, error) {
 		return nil, fmt.Errorf("kvd's pool is in GPU memory (%s), which the %s backend cannot use: run the gateway with --device cuda, or kvd with --device cpu", h.GPU, b.Name())
 	}
 	s := &Sidecar{Client: c, gpu: &sharedPool{b: sh}}
+	// When kvd goes away, unmap its pool at once: the mapping would keep
+	// the memory from the kvd that replaces it. No work of ours is queued
+	// on it then (a step's work has finished before it is reported).
+	c.OnDrop(s.gpu.close)
 	if os.Getenv("KVD_IPC_EVENTS") == "0" && !evicts(h.Policies) {
 		// For developers measuring what the events cost: without
 		// decode-time eviction kvd never moves entries, so the order

@@ -36,7 +36,9 @@ type Config struct {
 	// GPU reads the pool's GPU for status (nil: no GPU readings).
 	GPU func() *ipc.GPUStatus
 	// StepWait bounds how long eviction waits for a client's step to
-	// finish on the GPU (default 60 s); past it that step evicts nothing.
+	// finish on the GPU (default 5 s; the gateway reports a step done after
+	// its tokens are on the host, so the wait is normally none); past it
+	// that step evicts nothing. The engine's lock is held meanwhile.
 	StepWait time.Duration
 }
 
@@ -134,7 +136,7 @@ func New(p pool.Pool, cfg Config) (*Engine, error) {
 		}
 	}
 	if cfg.StepWait <= 0 {
-		e.cfg.StepWait = time.Minute
+		e.cfg.StepWait = 5 * time.Second
 	}
 	for i, l := range cfg.Spec {
 		if l.Decode == "" {
