@@ -10,6 +10,7 @@
 //	go run ./bench/serve -base http://127.0.0.1:8080 -input-len 5000 -output-len 500 -concurrency 32
 //	go run ./bench/serve -request-rate 4 -num-prompts 200
 //	go run ./bench/serve -search          # the most output tokens/s with p99 TTFT under -ttft-bound
+//	go run ./bench/serve -tables DIR      # the seed's tables from tools/gpu/bench.sh's results
 package main
 
 import (
@@ -40,8 +41,15 @@ func main() {
 	bound := flag.Duration("ttft-bound", 2*time.Second, "p99 TTFT bound for -search")
 	maxConc := flag.Int("max-concurrency", 256, "where -search stops")
 	out := flag.String("out", "", "also write the results (JSON) here")
+	tablesDir := flag.String("tables", "", "print the seed's tables from the results tools/gpu/bench.sh left in this directory, and exit")
 	flag.Parse()
 	log.SetFlags(0)
+	if *tablesDir != "" {
+		if err := tables(os.Stdout, *tablesDir); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if err := o.check(); err != nil {
 		log.Fatal(err)
 	}

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"math"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -94,5 +96,43 @@ func TestPercentile(t *testing.T) {
 		if got := percentile(xs, c.p); math.Abs(got-c.want) > 1e-12 {
 			t.Errorf("p%v = %v, want %v", c.p, got, c.want)
 		}
+	}
+}
+
+// TestTables renders bench.sh's result files as the seed's tables: rows
+// ordered by sparse layers then window (largest first), ratios to full KV.
+func TestTables(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, tokS, ttft50 float64) {
+		b, _ := json.Marshal([]*report{{InputLen: 5000, OutputLen: 500, Concurrency: 32, Completed: 32, OutputTokensPerSec: tokS, TTFT: dist{P50: ttft50, P99: 2 * ttft50}}})
+		if err := os.WriteFile(filepath.Join(dir, name+".json"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("full-sidecar", 400, 4000)
+	write("grid-26-1024", 600, 3000)
+	write("grid-22-1536", 500, 3500)
+	write("grid-22-1024", 520, 3400)
+	var out strings.Builder
+	if err := tables(&out, dir); err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	for _, want := range []string{
+		"| full KV | 400.0 | 1.00 | 4.00 s | 8.00 s |",
+		"| 26 sparse layers, window 1024 | 600.0 | 1.50 | 3.00 s | 6.00 s |",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("missing %q in:\n%s", want, got)
+		}
+	}
+	if a, b, c := strings.Index(got, "22 sparse layers, window 1536"), strings.Index(got, "22 sparse layers, window 1024"), strings.Index(got, "26 sparse"); !(a < b && b < c) {
+		t.Errorf("rows out of order:\n%s", got)
+	}
+	if strings.Contains(got, "24 GiB") {
+		t.Errorf("a capped table without capped results:\n%s", got)
+	}
+	if err := tables(&out, t.TempDir()); err == nil {
+		t.Error("an empty directory rendered")
 	}
 }
