@@ -74,3 +74,142 @@ extern "C" __global__ void evict_scatter(float *pool, int bs, int kvh, int hd, c
     pool[L.v(blk, h, off) + d] = t[L.hd + d];
     if (d == 0) pool[L.score(blk, h, off)] = t[2 * L.hd];
 }
+
+// ---- SnapKV's choice on the device ----------------------------------------
+// The same tokens the host's selectTokens keeps (kernels/sparse.go), with the
+// votes in double precision in the host's order, so that a sparse prefill
+// needs no copy back and the GPU does not wait for the host at each sparse
+// layer.
+
+#define SEL_THREADS 1024
+
+// An order key for a double: larger values give larger keys; NaN is lowest
+// and -0 is +0 (the host's cmp.Compare order).
+__device__ __forceinline__ unsigned long long order_key(double x) {
+    if (x != x) return 0ULL;
+    if (x == 0.0) x = 0.0;
+    unsigned long long b = (unsigned long long)__double_as_longlong(x);
+    return (b >> 63) ? ~b : (b | 0x8000000000000000ULL);
+}
+
+// Block-wide sum of v over SEL_THREADS threads (all must call).
+__device__ int block_sum(int v, int *scratch) {
+    const int t = threadIdx.x;
+    scratch[t] = v;
+    __syncthreads();
+    for (int s = SEL_THREADS / 2; s > 0; s >>= 1) {
+        if (t < s) scratch[t] += scratch[t + s];
+        __syncthreads();
+    }
+    const int total = scratch[0];
+    __syncthreads();
+    return total;
+}
+
+// Block-wide exclusive prefix sum of v (all must call).
+__device__ int block_exclusive_scan(int v, int *scratch) {
+    const int t = threadIdx.x;
+    scratch[t] = v;
+    __syncthreads();
+    for (int s = 1; s < SEL_THREADS; s <<= 1) {
+        const int add = t >= s ? scratch[t - s] : 0;
+        __syncthreads();
+        scratch[t] += add;
+        __syncthreads();
+    }
+    const int incl = scratch[t];
+    __syncthreads();
+    return incl - v;
+}
+
+// One KV head's prefill choice. hs [heads, n] are the observation window's
+// attention sums per query head (group of them per KV head); raw [kvh, n]
+// gets each token's summed vote (its score in the pool), idx [kvh, keep]
+// the kept tokens, ascending. vote and pooled [kvh, n] are scratch. grid
+// (kvh), block SEL_THREADS.
+extern "C" __global__ void snapkv_select(const float *hs, int group, int n, int obs_window, int sinks_wanted, int kernel,
+                                         int pool_avg, int gqa_max, int snapkv, int keep, double *vote_buf,
+                                         double *pooled_buf, float *raw, int *idx) {
+    __shared__ int scratch[SEL_THREADS];
+    const int h = blockIdx.x, t = threadIdx.x;
+    double *vote = vote_buf + (i64)h * n, *pooled = pooled_buf + (i64)h * n;
+    int *out = idx + (i64)h * keep;
+    for (int j = t; j < n; j += SEL_THREADS) {
+        double r = 0.0, v = 0.0;
+        for (int g = 0; g < group; g++) {
+            const double w = (double)hs[(i64)(h * group + g) * n + j];
+            r += w;
+            v = gqa_max ? fmax(v, w) : v + w / (double)group;
+        }
+        raw[(i64)h * n + j] = (float)r;
+        vote[j] = v;
+    }
+    if (!snapkv) {
+        // Window layers: the first sinks and the last keep - sinks.
+        const int s = min(sinks_wanted, n);
+        const int from = max(n - (keep - s), s);
+        for (int i = t; i < s; i += SEL_THREADS) out[i] = i;
+        for (int j = from + t; j < n; j += SEL_THREADS) out[s + (j - from)] = j;
+        return;
+    }
+    const int obs_from = max(0, n - obs_window);
+    const int sinks = min(sinks_wanted, obs_from);
+    const int cands = obs_from - sinks;
+    const int want = max(0, min(cands, keep - (n - obs_from) - sinks));
+    __syncthreads();
+    // Pool the votes before the window (the host's pool1D: max skips the
+    // padding, the average counts it as zero).
+    const int r = kernel / 2;
+    for (int i = sinks + t; i < obs_from; i += SEL_THREADS) {
+        double acc = pool_avg ? 0.0 : -INFINITY;
+        for (int j = i - r; j <= i + r; j++) {
+            double v = 0.0;
+            if (j >= 0 && j < obs_from) {
+                v = vote[j];
+            } else if (!pool_avg) {
+                continue;
+            }
+            acc = pool_avg ? acc + v : fmax(acc, v);
+        }
+        if (pool_avg) acc /= (double)kernel;
+        pooled[i] = acc;
+    }
+    __syncthreads();
+    // The want-th largest key, bit by bit from the top.
+    unsigned long long thr = 0ULL;
+    if (want > 0) {
+        for (int bit = 63; bit >= 0; bit--) {
+            const unsigned long long c = thr | (1ULL << bit);
+            int cnt = 0;
+            for (int i = sinks + t; i < obs_from; i += SEL_THREADS) cnt += order_key(pooled[i]) >= c;
+            if (block_sum(cnt, scratch) >= want) thr = c;
+        }
+    }
+    // Keys above the threshold are kept; of those equal to it, the earliest
+    // (the host sorts by vote, then index). Each thread takes a contiguous
+    // chunk so that positions come out ascending.
+    const int chunk = (cands + SEL_THREADS - 1) / SEL_THREADS;
+    const int lo = sinks + t * chunk, hi = min(obs_from, lo + chunk);
+    int gt = 0, eq = 0;
+    if (want > 0) {
+        for (int i = lo; i < hi; i++) {
+            const unsigned long long k = order_key(pooled[i]);
+            gt += k > thr;
+            eq += k == thr;
+        }
+    }
+    const int gt_all = block_sum(gt, scratch);
+    const int ties = want - gt_all;  // ties to keep, earliest first
+    const int eq_before = block_exclusive_scan(eq, scratch);
+    const int mine = gt + max(0, min(eq, ties - eq_before));
+    const int at = block_exclusive_scan(mine, scratch);
+    for (int i = t; i < sinks; i += SEL_THREADS) out[i] = i;
+    if (want > 0) {
+        int w = sinks + at, tie = eq_before;
+        for (int i = lo; i < hi; i++) {
+            const unsigned long long k = order_key(pooled[i]);
+            if (k > thr || (k == thr && tie++ < ties)) out[w++] = i;
+        }
+    }
+    for (int j = obs_from + t; j < n; j += SEL_THREADS) out[sinks + want + (j - obs_from)] = j;
+}

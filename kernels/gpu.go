@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"os"
 	"strings"
 	"sync"
 	"unsafe"
@@ -45,6 +46,9 @@ type CUDA struct {
 	// from the start after each point where the stream is known drained.
 	stage    *cuda.Pinned
 	stageOff int
+	// gpuSelect makes SparsePrefill choose SnapKV's tokens on the device
+	// (KVD_GPU_SELECT=1, experimental): no copy back, no wait per layer.
+	gpuSelect bool
 }
 
 // stageBytes is the pinned staging area's size; a larger upload goes
@@ -68,7 +72,7 @@ func NewCUDA(index int) (*CUDA, error) {
 		drv.Close()
 		return nil, fmt.Errorf("%w: GPU %d asked for, driver %s sees %d", cuda.ErrNoDriver, index, drv.Version(), len(devs))
 	}
-	c := &CUDA{drv: drv, dev: devs[index], fns: map[string]*cuda.Function{}, cache: map[int][]cuda.Ptr{}}
+	c := &CUDA{drv: drv, dev: devs[index], fns: map[string]*cuda.Function{}, cache: map[int][]cuda.Ptr{}, gpuSelect: os.Getenv("KVD_GPU_SELECT") == "1"}
 	if c.ctx, err = drv.Context(c.dev); err != nil {
 		drv.Close()
 		return nil, err
@@ -134,7 +138,7 @@ func init() {
 var kernelNames = map[string][]string{
 	"elementwise": {"embedding_bf16", "rmsnorm", "to_bf16", "rope", "silu_mul", "add", "gather_rows", "columns", "split_rope", "add_rmsnorm", "gemv_bf16"},
 	"sampling":    {"sample_rows", "suppress_ids"},
-	"cache":       {"write_kv", "scatter_kept", "table_scores", "evict_gather", "evict_scatter"},
+	"cache":       {"write_kv", "scatter_kept", "table_scores", "evict_gather", "evict_scatter", "snapkv_select"},
 	"attention": {
 		"attn_combine", "flash_paged_hd64", "flash_paged_hd128", "flash_prompt_hd64", "flash_prompt_hd128",
 	},
@@ -833,6 +837,10 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 		w.row(row0+i, i+1, 0, i >= obsFrom)
 	}
 	c.splitRows(&w, out, q, heads, l, group, nil, splitSrc{k: ptr(k), v: ptr(v), hs: ptr(hs), row0: row0, n: n}, scale)
+	if c.gpuSelect {
+		c.selectOnDevice(hs, group, k, v, row0, n, pool, l, slots, sel)
+		return
+	}
 	sums := make([]float32, heads*n)
 	c.ToHost(sums, hs)
 	// The selection runs on the host while the GPU waits for the next
@@ -874,6 +882,51 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 	defer c.release(mp, mc)
 	a := append(args(ptr(pool)), layoutArgs(l)...)
 	a = append(a, ptr(k), ptr(v), rp, mp, mp+cuda.Ptr(4*len(idx)), int32(row0), int32(n), int32(keep))
+	c.launch("scatter_kept", cuda.Dim3{X: uint32(keep), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.HeadDim)}, a...)
+}
+
+// selectOnDevice is SparsePrefill's choice and scatter without the host:
+// snapkv_select keeps the tokens selectTokens would (votes in double
+// precision in its order, the top-k by an order-key bisection with the
+// earlier token first on a tie), so the GPU never waits for the host.
+// Experimental: KVD_GPU_SELECT=1 turns it on until a GPU run validates it.
+func (c *CUDA) selectOnDevice(hs *Tensor, group int, k, v *Tensor, row0, n int, pool *Tensor, l shm.Layout, slots []int32, sel Selection) {
+	kvh, keep := l.KVHeads, len(slots)
+	var count int
+	if sel.SnapKV {
+		obsFrom := max(0, n-sel.ObsWindow)
+		sinks := min(sel.Sinks, obsFrom)
+		count = sinks + max(0, min(obsFrom-sinks, sel.Keep-(n-obsFrom)-sinks)) + n - obsFrom
+	} else {
+		s := min(sel.Sinks, n)
+		count = s + n - max(n-(sel.Keep-s), s)
+	}
+	if count != keep || sel.Keep != keep {
+		c.fail(fmt.Errorf("kernels: sparse prefill keeps %d tokens for %d slots", count, keep))
+		return
+	}
+	raw := c.Alloc(kvh, n)
+	defer c.Free(raw)
+	scratch, scc := c.alloc(2 * 8 * kvh * n)
+	defer c.release(scratch, scc)
+	idx, ic := c.alloc(4 * kvh * max(keep, 1))
+	defer c.release(idx, ic)
+	b := func(x bool) int32 {
+		if x {
+			return 1
+		}
+		return 0
+	}
+	c.launch("snapkv_select", cuda.Dim3{X: uint32(kvh)}, cuda.Dim3{X: 1024},
+		ptr(hs), int32(group), int32(n), int32(sel.ObsWindow), int32(sel.Sinks), int32(max(sel.Kernel, 1)),
+		b(sel.PoolAvg), b(sel.GQAMax), b(sel.SnapKV), int32(keep), scratch, scratch+cuda.Ptr(8*kvh*n), ptr(raw), idx)
+	if keep == 0 {
+		return
+	}
+	sp, spc := c.ints(slots)
+	defer c.release(sp, spc)
+	a := append(args(ptr(pool)), layoutArgs(l)...)
+	a = append(a, ptr(k), ptr(v), ptr(raw), idx, sp, int32(row0), int32(n), int32(keep))
 	c.launch("scatter_kept", cuda.Dim3{X: uint32(keep), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.HeadDim)}, a...)
 }
 

@@ -404,8 +404,21 @@ func TestGPUSparsePrefill(t *testing.T) {
 				wantPool, want := cpu.FromHost(slices.Clone(pool), l.PoolElems()), cpu.Alloc(T, heads*hd)
 				cpu.SparsePrefill(want, cpu.FromHost(q, T, heads*hd), cpu.FromHost(k, T, kvh*hd), cpu.FromHost(v, T, kvh*hd), row0, n, wantPool, l, slots, sel, scale)
 				gotPool, got := g.FromHost(pool, l.PoolElems()), g.poisoned(T, heads*hd)
-				g.SparsePrefill(got, g.FromHost(q, T, heads*hd), g.FromHost(k, T, kvh*hd), g.FromHost(v, T, kvh*hd), row0, n, gotPool, l, slots, sel, scale)
+				gq, gk, gv := g.FromHost(q, T, heads*hd), g.FromHost(k, T, kvh*hd), g.FromHost(v, T, kvh*hd)
+				g.SparsePrefill(got, gq, gk, gv, row0, n, gotPool, l, slots, sel, scale)
 				label := fmt.Sprintf("n=%d/%s/group=%d/hd=%d/bs=%d", n, name, group, hd, bs)
+				// The choice made on the device (KVD_GPU_SELECT) keeps
+				// exactly the host's tokens, with the same scores.
+				g.gpuSelect = true
+				devPool, devOut := g.FromHost(pool, l.PoolElems()), g.poisoned(T, heads*hd)
+				g.SparsePrefill(devOut, gq, gk, gv, row0, n, devPool, l, slots, sel, scale)
+				g.gpuSelect = false
+				if err := g.Err(); err != nil {
+					t.Fatalf("%s: device selection: %v", label, err)
+				}
+				if !sameBits(g.host(t, devPool), g.host(t, gotPool)) || !sameBits(g.host(t, devOut), g.host(t, got)) {
+					t.Errorf("%s: the device's SnapKV choice differs from the host's", label)
+				}
 				tol := 2e-5
 				if n-sel.ObsWindow >= flashMinRows {
 					tol = 3e-3 // rows before the window ran on the tensor cores (TF32)
@@ -654,4 +667,10 @@ func TestGPUSample(t *testing.T) {
 			t.Errorf("vocab %d: %d of %d draws differ from the CPU's", v, differ, R)
 		}
 	}
+}
+
+// sameBits reports whether a and b hold the same float32 bit patterns (NaN
+// poison included).
+func sameBits(a, b []float32) bool {
+	return slices.EqualFunc(a, b, func(x, y float32) bool { return math.Float32bits(x) == math.Float32bits(y) })
 }

@@ -150,12 +150,14 @@ for part in $PARTS; do
 	diag)
 		# Where the sidecar's decode time goes against embedded (the
 		# runner's step timing; the pool shared by IPC handle and by a
-		# VMM file descriptor), and the 26-layer / 1024 preset, full
+		# VMM file descriptor), and the 26-layer / 1024 preset (SnapKV's
+		# choice on the host and, KVD_GPU_SELECT=1, on the device), full
 		# and memory-capped.
 		one full-embedded embedded "$KV" "$C" "$N"
 		one full-sidecar sidecar "$KV" "$C" "$N"
 		one grid-26-1024 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
 		one full-sidecar-fd sidecar "$KV" "$C" "$N" --cuda-ipc-fd
+		KVD_GPU_SELECT=1 one grid-26-1024-gpuselect sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
 		one capped-full sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N"
 		one capped-26-1024 sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N" --sparse-layers 26 --window 1024
 		;;
