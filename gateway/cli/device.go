@@ -76,32 +76,62 @@ func dialKVD(ctx context.Context, socket string, opts ipc.Options, device string
 // freeMemory is what a --kv-memory fraction is taken of: free GPU memory
 // (after the weights) less what a step's activations will take, for the
 // CUDA backend; available host memory else.
-func freeMemory(b kernels.Backend, c *model.Config, maxBatchedTokens int) func() (int64, error) {
+func freeMemory(b kernels.Backend, c *model.Config, step stepShape) func() (int64, error) {
 	if g, ok := b.(*kernels.CUDA); ok {
 		return func() (int64, error) {
 			free, _, err := g.MemInfo()
 			if err != nil {
 				return 0, err
 			}
-			left := int64(free) - activationBytes(c, maxBatchedTokens)
-			if left <= 0 {
-				return 0, fmt.Errorf("%d MiB of GPU memory free after the weights, and a step of %d tokens needs about %d MiB of activations (lower --max-num-batched-tokens)",
-					free>>20, maxBatchedTokens, activationBytes(c, maxBatchedTokens)>>20)
+			need := activationBytes(c, step)
+			if left := int64(free) - need; left > 0 {
+				return left, nil
 			}
-			return left, nil
+			return 0, fmt.Errorf("%d MiB of GPU memory free after the weights, and %s needs about %d MiB of activations", free>>20, step, need>>20)
 		}
 	}
 	return pool.AvailableMemory
 }
 
-// activationBytes bounds the device memory one forward step of tokens
-// tokens uses besides the weights and the pool: the scratch tensors
-// (hidden states, q/k/v, the MLP's two widths) and the logits of every row,
-// twice over for the backend's power-of-two size classes.
-func activationBytes(c *model.Config, tokens int) int64 {
+// checkActivations fails when the GPU has too little memory left (after
+// the weights and, in sidecar mode, kvd's pool) for the largest step.
+func checkActivations(b kernels.Backend, c *model.Config, step stepShape) error {
+	g, ok := b.(*kernels.CUDA)
+	if !ok {
+		return nil
+	}
+	free, _, err := g.MemInfo()
+	if err != nil {
+		return err
+	}
+	if need := activationBytes(c, step); int64(free) < need {
+		return fmt.Errorf("%d MiB of GPU memory free after the weights and kvd's pool, and %s needs about %d MiB of activations: give kvd a smaller --kv-memory, or lower --max-model-len", free>>20, step, need>>20)
+	}
+	return nil
+}
+
+// stepShape is the largest step the scheduler may run: a prompt of up to
+// --max-model-len tokens (prefill is not chunked, so a step's first prompt
+// may exceed the token budget) or --max-num-batched-tokens, whichever is
+// more, and a logit row for each of up to --max-num-seqs sequences.
+type stepShape struct{ tokens, seqs int }
+
+func (s stepShape) String() string {
+	return fmt.Sprintf("a step of %d tokens (--max-model-len, --max-num-batched-tokens) and %d sequences (--max-num-seqs)", s.tokens, s.seqs)
+}
+
+func largestStep(maxBatched, maxLen, maxSeqs int) stepShape {
+	return stepShape{tokens: max(maxBatched, maxLen) + maxSeqs, seqs: maxSeqs}
+}
+
+// activationBytes bounds the device memory one forward step uses besides
+// the weights and the pool: the scratch tensors of every token (hidden
+// states, q/k/v, the MLP's two widths) and a logit row per sequence, twice
+// over for the backend's power-of-two size classes.
+func activationBytes(c *model.Config, s stepShape) int64 {
 	qd, kvd := c.NumHeads*c.HeadDim, c.NumKVHeads*c.HeadDim
-	perToken := 3*c.HiddenSize + 2*(qd+2*kvd) + 3*c.IntermediateSize + c.VocabSize
-	return 2 * 4 * int64(tokens) * int64(perToken)
+	perToken := 3*c.HiddenSize + 2*(qd+2*kvd) + 3*c.IntermediateSize
+	return 2 * 4 * (int64(s.tokens)*int64(perToken) + int64(s.seqs)*int64(c.VocabSize))
 }
 
 // gpuGauges exports the GPU's NVML readings on /metrics when the model runs

@@ -36,7 +36,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	listen := fs.String("listen", "127.0.0.1:8080", "address to serve HTTP on")
 	socket := fs.String("kvd-socket", ipc.DefaultSocket(), "kvd's unix socket (sidecar mode)")
 	embedded := fs.Bool("embedded", false, "run kvd's engine in this process instead of talking to a kvd daemon")
-	kvMem := fs.String("kv-memory", "0.1", "embedded mode: KV pool size in bytes (512MiB, 4GiB) or a fraction of available memory (on a GPU: of what the weights and a step's activations leave)")
+	kvMem := fs.String("kv-memory", "0.1", "embedded mode: KV pool size in bytes (512MiB, 4GiB) or a fraction of available memory (on a GPU: of what the weights and the largest step's activations leave, a --max-model-len prompt included)")
 	blockSize := fs.Int("block-size", 16, "embedded mode: tokens per KV layer-block")
 	kvPolicy := fs.String("kv-policy", "", "embedded mode: per-layer sparsity (see kvd serve -h)")
 	sparseLayers := fs.Int("sparse-layers", 0, "embedded mode: the seed's preset, the last N layers sparse")
@@ -118,7 +118,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	var status func(context.Context) (*ipc.Status, error)
 	var ready func(context.Context) error
 	if *embedded {
-		bytes, err := pool.ParseSizeOf(*kvMem, freeMemory(b, c, *maxBatched))
+		bytes, err := pool.ParseSizeOf(*kvMem, freeMemory(b, c, largestStep(*maxBatched, *maxLen, *maxSeqs)))
 		if err != nil {
 			return fmt.Errorf("%w: --kv-memory: %v", ErrUsage, err)
 		}
@@ -141,6 +141,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		status = func(ctx context.Context) (*ipc.Status, error) { return local.Engine().Status(ctx), nil }
 		log.Info("kv cache in process", "blocks", l.NumBlocks-1, "block_size", l.BlockSize, "memory", b.Name())
 	} else {
+		if err := checkActivations(b, c, largestStep(*maxBatched, *maxLen, *maxSeqs)); err != nil {
+			cl.Shutdown()
+			return err
+		}
 		sc, err := runner.NewSidecar(cl, b)
 		if err != nil {
 			cl.Shutdown()

@@ -70,7 +70,7 @@ trap stop EXIT
 up() {
 	local name=$1 mode=$2 mem=$3
 	shift 3
-	local gw=(--model "$M8" --load-format "$FORMAT" --skip-tokenizer-init --listen 127.0.0.1:$PORT --max-num-seqs 256 --device "$DEVICE" --log-level warn)
+	local gw=(--model "$M8" --load-format "$FORMAT" --skip-tokenizer-init --listen 127.0.0.1:$PORT --max-num-seqs 256 --max-model-len $((INPUT + OUTPUT + 64)) --device "$DEVICE" --log-level warn)
 	if [ "$mode" = sidecar ]; then
 		"$BIN/kvd" serve --socket "$SOCK" --model "$M8" --device "$DEVICE" --kv-memory "$mem" "$@" >"$OUT/logs/$name.kvd.log" 2>&1 &
 		pids+=($!)

@@ -1,0 +1,35 @@
+package cli
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/kvd-project/kvd/gateway/model"
+)
+
+// TestLargestStep checks the activation bound a GPU's --kv-memory fraction
+// and the sidecar's start-up check use: the largest step is a whole
+// --max-model-len prompt (prefill is not chunked) plus a token per running
+// sequence, with a logit row per sequence.
+func TestLargestStep(t *testing.T) {
+	c, err := model.LoadConfig("../../bench/models/llama-3.1-8b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := largestStep(2048, 5564, 256)
+	if s.tokens != 5564+256 || s.seqs != 256 {
+		t.Fatalf("largest step %+v", s)
+	}
+	if s := largestStep(8192, 4096, 1); s.tokens != 8193 {
+		t.Errorf("a budget above the context: %+v", s)
+	}
+	// Llama-3.1-8B: 3*4096 + 2*(4096+2*1024) + 3*14336 = 67584 floats a
+	// token, 128256 a logit row, 4 bytes each, twice for size classes.
+	want := int64(2 * 4 * (5820*67584 + 256*128256))
+	if got := activationBytes(c, s); got != want {
+		t.Errorf("activation bound %d, want %d", got, want)
+	}
+	if msg := s.String(); !strings.Contains(msg, "--max-model-len") {
+		t.Errorf("the step's description does not name the flag to change: %s", msg)
+	}
+}
