@@ -100,12 +100,16 @@ func (c *Client) Layout() shm.Layout {
 	return shm.Layout{NumBlocks: h.NumBlocks, BlockSize: h.BlockSize, KVHeads: h.KVHeads, HeadDim: h.HeadDim}
 }
 
-// GPUPoolFD is the file descriptor of a GPU pool shared by one (see
-// HelloReply), as of the last hello, or -1; the Client owns it.
-func (c *Client) GPUPoolFD() int {
+// TakeGPUPoolFD hands over the file descriptor of a GPU pool shared by one
+// (see HelloReply) from the last hello, or -1 if there is none or it was
+// taken: the caller closes it once it has mapped the pool, so that a dead
+// kvd's memory is not kept alive by it.
+func (c *Client) TakeGPUPoolFD() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.gpuFD
+	fd := c.gpuFD
+	c.gpuFD = -1
+	return fd
 }
 
 // Pool is the mapped pool; it changes if kvd restarts. It is nil for a
@@ -185,22 +189,28 @@ func (c *Client) connect(ctx context.Context) error {
 			unix.Close(c.gpuFD)
 		}
 		c.gpuFD = fd
-	} else if c.hello == nil || restarted || c.pool == nil {
-		if fd < 0 {
-			c.drop()
-			return fmt.Errorf("kvd sent no pool fd")
+	} else {
+		if c.gpuFD >= 0 { // a host pool after a GPU one: kvd restarted otherwise
+			unix.Close(c.gpuFD)
+			c.gpuFD = -1
 		}
-		seg, err := shm.Map(fd, h.PoolBytes)
-		if err != nil {
-			c.drop()
-			return err
+		if c.hello == nil || restarted || c.pool == nil {
+			if fd < 0 {
+				c.drop()
+				return fmt.Errorf("kvd sent no pool fd")
+			}
+			seg, err := shm.Map(fd, h.PoolBytes)
+			if err != nil {
+				c.drop()
+				return err
+			}
+			if c.pool != nil {
+				c.pool.Close()
+			}
+			c.pool = seg
+		} else if fd >= 0 {
+			unix.Close(fd) // the same pool, already mapped
 		}
-		if c.pool != nil {
-			c.pool.Close()
-		}
-		c.pool = seg
-	} else if fd >= 0 {
-		unix.Close(fd) // the same pool, already mapped
 	}
 	old := c.tables
 	c.hello, c.lease, c.free = &h, h.Lease, h.FreeBlocks
@@ -279,6 +289,10 @@ func (c *Client) drop() {
 	if c.conn != nil {
 		c.conn.Close()
 		c.conn = nil
+		if c.gpuFD >= 0 { // it would keep a dying kvd's pool alive
+			unix.Close(c.gpuFD)
+			c.gpuFD = -1
+		}
 		if c.onDrop != nil {
 			c.onDrop()
 		}

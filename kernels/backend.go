@@ -181,9 +181,15 @@ type Backend interface {
 	// best-scored tokens per head (Sinks and Recent kept always), moved in
 	// order to the first Keep slots. Jobs must not share blocks. A step's
 	// evictions come in one call, so a device backend waits for the device
-	// once for all of them, not once per table.
+	// once to read the scores, not once per table; it returns when the
+	// entries have moved, so the blocks freed after may go to anyone.
 	Evict(pool *Tensor, l shm.Layout, jobs []EvictJob)
 }
+
+// ExactAllocBytes is the size from which a device backend gives a tensor
+// an allocation of its own; smaller ones come from power-of-two size
+// classes, which may hold up to twice their size.
+const ExactAllocBytes = 4 << 30
 
 // EvictJob is one table for Evict: Tokens tokens laid out in Blocks.
 type EvictJob struct {

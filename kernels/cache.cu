@@ -92,6 +92,9 @@ __device__ __forceinline__ unsigned long long order_key(double x) {
     return (b >> 63) ? ~b : (b | 0x8000000000000000ULL);
 }
 
+// The host's math.Max: NaN if either is NaN.
+__device__ __forceinline__ double max_nan(double a, double b) { return (a != a || b != b) ? a + b : fmax(a, b); }
+
 // Block-wide sum of v over SEL_THREADS threads (all must call).
 __device__ int block_sum(int v, int *scratch) {
     const int t = threadIdx.x;
@@ -139,7 +142,7 @@ extern "C" __global__ void snapkv_select(const float *hs, int group, int n, int 
         for (int g = 0; g < group; g++) {
             const double w = (double)hs[(i64)(h * group + g) * n + j];
             r += w;
-            v = gqa_max ? fmax(v, w) : v + w / (double)group;
+            v = gqa_max ? max_nan(v, w) : v + w / (double)group;
         }
         raw[(i64)h * n + j] = (float)r;
         vote[j] = v;
@@ -169,7 +172,7 @@ extern "C" __global__ void snapkv_select(const float *hs, int group, int n, int 
             } else if (!pool_avg) {
                 continue;
             }
-            acc = pool_avg ? acc + v : fmax(acc, v);
+            acc = pool_avg ? acc + v : max_nan(acc, v);
         }
         if (pool_avg) acc /= (double)kernel;
         pooled[i] = acc;

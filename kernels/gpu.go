@@ -229,8 +229,10 @@ func (c *CUDA) release(p cuda.Ptr, class int) {
 
 // exactBytes is the size from which a tensor gets an allocation of its
 // own rather than a power-of-two size class: a pool of 40 GiB must not
-// take 64.
-const exactBytes = 256 << 20
+// take 64. Below it, a step's scratch (up to a few tens of thousands of
+// tokens' MLP activations) stays in the cache, since a cuMemFree waits
+// for the device.
+const exactBytes = ExactAllocBytes
 
 func (c *CUDA) tensor(shape []int, bf16 bool) *Tensor {
 	size := 4
@@ -318,15 +320,26 @@ func (c *CUDA) ToHost(dst []float32, t *Tensor) {
 		c.fail(errors.New("kernels: ToHost of a tensor with no device memory"))
 		return
 	}
+	if len(dst) == 0 {
+		return
+	}
 	// A copy to pageable memory returns when done: everything queued
-	// before it has run, so the staging area is free again.
-	defer c.drained()
+	// before it has run, so the staging area is free again (not so after
+	// a failed copy).
 	if !t.bf16 {
-		c.fail(c.ctx.CopyToHost(f32Bytes(dst), cuda.Ptr(t.dev)))
+		if err := c.ctx.CopyToHost(f32Bytes(dst), cuda.Ptr(t.dev)); err != nil {
+			c.fail(err)
+			return
+		}
+		c.drained()
 		return
 	}
 	buf := make([]uint16, len(dst))
-	c.fail(c.ctx.CopyToHost(unsafe.Slice((*byte)(unsafe.Pointer(&buf[0])), 2*len(buf)), cuda.Ptr(t.dev)))
+	if err := c.ctx.CopyToHost(unsafe.Slice((*byte)(unsafe.Pointer(&buf[0])), 2*len(buf)), cuda.Ptr(t.dev)); err != nil {
+		c.fail(err)
+		return
+	}
+	c.drained()
 	for i, b := range buf {
 		dst[i] = math.Float32frombits(uint32(b) << 16)
 	}
@@ -930,9 +943,9 @@ func (c *CUDA) selectOnDevice(hs *Tensor, group int, k, v *Tensor, row0, n int, 
 	c.launch("scatter_kept", cuda.Dim3{X: uint32(keep), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.HeadDim)}, a...)
 }
 
-// Evict reads every table's scores back in one copy (the call's one wait),
-// chooses the survivors on the host with the CPU backend's code, tables in
-// parallel, and compacts on the GPU through a staging buffer per table.
+// Evict reads every table's scores back in one copy, chooses the survivors
+// on the host with the CPU backend's code, tables in parallel, compacts on
+// the GPU through a staging buffer per table, and waits for that.
 func (c *CUDA) Evict(pool *Tensor, l shm.Layout, jobs []EvictJob) {
 	kvh := l.KVHeads
 	// Every table's scores into one buffer, one copy back: the one wait.
@@ -1004,6 +1017,14 @@ func (c *CUDA) Evict(pool *Tensor, l shm.Layout, jobs []EvictJob) {
 		c.release(sp, scl)
 		c.release(tmp, tc)
 	}
+	// Return when the compaction has run: the blocks the caller frees next
+	// may go to another process (another gateway on kvd's pool), whose
+	// work nothing else orders after this stream's.
+	if err := c.ctx.Sync(cuda.Stream{}); err != nil {
+		c.fail(err)
+		return
+	}
+	c.drained()
 }
 
 // MemInfo is the GPU's free and total memory in bytes.

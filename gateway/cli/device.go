@@ -125,13 +125,21 @@ func largestStep(maxBatched, maxLen, maxSeqs int) stepShape {
 }
 
 // activationBytes bounds the device memory one forward step uses besides
-// the weights and the pool: the scratch tensors of every token (hidden
-// states, q/k/v, the MLP's two widths) and a logit row per sequence, twice
-// over for the backend's power-of-two size classes.
+// the weights and the pool: the scratch tensors of every token (three of
+// the hidden width, two of q/k/v's, three of the MLP's) and a logit row
+// per sequence, each twice over where the backend's power-of-two size
+// classes hold it.
 func activationBytes(c *model.Config, s stepShape) int64 {
 	qd, kvd := c.NumHeads*c.HeadDim, c.NumKVHeads*c.HeadDim
-	perToken := 3*c.HiddenSize + 2*(qd+2*kvd) + 3*c.IntermediateSize
-	return 2 * 4 * (int64(s.tokens)*int64(perToken) + int64(s.seqs)*int64(c.VocabSize))
+	tensor := func(elems int64) int64 {
+		if b := 4 * elems; b >= kernels.ExactAllocBytes {
+			return b
+		}
+		return 2 * 4 * elems
+	}
+	t := int64(s.tokens)
+	return 3*tensor(t*int64(c.HiddenSize)) + 2*tensor(t*int64(qd+2*kvd)) + 3*tensor(t*int64(c.IntermediateSize)) +
+		tensor(int64(s.seqs)*int64(c.VocabSize))
 }
 
 // gpuGauges exports the GPU's NVML readings on /metrics when the model runs

@@ -29,6 +29,14 @@ func TestLargestStep(t *testing.T) {
 	if got := activationBytes(c, s); got != want {
 		t.Errorf("activation bound %d, want %d", got, want)
 	}
+	// A 131072-token prompt's MLP tensors (7.5 GB each) get exact
+	// allocations: counted once.
+	long := largestStep(2048, 131072, 1)
+	mlp := int64(4 * 131073 * 14336)
+	small := int64(2 * 4 * 131073 * (3*4096 + 2*(4096+2*1024)))
+	if got, want := activationBytes(c, long), 3*mlp+small+2*4*128256; got != want {
+		t.Errorf("activation bound of a 131072-token step %d, want %d", got, want)
+	}
 	if msg := s.String(); !strings.Contains(msg, "--max-model-len") {
 		t.Errorf("the step's description does not name the flag to change: %s", msg)
 	}

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kvd-project/kvd/gateway/model"
 	"github.com/kvd-project/kvd/ipc"
 	"github.com/kvd-project/kvd/kernels"
@@ -111,12 +113,20 @@ func (s *Sidecar) open() error {
 		return nil
 	}
 	g.close()
+	if h.GPU == "" || len(h.StepEvent) != 64 || len(h.EvictEvent) != 64 {
+		return fmt.Errorf("kvd restarted with its pool in host memory (%s), which this GPU gateway cannot use: restart the gateway, or kvd with --device cuda", h.PoolKind)
+	}
 	var pool *kernels.Tensor
 	var err error
 	if h.PoolHandle != nil {
 		pool, err = g.b.OpenShared(cuda.IPCHandle(h.PoolHandle), s.Layout().PoolElems())
 	} else {
-		pool, err = g.b.OpenSharedFD(s.GPUPoolFD(), s.Layout().PoolElems())
+		fd := s.TakeGPUPoolFD()
+		if fd < 0 {
+			return fmt.Errorf("kvd's GPU pool came without its file descriptor")
+		}
+		pool, err = g.b.OpenSharedFD(fd, s.Layout().PoolElems())
+		unix.Close(fd) // the mapping holds the memory; the fd would keep a dead kvd's
 	}
 	if err != nil {
 		return fmt.Errorf("opening kvd's GPU pool over CUDA IPC (kvd and the gateway must see the same GPU): %w", err)
@@ -153,6 +163,19 @@ func (s *Sidecar) PoolTensor(b kernels.Backend) *kernels.Tensor {
 	return b.FromHost(s.Pool().Float32s(), s.Layout().PoolElems())
 }
 
+// samePoolKind fails when kvd came back (restarted) with its pool on the
+// other side of the PCIe bus from this gateway's backend.
+func (s *Sidecar) samePoolKind() error {
+	h := s.Hello()
+	switch {
+	case h.GPU != "" && s.gpu == nil:
+		return fmt.Errorf("kvd restarted with its pool in GPU memory (%s), which this CPU gateway cannot use: restart the gateway, or kvd with --device cpu", h.GPU)
+	case h.GPU == "" && s.gpu != nil:
+		return fmt.Errorf("kvd restarted with its pool in host memory (%s), which this GPU gateway cannot use: restart the gateway, or kvd with --device cuda", h.PoolKind)
+	}
+	return nil
+}
+
 func (s *Sidecar) Spec() policy.Spec { return s.Hello().Policies }
 
 func (s *Sidecar) Reserve(ctx context.Context, appends []blocks.Append) (uint64, []blocks.LayerPlan, error) {
@@ -161,6 +184,9 @@ func (s *Sidecar) Reserve(ctx context.Context, appends []blocks.Append) (uint64,
 		return 0, nil, err
 	}
 	plans, err := s.Plan(st)
+	if err == nil {
+		err = s.samePoolKind()
+	}
 	if err == nil && s.gpu != nil {
 		if err = s.open(); err == nil && !s.gpu.noEvents {
 			s.gpu.b.WaitEvent(s.gpu.evict)

@@ -53,6 +53,7 @@ func serve(args []string, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrUsage, err)
 	}
+	slog.SetDefault(log) // the engine logs what it skips through the default
 	switch *device {
 	case kernels.DeviceAuto, kernels.DeviceCPU, kernels.DeviceCUDA:
 	default:

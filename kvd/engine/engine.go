@@ -13,6 +13,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"sync"
@@ -237,18 +238,18 @@ func (e *Engine) newEvents() (*events, error) {
 // awaitStep waits, polling, until the client's last recorded step has run
 // on the GPU, so that eviction reads and moves what the step wrote. It
 // gives up after StepWait (a client that died mid-step may never finish).
-func (e *Engine) awaitStep(c *client) bool {
+func (e *Engine) awaitStep(c *client) error {
 	if c.events == nil {
-		return true
+		return nil
 	}
 	deadline := time.Now().Add(e.cfg.StepWait)
 	for pause := time.Microsecond; ; pause = min(2*pause, 200*time.Microsecond) {
 		done, err := e.share.EventDone(c.events.step)
 		if err != nil || done {
-			return err == nil
+			return err
 		}
 		if time.Now().After(deadline) {
-			return false
+			return fmt.Errorf("not done after %v", e.cfg.StepWait)
 		}
 		time.Sleep(pause)
 	}
@@ -476,11 +477,22 @@ func (e *Engine) evict(c *client, appends []blocks.Append) {
 			cuts = append(cuts, cut{a.Seq, layer, tokens})
 		}
 	}
-	if len(jobs) == 0 || !e.awaitStep(c) {
-		return // nothing over budget, or the layers stay over and a later step evicts them
+	if len(jobs) == 0 {
+		return
+	}
+	if err := e.awaitStep(c); err != nil {
+		// The layers stay over budget; a later step evicts them.
+		slog.Warn("eviction skipped: the client's step did not finish on the GPU", "client", c.name, "err", err)
+		return
 	}
 	// One call for the step: a GPU waits once for all the tables.
 	e.compute.Evict(e.mem, l, jobs)
+	if err := e.compute.Err(); err != nil {
+		// The entries may not have moved: keep the tables as they were
+		// (over budget, but whole).
+		slog.Error("eviction failed; tables left over budget", "client", c.name, "tables", len(jobs), "err", err)
+		return
+	}
 	for _, k := range cuts {
 		budget := e.cfg.Spec[k.layer].DecodeBudget
 		freed, _ := e.alloc.Shrink(k.seq, k.layer, budget)
