@@ -249,6 +249,18 @@ func (c *CUDA) tensor(shape []int, bf16 bool) *Tensor {
 	return &Tensor{shape: append([]int(nil), shape...), dev: uint64(p), bf16: bf16, class: class}
 }
 
+// AllocExact is Alloc with an allocation of exactly the tensor's size, not
+// a size class's: for long-lived large tensors such as the KV pool.
+func (c *CUDA) AllocExact(shape ...int) *Tensor {
+	p, err := c.ctx.Alloc(max(4*numel(shape), 4))
+	if err != nil {
+		c.fail(err)
+		return &Tensor{shape: append([]int(nil), shape...)}
+	}
+	c.fail(c.ctx.Memset32(p, 0, numel(shape)))
+	return &Tensor{shape: append([]int(nil), shape...), dev: uint64(p)}
+}
+
 func (c *CUDA) Alloc(shape ...int) *Tensor {
 	t := c.tensor(shape, false)
 	if t.dev != 0 {

@@ -79,7 +79,12 @@ func NewDevice(b kernels.Backend, l shm.Layout) (*Device, error) {
 	if err := l.Validate(); err != nil {
 		return nil, err
 	}
-	t := b.Alloc(l.PoolElems())
+	var t *kernels.Tensor
+	if e, ok := b.(interface{ AllocExact(...int) *kernels.Tensor }); ok {
+		t = e.AllocExact(l.PoolElems()) // not rounded up to a size class
+	} else {
+		t = b.Alloc(l.PoolElems())
+	}
 	if err := b.Err(); err != nil {
 		b.Free(t)
 		return nil, fmt.Errorf("KV pool of %d blocks (%d bytes) on %s: %w", l.NumBlocks, 4*int64(l.PoolElems()), b.Name(), err)
