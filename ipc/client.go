@@ -52,7 +52,7 @@ type Client struct {
 	helloReply []byte
 	helloFD    int
 	pool       *shm.Segment
-	gpuFD      int // a GPU pool's file descriptor from the last hello, or -1
+	gpuFD      heldFD // a GPU pool's file descriptor from the last hello
 	onDrop     func()
 	tables     *blocks.Tables
 	planBuf    blocks.PlanBuf // Plan's storage, reused step to step
@@ -80,7 +80,7 @@ type Step struct {
 
 // Dial connects to kvd at path and says hello.
 func Dial(ctx context.Context, path string, opts Options) (*Client, error) {
-	c := &Client{path: path, opts: opts, gpuFD: -1}
+	c := &Client{path: path, opts: opts}
 	if err := c.connect(ctx); err != nil {
 		return nil, err
 	}
@@ -107,9 +107,36 @@ func (c *Client) Layout() shm.Layout {
 func (c *Client) TakeGPUPoolFD() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	fd := c.gpuFD
-	c.gpuFD = -1
-	return fd
+	return c.gpuFD.take()
+}
+
+// heldFD is a file descriptor the client owns, or none (the zero value).
+type heldFD struct {
+	fd   int
+	held bool
+}
+
+func (h *heldFD) set(fd int) {
+	h.close()
+	if fd >= 0 {
+		h.fd, h.held = fd, true
+	}
+}
+
+func (h *heldFD) close() {
+	if h.held {
+		unix.Close(h.fd)
+		h.held = false
+	}
+}
+
+// take hands the descriptor over (-1 if none).
+func (h *heldFD) take() int {
+	if !h.held {
+		return -1
+	}
+	h.held = false
+	return h.fd
 }
 
 // Pool is the mapped pool; it changes if kvd restarts. It is nil for a
@@ -185,15 +212,9 @@ func (c *Client) connect(ctx context.Context) error {
 			c.pool.Close()
 			c.pool = nil
 		}
-		if c.gpuFD >= 0 {
-			unix.Close(c.gpuFD)
-		}
-		c.gpuFD = fd
+		c.gpuFD.set(fd)
 	} else {
-		if c.gpuFD >= 0 { // a host pool after a GPU one: kvd restarted otherwise
-			unix.Close(c.gpuFD)
-			c.gpuFD = -1
-		}
+		c.gpuFD.close() // a host pool after a GPU one: kvd restarted otherwise
 		if c.hello == nil || restarted || c.pool == nil {
 			if fd < 0 {
 				c.drop()
@@ -289,10 +310,7 @@ func (c *Client) drop() {
 	if c.conn != nil {
 		c.conn.Close()
 		c.conn = nil
-		if c.gpuFD >= 0 { // it would keep a dying kvd's pool alive
-			unix.Close(c.gpuFD)
-			c.gpuFD = -1
-		}
+		c.gpuFD.close() // it would keep a dying kvd's pool alive
 		if c.onDrop != nil {
 			c.onDrop()
 		}
@@ -623,10 +641,7 @@ func (c *Client) Shutdown() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.drop()
-	if c.gpuFD >= 0 {
-		unix.Close(c.gpuFD)
-		c.gpuFD = -1
-	}
+	c.gpuFD.close()
 	if c.pool != nil {
 		err := c.pool.Close()
 		c.pool = nil
