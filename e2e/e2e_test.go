@@ -2,13 +2,11 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -545,16 +543,8 @@ func scoreContinuation(t *testing.T, s *stack) {
 func TestLongPromptJoinsDecodes(t *testing.T) {
 	s := startStack(t, "embedded", options{gateway: []string{"--max-num-batched-tokens", "16"}})
 	rng := rand.New(rand.NewPCG(3, 3))
-	b, _ := json.Marshal(map[string]any{"prompt": randomPrompt(rng, 40), "max_tokens": 1500, "ignore_eos": true, "stream": true})
-	resp, err := http.Post(s.base+"/v1/completions", "application/json", bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	stream := bufio.NewReader(resp.Body)
-	if line, err := stream.ReadString('\n'); err != nil || !strings.HasPrefix(line, "data: ") {
-		t.Fatalf("first line %q: %v", line, err)
-	}
+	_, body := s.openStream(t, map[string]any{"prompt": randomPrompt(rng, 40), "max_tokens": 1500, "ignore_eos": true})
+	defer body.Close()
 	c := s.complete(t, map[string]any{"prompt": randomPrompt(rng, 40), "max_tokens": 4, "ignore_eos": true})
 	if c.Usage.CompletionTokens != 4 {
 		t.Fatalf("the long prompt's request: %+v", c)

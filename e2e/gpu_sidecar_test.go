@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -29,14 +27,7 @@ import (
 // mid-stream gives its blocks back and a new one reattaches and serves.
 // It skips without a GPU.
 func TestGPUSidecar(t *testing.T) {
-	g, err := kernels.NewCUDA(0)
-	if errors.Is(err, cuda.ErrNoDriver) {
-		t.Skipf("no GPU: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.Close()
+	gpuOrSkip(t)
 	dir, err := filepath.Abs("../models/kvd-go-16m")
 	if err != nil {
 		t.Fatal(err)
@@ -112,21 +103,14 @@ func TestGPUSidecar(t *testing.T) {
 
 	// Kill the gateway under a stream: its lease's blocks go back to the
 	// pool after the grace period, and a new gateway reattaches.
-	b, _ := json.Marshal(map[string]any{"prompt": prompts[len(prompts)-1], "max_tokens": 1000, "temperature": 0, "ignore_eos": true, "stream": true})
-	resp, err := http.Post(side.base+"/v1/completions", "application/json", bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if line, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil || !strings.HasPrefix(line, "data: ") {
-		t.Fatalf("first line %q: %v", line, err)
-	}
+	_, streamBody := side.openStream(t, map[string]any{"prompt": prompts[len(prompts)-1], "max_tokens": 1000, "temperature": 0, "ignore_eos": true})
 	if st := kvdStatus(t, side); st.BlocksUsed == 0 {
 		t.Fatalf("no blocks in use under a stream: %+v", st)
 	}
 	gw := side.cmds[1]
 	gw.Process.Signal(syscall.SIGKILL)
 	gw.Wait()
-	resp.Body.Close()
+	streamBody.Close()
 	waitFor(t, "kvd to free the killed gateway's blocks", 20*time.Second, func() bool {
 		st := kvdStatus(t, side)
 		return st.BlocksUsed == 0 && st.Sequences == 0 && st.Clients == 0

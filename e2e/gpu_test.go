@@ -21,15 +21,7 @@ import (
 // all positions) and the largest logprob difference where they agree. It
 // skips without a GPU. KVD_GPU_REPORT names a file for the table.
 func TestGPUMatchesCPU(t *testing.T) {
-	g, err := kernels.NewCUDA(0)
-	if errors.Is(err, cuda.ErrNoDriver) {
-		t.Skipf("no GPU: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev := g.Device().String()
-	g.Close()
+	dev := gpuOrSkip(t)
 	dir, err := filepath.Abs("../models/kvd-go-16m")
 	if err != nil {
 		t.Fatal(err)
@@ -120,6 +112,20 @@ func TestGPUMatchesCPU(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// gpuOrSkip skips the test without a GPU and names the GPU otherwise.
+func gpuOrSkip(t *testing.T) string {
+	t.Helper()
+	g, err := kernels.NewCUDA(0)
+	if errors.Is(err, cuda.ErrNoDriver) {
+		t.Skipf("no GPU: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	return g.Device().String()
 }
 
 // gpuPrompts is the fixed prompt set: Go code openings, and token-id

@@ -379,6 +379,24 @@ func (s *stack) stream(t *testing.T, path string, body map[string]any) []map[str
 	return sseEvents(t, resp.Body)
 }
 
+// openStream posts a streaming completion and returns its body once the
+// first chunk has arrived (the request is running); the test closes it.
+func (s *stack) openStream(t *testing.T, body map[string]any) (*bufio.Reader, io.Closer) {
+	t.Helper()
+	body["stream"] = true
+	b, _ := json.Marshal(body)
+	resp, err := http.Post(s.base+"/v1/completions", "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream := bufio.NewReader(resp.Body)
+	if line, err := stream.ReadString('\n'); err != nil || !strings.HasPrefix(line, "data: ") {
+		resp.Body.Close()
+		t.Fatalf("first line %q: %v", line, err)
+	}
+	return stream, resp.Body
+}
+
 var httpClient = http.DefaultClient
 
 type tokenizerMessage = tokenizer.Message

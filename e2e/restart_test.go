@@ -40,16 +40,8 @@ func TestKVDRestart(t *testing.T) {
 	}
 
 	// Now under a stream: kill kvd after the first chunks arrive.
-	b, _ := json.Marshal(map[string]any{"prompt": prompt, "max_tokens": 2000, "temperature": 0, "ignore_eos": true, "stream": true})
-	resp, err := http.Post(s.base+"/v1/completions", "application/json", bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	stream := bufio.NewReader(resp.Body)
-	if line, err := stream.ReadString('\n'); err != nil || !strings.HasPrefix(line, "data: ") {
-		t.Fatalf("first line %q: %v", line, err)
-	}
+	stream, streamBody := s.openStream(t, map[string]any{"prompt": prompt, "max_tokens": 2000, "temperature": 0, "ignore_eos": true})
+	defer streamBody.Close()
 	restart()
 	events := sseEvents(t, stream)
 	last := events[len(events)-1]
