@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"encoding/json"
-	"errors"
-	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -13,8 +11,6 @@ import (
 	"time"
 
 	"github.com/kvd-project/kvd/ipc"
-	"github.com/kvd-project/kvd/kernels"
-	"github.com/kvd-project/kvd/kernels/cuda"
 )
 
 // TestGPUSidecar serves the bundled model with kvd's pool on the GPU (two
