@@ -188,3 +188,125 @@ func ipcChild(t *testing.T) {
 	// done with it (it closes our stdin).
 	io.Copy(io.Discard, os.Stdin)
 }
+
+const vmmChildEnv = "KVD_VMM_CHILD"
+
+// TestVMMIPC shares memory made with cuMemCreate as a file descriptor (kvd
+// serve --cuda-ipc-fd): the child, given the fd as its fd 3, maps it,
+// checks the parent's pattern and writes its own, which the parent then
+// reads. It also checks that Done sees a recorded event finish. It skips
+// without a GPU.
+func TestVMMIPC(t *testing.T) {
+	if os.Getenv(vmmChildEnv) != "" {
+		vmmChild(t)
+		return
+	}
+	drv, err := Open()
+	if errors.Is(err, ErrNoDriver) {
+		t.Skipf("no GPU: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drv.Close()
+	devs, err := drv.Devices()
+	if err != nil || len(devs) == 0 {
+		t.Skipf("no GPU: %v", err)
+	}
+	ctx, err := drv.Context(devs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctx.Release()
+	v, err := ctx.VMMAlloc(4*ipcWords + 12) // not a multiple of the granularity
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := ctx.VMMFree(v); err != nil {
+			t.Error(err)
+		}
+	}()
+	if v.Size < 4*ipcWords+12 {
+		t.Fatalf("mapped %d bytes for %d", v.Size, 4*ipcWords+12)
+	}
+	if err := ctx.Memset32(v.Ptr, 0xa5a5a5a5, ipcWords); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := ctx.NewIPCEvent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctx.DestroyEvent(ev)
+	if err := ctx.Record(ev, Stream{}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		done, err := ctx.Done(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if done {
+			break
+		}
+	}
+	fd, err := ctx.VMMExport(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "vmm")
+	defer f.Close()
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestVMMIPC$", "-test.v")
+	cmd.Env = append(os.Environ(), vmmChildEnv+"=1")
+	cmd.ExtraFiles = []*os.File{f}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	back := make([]byte, 4*ipcWords)
+	if err := ctx.CopyToHost(back, v.Ptr); err != nil {
+		t.Fatal(err)
+	}
+	for i := range ipcWords {
+		if w := binary.LittleEndian.Uint32(back[4*i:]); w != 0x5a5a5a5a {
+			t.Fatalf("word %d is %#x after the child wrote 0x5a5a5a5a", i, w)
+		}
+	}
+}
+
+func vmmChild(t *testing.T) {
+	drv, err := Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drv.Close()
+	devs, err := drv.Devices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, err := drv.Context(devs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctx.Release()
+	v, err := ctx.VMMImport(3, 4*ipcWords+12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctx.VMMFree(v)
+	got := make([]byte, 4*ipcWords)
+	if err := ctx.CopyToHost(got, v.Ptr); err != nil {
+		t.Fatal(err)
+	}
+	for i := range ipcWords {
+		if w := binary.LittleEndian.Uint32(got[4*i:]); w != 0xa5a5a5a5 {
+			t.Fatalf("word %d is %#x, the parent wrote 0xa5a5a5a5", i, w)
+		}
+	}
+	if err := ctx.Memset32(v.Ptr, 0x5a5a5a5a, ipcWords); err != nil {
+		t.Fatal(err)
+	}
+	if err := ctx.Sync(Stream{}); err != nil {
+		t.Fatal(err)
+	}
+}
