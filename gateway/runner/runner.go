@@ -324,6 +324,20 @@ func (r *Runner) Abandon(id uint64) {
 	r.kv.Abandon(id)
 }
 
+// Chunkable reports whether a prompt may be prefilled over several steps:
+// every layer keeps its whole context, so a chunk's attention over the
+// chunks before it (in kvd's pool) is the whole prompt's. A layer that
+// selects at the end of prefill (SnapKV, a window) needs the prompt at
+// once, and one that evicts while decoding would evict between chunks.
+func (r *Runner) Chunkable() bool {
+	for _, p := range r.kv.Spec() {
+		if p.Selects() || p.Decode != "" {
+			return false
+		}
+	}
+	return true
+}
+
 // FreeBlocks is kvd's free block count as of its last reply.
 func (r *Runner) FreeBlocks() int { return r.kv.FreeBlocks() }
 

@@ -26,7 +26,11 @@ import (
 // Config bounds the scheduler.
 type Config struct {
 	MaxNumSeqs     int // running sequences at most
-	MaxBatchTokens int // tokens per step at most (a lone prompt may exceed it)
+	MaxBatchTokens int // tokens per step at most (a prompt that cannot be chunked may exceed it)
+	// ChunkedPrefill splits prompts over steps of MaxBatchTokens, next to
+	// the running decodes, where the runner allows (Runner.Chunkable) and
+	// the request does not score its prompt.
+	ChunkedPrefill bool
 	MaxModelLen    int // prompt + generated tokens at most
 	MaxQueue       int // waiting requests at most; more get ErrQueueFull
 	Logger         *slog.Logger
@@ -164,6 +168,7 @@ type item struct {
 	req     *Request
 	tokens  []int32
 	prefill bool
+	partial bool // a prompt chunk that does not end the prompt: nothing is sampled
 }
 
 // step schedules, runs and samples one forward pass; it reports whether
@@ -190,26 +195,56 @@ func (s *Scheduler) step(ctx context.Context) bool {
 }
 
 // schedule picks this step's work: every running sequence decodes one
-// token, then waiting prompts are admitted in order while the token budget,
-// the sequence limit and kvd's free blocks allow (keeping a block per layer
-// for each running sequence's growth). The first prompt of a step is
-// admitted even past the budget: prefill is not chunked yet, and a long
-// prompt that waited for the running sequences to drain would serialise a
-// long-prompt workload (the decodes stall for its prefill step instead).
+// token; prompts being prefilled in chunks take their next chunk; then
+// waiting prompts are admitted in order while the token budget, the
+// sequence limit and kvd's free blocks allow (keeping a block per layer
+// for each running sequence's growth, and what the rest of each chunked
+// prompt will take). With chunked prefill a prompt takes what is left of
+// the budget and goes on next step; without (a sparse model, or a request
+// that scores its prompt), a step's first prompt is admitted whole even
+// past the budget, so that a long prompt does not wait for the running
+// sequences to drain (they stall for its step instead).
 func (s *Scheduler) schedule() []item {
 	var batch []item
 	prompts := 0
 	budget := s.cfg.MaxBatchTokens
+	canChunk := s.cfg.ChunkedPrefill && s.r.Chunkable()
+	var chunking []*Request
 	for _, r := range s.running {
+		if len(r.tokens)-r.computed > 1 {
+			chunking = append(chunking, r)
+			continue
+		}
 		batch = append(batch, item{req: r, tokens: r.tokens[r.computed:]})
-		budget -= len(r.tokens) - r.computed
+		budget--
 	}
 	free := s.r.FreeBlocks() - len(s.running)*s.r.Model().Config.NumLayers
+	for _, r := range chunking {
+		n := len(r.tokens) - r.computed
+		free -= s.r.BlocksNeeded(n)
+		if budget <= 0 {
+			continue
+		}
+		c := min(n, budget)
+		batch = append(batch, item{req: r, tokens: r.tokens[r.computed : r.computed+c], prefill: true, partial: c < n})
+		prompts++
+		budget -= c
+	}
 	for len(s.waiting) > 0 && len(s.running) < s.cfg.MaxNumSeqs {
 		r := s.waiting[0]
 		n := len(r.tokens) - r.computed
 		need := s.r.BlocksNeeded(n)
-		if (need > free && len(batch) > 0) || (n > budget && prompts > 0) {
+		chunked := canChunk && !(r.Params.PromptLogprobs && !r.scored)
+		if need > free && len(batch) > 0 {
+			break
+		}
+		c := n
+		if chunked {
+			if budget <= 0 && len(batch) > 0 {
+				break
+			}
+			c = min(n, max(budget, 1))
+		} else if n > budget && prompts > 0 {
 			break
 		}
 		s.waiting = s.waiting[1:]
@@ -226,9 +261,9 @@ func (s *Scheduler) schedule() []item {
 			continue
 		}
 		s.running = append(s.running, r)
-		batch = append(batch, item{req: r, tokens: r.tokens[r.computed:], prefill: true})
+		batch = append(batch, item{req: r, tokens: r.tokens[r.computed : r.computed+c], prefill: true, partial: c < n})
 		prompts++
-		budget -= n
+		budget -= c
 		free -= need
 	}
 	return batch
@@ -256,6 +291,10 @@ func (s *Scheduler) run(ctx context.Context, batch []item) ([][]float32, []int32
 	work := make([]runner.Work, len(batch))
 	for i, it := range batch {
 		r := it.req
+		if it.partial {
+			work[i] = runner.Work{Seq: r.id, Tokens: it.tokens, NoLogits: true}
+			continue
+		}
 		all := it.prefill && r.Params.PromptLogprobs && !r.scored
 		w := runner.Work{Seq: r.id, Tokens: it.tokens, AllLogits: all, NoLogits: !all && r.Params.Logprobs < 0}
 		if g := r.generated(); g >= len(r.Params.Forced) {
@@ -321,7 +360,10 @@ func (s *Scheduler) sample(batch []item, logits [][]float32, drawn []int32) {
 	v := s.r.Model().Config.VocabSize
 	for i, it := range batch {
 		r := it.req
-		r.computed = len(r.tokens)
+		r.computed += len(it.tokens)
+		if it.partial {
+			continue // the prompt goes on next step
+		}
 		lg := logits[i]
 		if rows := len(lg) / v; r.Params.PromptLogprobs && !r.scored { // score the prompt once
 			r.box.push(Event{PromptLogprobs: s.scorePrompt(r, lg, v)})
