@@ -66,11 +66,12 @@ stop() {
 trap stop EXIT
 
 # up NAME MODE KVMEM [policy flags...]: starts kvd + gateway (sidecar) or the
-# gateway alone (embedded) on the 8B model and waits until it serves.
+# gateway alone (embedded) on the 8B model and waits until it serves;
+# GW_FLAGS adds gateway flags.
 up() {
 	local name=$1 mode=$2 mem=$3
 	shift 3
-	local gw=(--model "$M8" --load-format "$FORMAT" --skip-tokenizer-init --listen 127.0.0.1:$PORT --max-num-seqs 256 --max-model-len $((INPUT + OUTPUT + 64)) --device "$DEVICE" --log-level warn)
+	local gw=(--model "$M8" --load-format "$FORMAT" --skip-tokenizer-init --listen 127.0.0.1:$PORT --max-num-seqs 256 --max-model-len $((INPUT + OUTPUT + 64)) --device "$DEVICE" --log-level warn ${GW_FLAGS:-})
 	if [ "$mode" = sidecar ]; then
 		"$BIN/kvd" serve --socket "$SOCK" --model "$M8" --device "$DEVICE" --kv-memory "$mem" "$@" >"$OUT/logs/$name.kvd.log" 2>&1 &
 		pids+=($!)
@@ -157,6 +158,7 @@ for part in $PARTS; do
 		one full-sidecar sidecar "$KV" "$C" "$N"
 		one grid-26-1024 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
 		one full-sidecar-fd sidecar "$KV" "$C" "$N" --cuda-ipc-fd
+		GW_FLAGS=--enable-chunked-prefill=false one full-sidecar-nochunk sidecar "$KV" "$C" "$N"
 		KVD_GPU_SELECT=1 one grid-26-1024-gpuselect sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
 		one capped-full sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N"
 		one capped-26-1024 sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N" --sparse-layers 26 --window 1024
