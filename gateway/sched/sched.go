@@ -222,10 +222,10 @@ func (s *Scheduler) schedule() []item {
 	for _, r := range chunking {
 		n := len(r.tokens) - r.computed
 		free -= s.r.BlocksNeeded(n)
-		if budget <= 0 {
+		if budget <= 0 && prompts > 0 {
 			continue
 		}
-		c := min(n, budget)
+		c := min(n, max(budget, 1)) // the first goes on even when the decodes took the budget
 		batch = append(batch, item{req: r, tokens: r.tokens[r.computed : r.computed+c], prefill: true, partial: c < n})
 		prompts++
 		budget -= c
