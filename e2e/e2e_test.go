@@ -65,7 +65,7 @@ func randomPrompt(rng *rand.Rand, n int) []int32 {
 func concurrentGreedy(t *testing.T, s *stack, n int, grow bool) {
 	rng := rand.New(rand.NewPCG(uint64(n), 99))
 	var wg sync.WaitGroup
-	errs := make(chan string, n)
+	errs := make(chan string, 3*n) // up to three complaints a request
 	for i := range n {
 		prompt := randomPrompt(rng, 3+i*3)
 		maxTokens := 8 + i%5*4
@@ -536,12 +536,12 @@ func scoreContinuation(t *testing.T, s *stack) {
 }
 
 // TestLongPromptJoinsDecodes sends a prompt longer than
-// --max-num-batched-tokens while another request decodes: it is admitted
-// into the running batch (prefill is not chunked, so it exceeds the budget
-// alone) and finishes while the first request still streams, rather than
-// waiting for the batch to drain.
+// --max-num-batched-tokens while another request decodes, with chunked
+// prefill off (as for a sparse model): it is admitted into the running
+// batch whole, past the budget, and finishes while the first request still
+// streams, rather than waiting for the batch to drain.
 func TestLongPromptJoinsDecodes(t *testing.T) {
-	s := startStack(t, "embedded", options{gateway: []string{"--max-num-batched-tokens", "16"}})
+	s := startStack(t, "embedded", options{gateway: []string{"--max-num-batched-tokens", "16", "--enable-chunked-prefill=false"}})
 	rng := rand.New(rand.NewPCG(3, 3))
 	_, body := s.openStream(t, map[string]any{"prompt": randomPrompt(rng, 40), "max_tokens": 1500, "ignore_eos": true})
 	defer body.Close()
@@ -589,5 +589,23 @@ func TestChunkedPrefill(t *testing.T) {
 	// with other requests' decodes, each still the reference's.
 	for _, mode := range modes {
 		concurrentGreedy(t, startStack(t, mode, options{gateway: []string{"--max-num-batched-tokens", "16"}}), 16, false)
+	}
+}
+
+// TestPromptLargerThanPool sends a prompt whose KV could never fit the
+// pool: it fails at once with an error that says so, and no chunk of it is
+// computed (kvd saw no step).
+func TestPromptLargerThanPool(t *testing.T) {
+	s := startStack(t, "sidecar", options{kvMemory: "256KiB", gateway: []string{"--max-num-batched-tokens", "16"}})
+	rng := rand.New(rand.NewPCG(6, 6))
+	code, b, _ := s.post(t, "/v1/completions", map[string]any{"prompt": randomPrompt(rng, 400), "max_tokens": 4})
+	if code < 400 || !strings.Contains(string(b), "more KV cache than the pool holds") {
+		t.Errorf("a prompt larger than the pool: %d %s", code, b)
+	}
+	if st := kvdStatus(t, s); st.Steps != 0 {
+		t.Errorf("kvd saw %d steps of a prompt that could never fit", st.Steps)
+	}
+	if c := s.complete(t, map[string]any{"prompt": randomPrompt(rng, 8), "max_tokens": 2}); c.Usage.CompletionTokens != 2 {
+		t.Errorf("not serving after it: %+v", c)
 	}
 }

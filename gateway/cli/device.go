@@ -111,9 +111,11 @@ func checkActivations(b kernels.Backend, c *model.Config, step stepShape) error 
 }
 
 // stepShape is the largest step the scheduler may run: a prompt of up to
-// --max-model-len tokens (prefill is not chunked, so a step's first prompt
-// may exceed the token budget) or --max-num-batched-tokens, whichever is
-// more, and a logit row for each of up to --max-num-seqs sequences.
+// --max-model-len tokens (one that cannot be chunked, a sparse model's or
+// one scoring its prompt, runs whole, past the token budget) or
+// --max-num-batched-tokens, whichever is more, and a logit row for each of
+// up to --max-num-seqs sequences. A request scoring its prompt needs a
+// logit row per prompt token too, which this leaves out.
 type stepShape struct{ tokens, seqs int }
 
 func (s stepShape) String() string {

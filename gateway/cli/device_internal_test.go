@@ -9,8 +9,8 @@ import (
 
 // TestLargestStep checks the activation bound a GPU's --kv-memory fraction
 // and the sidecar's start-up check use: the largest step is a whole
-// --max-model-len prompt (prefill is not chunked) plus a token per running
-// sequence, with a logit row per sequence.
+// --max-model-len prompt (one that cannot be chunked runs at once) plus a
+// token per running sequence, with a logit row per sequence.
 func TestLargestStep(t *testing.T) {
 	c, err := model.LoadConfig("../../bench/models/llama-3.1-8b")
 	if err != nil {

@@ -45,7 +45,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	skipTok := fs.Bool("skip-tokenizer-init", false, "serve without the tokenizer files: prompts must be token ids, outputs have no text (as vLLM's flag)")
 	maxLen := fs.Int("max-model-len", 0, "context length (default: the model's max_position_embeddings)")
 	maxSeqs := fs.Int("max-num-seqs", 64, "sequences running at once")
-	maxBatched := fs.Int("max-num-batched-tokens", 2048, "tokens per scheduler step (a step's first prompt may exceed it: prefill is not chunked)")
+	maxBatched := fs.Int("max-num-batched-tokens", 2048, "tokens per scheduler step (a prompt that cannot be chunked may exceed it, as a step's first prompt)")
 	maxQueue := fs.Int("max-queue-len", 1024, "waiting requests before new ones get 503")
 	chunked := fs.Bool("enable-chunked-prefill", true, "split long prompts over steps of --max-num-batched-tokens, next to running decodes (models whose layers all keep their whole context; sparse layers prefill a prompt at once)")
 	apiKey := fs.String("api-key", os.Getenv("KVD_API_KEY"), "require Authorization: Bearer <key> on /v1 (also KVD_API_KEY)")

@@ -106,6 +106,15 @@ func evicts(spec policy.Spec) bool {
 
 // open (re)opens the pool and events when kvd or the lease changed.
 func (s *Sidecar) open() error {
+	err := s.openOnce()
+	if err != nil {
+		// The file descriptor was spent: reconnecting brings a new one.
+		s.ForceDisconnect()
+	}
+	return err
+}
+
+func (s *Sidecar) openOnce() error {
 	g := s.gpu
 	h := s.Hello()
 	key := h.Instance + "/" + h.Lease

@@ -180,6 +180,9 @@ func (s *Scheduler) step(ctx context.Context) bool {
 		switch {
 		case errors.Is(err, blocks.ErrPoolExhausted):
 			batch = s.preempt(batch)
+			if s.restarted { // preempting found kvd restarted: recompute everything
+				return true
+			}
 		case errors.Is(err, ipc.ErrRestarted):
 			s.restarted = true
 			return true
@@ -235,15 +238,23 @@ func (s *Scheduler) schedule() []item {
 		n := len(r.tokens) - r.computed
 		need := s.r.BlocksNeeded(n)
 		chunked := canChunk && !(r.Params.PromptLogprobs && !r.scored)
+		if all := s.r.BlocksNeeded(len(r.tokens)); all > s.r.TotalBlocks() {
+			// It could never fit: say so now rather than compute chunks
+			// of it until the pool runs out.
+			s.waiting = s.waiting[1:]
+			s.m.waiting.Add(-1)
+			s.finish(r, "", fmt.Errorf("%w (%d tokens need %d blocks, the pool has %d)", ErrTooLarge, len(r.tokens), all, s.r.TotalBlocks()))
+			continue
+		}
 		if need > free && len(batch) > 0 {
 			break
 		}
 		c := n
 		if chunked {
-			if budget <= 0 && len(batch) > 0 {
+			if budget <= 0 && prompts > 0 {
 				break
 			}
-			c = min(n, max(budget, 1))
+			c = min(n, max(budget, 1)) // the first prompt goes in even when the decodes took the budget
 		} else if n > budget && prompts > 0 {
 			break
 		}

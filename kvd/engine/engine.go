@@ -485,6 +485,9 @@ func (e *Engine) evict(c *client, appends []blocks.Append) {
 		slog.Warn("eviction skipped: the client's step did not finish on the GPU", "client", c.name, "err", err)
 		return
 	}
+	if err := e.compute.Err(); err != nil { // an earlier call's, not this eviction's
+		slog.Warn("GPU error before eviction", "err", err)
+	}
 	// One call for the step: a GPU waits once for all the tables.
 	e.compute.Evict(e.mem, l, jobs)
 	if err := e.compute.Err(); err != nil {
