@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -20,6 +21,32 @@ const ipcChildEnv = "KVD_IPC_CHILD"
 
 const ipcWords = 1 << 20
 
+// gpuContext opens GPU 0's context for the test, released when it ends.
+// Without a GPU the parent side skips (skip) and a child side fails.
+func gpuContext(t *testing.T, skip bool) *Context {
+	t.Helper()
+	drv, err := Open()
+	if err == nil {
+		var devs []Device
+		if devs, err = drv.Devices(); err != nil || len(devs) == 0 {
+			err = fmt.Errorf("%w: no devices (%v)", ErrNoDriver, err)
+		}
+		if err == nil {
+			var ctx *Context
+			if ctx, err = drv.Context(devs[0]); err == nil {
+				t.Cleanup(func() { ctx.Release(); drv.Close() })
+				return ctx
+			}
+		}
+		drv.Close()
+	}
+	if skip && errors.Is(err, ErrNoDriver) {
+		t.Skipf("no GPU: %v", err)
+	}
+	t.Fatal(err)
+	return nil
+}
+
 // TestIPC shares device memory and events with another process, as kvd
 // and the gateway will: the child waits (on the device) for the parent's
 // event, checks the parent's pattern, writes its own after it and records
@@ -30,23 +57,7 @@ func TestIPC(t *testing.T) {
 		ipcChild(t)
 		return
 	}
-	drv, err := Open()
-	if errors.Is(err, ErrNoDriver) {
-		t.Skipf("no GPU: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer drv.Close()
-	devs, err := drv.Devices()
-	if err != nil || len(devs) == 0 {
-		t.Skipf("no GPU: %v", err)
-	}
-	ctx, err := drv.Context(devs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ctx.Release()
+	ctx := gpuContext(t, true)
 	p, err := ctx.Alloc(4 * ipcWords)
 	if err != nil {
 		t.Fatal(err)
@@ -131,20 +142,7 @@ func ipcChild(t *testing.T) {
 	copy(mh[:], b)
 	b, _ = hex.DecodeString(ehex)
 	copy(eh[:], b)
-	drv, err := Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer drv.Close()
-	devs, err := drv.Devices()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, err := drv.Context(devs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ctx.Release()
+	ctx := gpuContext(t, false)
 	p, err := ctx.OpenIPCMem(mh)
 	if err != nil {
 		t.Fatal(err)
@@ -201,23 +199,7 @@ func TestVMMIPC(t *testing.T) {
 		vmmChild(t)
 		return
 	}
-	drv, err := Open()
-	if errors.Is(err, ErrNoDriver) {
-		t.Skipf("no GPU: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer drv.Close()
-	devs, err := drv.Devices()
-	if err != nil || len(devs) == 0 {
-		t.Skipf("no GPU: %v", err)
-	}
-	ctx, err := drv.Context(devs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ctx.Release()
+	ctx := gpuContext(t, true)
 	v, err := ctx.VMMAlloc(4*ipcWords + 12) // not a multiple of the granularity
 	if err != nil {
 		t.Fatal(err)
@@ -275,20 +257,7 @@ func TestVMMIPC(t *testing.T) {
 }
 
 func vmmChild(t *testing.T) {
-	drv, err := Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer drv.Close()
-	devs, err := drv.Devices()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, err := drv.Context(devs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ctx.Release()
+	ctx := gpuContext(t, false)
 	v, err := ctx.VMMImport(3, 4*ipcWords+12)
 	if err != nil {
 		t.Fatal(err)
