@@ -8,7 +8,8 @@
 #   capped   full KV and the grid again with weights + KV in a 24 GB card;
 #   floor    the decode step against its floor (bytes read / copy bandwidth);
 #   hf       HF transformers on the same card and workload (tools/hf/bench.py);
-#   accuracy issue E's accuracy table on the GPU, full sample counts.
+#   accuracy issue E's accuracy table on the GPU, full sample counts;
+#   ipc, select, diag  diagnostics (see each below).
 # Every serving run is bench/serve at INPUT in / OUTPUT out tokens (random
 # ids, ignore_eos), closed loop at concurrency C over N requests, on the 8B
 # shapes with dummy weights. Results (JSON per run) and logs go to
@@ -162,6 +163,21 @@ for part in $PARTS; do
 		KVD_GPU_SELECT=1 one grid-26-1024-gpuselect sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
 		one capped-full sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N"
 		one capped-26-1024 sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N" --sparse-layers 26 --window 1024
+		;;
+	ipc)
+		# The sidecar's decode against embedded: the pool by IPC handle
+		# at the uncapped size and at 40 GiB (does the mapping's size
+		# matter?), and by a VMM file descriptor.
+		one full-embedded embedded "$KV" "$C" "$N"
+		one full-sidecar sidecar "$KV" "$C" "$N"
+		one full-sidecar-40g sidecar 40GiB "$C" "$N"
+		one full-sidecar-fd sidecar "$KV" "$C" "$N" --cuda-ipc-fd
+		;;
+	select)
+		# The 26-layer / 1024 preset with SnapKV's choice on the host and
+		# on the device (KVD_GPU_SELECT=1).
+		one grid-26-1024 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
+		KVD_GPU_SELECT=1 one grid-26-1024-gpuselect sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
 		;;
 	capped)
 		one capped-full sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N"
