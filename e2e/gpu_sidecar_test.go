@@ -36,9 +36,11 @@ func TestGPUSidecar(t *testing.T) {
 		kvd        []string
 	}{
 		{"full", "", nil},
+		// The pool by a legacy CUDA IPC handle instead of the default
+		// file descriptor of cuMemCreate'd memory.
+		{"snapkv+h2o, --cuda-ipc handle", "2-7=snapkv:budget=256/h2o:recent=32", []string{"--cuda-ipc", "handle"}},
+		// The last stack is the one killed and reattached below.
 		{"snapkv+h2o", "2-7=snapkv:budget=256/h2o:recent=32", nil},
-		// The pool as a file descriptor of cuMemCreate'd memory.
-		{"snapkv+h2o, --cuda-ipc-fd", "2-7=snapkv:budget=256/h2o:recent=32", []string{"--cuda-ipc-fd"}},
 	} {
 		var pol []string
 		if p.spec != "" {

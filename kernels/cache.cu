@@ -75,6 +75,63 @@ extern "C" __global__ void evict_scatter(float *pool, int bs, int kvh, int hd, c
     if (d == 0) pool[L.score(blk, h, off)] = t[2 * L.hd];
 }
 
+// ---- Eviction of many tables in one go ------------------------------------
+// A decode step evicts from tens of tables; these kernels take them all in
+// one launch each, with blocks of many threads (a launch per table of
+// one-thread blocks cost an H200 ~0.1 ms a table). Table t's blocks are
+// blocks[job[3t]..], its token count job[3t+1], and its scores go to
+// out[job[3t+2] + h*tokens ..].
+
+// Every table's scores. grid (ceil(max tokens / 256), kvh, tables), block 256.
+extern "C" __global__ void table_scores_many(float *out, const float *pool, int bs, int kvh, int hd,
+                                             const int *blocks, const int *job /*[tables, 3]*/) {
+    const PoolLayout L{bs, kvh, hd};
+    const int t = blockIdx.z, h = blockIdx.y, i = blockIdx.x * blockDim.x + threadIdx.x;
+    const int *b = blocks + job[3 * t], tokens = job[3 * t + 1];
+    if (i >= tokens) return;
+    out[job[3 * t + 2] + (i64)h * tokens + i] = pool[L.score(b[i / L.bs], h, i % L.bs)];
+}
+
+// Compaction of many tables: move m is (table, head, dst, src) in moves
+// [m, 4] (the survivors that change slot; table offsets into blocks in
+// job as above). Gather copies each source entry (K, V, score) to tmp [m,
+// 2*hd+1]; scatter, a second launch, writes tmp to the destinations (in
+// place, one move's destination can be another's source). A warp per
+// move. grid ceil(moves / 8), block 256.
+extern "C" __global__ void evict_gather_many(float *tmp, const float *pool, int bs, int kvh, int hd, const int *blocks,
+                                             const int *job, const int4 *moves, int n) {
+    const PoolLayout L{bs, kvh, hd};
+    const int m = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (m >= n) return;
+    const int4 mv = moves[m];
+    const int *b = blocks + job[3 * mv.x];
+    const int blk = b[mv.w / L.bs], off = mv.w % L.bs;
+    float *t = tmp + (i64)m * (2 * L.hd + 1);
+    const float *k = pool + L.k(blk, mv.y, off), *v = pool + L.v(blk, mv.y, off);
+    for (int d = lane; d < L.hd; d += 32) {
+        t[d] = k[d];
+        t[L.hd + d] = v[d];
+    }
+    if (lane == 0) t[2 * L.hd] = pool[L.score(blk, mv.y, off)];
+}
+
+extern "C" __global__ void evict_scatter_many(float *pool, int bs, int kvh, int hd, const float *tmp, const int *blocks,
+                                              const int *job, const int4 *moves, int n) {
+    const PoolLayout L{bs, kvh, hd};
+    const int m = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (m >= n) return;
+    const int4 mv = moves[m];
+    const int *b = blocks + job[3 * mv.x];
+    const int blk = b[mv.z / L.bs], off = mv.z % L.bs;
+    const float *t = tmp + (i64)m * (2 * L.hd + 1);
+    float *k = pool + L.k(blk, mv.y, off), *v = pool + L.v(blk, mv.y, off);
+    for (int d = lane; d < L.hd; d += 32) {
+        k[d] = t[d];
+        v[d] = t[L.hd + d];
+    }
+    if (lane == 0) pool[L.score(blk, mv.y, off)] = t[2 * L.hd];
+}
+
 // ---- SnapKV's choice on the device ----------------------------------------
 // The same tokens the host's selectTokens keeps (kernels/sparse.go), with the
 // votes in double precision in the host's order, so that a sparse prefill

@@ -46,9 +46,10 @@ type CUDA struct {
 	// from the start after each point where the stream is known drained.
 	stage    *cuda.Pinned
 	stageOff int
-	// gpuSelect makes SparsePrefill choose SnapKV's tokens on the device
-	// (KVD_GPU_SELECT=1, experimental): no copy back, no wait per layer.
-	gpuSelect bool
+	// hostSelect makes SparsePrefill choose SnapKV's tokens on the host
+	// (KVD_HOST_SELECT=1): a copy back and a wait per sparse layer, which
+	// made sparse prefill twice as slow as full on an H200.
+	hostSelect bool
 }
 
 // stageBytes is the pinned staging area's size; a larger upload goes
@@ -72,7 +73,7 @@ func NewCUDA(index int) (*CUDA, error) {
 		drv.Close()
 		return nil, fmt.Errorf("%w: GPU %d asked for, driver %s sees %d", cuda.ErrNoDriver, index, drv.Version(), len(devs))
 	}
-	c := &CUDA{drv: drv, dev: devs[index], fns: map[string]*cuda.Function{}, cache: map[int][]cuda.Ptr{}, gpuSelect: os.Getenv("KVD_GPU_SELECT") == "1"}
+	c := &CUDA{drv: drv, dev: devs[index], fns: map[string]*cuda.Function{}, cache: map[int][]cuda.Ptr{}, hostSelect: os.Getenv("KVD_HOST_SELECT") == "1"}
 	if c.ctx, err = drv.Context(c.dev); err != nil {
 		drv.Close()
 		return nil, err
@@ -138,7 +139,7 @@ func init() {
 var kernelNames = map[string][]string{
 	"elementwise": {"embedding_bf16", "rmsnorm", "to_bf16", "rope", "silu_mul", "add", "gather_rows", "columns", "split_rope", "add_rmsnorm", "gemv_bf16"},
 	"sampling":    {"sample_rows", "suppress_ids"},
-	"cache":       {"write_kv", "scatter_kept", "table_scores", "evict_gather", "evict_scatter", "snapkv_select"},
+	"cache":       {"write_kv", "scatter_kept", "table_scores_many", "evict_gather_many", "evict_scatter_many", "snapkv_select"},
 	"attention": {
 		"attn_combine", "flash_paged_hd64", "flash_paged_hd128", "flash_prompt_hd64", "flash_prompt_hd128",
 	},
@@ -189,6 +190,13 @@ func (c *CUDA) fail(err error) {
 		c.err = err
 	}
 	c.mu.Unlock()
+}
+
+// failed reports whether an error is pending, without clearing it.
+func (c *CUDA) failed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err != nil
 }
 
 func (c *CUDA) Err() error {
@@ -862,10 +870,21 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 		w.row(row0+i, i+1, 0, i >= obsFrom)
 	}
 	c.splitRows(&w, out, q, heads, l, group, nil, splitSrc{k: ptr(k), v: ptr(v), hs: ptr(hs), row0: row0, n: n}, scale)
-	if c.gpuSelect {
-		c.selectOnDevice(hs, group, k, v, row0, n, pool, l, slots, sel)
+	if c.hostSelect {
+		c.selectOnHost(hs, group, k, v, row0, n, pool, l, slots, sel)
 		return
 	}
+	c.selectOnDevice(hs, group, k, v, row0, n, pool, l, slots, sel)
+}
+
+// selectOnHost is SparsePrefill's choice made on the host with the CPU
+// backend's code (KVD_HOST_SELECT=1): the window sums hs [H, n] come back,
+// the host chooses, and the kept tokens are scattered on the GPU. The GPU
+// waits for the host at every sparse layer, so it is the reference the
+// device's choice is tested against, not the default.
+func (c *CUDA) selectOnHost(hs *Tensor, group int, k, v *Tensor, row0, n int, pool *Tensor, l shm.Layout, slots []int32, sel Selection) {
+	kvh := l.KVHeads
+	heads := kvh * group
 	sums := make([]float32, heads*n)
 	c.ToHost(sums, hs)
 	// The selection runs on the host while the GPU waits for the next
@@ -914,7 +933,9 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 // snapkv_select keeps the tokens selectTokens would (votes in double
 // precision in its order, the top-k by an order-key bisection with the
 // earlier token first on a tie), so the GPU never waits for the host.
-// Experimental: KVD_GPU_SELECT=1 turns it on until a GPU run validates it.
+// Given the same sums it keeps exactly selectOnHost's tokens and scores
+// (TestGPUSelectOnDevice); the sums themselves are accumulated with
+// atomics, so two runs of a layer may differ in their last bits.
 func (c *CUDA) selectOnDevice(hs *Tensor, group int, k, v *Tensor, row0, n int, pool *Tensor, l shm.Layout, slots []int32, sel Selection) {
 	kvh, keep := l.KVHeads, len(slots)
 	var count int
@@ -956,78 +977,84 @@ func (c *CUDA) selectOnDevice(hs *Tensor, group int, k, v *Tensor, row0, n int, 
 }
 
 // Evict reads every table's scores back in one copy, chooses the survivors
-// on the host with the CPU backend's code, tables in parallel, compacts on
-// the GPU through a staging buffer per table, and waits for that.
+// on the host with the CPU backend's code, tables in parallel, moves those
+// that change slot on the GPU (one gather and one scatter launch for all
+// tables, through a staging buffer), and waits for that. Per step that is
+// one upload, four launches and two waits, whatever the number of tables.
 func (c *CUDA) Evict(pool *Tensor, l shm.Layout, jobs []EvictJob) {
 	kvh := l.KVHeads
-	// Every table's scores into one buffer, one copy back: the one wait.
+	// job [tables, 3]: blocks offset, tokens, scores offset; then the
+	// blocks of every table.
+	meta := make([]int32, 3*len(jobs))
+	var blocks []int32
 	offs := make([]int, len(jobs))
-	total := 0
+	total, most := 0, 0
 	for i, j := range jobs {
 		offs[i] = total
+		meta[3*i], meta[3*i+1], meta[3*i+2] = int32(len(blocks)), int32(j.Tokens), int32(total)
+		blocks = append(blocks, j.Blocks...)
 		total += kvh * j.Tokens
+		most = max(most, j.Tokens)
 	}
 	if total == 0 {
 		return
 	}
-	sc := c.Alloc(total)
-	defer c.Free(sc)
-	type ptrClass struct {
-		p     cuda.Ptr
-		class int
+	mp, mc := c.ints(append(meta, blocks...))
+	defer c.release(mp, mc)
+	pJob, pBlocks := mp, mp+cuda.Ptr(4*len(meta))
+	sc, scc := c.alloc(4 * total)
+	defer c.release(sc, scc)
+	if mp == 0 || sc == 0 {
+		return // the allocation's error is pending
 	}
-	bps := make([]ptrClass, len(jobs))
-	defer func() {
-		for _, b := range bps {
-			c.release(b.p, b.class)
-		}
-	}()
-	for i, j := range jobs {
-		bp, bc := c.ints(j.Blocks)
-		bps[i] = ptrClass{bp, bc}
-		out := cuda.Ptr(sc.dev) + cuda.Ptr(4*offs[i])
-		c.launch("table_scores", cuda.Dim3{X: uint32(j.Tokens), Y: uint32(kvh)}, cuda.Dim3{X: 1}, append(append(args(out, ptr(pool)), layoutArgs(l)...), bp, int32(j.Tokens))...)
-	}
+	c.launch("table_scores_many", cuda.Dim3{X: uint32((most + 255) / 256), Y: uint32(kvh), Z: uint32(len(jobs))}, cuda.Dim3{X: 256},
+		append(append(args(sc, ptr(pool)), layoutArgs(l)...), pBlocks, pJob)...)
 	scores := make([]float32, total)
-	c.ToHost(scores, sc)
-	// The survivors, chosen on the host, tables in parallel.
-	srcs := make([][]int32, len(jobs))
-	keeps := make([]int, len(jobs))
+	c.ToHost(scores, &Tensor{shape: []int{total}, dev: uint64(sc)})
+	if c.failed() {
+		return
+	}
+	// The survivors, chosen on the host, tables in parallel; a move for
+	// each that changes slot (table, head, destination, source).
+	moves := make([][]int32, len(jobs))
+	bad := make([]bool, len(jobs))
 	var wg sync.WaitGroup
 	for i, j := range jobs {
 		wg.Go(func() {
-			keeps[i] = -1
+			kept := -1
 			for h := range kvh {
 				row := scores[offs[i]+h*j.Tokens:][:j.Tokens]
-				s := evictSources(func(k int) float32 { return row[k] }, j.Tokens, j.Keep, j.Sinks, j.Recent)
-				if keeps[i] >= 0 && len(s) != keeps[i] {
-					keeps[i] = -2 // heads keep different counts
+				src := evictSources(func(k int) float32 { return row[k] }, j.Tokens, j.Keep, j.Sinks, j.Recent)
+				if kept >= 0 && len(src) != kept {
+					bad[i] = true // heads keep different counts
 					return
 				}
-				keeps[i] = len(s)
-				for _, k := range s {
-					srcs[i] = append(srcs[i], int32(k))
+				kept = len(src)
+				for dst, from := range src {
+					if from != dst {
+						moves[i] = append(moves[i], int32(i), int32(h), int32(dst), int32(from))
+					}
 				}
 			}
 		})
 	}
 	wg.Wait()
+	var all []int32
 	for i := range jobs {
-		n := keeps[i]
-		if n == -2 {
+		if bad[i] {
 			c.fail(fmt.Errorf("kernels: eviction keeps a different number of tokens in two heads"))
 			return
 		}
-		if n <= 0 {
-			continue
-		}
-		sp, scl := c.ints(srcs[i])
-		tmp, tc := c.alloc(4 * kvh * n * (2*l.HeadDim + 1))
-		grid, block := cuda.Dim3{X: uint32(n), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.HeadDim)}
-		c.launch("evict_gather", grid, block, append(append(args(tmp, ptr(pool)), layoutArgs(l)...), bps[i].p, sp, int32(n))...)
-		c.launch("evict_scatter", grid, block, append(append(args(ptr(pool)), layoutArgs(l)...), tmp, bps[i].p, int32(n))...)
-		c.release(sp, scl)
-		c.release(tmp, tc)
+		all = append(all, moves[i]...)
+	}
+	if n := len(all) / 4; n > 0 {
+		vp, vc := c.ints(all)
+		defer c.release(vp, vc)
+		tmp, tc := c.alloc(4 * n * (2*l.HeadDim + 1))
+		defer c.release(tmp, tc)
+		grid, block := cuda.Dim3{X: uint32((n + 7) / 8)}, cuda.Dim3{X: 256}
+		c.launch("evict_gather_many", grid, block, append(append(args(tmp, ptr(pool)), layoutArgs(l)...), pBlocks, pJob, vp, int32(n))...)
+		c.launch("evict_scatter_many", grid, block, append(append(args(ptr(pool)), layoutArgs(l)...), tmp, pBlocks, pJob, vp, int32(n))...)
 	}
 	// Return when the compaction has run: the blocks the caller frees next
 	// may go to another process (another gateway on kvd's pool), whose

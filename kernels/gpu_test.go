@@ -407,18 +407,6 @@ func TestGPUSparsePrefill(t *testing.T) {
 				gq, gk, gv := g.FromHost(q, T, heads*hd), g.FromHost(k, T, kvh*hd), g.FromHost(v, T, kvh*hd)
 				g.SparsePrefill(got, gq, gk, gv, row0, n, gotPool, l, slots, sel, scale)
 				label := fmt.Sprintf("n=%d/%s/group=%d/hd=%d/bs=%d", n, name, group, hd, bs)
-				// The choice made on the device (KVD_GPU_SELECT) keeps
-				// exactly the host's tokens, with the same scores.
-				g.gpuSelect = true
-				devPool, devOut := g.FromHost(pool, l.PoolElems()), g.poisoned(T, heads*hd)
-				g.SparsePrefill(devOut, gq, gk, gv, row0, n, devPool, l, slots, sel, scale)
-				g.gpuSelect = false
-				if err := g.Err(); err != nil {
-					t.Fatalf("%s: device selection: %v", label, err)
-				}
-				if !sameBits(g.host(t, devPool), g.host(t, gotPool)) || !sameBits(g.host(t, devOut), g.host(t, got)) {
-					t.Errorf("%s: the device's SnapKV choice differs from the host's", label)
-				}
 				tol := 2e-5
 				if n-sel.ObsWindow >= flashMinRows {
 					tol = 3e-3 // rows before the window ran on the tensor cores (TF32)
@@ -448,6 +436,62 @@ func TestGPUSparsePrefill(t *testing.T) {
 					t.Logf("%s: %d of %d kept tokens differ (near-ties)", label, differ, kvh*len(slots))
 				}
 				check(t, label+" kept scores", gs, ws, 1e-4)
+			}
+		}
+	}
+}
+
+// TestGPUSelectOnDevice gives the device's SnapKV choice and the host's
+// the same window sums (SparsePrefill accumulates them with atomics, so two
+// prefills differ in their last bits) and wants the same pool to the bit:
+// the same tokens in the same slots with the same scores. Sums drawn from
+// a few values make ties, which both break toward the earlier token.
+func TestGPUSelectOnDevice(t *testing.T) {
+	g := newGPU(t)
+	rng := rand.New(rand.NewPCG(21, 22))
+	sels := map[string]Selection{
+		"window":         {Sinks: 4, ObsWindow: 32},
+		"snapkv":         {SnapKV: true, Sinks: 4, ObsWindow: 32, Kernel: 7},
+		"snapkv-avg-max": {SnapKV: true, Sinks: 0, ObsWindow: 16, Kernel: 5, PoolAvg: true, GQAMax: true},
+		"snapkv-k1":      {SnapKV: true, Sinks: 2, ObsWindow: 8, Kernel: 1},
+	}
+	for _, n := range append(seqLens(), 40, 300) {
+		if n < 2 {
+			continue
+		}
+		for _, group := range []int{1, 4} {
+			for name, sel := range sels {
+				for _, ties := range []bool{false, true} {
+					const kvh, hd, bs, row0 = 2, 64, 16, 3
+					heads := kvh * group
+					sel.Keep = min(n, max(sel.ObsWindow+sel.Sinks+1, n/3))
+					l := shm.Layout{NumBlocks: 2 + (sel.Keep+bs-1)/bs, BlockSize: bs, KVHeads: kvh, HeadDim: hd}
+					slots := make([]int32, sel.Keep)
+					for i := range slots {
+						slots[i] = int32(bs + i)
+					}
+					sums := make([]float32, heads*n)
+					for i := range sums {
+						sums[i] = rng.Float32()
+						if ties {
+							sums[i] = float32(rng.IntN(4)) / 4
+						}
+					}
+					T := row0 + n
+					k, v := g.FromHost(randn(rng, T*kvh*hd), T, kvh*hd), g.FromHost(randn(rng, T*kvh*hd), T, kvh*hd)
+					hs := g.FromHost(sums, heads, n)
+					pool := randomPool(rng, l)
+					onHost, onDevice := g.FromHost(pool, l.PoolElems()), g.FromHost(pool, l.PoolElems())
+					g.selectOnHost(hs, group, k, v, row0, n, onHost, l, slots, sel)
+					g.selectOnDevice(hs, group, k, v, row0, n, onDevice, l, slots, sel)
+					label := fmt.Sprintf("n=%d/%s/group=%d/ties=%v", n, name, group, ties)
+					if err := g.Err(); err != nil {
+						t.Fatalf("%s: %v", label, err)
+					}
+					if !sameBits(g.host(t, onDevice), g.host(t, onHost)) {
+						t.Errorf("%s: the device's choice differs from the host's", label)
+					}
+				}
 			}
 		}
 	}

@@ -190,7 +190,7 @@ func ipcChild(t *testing.T) {
 const vmmChildEnv = "KVD_VMM_CHILD"
 
 // TestVMMIPC shares memory made with cuMemCreate as a file descriptor (kvd
-// serve --cuda-ipc-fd): the child, given the fd as its fd 3, maps it,
+// serve --cuda-ipc fd, the default): the child, given the fd as its fd 3, maps it,
 // checks the parent's pattern and writes its own, which the parent then
 // reads. It also checks that Done sees a recorded event finish. It skips
 // without a GPU.

@@ -41,6 +41,9 @@ type Config struct {
 	// its tokens are on the host, so the wait is normally none); past it
 	// that step evicts nothing. The engine's lock is held meanwhile.
 	StepWait time.Duration
+	// EvictTiming > 0 logs, every EvictTiming steps that evict, where
+	// their eviction's time went (for developers: KVD_STEP_TIMING).
+	EvictTiming int
 }
 
 // Engine is safe for concurrent use; calls are serialised by one mutex,
@@ -68,6 +71,13 @@ type Engine struct {
 	seen     map[blocks.SeqID]int // tokens each sequence has been given
 	evicted  uint64               // tokens evicted, all heads counted once
 	returned uint64               // blocks freed by eviction
+	timing   evictTiming
+}
+
+// evictTiming sums Config.EvictTiming steps' eviction.
+type evictTiming struct {
+	steps, tables int
+	await, evict  time.Duration
 }
 
 // client is one lease: a client's sequences, mapped from the ids it chose to
@@ -480,6 +490,7 @@ func (e *Engine) evict(c *client, appends []blocks.Append) {
 	if len(jobs) == 0 {
 		return
 	}
+	t0 := time.Now()
 	if err := e.awaitStep(c); err != nil {
 		// The layers stay over budget; a later step evicts them.
 		slog.Warn("eviction skipped: the client's step did not finish on the GPU", "client", c.name, "err", err)
@@ -489,7 +500,20 @@ func (e *Engine) evict(c *client, appends []blocks.Append) {
 		slog.Warn("GPU error before eviction", "err", err)
 	}
 	// One call for the step: a GPU waits once for all the tables.
+	t1 := time.Now()
 	e.compute.Evict(e.mem, l, jobs)
+	if n := e.cfg.EvictTiming; n > 0 {
+		t := &e.timing
+		t.steps++
+		t.tables += len(jobs)
+		t.await += t1.Sub(t0)
+		t.evict += time.Since(t1)
+		if t.steps == n {
+			ms := func(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d)/float64(n)/1e6) }
+			slog.Info("eviction timing", "steps", n, "tables", float64(t.tables)/float64(n), "await", ms(t.await), "evict", ms(t.evict))
+			*t = evictTiming{}
+		}
+	}
 	if err := e.compute.Err(); err != nil {
 		// The entries may not have moved: keep the tables as they were
 		// (over budget, but whole).

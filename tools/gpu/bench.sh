@@ -9,7 +9,7 @@
 #   floor    the decode step against its floor (bytes read / copy bandwidth);
 #   hf       HF transformers on the same card and workload (tools/hf/bench.py);
 #   accuracy issue E's accuracy table on the GPU, full sample counts;
-#   ipc, select, diag  diagnostics (see each below).
+#   ipc, select  diagnostics (see each below).
 # Every serving run is bench/serve at INPUT in / OUTPUT out tokens (random
 # ids, ignore_eos), closed loop at concurrency C over N requests, on the 8B
 # shapes with dummy weights. Results (JSON per run) and logs go to
@@ -117,6 +117,7 @@ one() {
 	echo "$name: up in $((SECONDS - t0)) s"
 	serve "$name" "$c" "$n"
 	grep -h "step timing" "$OUT/logs/$name.gateway.log" | tail -n 2
+	grep -h "eviction timing" "$OUT/logs/$name.kvd.log" 2>/dev/null | tail -n 1 | sed 's/^.*msg=//' 
 	curl -s "$BASE/metrics" | grep -E "^kvd_(kv_blocks|gpu_memory_used)" >"$OUT/logs/$name.metrics.txt"
 	[ "$mode" = sidecar ] && "$BIN/kvd" status --socket "$SOCK" --json >"$OUT/logs/$name.status.json" 2>&1
 	stop
@@ -149,35 +150,18 @@ for part in $PARTS; do
 		one full-sidecar sidecar "$KV" "$C" "$N"
 		;;
 	grid) grid grid sidecar "$KV" "$C" "$N" ;;
-	diag)
-		# Where the sidecar's decode time goes against embedded (the
-		# runner's step timing; the pool shared by IPC handle and by a
-		# VMM file descriptor), and the 26-layer / 1024 preset (SnapKV's
-		# choice on the host and, KVD_GPU_SELECT=1, on the device), full
-		# and memory-capped.
-		one full-embedded embedded "$KV" "$C" "$N"
-		one full-sidecar sidecar "$KV" "$C" "$N"
-		one grid-26-1024 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
-		one full-sidecar-fd sidecar "$KV" "$C" "$N" --cuda-ipc-fd
-		GW_FLAGS=--enable-chunked-prefill=false one full-sidecar-nochunk sidecar "$KV" "$C" "$N"
-		KVD_GPU_SELECT=1 one grid-26-1024-gpuselect sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
-		one capped-full sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N"
-		one capped-26-1024 sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N" --sparse-layers 26 --window 1024
-		;;
 	ipc)
-		# The sidecar's decode against embedded: the pool by IPC handle
-		# at the uncapped size and at 40 GiB (does the mapping's size
-		# matter?), and by a VMM file descriptor.
+		# The sidecar's decode against embedded: the pool shared as a VMM
+		# file descriptor (the default) and by a legacy IPC handle.
 		one full-embedded embedded "$KV" "$C" "$N"
 		one full-sidecar sidecar "$KV" "$C" "$N"
-		one full-sidecar-40g sidecar 40GiB "$C" "$N"
-		one full-sidecar-fd sidecar "$KV" "$C" "$N" --cuda-ipc-fd
+		one full-sidecar-handle sidecar "$KV" "$C" "$N" --cuda-ipc handle
 		;;
 	select)
-		# The 26-layer / 1024 preset with SnapKV's choice on the host and
-		# on the device (KVD_GPU_SELECT=1).
+		# The 26-layer / 1024 preset with SnapKV's choice on the device (the
+		# default) and on the host (KVD_HOST_SELECT=1).
 		one grid-26-1024 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
-		KVD_GPU_SELECT=1 one grid-26-1024-gpuselect sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
+		KVD_HOST_SELECT=1 one grid-26-1024-hostselect sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
 		;;
 	capped)
 		one capped-full sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N"

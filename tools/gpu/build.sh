@@ -28,5 +28,5 @@ for w in "${want[@]}"; do
 	*) CGO_ENABLED=1 go build "${flags[@]}" -o ".dev/bin/$w" "$pkg" ;;
 	esac
 done
-xz -T0 -6 .dev/bin/*
+xz -T0 -9e .dev/bin/*
 ls -la .dev/bin
