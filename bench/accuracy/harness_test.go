@@ -71,7 +71,7 @@ func TestHarnessEndToEnd(t *testing.T) {
 	}
 	results := map[string]result{}
 	for _, c := range configs {
-		s, err := startGateway(bin, modelDir, c.Policy, "64MiB", 0, io.Discard)
+		s, err := startGateway(bin, modelDir, c.Policy, "64MiB", "", 0, io.Discard)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -85,7 +85,7 @@ func TestHarnessEndToEnd(t *testing.T) {
 	}
 	// A server without /v1/kvd/score is scored from echoed prompt
 	// log-probabilities: with full KV both ways agree.
-	s, err := startGateway(bin, modelDir, "", "64MiB", 0, io.Discard)
+	s, err := startGateway(bin, modelDir, "", "64MiB", "", 0, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

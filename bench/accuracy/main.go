@@ -15,11 +15,13 @@
 //     value's tokens are scored through the compressed cache (for models,
 //     like the bundled one, too weak to answer the exact-match question).
 //
-// Make the samples once (on a machine with Go; the committed set is
-// bench/accuracy/samples.json), then run them against every policy, each in
-// its own `gateway --embedded --kv-policy ...`:
+// Make the samples once (on a machine with Go; the committed sets are
+// bench/accuracy/samples.json, 10 per task, and samples-100.json.gz, 100 per
+// task, for the GPU), then run them against every policy, each in its own
+// `gateway --embedded --kv-policy ...`:
 //
 //	go run ./bench/accuracy -make-samples bench/accuracy/samples.json -n 10
+//	go run ./bench/accuracy -make-samples /tmp/s.json -n 100 && gzip -9 -c /tmp/s.json >bench/accuracy/samples-100.json.gz
 //	go run ./bench/accuracy -samples bench/accuracy/samples.json -out bench/results/accuracy-cpu.md
 //
 // or against any running server with -server URL (one configuration).
@@ -29,6 +31,8 @@
 package main
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"flag"
@@ -115,6 +119,20 @@ func (g grid) configs(layers int) []config {
 // policies at 1024.
 var defaultGrid = grid{Windows: []int{1024, 1280, 1536}, Budget: 1024}
 
+// readSamples reads a sample set, gunzipping a name ending in .gz (the
+// larger sets are committed compressed).
+func readSamples(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil || !strings.HasSuffix(path, ".gz") {
+		return b, err
+	}
+	r, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return io.ReadAll(r)
+}
+
 // intList parses "1,2,3".
 func intList(flagName, s string) ([]int, error) {
 	var out []int
@@ -160,6 +178,7 @@ func main() {
 	merge := flag.String("merge", "", "render the table from these comma-separated -raw-out files instead of running")
 	which := flag.String("configs", "", "run only these configurations: indices and ranges as -list prints them (\"0,3-5\")")
 	list := flag.Bool("list", false, "print the configurations with their indices and exit")
+	deviceFlag := flag.String("device", "", "the gateways' --device (auto, cpu or cuda; default: the gateway's own default, auto)")
 	parallel := flag.Int("parallel", 1, "configurations to run at once, each gateway on its share of the cores")
 	rowsFlag := flag.String("sparse-layers", "", "the grid's rows: numbers of sparse (last) layers (default: the seed's 22, 26, 31 of 32, scaled to the model)")
 	windowsFlag := flag.String("windows", "1024,1280,1536", "the grid's columns: SnapKV windows in tokens")
@@ -178,7 +197,7 @@ func main() {
 		log.Fatal("give -make-samples FILE to draw samples, or -samples FILE to run them")
 	}
 	var set SampleSet
-	b, err := os.ReadFile(*samplesFile)
+	b, err := readSamples(*samplesFile)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -244,12 +263,12 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	run := rawRun{Revision: revision(), CPU: machine.CPUName(), Threads: runtime.NumCPU(), Results: map[string]result{}, Done: map[string]int{}, Seconds: map[string]float64{}}
+	run := rawRun{Revision: revision(), CPU: machine.CPUName(), Device: *deviceFlag, Threads: runtime.NumCPU(), Results: map[string]result{}, Done: map[string]int{}, Seconds: map[string]float64{}}
 	if *resume != "" {
 		if run, err = loadRaw(strings.Split(*resume, ",")); err != nil {
 			log.Fatal(err)
 		}
-		run.CPU, run.Threads, run.Revision = machine.CPUName(), runtime.NumCPU(), revision()
+		run.CPU, run.Threads, run.Revision, run.Device = machine.CPUName(), runtime.NumCPU(), revision(), *deviceFlag
 	}
 	var mu sync.Mutex
 	// save records a configuration's scores after every sample, so a run cut
@@ -293,7 +312,7 @@ func main() {
 			s := &server{base: strings.TrimSuffix(*srv, "/"), model: served}
 			if *srv == "" {
 				var err error
-				if s, err = startGateway(*gw, *modelDir, c.Policy, *kvMem, threads, io.Discard); err != nil {
+				if s, err = startGateway(*gw, *modelDir, c.Policy, *kvMem, *deviceFlag, threads, io.Discard); err != nil {
 					log.Fatal(err)
 				}
 			}
@@ -391,6 +410,7 @@ func writeSamples(path, modelDir, lengthList string, n int, seed uint64) error {
 type rawRun struct {
 	Revision string             `json:"revision,omitempty"` // the harness binary's commit (the gateway's, when built together)
 	CPU      string             `json:"cpu"`
+	Device   string             `json:"device,omitempty"` // -device, given to every gateway
 	Threads  int                `json:"threads"`
 	Results  map[string]result  `json:"results"`
 	Done     map[string]int     `json:"done"`    // samples finished, per configuration
@@ -404,7 +424,7 @@ type rawRun struct {
 // configuration's counted metrics came from.
 func loadRaw(files []string) (rawRun, error) {
 	run := rawRun{Results: map[string]result{}, Done: map[string]int{}, Seconds: map[string]float64{}}
-	var cpus, revs []string
+	var cpus, revs, devices []string
 	var raws []rawRun
 	from := map[string]map[string]int{} // configuration → metric → file
 	for fi, f := range files {
@@ -437,8 +457,11 @@ func loadRaw(files []string) (rawRun, error) {
 			revs = append(revs, r.Revision)
 		}
 		run.CPU, run.Threads = r.CPU, r.Threads
+		if r.Device != "" && !slices.Contains(devices, r.Device) {
+			devices = append(devices, r.Device)
+		}
 	}
-	run.CPU, run.Revision = strings.Join(cpus, "; "), strings.Join(revs, ", ")
+	run.CPU, run.Revision, run.Device = strings.Join(cpus, "; "), strings.Join(revs, ", "), strings.Join(devices, ", ")
 	for k, ms := range from {
 		used := map[int]bool{}
 		for _, fi := range ms {
@@ -469,8 +492,12 @@ func render(set SampleSet, configs []config, run rawRun, modelDir, note string) 
 	}
 	sort.Strings(metrics)
 	fmt.Fprintf(&b, "# KV sparsity accuracy: %s\n\n", modelDir)
-	fmt.Fprintf(&b, "Rendered at commit %s on %s. CPU backend (%s), %d samples (seed %d, lengths %v).",
-		strings.TrimSpace(string(commit)), time.Now().Format("2006-01-02"), run.CPU, len(set.Samples), set.Seed, set.Lengths)
+	device := "the gateway's default --device (the GPU where there is one)"
+	if run.Device != "" {
+		device = "gateway --device " + run.Device
+	}
+	fmt.Fprintf(&b, "Rendered at commit %s on %s. Harness host: %s; %s; %d samples (seed %d, lengths %v).",
+		strings.TrimSpace(string(commit)), time.Now().Format("2006-01-02"), run.CPU, device, len(set.Samples), set.Seed, set.Lengths)
 	if run.Revision != "" {
 		fmt.Fprintf(&b, " Measured at %s.", run.Revision)
 	}

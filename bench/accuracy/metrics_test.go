@@ -1,7 +1,11 @@
 package main
 
 import (
+	"bytes"
+	"compress/gzip"
 	"math"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -90,5 +94,28 @@ func TestGridConfigs(t *testing.T) {
 	cs = g.configs(8)
 	if len(cs) != 3 || cs[1].Policy != "4-7=snapkv:budget=256/h2o:recent=32" || cs[2].Name != "mine" || cs[2].Policy != "0-7=snapkv:budget=512" {
 		t.Errorf("custom grid: %+v", cs)
+	}
+}
+
+// TestReadSamplesGzip reads a sample set committed compressed as it reads
+// a plain one.
+func TestReadSamplesGzip(t *testing.T) {
+	dir := t.TempDir()
+	plain := []byte(`{"seed": 3, "samples": []}`)
+	var gz bytes.Buffer
+	w := gzip.NewWriter(&gz)
+	w.Write(plain)
+	w.Close()
+	os.WriteFile(filepath.Join(dir, "s.json"), plain, 0o644)
+	os.WriteFile(filepath.Join(dir, "s.json.gz"), gz.Bytes(), 0o644)
+	for _, name := range []string{"s.json", "s.json.gz"} {
+		b, err := readSamples(filepath.Join(dir, name))
+		if err != nil || !bytes.Equal(b, plain) {
+			t.Errorf("%s: got %q, %v; want %q", name, b, err, plain)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, "bad.json.gz"), plain, 0o644)
+	if _, err := readSamples(filepath.Join(dir, "bad.json.gz")); err == nil {
+		t.Error("a .gz that is not gzip read without an error")
 	}
 }

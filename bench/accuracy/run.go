@@ -57,8 +57,8 @@ func (s *server) firstModel(ctx context.Context) (string, error) {
 }
 
 // startGateway runs `gateway --embedded` with a KV policy on a free port.
-// threads > 0 sets its GOMAXPROCS.
-func startGateway(bin, model, policy, kvMemory string, threads int, logs io.Writer) (*server, error) {
+// device, if set, is its --device; threads > 0 sets its GOMAXPROCS.
+func startGateway(bin, model, policy, kvMemory, device string, threads int, logs io.Writer) (*server, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -68,6 +68,9 @@ func startGateway(bin, model, policy, kvMemory string, threads int, logs io.Writ
 	args := []string{"--model", model, "--embedded", "--kv-memory", kvMemory, "--listen", addr, "--log-level", "warn"}
 	if policy != "" {
 		args = append(args, "--kv-policy", policy)
+	}
+	if device != "" {
+		args = append(args, "--device", device)
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logs, logs

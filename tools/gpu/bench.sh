@@ -13,11 +13,12 @@
 # Every serving run is bench/serve at INPUT in / OUTPUT out tokens (random
 # ids, ignore_eos), closed loop at concurrency C over N requests, on the 8B
 # shapes with dummy weights. Results (JSON per run) and logs go to
-# $OUT/bench.tgz, rewritten after every run, and each run prints a line as
+# $OUT/bench-PARTS.tgz, rewritten after every run, and each run prints a line as
 # it ends, so a cut-off call keeps what ran.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-TGZ=${OUT:-/tmp/kvd-bench}/bench.tgz
+# One archive per set of parts, so two calls with the same OUT keep both.
+TGZ=${OUT:-/tmp/kvd-bench}/bench-$(echo ${PARTS:-all} | tr ' ' '-').tgz
 OUT=$(mktemp -d)
 mkdir -p "$(dirname "$TGZ")"
 PARTS=${PARTS:-sidecar grid capped floor hf accuracy}
@@ -174,12 +175,15 @@ for part in $PARTS; do
 		cat "$OUT/floor.md"
 		;;
 	hf)
-		timeout "${HF_TIMEOUT:-420}" python3 tools/hf/bench.py --model "$M8" --input-len "$INPUT" --output-len "$OUTPUT" --mode "${HF_MODE:-both}" --batch 16 --requests 16 --out "$OUT/hf.json" 2>"$OUT/logs/hf.log"
+		timeout "${HF_TIMEOUT:-420}" python3 tools/hf/bench.py --model "$M8" --input-len "$INPUT" --output-len "$OUTPUT" --mode "${HF_MODE:-both}" --batch "${HF_BATCH:-0}" --requests "${HF_REQUESTS:-64}" --out "$OUT/hf.json" 2>"$OUT/logs/hf.log"
 		echo "hf: exit $?"
 		;;
 	accuracy)
-		"$BIN/accuracy" -samples bench/accuracy/samples.json -gateway "$BIN/gateway" -parallel 4 -raw-out "$OUT/accuracy-raw.json" \
-			-out "$OUT/accuracy-gpu.md" >"$OUT/logs/accuracy.log" 2>&1
+		# ACC_SAMPLES (default the 100-per-task set), ACC_PARALLEL
+		# gateways at once; ACC_RESUME=FILE goes on from an earlier
+		# call's accuracy-raw.json.
+		"$BIN/accuracy" -samples "${ACC_SAMPLES:-bench/accuracy/samples-100.json.gz}" -gateway "$BIN/gateway" -parallel "${ACC_PARALLEL:-15}" -device cuda \
+			-raw-out "$OUT/accuracy-raw.json" ${ACC_RESUME:+-resume "$ACC_RESUME"} -out "$OUT/accuracy-gpu.md" >"$OUT/logs/accuracy.log" 2>&1
 		echo "accuracy: exit $?"
 		tail -3 "$OUT/logs/accuracy.log"
 		;;
