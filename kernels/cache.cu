@@ -36,49 +36,10 @@ extern "C" __global__ void scatter_kept(float *pool, int bs, int kvh, int hd, co
     if (d == 0) pool[L.score(blk, h, off)] = raw[(i64)h * n + j];
 }
 
-// Every head's scores of one table's first tokens tokens. grid (tokens,
-// kvh), block 1; tables are short enough that this is a copy.
-extern "C" __global__ void table_scores(float *out /*[kvh, tokens]*/, const float *pool, int bs, int kvh, int hd,
-                                        const int *blocks /*[ceil(tokens/bs)]*/, int tokens) {
-    const PoolLayout L{bs, kvh, hd};
-    const int i = blockIdx.x, h = blockIdx.y;
-    out[(i64)h * tokens + i] = pool[L.score(blocks[i / L.bs], h, i % L.bs)];
-}
-
-// Compaction, first half: head h's i-th survivor, table token src[h, i],
-// is copied (K, V, score) to tmp. grid (keep, kvh), block hd.
-extern "C" __global__ void evict_gather(float *tmp /*[kvh, keep, 2*hd+1]*/, const float *pool, int bs, int kvh, int hd,
-                                        const int *blocks /*[table]*/, const int *src /*[kvh, keep]*/, int keep) {
-    const PoolLayout L{bs, kvh, hd};
-    const int i = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
-    if (d >= L.hd) return;
-    const int s = src[h * keep + i];
-    const int blk = blocks[s / L.bs], off = s % L.bs;
-    float *t = tmp + ((i64)h * keep + i) * (2 * L.hd + 1);
-    t[d] = pool[L.k(blk, h, off) + d];
-    t[L.hd + d] = pool[L.v(blk, h, off) + d];
-    if (d == 0) t[2 * L.hd] = pool[L.score(blk, h, off)];
-}
-
-// Compaction, second half: survivor i goes to table slot i. Two launches,
-// because in place a survivor's destination can be another's source.
-// grid (keep, kvh), block hd.
-extern "C" __global__ void evict_scatter(float *pool, int bs, int kvh, int hd, const float *tmp /*[kvh, keep, 2*hd+1]*/,
-                                         const int *blocks /*[table]*/, int keep) {
-    const PoolLayout L{bs, kvh, hd};
-    const int i = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
-    if (d >= L.hd) return;
-    const int blk = blocks[i / L.bs], off = i % L.bs;
-    const float *t = tmp + ((i64)h * keep + i) * (2 * L.hd + 1);
-    pool[L.k(blk, h, off) + d] = t[d];
-    pool[L.v(blk, h, off) + d] = t[L.hd + d];
-    if (d == 0) pool[L.score(blk, h, off)] = t[2 * L.hd];
-}
-
 // ---- Eviction of many tables in one go ------------------------------------
 // A decode step evicts from tens of tables; these kernels take them all in
 // one launch each, with blocks of many threads (a launch per table of
-// one-thread blocks cost an H200 ~0.1 ms a table). Table t's blocks are
+// one-thread blocks cost an H200 ~0.05 ms a table). Table t's blocks are
 // blocks[job[3t]..], its token count job[3t+1], and its scores go to
 // out[job[3t+2] + h*tokens ..].
 

@@ -6,11 +6,14 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"math/bits"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/kvd-project/kvd/kernels/cuda"
@@ -50,6 +53,35 @@ type CUDA struct {
 	// (KVD_HOST_SELECT=1): a copy back and a wait per sparse layer, which
 	// made sparse prefill twice as slow as full on an H200.
 	hostSelect bool
+	// evictTiming, with KVD_STEP_TIMING=N, logs where Evict's time went
+	// every N calls (for developers).
+	evictTiming phases
+}
+
+// phases sums the time of an operation's phases over calls and logs the
+// means every every calls.
+type phases struct {
+	every, calls int
+	sum          [3]time.Duration
+}
+
+func (p *phases) add(what string, names [3]string, t ...time.Time) {
+	if p.every <= 0 {
+		return
+	}
+	p.calls++
+	for i := range p.sum {
+		p.sum[i] += t[i+1].Sub(t[i])
+	}
+	if p.calls < p.every {
+		return
+	}
+	args := []any{"calls", p.calls}
+	for i, n := range names {
+		args = append(args, n, fmt.Sprintf("%.3f ms", float64(p.sum[i])/float64(p.calls)/1e6))
+	}
+	slog.Info(what, args...)
+	*p = phases{every: p.every}
 }
 
 // stageBytes is the pinned staging area's size; a larger upload goes
@@ -74,6 +106,7 @@ func NewCUDA(index int) (*CUDA, error) {
 		return nil, fmt.Errorf("%w: GPU %d asked for, driver %s sees %d", cuda.ErrNoDriver, index, drv.Version(), len(devs))
 	}
 	c := &CUDA{drv: drv, dev: devs[index], fns: map[string]*cuda.Function{}, cache: map[int][]cuda.Ptr{}, hostSelect: os.Getenv("KVD_HOST_SELECT") == "1"}
+	c.evictTiming.every, _ = strconv.Atoi(os.Getenv("KVD_STEP_TIMING"))
 	if c.ctx, err = drv.Context(c.dev); err != nil {
 		drv.Close()
 		return nil, err
@@ -546,11 +579,18 @@ func (c *CUDA) launchShared(name string, grid, block cuda.Dim3, shared int, args
 	if grid.X == 0 {
 		return // no work (the driver would run one block of it)
 	}
+	if c.failed() {
+		// Nothing more runs until the caller has seen the error (Err): a
+		// kernel given a failed allocation's null pointer would fault,
+		// and a fault ends the context.
+		return
+	}
 	c.fail(f.Launch(cuda.Stream{}, grid, block, uint32(shared), args...))
 }
 
-// ptr is t's device address; a tensor without one (a failed allocation,
-// already recorded) launches nothing useful, so the caller checks Err.
+// ptr is t's device address, 0 for a tensor whose allocation failed (the
+// error is pending). A kernel must not be launched on it: a fault on the
+// device ends the context. Callers check the allocations they launch on.
 func ptr(t *Tensor) cuda.Ptr { return cuda.Ptr(t.dev) }
 
 // gridFor is a grid-stride launch's block count for n elements.
@@ -845,10 +885,9 @@ func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, gr
 }
 
 // SparsePrefill computes the prompt's attention and its per-head window
-// sums on the GPU, then selects on the host with the CPU backend's code
-// (so both backends keep the same tokens, ties aside) and scatters the
-// kept tokens into their slots on the GPU. The sums are [H, n] float32: a
-// small copy next to the prompt's O(n²) attention.
+// sums [H, n] on the GPU, chooses the kept tokens on the GPU (the CPU
+// backend's choice, ties aside: see selectOnDevice) and scatters them into
+// their slots.
 func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l shm.Layout, slots []int32, sel Selection, scale float32) {
 	heads := q.Cols() / l.HeadDim
 	group, ok := c.checkGroup(heads, l)
@@ -957,6 +996,9 @@ func (c *CUDA) selectOnDevice(hs *Tensor, group int, k, v *Tensor, row0, n int, 
 	defer c.release(scratch, scc)
 	idx, ic := c.alloc(4 * kvh * max(keep, 1))
 	defer c.release(idx, ic)
+	if hs.dev == 0 || raw.dev == 0 || scratch == 0 || idx == 0 {
+		return // the allocation's error is pending
+	}
 	b := func(x bool) int32 {
 		if x {
 			return 1
@@ -980,7 +1022,8 @@ func (c *CUDA) selectOnDevice(hs *Tensor, group int, k, v *Tensor, row0, n int, 
 // on the host with the CPU backend's code, tables in parallel, moves those
 // that change slot on the GPU (one gather and one scatter launch for all
 // tables, through a staging buffer), and waits for that. Per step that is
-// one upload, four launches and two waits, whatever the number of tables.
+// two uploads (the tables, then the moves), three launches and two waits,
+// whatever the number of tables.
 func (c *CUDA) Evict(pool *Tensor, l shm.Layout, jobs []EvictJob) {
 	kvh := l.KVHeads
 	// job [tables, 3]: blocks offset, tokens, scores offset; then the
@@ -999,6 +1042,7 @@ func (c *CUDA) Evict(pool *Tensor, l shm.Layout, jobs []EvictJob) {
 	if total == 0 {
 		return
 	}
+	t0 := time.Now()
 	mp, mc := c.ints(append(meta, blocks...))
 	defer c.release(mp, mc)
 	pJob, pBlocks := mp, mp+cuda.Ptr(4*len(meta))
@@ -1007,13 +1051,18 @@ func (c *CUDA) Evict(pool *Tensor, l shm.Layout, jobs []EvictJob) {
 	if mp == 0 || sc == 0 {
 		return // the allocation's error is pending
 	}
-	c.launch("table_scores_many", cuda.Dim3{X: uint32((most + 255) / 256), Y: uint32(kvh), Z: uint32(len(jobs))}, cuda.Dim3{X: 256},
-		append(append(args(sc, ptr(pool)), layoutArgs(l)...), pBlocks, pJob)...)
+	const maxZ = 65535 // a grid's z extent
+	for from := 0; from < len(jobs); from += maxZ {
+		z := min(maxZ, len(jobs)-from)
+		c.launch("table_scores_many", cuda.Dim3{X: uint32((most + 255) / 256), Y: uint32(kvh), Z: uint32(z)}, cuda.Dim3{X: 256},
+			append(append(args(sc, ptr(pool)), layoutArgs(l)...), pBlocks, pJob+cuda.Ptr(4*3*from))...)
+	}
 	scores := make([]float32, total)
 	c.ToHost(scores, &Tensor{shape: []int{total}, dev: uint64(sc)})
 	if c.failed() {
 		return
 	}
+	t1 := time.Now()
 	// The survivors, chosen on the host, tables in parallel; a move for
 	// each that changes slot (table, head, destination, source).
 	moves := make([][]int32, len(jobs))
@@ -1047,11 +1096,29 @@ func (c *CUDA) Evict(pool *Tensor, l shm.Layout, jobs []EvictJob) {
 		}
 		all = append(all, moves[i]...)
 	}
+	t2 := time.Now()
 	if n := len(all) / 4; n > 0 {
 		vp, vc := c.ints(all)
 		defer c.release(vp, vc)
-		tmp, tc := c.alloc(4 * n * (2*l.HeadDim + 1))
-		defer c.release(tmp, tc)
+		// The staging buffer is as large as the step's moves: one of a
+		// few GB (many tables crossing a block at once) gets an exact
+		// allocation, freed below, rather than a size class kept cached.
+		var tmp cuda.Ptr
+		if bytes := 4 * n * (2*l.HeadDim + 1); bytes >= exactBytes {
+			p, err := c.ctx.Alloc(bytes)
+			c.fail(err)
+			if err == nil {
+				tmp = p
+				defer c.ctx.Free(p) // after the Sync below
+			}
+		} else {
+			p, class := c.alloc(bytes)
+			defer c.release(p, class)
+			tmp = p
+		}
+		if vp == 0 || tmp == 0 {
+			return // the allocation's error is pending; nothing has moved
+		}
 		grid, block := cuda.Dim3{X: uint32((n + 7) / 8)}, cuda.Dim3{X: 256}
 		c.launch("evict_gather_many", grid, block, append(append(args(tmp, ptr(pool)), layoutArgs(l)...), pBlocks, pJob, vp, int32(n))...)
 		c.launch("evict_scatter_many", grid, block, append(append(args(ptr(pool)), layoutArgs(l)...), tmp, pBlocks, pJob, vp, int32(n))...)
@@ -1064,6 +1131,7 @@ func (c *CUDA) Evict(pool *Tensor, l shm.Layout, jobs []EvictJob) {
 		return
 	}
 	c.drained()
+	c.evictTiming.add("evict timing", [3]string{"scores back", "choose", "compact"}, t0, t1, t2, time.Now())
 }
 
 // MemInfo is the GPU's free and total memory in bytes.

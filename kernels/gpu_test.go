@@ -563,10 +563,16 @@ func TestGPUErrors(t *testing.T) {
 	if err := g.Err(); err != nil {
 		t.Errorf("Err did not clear: %v", err)
 	}
-	g.Alloc(1<<42, 1) // 16 TiB
+	huge := g.Alloc(1<<42, 1) // 16 TiB
+	// Work given the failed allocation's tensor is not launched (a fault
+	// would end the context) until the error has been seen.
+	g.Evict(huge, l, []EvictJob{{Blocks: []int32{1, 2}, Tokens: 20, Keep: 4, Recent: 2}})
 	var ce *cuda.Error
 	if err := g.Err(); !errors.As(err, &ce) || ce.Name != "CUDA_ERROR_OUT_OF_MEMORY" {
 		t.Errorf("16 TiB allocation: got %v, want CUDA_ERROR_OUT_OF_MEMORY", err)
+	}
+	if got := g.host(t, g.FromHost([]float32{1, 2, 3}, 3)); !slices.Equal(got, []float32{1, 2, 3}) {
+		t.Errorf("after the errors the context gives back %v, want [1 2 3]", got)
 	}
 }
 

@@ -245,6 +245,9 @@ func main() {
 	}
 	if *srv != "" {
 		configs = []config{{Name: "server", Kind: "full"}}
+		if *deviceFlag != "" {
+			log.Fatal("-device sets the gateways this harness starts; with -server it starts none")
+		}
 	}
 	if *list {
 		for i, c := range configs {
@@ -268,7 +271,10 @@ func main() {
 		if run, err = loadRaw(strings.Split(*resume, ",")); err != nil {
 			log.Fatal(err)
 		}
-		run.CPU, run.Threads, run.Revision, run.Device = machine.CPUName(), runtime.NumCPU(), revision(), *deviceFlag
+		if run.Device != *deviceFlag {
+			log.Fatalf("-resume: the earlier run's -device was %q, this one's %q: one raw file holds one device's scores (merge files with -merge instead)", run.Device, *deviceFlag)
+		}
+		run.CPU, run.Threads, run.Revision = machine.CPUName(), runtime.NumCPU(), revision()
 	}
 	var mu sync.Mutex
 	// save records a configuration's scores after every sample, so a run cut
@@ -492,7 +498,7 @@ func render(set SampleSet, configs []config, run rawRun, modelDir, note string) 
 	}
 	sort.Strings(metrics)
 	fmt.Fprintf(&b, "# KV sparsity accuracy: %s\n\n", modelDir)
-	device := "the gateway's default --device (the GPU where there is one)"
+	device := "the gateway's default --device (auto: the GPU if the machine has one)"
 	if run.Device != "" {
 		device = "gateway --device " + run.Device
 	}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -116,7 +117,8 @@ func serve(args []string, out io.Writer) error {
 	}
 	if gpu, ok := b.(*kernels.CUDA); ok {
 		p, err = pool.NewShared(gpu, l, *ipcMode == "fd")
-		if err != nil && *ipcMode == "fd" {
+		var ce *cuda.Error
+		if err != nil && *ipcMode == "fd" && !(errors.As(err, &ce) && ce.Name == "CUDA_ERROR_OUT_OF_MEMORY") {
 			// A driver or platform without CUDA's POSIX-fd memory export.
 			log.Warn("cannot share the GPU pool as a file descriptor; falling back to a CUDA IPC handle (--cuda-ipc handle)", "err", err)
 			p, err = pool.NewShared(gpu, l, false)
