@@ -76,7 +76,26 @@ func TestHarnessEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		r := result{}
-		err = runSamples(context.Background(), s, samples, r, nil)
+		err = runSamples(context.Background(), s, samples, r, 1, nil)
+		if err == nil && c.Name == "full" {
+			// Samples run four at once, batched by the gateway, keep
+			// their order: each log-likelihood pairs with its sample's.
+			batched, calls := result{}, 0
+			err = runSamples(context.Background(), s, samples, batched, 4, func() { calls++ })
+			if calls != len(samples) {
+				t.Errorf("done called %d times for %d samples", calls, len(samples))
+			}
+			for _, k := range []string{loglikKey, keyKey} {
+				if len(batched[k]) != len(r[k]) || len(r[k]) == 0 {
+					t.Fatalf("%s: %d scores batched, %d one at a time", k, len(batched[k]), len(r[k]))
+				}
+				for i := range r[k] {
+					if math.Abs(batched[k][i]-r[k][i]) > 1e-3 {
+						t.Errorf("%s sample %d: %v batched, %v one at a time", k, i, batched[k][i], r[k][i])
+					}
+				}
+			}
+		}
 		s.stop()
 		if err != nil {
 			t.Fatal(err)
@@ -112,8 +131,8 @@ func TestHarnessEndToEnd(t *testing.T) {
 		}
 		viaScore, err1 := s.score(context.Background(), smp.PromptIDs, smp.Continuation)
 		viaEcho, err2 := other.score(context.Background(), smp.PromptIDs, smp.Continuation)
-		if err1 != nil || err2 != nil || !other.echoScore || math.Abs(viaScore-viaEcho) > 1e-4 {
-			t.Errorf("scored %v (%v) through /v1/kvd/score, %v (%v) through echo (used: %v)", viaScore, err1, viaEcho, err2, other.echoScore)
+		if err1 != nil || err2 != nil || !other.echoScore.Load() || math.Abs(viaScore-viaEcho) > 1e-4 {
+			t.Errorf("scored %v (%v) through /v1/kvd/score, %v (%v) through echo (used: %v)", viaScore, err1, viaEcho, err2, other.echoScore.Load())
 		}
 	}
 	full, win := summarize(results["full"][loglikKey]), summarize(results["window"][loglikKey])

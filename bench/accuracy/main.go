@@ -179,6 +179,7 @@ func main() {
 	which := flag.String("configs", "", "run only these configurations: indices and ranges as -list prints them (\"0,3-5\")")
 	list := flag.Bool("list", false, "print the configurations with their indices and exit")
 	deviceFlag := flag.String("device", "", "the gateways' --device (auto, cpu or cuda; default: the gateway's own default, auto)")
+	concurrency := flag.Int("concurrency", 1, "samples in flight to each server at once (it batches them; scores still pair sample by sample)")
 	parallel := flag.Int("parallel", 1, "configurations to run at once, each gateway on its share of the cores")
 	rowsFlag := flag.String("sparse-layers", "", "the grid's rows: numbers of sparse (last) layers (default: the seed's 22, 26, 31 of 32, scaled to the model)")
 	windowsFlag := flag.String("windows", "1024,1280,1536", "the grid's columns: SnapKV windows in tokens")
@@ -323,7 +324,7 @@ func main() {
 				}
 			}
 			done, last := from, start
-			err := runSamples(context.Background(), s, set.Samples[from:], r, func() {
+			err := runSamples(context.Background(), s, set.Samples[from:], r, *concurrency, func() {
 				done++
 				save(c, r, done, time.Since(last))
 				last = time.Now()

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,7 +26,7 @@ type server struct {
 	cmd   *exec.Cmd // nil for a server the harness did not start
 	// echoScore is set once the server has answered /v1/kvd/score with 404
 	// (vLLM, ollama, ...): scoring then uses echoed prompt log-probabilities.
-	echoScore bool
+	echoScore atomic.Bool
 }
 
 // httpError is a non-200 answer.
@@ -142,7 +143,7 @@ func (s *server) complete(ctx context.Context, prompt string, maxTokens int) (st
 // prompt log-probabilities (exact attention: what such a server's full KV
 // gives).
 func (s *server) score(ctx context.Context, prompt, cont []int32) (float64, error) {
-	if !s.echoScore {
+	if !s.echoScore.Load() {
 		var r struct {
 			Mean float64 `json:"mean_logprob"`
 		}
@@ -151,8 +152,9 @@ func (s *server) score(ctx context.Context, prompt, cont []int32) (float64, erro
 		if !errors.As(err, &he) || he.status != http.StatusNotFound {
 			return r.Mean, err
 		}
-		log.Printf("%s has no /v1/kvd/score: scoring with echoed prompt log-probabilities", s.base)
-		s.echoScore = true
+		if !s.echoScore.Swap(true) {
+			log.Printf("%s has no /v1/kvd/score: scoring with echoed prompt log-probabilities", s.base)
+		}
 	}
 	return s.scoreEcho(ctx, prompt, cont)
 }
@@ -199,40 +201,89 @@ const (
 	keyKey    = "retrieval-key mean-logprob"
 )
 
-// runSamples runs samples against s, adding their scores to r (in sample
-// order per metric) and calling done after each.
-func runSamples(ctx context.Context, s *server, samples []Sample, r result, done func()) error {
-	for _, smp := range samples {
-		switch {
-		case strings.HasPrefix(smp.Task, taskLine):
-			got, err := s.complete(ctx, smp.Prompt, genRoom)
-			if err != nil {
-				return err
+// runSamples runs samples against s, up to concurrency of them at once
+// (the server batches them, as it would its users' requests), adding their
+// scores to r in sample order per metric, so that configurations pair
+// sample by sample, and calling done after each in that order.
+func runSamples(ctx context.Context, s *server, samples []Sample, r result, concurrency int, done func()) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	outs := make([]chan scored, len(samples))
+	for i := range outs {
+		outs[i] = make(chan scored, 1) // a sample's goroutine never blocks
+	}
+	go func() {
+		sem := make(chan struct{}, max(1, concurrency))
+		for i, smp := range samples {
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				return
 			}
-			r[esKey(smp.Task)] = append(r[esKey(smp.Task)], editSimilarity(got, smp.Target))
-			r[emKey(smp.Task)] = append(r[emKey(smp.Task)], b2f(strings.TrimSpace(got) == smp.Target))
-		case smp.Task == taskRetrieval:
-			got, err := s.complete(ctx, smp.Prompt, 8)
-			if err != nil {
-				return err
-			}
-			r[emKey(smp.Task)] = append(r[emKey(smp.Task)], b2f(strings.HasPrefix(got, smp.Target)))
-		case smp.Task == taskLoglik || smp.Task == taskKey:
-			m, err := s.score(ctx, smp.PromptIDs, smp.Continuation)
-			if err != nil {
-				return err
-			}
-			k := loglikKey
-			if smp.Task == taskKey {
-				k = keyKey
-			}
-			r[k] = append(r[k], m)
+			go func() {
+				defer func() { <-sem }()
+				outs[i] <- runSample(ctx, s, smp)
+			}()
+		}
+	}()
+	for i := range samples {
+		var sc scored
+		select {
+		case sc = <-outs[i]:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if sc.err != nil {
+			return sc.err
+		}
+		for j, k := range sc.keys {
+			r[k] = append(r[k], sc.vals[j])
 		}
 		if done != nil {
 			done()
 		}
 	}
 	return nil
+}
+
+// scored is one sample's scores, metric by metric.
+type scored struct {
+	keys []string
+	vals []float64
+	err  error
+}
+
+func (sc *scored) add(k string, v float64) {
+	sc.keys, sc.vals = append(sc.keys, k), append(sc.vals, v)
+}
+
+func runSample(ctx context.Context, s *server, smp Sample) (sc scored) {
+	switch {
+	case strings.HasPrefix(smp.Task, taskLine):
+		got, err := s.complete(ctx, smp.Prompt, genRoom)
+		if err != nil {
+			return scored{err: err}
+		}
+		sc.add(esKey(smp.Task), editSimilarity(got, smp.Target))
+		sc.add(emKey(smp.Task), b2f(strings.TrimSpace(got) == smp.Target))
+	case smp.Task == taskRetrieval:
+		got, err := s.complete(ctx, smp.Prompt, 8)
+		if err != nil {
+			return scored{err: err}
+		}
+		sc.add(emKey(smp.Task), b2f(strings.HasPrefix(got, smp.Target)))
+	case smp.Task == taskLoglik || smp.Task == taskKey:
+		m, err := s.score(ctx, smp.PromptIDs, smp.Continuation)
+		if err != nil {
+			return scored{err: err}
+		}
+		k := loglikKey
+		if smp.Task == taskKey {
+			k = keyKey
+		}
+		sc.add(k, m)
+	}
+	return sc
 }
 
 // clone deep-copies r.

@@ -179,10 +179,12 @@ for part in $PARTS; do
 		echo "hf: exit $?"
 		;;
 	accuracy)
-		# ACC_SAMPLES (default the 100-per-task set), ACC_PARALLEL
-		# gateways at once; ACC_RESUME=FILE goes on from an earlier
-		# call's accuracy-raw.json.
-		"$BIN/accuracy" -samples "${ACC_SAMPLES:-bench/accuracy/samples-100.json.gz}" -gateway "$BIN/gateway" -parallel "${ACC_PARALLEL:-15}" -device cuda \
+		# ACC_SAMPLES (default the 100-per-task set); ACC_PARALLEL
+		# gateways at once (each its own CUDA context: the GPU time-slices
+		# them), each sent ACC_CONCURRENCY samples at once to batch;
+		# ACC_RESUME=FILE goes on from an earlier call's accuracy-raw.json.
+		"$BIN/accuracy" -samples "${ACC_SAMPLES:-bench/accuracy/samples-100.json.gz}" -gateway "$BIN/gateway" \
+			-parallel "${ACC_PARALLEL:-5}" -concurrency "${ACC_CONCURRENCY:-16}" -device cuda \
 			-raw-out "$OUT/accuracy-raw.json" ${ACC_RESUME:+-resume "$ACC_RESUME"} -out "$OUT/accuracy-gpu.md" >"$OUT/logs/accuracy.log" 2>&1
 		echo "accuracy: exit $?"
 		tail -3 "$OUT/logs/accuracy.log"
