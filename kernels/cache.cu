@@ -234,3 +234,119 @@ extern "C" __global__ void snapkv_select(const float *hs, int group, int n, int 
     }
     for (int j = obs_from + t; j < n; j += SEL_THREADS) out[sinks + want + (j - obs_from)] = j;
 }
+
+// ---- Eviction chosen and compacted on the device --------------------------
+// evictSources (kernels/sparse.go) on the device, so that kvd's eviction
+// needs no copy back: per (table, head), the first sinks and the last
+// recent tokens stay, and of the middle the keep-sinks-recent with the
+// highest score (the earlier on a tie; NaN lowest), by bisection on order
+// keys as in snapkv_select. The survivors then move, in order, to the
+// table's first slots, in place: sources ascend and each is at or after
+// its destination, so entries taken in order, a chunk at a time (all of a
+// chunk read before any of it is written), never overwrite one not yet
+// read. KVD_GPU_EVICT=1 turns it on until a GPU run validates it.
+
+// An order key for a float: larger values give larger keys; NaN is lowest
+// and -0 is +0 (the host's cmp.Compare order).
+__device__ __forceinline__ unsigned order_key32(float x) {
+    if (x != x) return 0u;
+    if (x == 0.f) x = 0.f;
+    const unsigned b = __float_as_uint(x);
+    return (b >> 31) ? ~b : (b | 0x80000000u);
+}
+
+#define EVICT_CHUNK (SEL_THREADS / 32)  // entries moved at once: a warp each
+#define EVICT_MAX_HD 128
+
+// job [tables, 6]: blocks offset, tokens, keep, sinks, recent, src offset;
+// src gets each head's kept tokens ([kvh, kept] at the table's offset).
+// grid (kvh, tables), block SEL_THREADS; head dims up to EVICT_MAX_HD.
+extern "C" __global__ void __launch_bounds__(SEL_THREADS) evict_many(float *pool, int bs, int kvh, int hd, const int *blocks, const int *job,
+                                      int *src_buf) {
+    __shared__ int scratch[SEL_THREADS];
+    __shared__ float stage[EVICT_CHUNK][2 * EVICT_MAX_HD + 1];
+    const PoolLayout L{bs, kvh, hd};
+    const int h = blockIdx.x, t = threadIdx.x;
+    const int *jb = job + 6 * blockIdx.y;
+    const int *b = blocks + jb[0];
+    const int tokens = jb[1], keep = jb[2], sinks = jb[3], recent = jb[4];
+    const int lo = sinks, hi = tokens - recent, n = hi - lo;
+    const int s0 = min(sinks, tokens);
+    const int want = n > 0 ? min(max(keep - sinks - recent, 0), n) : 0;
+    const int r0 = max(tokens - recent, sinks);
+    const int kept = s0 + want + max(0, tokens - r0);
+    int *src = src_buf + jb[5] + h * kept;
+    auto key = [&](int i) { return order_key32(pool[L.score(b[i / L.bs], h, i % L.bs)]); };
+    // The want-th largest key of the middle, bit by bit from the top.
+    unsigned thr = 0u;
+    if (want > 0) {
+        for (int bit = 31; bit >= 0; bit--) {
+            const unsigned c = thr | (1u << bit);
+            int cnt = 0;
+            for (int i = lo + t; i < hi; i += SEL_THREADS) cnt += key(i) >= c;
+            if (block_sum(cnt, scratch) >= want) thr = c;
+        }
+    }
+    // Keys above it stay; of those equal to it, the earliest. Each thread
+    // takes a contiguous chunk so that survivors come out ascending.
+    const int per = n > 0 ? (n + SEL_THREADS - 1) / SEL_THREADS : 0;
+    const int clo = lo + t * per, chi = min(hi, clo + per);
+    int gt = 0, eq = 0;
+    if (want > 0) {
+        for (int i = clo; i < chi; i++) {
+            const unsigned k = key(i);
+            gt += k > thr;
+            eq += k == thr;
+        }
+    }
+    const int ties = want - block_sum(gt, scratch);
+    const int eq_before = block_exclusive_scan(eq, scratch);
+    const int mine = gt + max(0, min(eq, ties - eq_before));
+    const int at = block_exclusive_scan(mine, scratch);
+    for (int i = t; i < s0; i += SEL_THREADS) src[i] = i;
+    if (want > 0) {
+        int w = s0 + at, tie = eq_before;
+        for (int i = clo; i < chi; i++) {
+            const unsigned k = key(i);
+            if (k > thr || (k == thr && tie++ < ties)) src[w++] = i;
+        }
+    }
+    for (int j = r0 + t; j < tokens; j += SEL_THREADS) src[s0 + want + (j - r0)] = j;
+    __syncthreads();
+    // The first survivor that moves: all before it stay where they are.
+    int first = kept;
+    for (int i = t; i < kept; i += SEL_THREADS)
+        if (src[i] != i) first = min(first, i);
+    scratch[t] = first;
+    __syncthreads();
+    for (int s = SEL_THREADS / 2; s > 0; s >>= 1) {
+        if (t < s) scratch[t] = min(scratch[t], scratch[t + s]);
+        __syncthreads();
+    }
+    first = scratch[0];
+    const int warp = t / 32, lane = t % 32;
+    for (int base = first; base < kept; base += EVICT_CHUNK) {
+        const int e = base + warp;
+        const bool moves = e < kept && src[e] != e;
+        if (moves) {
+            const int s = src[e], blk = b[s / L.bs], off = s % L.bs;
+            const float *k = pool + L.k(blk, h, off), *v = pool + L.v(blk, h, off);
+            for (int d = lane; d < L.hd; d += 32) {
+                stage[warp][d] = k[d];
+                stage[warp][L.hd + d] = v[d];
+            }
+            if (lane == 0) stage[warp][2 * L.hd] = pool[L.score(blk, h, off)];
+        }
+        __syncthreads();
+        if (moves) {
+            const int blk = b[e / L.bs], off = e % L.bs;
+            float *k = pool + L.k(blk, h, off), *v = pool + L.v(blk, h, off);
+            for (int d = lane; d < L.hd; d += 32) {
+                k[d] = stage[warp][d];
+                v[d] = stage[warp][L.hd + d];
+            }
+            if (lane == 0) pool[L.score(blk, h, off)] = stage[warp][2 * L.hd];
+        }
+        __syncthreads();
+    }
+}

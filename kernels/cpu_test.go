@@ -567,5 +567,9 @@ func TestEvictSources(t *testing.T) {
 		if !slices.Equal(got, want) {
 			t.Fatalf("tokens %d keep %d sinks %d recent %d scores %v:\ngot  %v\nwant %v", tokens, keep, sinks, recent, scores, got, want)
 		}
+		// The device's eviction sizes its output by this count.
+		if n := evictKept(EvictJob{Tokens: tokens, Keep: keep, Sinks: sinks, Recent: recent}); n != len(got) {
+			t.Fatalf("tokens %d keep %d sinks %d recent %d: evictKept %d, evictSources keeps %d", tokens, keep, sinks, recent, n, len(got))
+		}
 	}
 }

@@ -53,6 +53,10 @@ type CUDA struct {
 	// (KVD_HOST_SELECT=1): a copy back and a wait per sparse layer, which
 	// made sparse prefill twice as slow as full on an H200.
 	hostSelect bool
+	// gpuEvict makes Evict choose and compact on the device (evict_many,
+	// KVD_GPU_EVICT=1, experimental until a GPU run validates it): no
+	// scores copied back, one wait instead of two.
+	gpuEvict bool
 	// evictTiming, with KVD_STEP_TIMING=N, logs where Evict's time went
 	// every N calls (for developers).
 	evictTiming phases
@@ -107,6 +111,7 @@ func NewCUDA(index int) (*CUDA, error) {
 	}
 	c := &CUDA{drv: drv, dev: devs[index], fns: map[string]*cuda.Function{}, cache: map[int][]cuda.Ptr{}, hostSelect: os.Getenv("KVD_HOST_SELECT") == "1"}
 	c.evictTiming.every, _ = strconv.Atoi(os.Getenv("KVD_STEP_TIMING"))
+	c.gpuEvict = os.Getenv("KVD_GPU_EVICT") == "1"
 	if c.ctx, err = drv.Context(c.dev); err != nil {
 		drv.Close()
 		return nil, err
@@ -172,7 +177,7 @@ func init() {
 var kernelNames = map[string][]string{
 	"elementwise": {"embedding_bf16", "rmsnorm", "to_bf16", "rope", "silu_mul", "add", "gather_rows", "columns", "split_rope", "add_rmsnorm", "gemv_bf16"},
 	"sampling":    {"sample_rows", "suppress_ids"},
-	"cache":       {"write_kv", "scatter_kept", "table_scores_many", "evict_gather_many", "evict_scatter_many", "snapkv_select"},
+	"cache":       {"write_kv", "scatter_kept", "table_scores_many", "evict_gather_many", "evict_scatter_many", "snapkv_select", "evict_many"},
 	"attention": {
 		"attn_combine", "flash_paged_hd64", "flash_paged_hd128", "flash_prompt_hd64", "flash_prompt_hd128",
 	},
@@ -1025,6 +1030,10 @@ func (c *CUDA) selectOnDevice(hs *Tensor, group int, k, v *Tensor, row0, n int, 
 // two uploads (the tables, then the moves), three launches and two waits,
 // whatever the number of tables.
 func (c *CUDA) Evict(pool *Tensor, l shm.Layout, jobs []EvictJob) {
+	if c.gpuEvict && l.HeadDim <= evictMaxHeadDim {
+		c.evictOnDevice(pool, l, jobs)
+		return
+	}
 	kvh := l.KVHeads
 	// job [tables, 3]: blocks offset, tokens, scores offset; then the
 	// blocks of every table.
@@ -1132,6 +1141,63 @@ func (c *CUDA) Evict(pool *Tensor, l shm.Layout, jobs []EvictJob) {
 	}
 	c.drained()
 	c.evictTiming.add("evict timing", [3]string{"scores back", "choose", "compact"}, t0, t1, t2, time.Now())
+}
+
+// evictMaxHeadDim is the largest head dimension evict_many stages.
+const evictMaxHeadDim = 128
+
+// evictOnDevice is Evict with the survivors chosen on the device
+// (evict_many: evictSources' tokens, ties and NaNs alike) and compacted
+// in place there, a block per table and head: one upload, one launch per
+// 65535 tables, one wait, and nothing copied back.
+func (c *CUDA) evictOnDevice(pool *Tensor, l shm.Layout, jobs []EvictJob) {
+	kvh := l.KVHeads
+	meta := make([]int32, 6*len(jobs))
+	var blocks []int32
+	src := 0
+	for i, j := range jobs {
+		meta[6*i], meta[6*i+1], meta[6*i+2] = int32(len(blocks)), int32(j.Tokens), int32(j.Keep)
+		meta[6*i+3], meta[6*i+4], meta[6*i+5] = int32(j.Sinks), int32(j.Recent), int32(src)
+		blocks = append(blocks, j.Blocks...)
+		src += kvh * evictKept(j)
+	}
+	if len(jobs) == 0 {
+		return
+	}
+	t0 := time.Now()
+	mp, mc := c.ints(append(meta, blocks...))
+	defer c.release(mp, mc)
+	sp, sc := c.alloc(4 * max(src, 1))
+	defer c.release(sp, sc)
+	if mp == 0 || sp == 0 {
+		return // the allocation's error is pending
+	}
+	pJob, pBlocks := mp, mp+cuda.Ptr(4*len(meta))
+	const maxY = 65535 // a grid's y extent
+	for from := 0; from < len(jobs); from += maxY {
+		y := min(maxY, len(jobs)-from)
+		c.launch("evict_many", cuda.Dim3{X: uint32(kvh), Y: uint32(y)}, cuda.Dim3{X: 1024},
+			append(append(args(ptr(pool)), layoutArgs(l)...), pBlocks, pJob+cuda.Ptr(4*6*from), sp)...)
+	}
+	t1 := time.Now()
+	// Return when the compaction has run, as Evict does.
+	if err := c.ctx.Sync(cuda.Stream{}); err != nil {
+		c.fail(err)
+		return
+	}
+	c.drained()
+	t2 := time.Now()
+	c.evictTiming.add("evict timing (device)", [3]string{"queue", "run", "-"}, t0, t1, t2, t2)
+}
+
+// evictKept is how many tokens each head keeps of j: evictSources' count.
+func evictKept(j EvictJob) int {
+	n := j.Tokens - j.Recent - j.Sinks
+	want := 0
+	if n > 0 {
+		want = min(max(j.Keep-j.Sinks-j.Recent, 0), n)
+	}
+	return min(j.Sinks, j.Tokens) + want + max(0, j.Tokens-max(j.Tokens-j.Recent, j.Sinks))
 }
 
 // MemInfo is the GPU's free and total memory in bytes.

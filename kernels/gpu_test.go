@@ -525,6 +525,66 @@ func TestGPUEvict(t *testing.T) {
 
 // TestGPUEvictMany evicts several tables of one pool in one call (a
 // step's evictions), of different lengths and budgets, one left alone.
+// TestGPUEvictOnDevice runs a step's eviction chosen and compacted on the
+// device (KVD_GPU_EVICT) and on the host over the same pool and wants the
+// same pool to the bit: scores with many ties and some NaNs, tables of
+// every shape the engine makes and some it does not (nothing to drop,
+// recent windows longer than the table).
+func TestGPUEvictOnDevice(t *testing.T) {
+	g := newGPU(t)
+	rng := rand.New(rand.NewPCG(23, 24))
+	for _, geo := range []struct{ bs, kvh, hd int }{{16, 8, 128}, {32, 2, 64}, {16, 4, 96}} {
+		for _, ties := range []bool{false, true} {
+			l := shm.Layout{NumBlocks: 600, BlockSize: geo.bs, KVHeads: geo.kvh, HeadDim: geo.hd}
+			ids := rng.Perm(l.NumBlocks - 1)
+			var jobs []EvictJob
+			for _, j := range []EvictJob{
+				{Tokens: 1040, Keep: 1024, Recent: 32},
+				{Tokens: 1552, Keep: 1536, Sinks: 4, Recent: 32},
+				{Tokens: 17, Keep: 9, Sinks: 2, Recent: 3},
+				{Tokens: 300, Keep: 300, Sinks: 4, Recent: 32},
+				{Tokens: 40, Keep: 20, Sinks: 4, Recent: 64},
+				{Tokens: 2500, Keep: 700, Sinks: 0, Recent: 0},
+				{Tokens: 3, Keep: 1, Sinks: 1, Recent: 0},
+			} {
+				nb := (j.Tokens + l.BlockSize - 1) / l.BlockSize
+				j.Blocks = make([]int32, nb)
+				for i := range j.Blocks {
+					j.Blocks[i] = int32(ids[0] + 1)
+					ids = ids[1:]
+				}
+				jobs = append(jobs, j)
+			}
+			pool := randomPool(rng, l)
+			if ties {
+				for b := range l.NumBlocks {
+					for h := range l.KVHeads {
+						for s := range l.BlockSize {
+							v := float32(rng.IntN(3))
+							if rng.IntN(50) == 0 {
+								v = float32(math.NaN())
+							}
+							pool[l.Score(b, h, s)] = v
+						}
+					}
+				}
+			}
+			label := fmt.Sprintf("bs=%d kvh=%d hd=%d ties=%v", geo.bs, geo.kvh, geo.hd, ties)
+			onHost, onDevice := g.FromHost(pool, l.PoolElems()), g.FromHost(pool, l.PoolElems())
+			g.Evict(onHost, l, jobs)
+			g.gpuEvict = true
+			g.Evict(onDevice, l, jobs)
+			g.gpuEvict = false
+			if err := g.Err(); err != nil {
+				t.Fatalf("%s: %v", label, err)
+			}
+			if !sameBits(g.host(t, onDevice), g.host(t, onHost)) {
+				t.Errorf("%s: the device's eviction differs from the host's", label)
+			}
+		}
+	}
+}
+
 func TestGPUEvictMany(t *testing.T) {
 	g, cpu := newGPU(t), NewCPU()
 	rng := rand.New(rand.NewPCG(13, 14))

@@ -9,7 +9,7 @@
 #   floor    the decode step against its floor (bytes read / copy bandwidth);
 #   hf       HF transformers on the same card and workload (tools/hf/bench.py);
 #   accuracy issue E's accuracy table on the GPU, full sample counts;
-#   ipc, select  diagnostics (see each below).
+#   ipc, select, evict  diagnostics (see each below).
 # Every serving run is bench/serve at INPUT in / OUTPUT out tokens (random
 # ids, ignore_eos), closed loop at concurrency C over N requests, on the 8B
 # shapes with dummy weights. Results (JSON per run) and logs go to
@@ -118,7 +118,7 @@ one() {
 	echo "$name: up in $((SECONDS - t0)) s"
 	serve "$name" "$c" "$n"
 	grep -h "step timing" "$OUT/logs/$name.gateway.log" | tail -n 2
-	grep -h "eviction timing" "$OUT/logs/$name.kvd.log" 2>/dev/null | tail -n 1 | sed 's/^.*msg=//' 
+	grep -hE "eviction timing|evict timing" "$OUT/logs/$name.kvd.log" 2>/dev/null | tail -n 2 | sed 's/^.*msg=//' 
 	curl -s "$BASE/metrics" | grep -E "^kvd_(kv_blocks|gpu_memory_used)" >"$OUT/logs/$name.metrics.txt"
 	[ "$mode" = sidecar ] && "$BIN/kvd" status --socket "$SOCK" --json >"$OUT/logs/$name.status.json" 2>&1
 	stop
@@ -163,6 +163,14 @@ for part in $PARTS; do
 		# default) and on the host (KVD_HOST_SELECT=1).
 		one grid-26-1024 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
 		KVD_HOST_SELECT=1 one grid-26-1024-hostselect sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
+		;;
+	evict)
+		# kvd's eviction chosen and compacted on the device
+		# (KVD_GPU_EVICT=1) against the host's choice, 26 layers / 1024,
+		# uncapped and capped.
+		one grid-26-1024 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
+		KVD_GPU_EVICT=1 one grid-26-1024-gpuevict sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
+		KVD_GPU_EVICT=1 one capped-26-1024-gpuevict sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N" --sparse-layers 26 --window 1024
 		;;
 	capped)
 		one capped-full sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N"
