@@ -484,13 +484,7 @@ func TestGPUSelectOnDevice(t *testing.T) {
 					onHost, onDevice := g.FromHost(pool, l.PoolElems()), g.FromHost(pool, l.PoolElems())
 					g.selectOnHost(hs, group, k, v, row0, n, onHost, l, slots, sel)
 					g.selectOnDevice(hs, group, k, v, row0, n, onDevice, l, slots, sel)
-					label := fmt.Sprintf("n=%d/%s/group=%d/ties=%v", n, name, group, ties)
-					if err := g.Err(); err != nil {
-						t.Fatalf("%s: %v", label, err)
-					}
-					if !sameBits(g.host(t, onDevice), g.host(t, onHost)) {
-						t.Errorf("%s: the device's choice differs from the host's", label)
-					}
+					sameAsHost(t, g, fmt.Sprintf("n=%d/%s/group=%d/ties=%v", n, name, group, ties), onDevice, onHost)
 				}
 			}
 		}
@@ -575,12 +569,7 @@ func TestGPUEvictOnDevice(t *testing.T) {
 			g.gpuEvict = true
 			g.Evict(onDevice, l, jobs)
 			g.gpuEvict = false
-			if err := g.Err(); err != nil {
-				t.Fatalf("%s: %v", label, err)
-			}
-			if !sameBits(g.host(t, onDevice), g.host(t, onHost)) {
-				t.Errorf("%s: the device's eviction differs from the host's", label)
-			}
+			sameAsHost(t, g, label, onDevice, onHost)
 		}
 	}
 }
@@ -776,6 +765,18 @@ func TestGPUSample(t *testing.T) {
 		if differ > 1 {
 			t.Errorf("vocab %d: %d of %d draws differ from the CPU's", v, differ, R)
 		}
+	}
+}
+
+// sameAsHost fails the test when g has an error pending or the pool the
+// device's choice left differs in any bit from the one the host's left.
+func sameAsHost(t *testing.T, g *CUDA, label string, onDevice, onHost *Tensor) {
+	t.Helper()
+	if err := g.Err(); err != nil {
+		t.Fatalf("%s: %v", label, err)
+	}
+	if !sameBits(g.host(t, onDevice), g.host(t, onHost)) {
+		t.Errorf("%s: the device's choice differs from the host's", label)
 	}
 }
 
