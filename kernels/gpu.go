@@ -63,15 +63,20 @@ type CUDA struct {
 }
 
 // phases sums the time of an operation's phases over calls and logs the
-// means every every calls.
+// means every every calls. A call gives a name per phase and the times
+// that bound them (one more than the names).
 type phases struct {
 	every, calls int
-	sum          [3]time.Duration
+	what         string
+	sum          []time.Duration
 }
 
-func (p *phases) add(what string, names [3]string, t ...time.Time) {
+func (p *phases) add(what string, names []string, t ...time.Time) {
 	if p.every <= 0 {
 		return
+	}
+	if p.what != what { // another way of doing the operation: start over
+		*p = phases{every: p.every, what: what, sum: make([]time.Duration, len(names))}
 	}
 	p.calls++
 	for i := range p.sum {
@@ -85,7 +90,8 @@ func (p *phases) add(what string, names [3]string, t ...time.Time) {
 		args = append(args, n, fmt.Sprintf("%.3f ms", float64(p.sum[i])/float64(p.calls)/1e6))
 	}
 	slog.Info(what, args...)
-	*p = phases{every: p.every}
+	p.calls = 0
+	clear(p.sum)
 }
 
 // stageBytes is the pinned staging area's size; a larger upload goes
@@ -1140,7 +1146,7 @@ func (c *CUDA) Evict(pool *Tensor, l shm.Layout, jobs []EvictJob) {
 		return
 	}
 	c.drained()
-	c.evictTiming.add("evict timing", [3]string{"scores back", "choose", "compact"}, t0, t1, t2, time.Now())
+	c.evictTiming.add("evict timing", []string{"scores back", "choose", "compact"}, t0, t1, t2, time.Now())
 }
 
 // evictMaxHeadDim is the largest head dimension evict_many stages.
@@ -1186,8 +1192,7 @@ func (c *CUDA) evictOnDevice(pool *Tensor, l shm.Layout, jobs []EvictJob) {
 		return
 	}
 	c.drained()
-	t2 := time.Now()
-	c.evictTiming.add("evict timing (device)", [3]string{"queue", "run", "-"}, t0, t1, t2, t2)
+	c.evictTiming.add("evict timing (device)", []string{"queue", "run"}, t0, t1, time.Now())
 }
 
 // evictKept is how many tokens each head keeps of j: evictSources' count.

@@ -124,15 +124,7 @@ func TestIPC(t *testing.T) {
 	if err := ctx.Wait(Stream{}, ev); err != nil {
 		t.Fatal(err)
 	}
-	back := make([]byte, 4*ipcWords)
-	if err := ctx.CopyToHost(back, p); err != nil {
-		t.Fatal(err)
-	}
-	for i := range ipcWords {
-		if w := binary.LittleEndian.Uint32(back[4*i:]); w != 0x5a5a5a5a {
-			t.Fatalf("word %d is %#x after the child wrote 0x5a5a5a5a", i, w)
-		}
-	}
+	wantWords(t, ctx, p, 0x5a5a5a5a)
 }
 
 func ipcChild(t *testing.T) {
@@ -155,15 +147,7 @@ func ipcChild(t *testing.T) {
 	if err := ctx.Wait(Stream{}, theirs); err != nil {
 		t.Fatal(err)
 	}
-	got := make([]byte, 4*ipcWords)
-	if err := ctx.CopyToHost(got, p); err != nil {
-		t.Fatal(err)
-	}
-	for i := range ipcWords {
-		if w := binary.LittleEndian.Uint32(got[4*i:]); w != 0xa5a5a5a5 {
-			t.Fatalf("word %d is %#x, the parent wrote 0xa5a5a5a5", i, w)
-		}
-	}
+	wantWords(t, ctx, p, 0xa5a5a5a5)
 	if err := ctx.Memset32(p, 0x5a5a5a5a, ipcWords); err != nil {
 		t.Fatal(err)
 	}
@@ -245,15 +229,7 @@ func TestVMMIPC(t *testing.T) {
 	if err != nil {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
-	back := make([]byte, 4*ipcWords)
-	if err := ctx.CopyToHost(back, v.Ptr); err != nil {
-		t.Fatal(err)
-	}
-	for i := range ipcWords {
-		if w := binary.LittleEndian.Uint32(back[4*i:]); w != 0x5a5a5a5a {
-			t.Fatalf("word %d is %#x after the child wrote 0x5a5a5a5a", i, w)
-		}
-	}
+	wantWords(t, ctx, v.Ptr, 0x5a5a5a5a)
 }
 
 func vmmChild(t *testing.T) {
@@ -263,19 +239,26 @@ func vmmChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ctx.VMMFree(v)
-	got := make([]byte, 4*ipcWords)
-	if err := ctx.CopyToHost(got, v.Ptr); err != nil {
-		t.Fatal(err)
-	}
-	for i := range ipcWords {
-		if w := binary.LittleEndian.Uint32(got[4*i:]); w != 0xa5a5a5a5 {
-			t.Fatalf("word %d is %#x, the parent wrote 0xa5a5a5a5", i, w)
-		}
-	}
+	wantWords(t, ctx, v.Ptr, 0xa5a5a5a5)
 	if err := ctx.Memset32(v.Ptr, 0x5a5a5a5a, ipcWords); err != nil {
 		t.Fatal(err)
 	}
 	if err := ctx.Sync(Stream{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// wantWords fails the test unless the ipcWords words at p all hold want
+// (the pattern the other process wrote).
+func wantWords(t *testing.T, ctx *Context, p Ptr, want uint32) {
+	t.Helper()
+	got := make([]byte, 4*ipcWords)
+	if err := ctx.CopyToHost(got, p); err != nil {
+		t.Fatal(err)
+	}
+	for i := range ipcWords {
+		if w := binary.LittleEndian.Uint32(got[4*i:]); w != want {
+			t.Fatalf("word %d is %#x, want %#x (the other process's pattern)", i, w, want)
+		}
 	}
 }
