@@ -520,7 +520,7 @@ func TestGPUEvict(t *testing.T) {
 // TestGPUEvictMany evicts several tables of one pool in one call (a
 // step's evictions), of different lengths and budgets, one left alone.
 // TestGPUEvictOnDevice runs a step's eviction chosen and compacted on the
-// device (KVD_GPU_EVICT) and on the host over the same pool and wants the
+// device (the default) and on the host (KVD_HOST_EVICT) over the same pool and wants the
 // same pool to the bit: scores with many ties and some NaNs, tables of
 // every shape the engine makes and some it does not (nothing to drop,
 // recent windows longer than the table).
@@ -565,10 +565,10 @@ func TestGPUEvictOnDevice(t *testing.T) {
 			}
 			label := fmt.Sprintf("bs=%d kvh=%d hd=%d ties=%v", geo.bs, geo.kvh, geo.hd, ties)
 			onHost, onDevice := g.FromHost(pool, l.PoolElems()), g.FromHost(pool, l.PoolElems())
+			g.gpuEvict = false
 			g.Evict(onHost, l, jobs)
 			g.gpuEvict = true
 			g.Evict(onDevice, l, jobs)
-			g.gpuEvict = false
 			sameAsHost(t, g, label, onDevice, onHost)
 		}
 	}

@@ -9,6 +9,7 @@
 #   floor    the decode step against its floor (bytes read / copy bandwidth);
 #   hf       HF transformers on the same card and workload (tools/hf/bench.py);
 #   accuracy issue E's accuracy table on the GPU, full sample counts;
+#   wide     full KV and 26/1024 at concurrency WIDE (default 64);
 #   ipc, select, evict  diagnostics (see each below).
 # Every serving run is bench/serve at INPUT in / OUTPUT out tokens (random
 # ids, ignore_eos), closed loop at concurrency C over N requests, on the 8B
@@ -151,6 +152,12 @@ for part in $PARTS; do
 		one full-sidecar sidecar "$KV" "$C" "$N"
 		;;
 	grid) grid grid sidecar "$KV" "$C" "$N" ;;
+	wide)
+		# Full KV and the 26-layer / 1024 preset with WIDE requests at
+		# once (default 64): the pool holds more than C=32 sequences.
+		one "full-sidecar-c${WIDE:-64}" sidecar "$KV" "${WIDE:-64}" "${WIDE:-64}"
+		one "grid-26-1024-c${WIDE:-64}" sidecar "$KV" "${WIDE:-64}" "${WIDE:-64}" --sparse-layers 26 --window 1024
+		;;
 	ipc)
 		# The sidecar's decode against embedded: the pool shared as a VMM
 		# file descriptor (the default) and by a legacy IPC handle.
@@ -165,12 +172,10 @@ for part in $PARTS; do
 		KVD_HOST_SELECT=1 one grid-26-1024-hostselect sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
 		;;
 	evict)
-		# kvd's eviction chosen and compacted on the device
-		# (KVD_GPU_EVICT=1) against the host's choice, 26 layers / 1024,
-		# uncapped and capped.
+		# kvd's eviction chosen and compacted on the device (the default)
+		# against the host's choice (KVD_HOST_EVICT=1), 26 layers / 1024.
 		one grid-26-1024 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
-		KVD_GPU_EVICT=1 one grid-26-1024-gpuevict sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
-		KVD_GPU_EVICT=1 one capped-26-1024-gpuevict sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N" --sparse-layers 26 --window 1024
+		KVD_HOST_EVICT=1 one grid-26-1024-hostevict sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
 		;;
 	capped)
 		one capped-full sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N"
@@ -183,15 +188,16 @@ for part in $PARTS; do
 		cat "$OUT/floor.md"
 		;;
 	hf)
-		timeout "${HF_TIMEOUT:-420}" python3 tools/hf/bench.py --model "$M8" --input-len "$INPUT" --output-len "$OUTPUT" --mode "${HF_MODE:-both}" --batch "${HF_BATCH:-0}" --requests "${HF_REQUESTS:-64}" --out "$OUT/hf.json" 2>"$OUT/logs/hf.log"
+		timeout "${HF_TIMEOUT:-420}" python3 tools/hf/bench.py --model "$M8" --input-len "$INPUT" --output-len "$OUTPUT" --mode "${HF_MODE:-both}" --batches "${HF_BATCHES:-32,64,48}" --requests "${HF_REQUESTS:-64}" --out "$OUT/hf.json" 2>"$OUT/logs/hf.log"
 		echo "hf: exit $?"
 		;;
 	accuracy)
 		# ACC_SAMPLES (default the 100-per-task set); ACC_PARALLEL
 		# gateways at once (each its own CUDA context: the GPU time-slices
 		# them), each sent ACC_CONCURRENCY samples at once to batch;
-		# ACC_RESUME=FILE goes on from an earlier call's accuracy-raw.json.
-		"$BIN/accuracy" -samples "${ACC_SAMPLES:-bench/accuracy/samples-100.json.gz}" -gateway "$BIN/gateway" \
+		# ACC_RESUME=FILE goes on from an earlier call's accuracy-raw.json;
+		# ACC_TIMEOUT seconds stops it in time to archive what it scored.
+		timeout -s INT "${ACC_TIMEOUT:-0}" "$BIN/accuracy" -samples "${ACC_SAMPLES:-bench/accuracy/samples-100.json.gz}" -gateway "$BIN/gateway" \
 			-parallel "${ACC_PARALLEL:-5}" -concurrency "${ACC_CONCURRENCY:-16}" -device cuda \
 			-raw-out "$OUT/accuracy-raw.json" ${ACC_RESUME:+-resume "$ACC_RESUME"} -out "$OUT/accuracy-gpu.md" >"$OUT/logs/accuracy.log" 2>&1
 		echo "accuracy: exit $?"
