@@ -275,12 +275,163 @@ extern "C" __global__ void __launch_bounds__(NT)
     }
 }
 
+// Decode and other row work over the pool at head dim 128
+// (split_paged_v2_g*, for now behind KVD_ATTN_V2=1): the same work items
+// and partials as split_paged, built to keep more of K and V in flight.
+// split_paged's CTA moves through a tile in lock step, five barriers a
+// tile, reading K four bytes a load and V one key after another; on an
+// H200 it read K and V at 46% of the card's copy rate. Here each of the
+// four warps walks its own chunks of V2_CHUNK keys with no block-wide
+// barrier: a chunk's 32 row addresses are found once, a lane each, and
+// shuffled to where they are needed; eight lanes a key read K 16 bytes a
+// load (four keys at once, three shuffles a dot product), the chunk's
+// softmax runs a key per lane, and a lane owns four of the 128 dims of V,
+// read 16 bytes a load, eight keys unrolled. The warps' partials (max, sum, weighted values) merge in
+// shared memory at the end, into the one partial split_paged leaves.
+// Needs 16-byte aligned rows: shm.Layout.BlockElems a multiple of 4.
+#define V2_HD 128
+#define V2_CHUNK 32
+#define V2_WARPS (NT / 32)
+// A thread a dim when the warps merge, a lane a key in a chunk's softmax.
+static_assert(NT == V2_HD && V2_CHUNK == 32 && V2_WARPS * 32 == NT, "split_paged_v2's shape");
+
+template <int G>
+__device__ void partial_v2(float *ws, const float *q, int k0, int k1, const PagedKV &kv, float scale) {
+    __shared__ __align__(16) float qs[G][V2_HD];
+    __shared__ float sc[V2_WARPS][G][V2_CHUNK];
+    __shared__ float wm[V2_WARPS][G], wl[V2_WARPS][G];
+    __shared__ __align__(16) float wacc[V2_WARPS][G][V2_HD];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, sub = lane >> 3, sl = lane & 7;
+    for (int i = tid; i < G * V2_HD; i += NT) qs[i / V2_HD][i % V2_HD] = q[i];
+    __syncthreads();
+    float m[G], l[G];
+    float4 acc[G];
+#pragma unroll
+    for (int g = 0; g < G; g++) m[g] = -INFINITY, l[g] = 0, acc[g] = make_float4(0, 0, 0, 0);
+    for (int c0 = k0 + warp * V2_CHUNK; c0 < k1; c0 += V2_WARPS * V2_CHUNK) {
+        const int tn = min(V2_CHUNK, k1 - c0);
+        // Lane i finds where key c0+i's K row is (keys past tn: the
+        // chunk's last, so every load below reads a real row and none
+        // waits on a branch); the others get it by shuffle.
+        const int mine = c0 + min(lane, tn - 1);
+        const i64 koff = kv.L.k(kv.blocks[mine / kv.L.bs], kv.h, mine % kv.L.bs);
+        // Logits: lanes sub*8..sub*8+7 take key p*4+sub, dims 4*(sl+8i).
+#pragma unroll 2
+        for (int p = 0; p < V2_CHUNK / 4; p++) {
+            const int j = p * 4 + sub;
+            const float4 *kr = reinterpret_cast<const float4 *>(kv.pool + __shfl_sync(0xffffffffu, koff, j));
+            float4 kk[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) kk[i] = kr[sl + 8 * i];
+            float dot[G];
+#pragma unroll
+            for (int g = 0; g < G; g++) dot[g] = 0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+#pragma unroll
+                for (int g = 0; g < G; g++) {
+                    const float4 qq = reinterpret_cast<const float4 *>(qs[g])[sl + 8 * i];
+                    dot[g] += qq.x * kk[i].x + qq.y * kk[i].y + qq.z * kk[i].z + qq.w * kk[i].w;
+                }
+            }
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                float s = dot[g];
+                s += __shfl_xor_sync(0xffffffffu, s, 1);
+                s += __shfl_xor_sync(0xffffffffu, s, 2);
+                s += __shfl_xor_sync(0xffffffffu, s, 4);
+                if (sl == 0) sc[warp][g][j] = j < tn ? s * scale : -INFINITY;
+            }
+        }
+        __syncwarp();
+        // The chunk's softmax, a key per lane; a chunk has at least one
+        // key, so the new max is finite and keys past tn weigh 0.
+        float alpha[G];
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            const float s = sc[warp][g][lane];
+            const float mn = fmaxf(m[g], warp_max(s));
+            alpha[g] = expf(m[g] - mn);  // 0 on the warp's first chunk
+            const float pj = expf(s - mn);
+            l[g] = l[g] * alpha[g] + warp_sum(pj);
+            m[g] = mn;
+            sc[warp][g][lane] = pj;
+        }
+        __syncwarp();
+#pragma unroll
+        for (int g = 0; g < G; g++) acc[g].x *= alpha[g], acc[g].y *= alpha[g], acc[g].z *= alpha[g], acc[g].w *= alpha[g];
+        const i64 vdelta = (i64)kv.L.kvh * kv.L.bs * V2_HD;  // a block's V after its K
+        if (tn == V2_CHUNK) {
+#pragma unroll 8
+            for (int j = 0; j < V2_CHUNK; j++) {
+                const float4 vv =
+                    reinterpret_cast<const float4 *>(kv.pool + __shfl_sync(0xffffffffu, koff, j) + vdelta)[lane];
+#pragma unroll
+                for (int g = 0; g < G; g++) {
+                    const float pj = sc[warp][g][j];
+                    acc[g].x += pj * vv.x, acc[g].y += pj * vv.y, acc[g].z += pj * vv.z, acc[g].w += pj * vv.w;
+                }
+            }
+        } else {
+            for (int j = 0; j < tn; j++) {  // tn is the warp's: the shuffles see every lane
+                const float4 vv =
+                    reinterpret_cast<const float4 *>(kv.pool + __shfl_sync(0xffffffffu, koff, j) + vdelta)[lane];
+#pragma unroll
+                for (int g = 0; g < G; g++) {
+                    const float pj = sc[warp][g][j];
+                    acc[g].x += pj * vv.x, acc[g].y += pj * vv.y, acc[g].z += pj * vv.z, acc[g].w += pj * vv.w;
+                }
+            }
+        }
+        __syncwarp();  // sc is rewritten by the next chunk
+    }
+    // Merge the warps' partials; a warp that had no chunk has max -inf
+    // and weighs 0 (an item has at least one key, so M is finite).
+    if (lane == 0) {
+#pragma unroll
+        for (int g = 0; g < G; g++) wm[warp][g] = m[g], wl[warp][g] = l[g];
+    }
+#pragma unroll
+    for (int g = 0; g < G; g++) reinterpret_cast<float4 *>(wacc[warp][g])[lane] = acc[g];
+    __syncthreads();
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < V2_WARPS; w++) M = fmaxf(M, wm[w][g]);
+        float L = 0, a = 0;
+#pragma unroll
+        for (int w = 0; w < V2_WARPS; w++) {
+            const float f = wm[w][g] == -INFINITY ? 0.f : expf(wm[w][g] - M);
+            L += wl[w][g] * f;
+            a += wacc[w][g][tid] * f;
+        }
+        ws[2 * G + g * V2_HD + tid] = a;  // NT == V2_HD: a thread a dim
+        if (tid == 0) ws[g] = M, ws[G + g] = L;
+    }
+}
+
+template <int G>
+__device__ void split_paged_v2(float *ws, const float *q, const float *pool, int bs, int kvh, const int *rowinfo,
+                               const int *items, const int *blocks, float scale) {
+    const int *it = items + 4 * blockIdx.x, *ri = rowinfo + 4 * it[0];
+    const int h = blockIdx.y;
+    const PagedKV kv{pool, PoolLayout{bs, kvh, V2_HD}, blocks + ri[2], h};
+    partial_v2<G>(ws + ((i64)it[3] * kvh + h) * (2 * G + G * V2_HD), q + ((i64)ri[0] * kvh + h) * G * V2_HD, it[1],
+                  it[2], kv, scale);
+}
+
 // The group sizes instantiated: 1 to 8 query heads per KV head.
 #define INSTANTIATE(G)                                                                                                 \
     extern "C" __global__ void __launch_bounds__(NT)                                                                  \
         split_paged_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd, const int *rowinfo,    \
                          const int *items, const int *blocks, float scale) {                                          \
         split_paged<G>(ws, q, pool, bs, kvh, hd, rowinfo, items, blocks, scale);                                      \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
+        split_paged_v2_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd,                     \
+                            const int *rowinfo, const int *items, const int *blocks, float scale) {                   \
+        split_paged_v2<G>(ws, q, pool, bs, kvh, rowinfo, items, blocks, scale);                                        \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(NT)                                                                  \
         score_paged_g##G(float *pool, const float *fin, const float *q, int bs, int kvh, int hd, const int *rowinfo,   \

@@ -60,6 +60,11 @@ type CUDA struct {
 	// 26 layers / window 1024 from 831.9 to 924.5 tokens/s
 	// (bench/results/gpu-g.md).
 	gpuEvict bool
+	// attnV2 sends decode and other pool rows at head dim 128 to
+	// split_paged_v2 (KVD_ATTN_V2=1; experimental until a GPU run
+	// validates and times it), which keeps more of K and V in flight
+	// than split_paged.
+	attnV2 bool
 	// evictTiming, with KVD_STEP_TIMING=N, logs where Evict's time went
 	// every N calls (for developers).
 	evictTiming phases
@@ -121,6 +126,7 @@ func NewCUDA(index int) (*CUDA, error) {
 	c := &CUDA{drv: drv, dev: devs[index], fns: map[string]*cuda.Function{}, cache: map[int][]cuda.Ptr{}, hostSelect: os.Getenv("KVD_HOST_SELECT") == "1"}
 	c.evictTiming.every, _ = strconv.Atoi(os.Getenv("KVD_STEP_TIMING"))
 	c.gpuEvict = os.Getenv("KVD_HOST_EVICT") != "1"
+	c.attnV2 = os.Getenv("KVD_ATTN_V2") == "1"
 	if c.ctx, err = drv.Context(c.dev); err != nil {
 		drv.Close()
 		return nil, err
@@ -176,7 +182,7 @@ func flashSmem(hd int) int {
 
 func init() {
 	for g := 1; g <= maxGroup; g++ {
-		for _, k := range []string{"split_paged", "score_paged", "split_prompt", "score_prompt"} {
+		for _, k := range []string{"split_paged", "split_paged_v2", "score_paged", "split_prompt", "score_prompt"} {
 			kernelNames["attention"] = append(kernelNames["attention"], fmt.Sprintf("%s_g%d", k, g))
 		}
 	}
@@ -796,6 +802,11 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 	c.splitRows(&w, out, q, heads, l, group, b.Blocks, splitSrc{pool: ptr(pool)}, scale)
 }
 
+// v2OK reports whether split_paged_v2 takes a pool of layout l: head dim
+// 128 (a thread a dim when the warps merge, a lane four dims) and rows
+// that start on 16 bytes (float4 loads).
+func v2OK(l shm.Layout) bool { return l.HeadDim == 128 && l.BlockElems()%4 == 0 }
+
 // splitSrc is where the split row kernels find keys: the pool (paged), or
 // a prompt's rows of k and v, whose scoring rows vote into hs [H, n].
 type splitSrc struct {
@@ -830,10 +841,10 @@ func (w *rowWork) row(qrow, nvis, table int, score bool) {
 }
 
 // items splits every row's keys into work items, enough of them to give
-// each SM several CTAs, in tiles of 64 keys: items [n, 4] (row, first
+// each SM several CTAs, in multiples of round keys: items [n, 4] (row, first
 // key, end key, workspace slot), the score rows' items, and where each
 // row's items start (rowsplit [R+1]).
-func (w *rowWork) items(kvh, sms int) (items, scoring, rowsplit []int32) {
+func (w *rowWork) items(kvh, sms, round int) (items, scoring, rowsplit []int32) {
 	R := len(w.info) / 4
 	maxKeys := 0
 	for r := range R {
@@ -842,7 +853,7 @@ func (w *rowWork) items(kvh, sms int) (items, scoring, rowsplit []int32) {
 	per := maxKeys // keys per item
 	if target := splitPerSM * sms; R*kvh < target {
 		splits := (target + R*kvh - 1) / (R * kvh)
-		per = max(splitMinKeys, ((maxKeys+splits-1)/splits+63)/64*64)
+		per = max(splitMinKeys, ((maxKeys+splits-1)/splits+round-1)/round*round)
 	}
 	rowsplit = make([]int32, 0, R+1)
 	for r := range R {
@@ -863,7 +874,14 @@ func (w *rowWork) items(kvh, sms int) (items, scoring, rowsplit []int32) {
 // combine into out, and for rows that score the scoring pass.
 func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, group int, blocks []int32, src splitSrc, scale float32) {
 	kvh, hd := l.KVHeads, l.HeadDim
-	items, scoring, rowsplit := w.items(kvh, c.dev.SMs)
+	// split_paged_v2 deals an item's chunks of 32 keys to four warps:
+	// items of a multiple of 128 keys keep them even.
+	v2 := c.attnV2 && src.pool != 0 && src.pool%16 == 0 && v2OK(l)
+	round := 64
+	if v2 {
+		round = 128
+	}
+	items, scoring, rowsplit := w.items(kvh, c.dev.SMs, round)
 	R, n := len(w.info)/4, len(items)/4
 	meta := make([]int32, 0, len(blocks)+len(w.info)+len(items)+len(scoring)+len(rowsplit))
 	meta = append(append(append(append(append(meta, blocks...), w.info...), items...), scoring...), rowsplit...)
@@ -883,7 +901,11 @@ func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, gr
 	block := cuda.Dim3{X: 128}
 	if src.pool != 0 {
 		pool := src.pool
-		c.launch(fmt.Sprintf("split_paged_g%d", group), grid(n), block, ws, ptr(q), pool, int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pItems, pBlocks, scale)
+		split := "split_paged"
+		if v2 {
+			split = "split_paged_v2"
+		}
+		c.launch(fmt.Sprintf("%s_g%d", split, group), grid(n), block, ws, ptr(q), pool, int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pItems, pBlocks, scale)
 		c.launch("attn_combine", grid(R), block, ptr(out), fin, ws, pInfo, pSplit, int32(heads), int32(kvh), int32(hd))
 		if len(scoring) > 0 {
 			c.launch(fmt.Sprintf("score_paged_g%d", group), grid(len(scoring)/4), block, pool, fin, ptr(q), int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pScoring, pBlocks, scale)

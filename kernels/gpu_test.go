@@ -37,7 +37,7 @@ func newGPU(t testing.TB) *CUDA {
 // seqLens are the sequence lengths every kernel is checked at.
 func seqLens() []int {
 	if os.Getenv("KVD_GPU_QUICK") != "" {
-		return []int{1, 15, 17, 97}
+		return []int{1, 15, 17, 97, 600} // 600: several 32-key chunks per warp in split_paged_v2
 	}
 	return []int{1, 15, 17, 97, 1979, 5000}
 }
@@ -305,38 +305,53 @@ func TestGPUAttention(t *testing.T) {
 					wantPool := cpu.FromHost(slices.Clone(pool), l.PoolElems())
 					want := cpu.Alloc(T, heads*hd)
 					cpu.Attention(want, cpu.FromHost(q, T, heads*hd), wantPool, l, b, scale)
-					gotPool := g.FromHost(pool, l.PoolElems())
-					got := g.poisoned(T, heads*hd)
-					g.Attention(got, g.FromHost(q, T, heads*hd), gotPool, l, b, scale)
-					out := g.host(t, got)
-					// Compare the rows that were computed; the others
-					// must be left alone (still poisoned). Sequences with
-					// a run of rows for the tensor cores (TF32) get a
-					// looser bound.
-					var gw, ww, gf, wf []float32
-					for s, c := range cases {
-						lo, hi := int(b.QIndptr[s])*heads*hd, int(b.QIndptr[s+1])*heads*hd
-						if c.skip {
-							for _, v := range out[lo:hi] {
-								if !math.IsNaN(float64(v)) {
-									t.Fatalf("%s: a skipped sequence's output was written", label)
-								}
-							}
+					// split_paged, and split_paged_v2 where it applies
+					// (head dim 128), also in long items (one per SM:
+					// several chunks a warp); the tensor-core kernel
+					// either way.
+					for _, run := range []struct {
+						v2  bool
+						per int
+					}{{false, 8}, {true, 8}, {true, 1}} {
+						if run.v2 && !v2OK(l) {
 							continue
 						}
-						if int(b.ScoreFrom[s]) >= flashMinRows && flashOK(l) {
-							gf, wf = append(gf, out[lo:hi]...), append(wf, want.data[lo:hi]...)
-						} else {
-							gw, ww = append(gw, out[lo:hi]...), append(ww, want.data[lo:hi]...)
+						label := fmt.Sprintf("%s/v2=%v/split%d", label, run.v2, run.per)
+						g.attnV2, splitPerSM = run.v2, run.per
+						gotPool := g.FromHost(pool, l.PoolElems())
+						got := g.poisoned(T, heads*hd)
+						g.Attention(got, g.FromHost(q, T, heads*hd), gotPool, l, b, scale)
+						out := g.host(t, got)
+						// Compare the rows that were computed; the others
+						// must be left alone (still poisoned). Sequences with
+						// a run of rows for the tensor cores (TF32) get a
+						// looser bound.
+						var gw, ww, gf, wf []float32
+						for s, c := range cases {
+							lo, hi := int(b.QIndptr[s])*heads*hd, int(b.QIndptr[s+1])*heads*hd
+							if c.skip {
+								for _, v := range out[lo:hi] {
+									if !math.IsNaN(float64(v)) {
+										t.Fatalf("%s: a skipped sequence's output was written", label)
+									}
+								}
+								continue
+							}
+							if int(b.ScoreFrom[s]) >= flashMinRows && flashOK(l) {
+								gf, wf = append(gf, out[lo:hi]...), append(wf, want.data[lo:hi]...)
+							} else {
+								gw, ww = append(gw, out[lo:hi]...), append(ww, want.data[lo:hi]...)
+							}
 						}
+						check(t, label+" output", gw, ww, 2e-5)
+						check(t, label+" output (tensor cores)", gf, wf, 3e-3)
+						gp := g.host(t, gotPool)
+						gkv, gsc := splitPool(gp, l)
+						wkv, wsc := splitPool(wantPool.data, l)
+						check(t, label+" keys and values", gkv, wkv, 0)
+						check(t, label+" scores", gsc, wsc, 1e-5)
 					}
-					check(t, label+" output", gw, ww, 2e-5)
-					check(t, label+" output (tensor cores)", gf, wf, 3e-3)
-					gp := g.host(t, gotPool)
-					gkv, gsc := splitPool(gp, l)
-					wkv, wsc := splitPool(wantPool.data, l)
-					check(t, label+" keys and values", gkv, wkv, 0)
-					check(t, label+" scores", gsc, wsc, 1e-5)
+					g.attnV2, splitPerSM = false, 8
 				}
 			}
 		}
@@ -662,8 +677,9 @@ func BenchmarkGPU(b *testing.B) {
 
 // BenchmarkGPUAttention times Llama-3.1-8B's attention (32 heads, 8 KV
 // heads of 128) over the pool: a 5000-token prompt (the tensor-core
-// kernel), and decode at 5000 tokens of context for 1 and 8 sequences
-// (the split row kernels), with FLOP/s and the bytes of K and V read.
+// kernel), and decode at 5000 tokens of context for 1, 8 and 32 sequences
+// (the split row kernels: split_paged, and split_paged_v2 as /v2), with
+// FLOP/s and the bytes of K and V read.
 func BenchmarkGPUAttention(b *testing.B) {
 	g := newGPU(b)
 	rng := rand.New(rand.NewPCG(3, 3))
@@ -671,7 +687,7 @@ func BenchmarkGPUAttention(b *testing.B) {
 	for _, c := range []struct {
 		name       string
 		seqs, rows int
-	}{{"prefill-1x5000", 1, ctx}, {"decode-1x5000", 1, 1}, {"decode-8x5000", 8, 1}} {
+	}{{"prefill-1x5000", 1, ctx}, {"decode-1x5000", 1, 1}, {"decode-8x5000", 8, 1}, {"decode-32x5000", 32, 1}} {
 		nb := (ctx + bs - 1) / bs
 		l := shm.Layout{NumBlocks: c.seqs*nb + 1, BlockSize: bs, KVHeads: kvh, HeadDim: hd}
 		ab := &AttnBatch{QIndptr: []int32{0}, BlockIndptr: []int32{0}}
@@ -686,12 +702,19 @@ func BenchmarkGPUAttention(b *testing.B) {
 		T := c.seqs * c.rows
 		pool := g.FromHost(randomPool(rng, l), l.PoolElems())
 		q, out := g.FromHost(randn(rng, T*heads*hd), T, heads*hd), g.Alloc(T, heads*hd)
-		for _, per := range []int{2, 8, 16} {
-			if c.rows > 1 && per != 8 {
+		for _, run := range []struct {
+			per int
+			v2  bool
+		}{{2, false}, {8, false}, {16, false}, {2, true}, {4, true}, {8, true}, {16, true}} {
+			if c.rows > 1 && (run.per != 8 || run.v2) {
 				continue // the prompt's rows do not split
 			}
-			splitPerSM = per
-			b.Run(fmt.Sprintf("%s/split%d", c.name, per), func(b *testing.B) {
+			splitPerSM, g.attnV2 = run.per, run.v2
+			name := fmt.Sprintf("%s/split%d", c.name, run.per)
+			if run.v2 {
+				name += "/v2"
+			}
+			b.Run(name, func(b *testing.B) {
 				for range b.N {
 					g.Attention(out, q, pool, l, ab, 0.088)
 				}
@@ -706,7 +729,7 @@ func BenchmarkGPUAttention(b *testing.B) {
 				b.ReportMetric(keys*2*kvh*hd*4/s/1e9, "KV-GB/s")
 			})
 		}
-		splitPerSM = 8
+		splitPerSM, g.attnV2 = 8, false
 		g.Free(pool)
 		g.Free(q)
 		g.Free(out)

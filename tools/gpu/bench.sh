@@ -10,7 +10,7 @@
 #   hf       HF transformers on the same card and workload (tools/hf/bench.py);
 #   accuracy issue E's accuracy table on the GPU, full sample counts;
 #   wide     full KV and 26/1024 at concurrency WIDE (default 64);
-#   ipc, select, evict  diagnostics (see each below).
+#   ipc, select, evict, attn  diagnostics and trials (see each below).
 # Every serving run is bench/serve at INPUT in / OUTPUT out tokens (random
 # ids, ignore_eos), closed loop at concurrency C over N requests, on the 8B
 # shapes with dummy weights. Results (JSON per run) and logs go to
@@ -176,6 +176,15 @@ for part in $PARTS; do
 		# against the host's choice (KVD_HOST_EVICT=1), 26 layers / 1024.
 		one grid-26-1024 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
 		KVD_HOST_EVICT=1 one grid-26-1024-hostevict sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
+		;;
+	attn)
+		# split_paged_v2 (KVD_ATTN_V2=1) against split_paged: the kernel
+		# tests and timings, then full KV and 26 / 1024 served with it.
+		(cd kernels && "$BIN/kernels.test" -test.run GPUAttention -test.bench GPUAttention -test.benchtime 20x) >"$OUT/attn-bench.txt" 2>&1
+		grep -E "^(Benchmark|--- |ok|FAIL|PASS)" "$OUT/attn-bench.txt"
+		one full-sidecar sidecar "$KV" "$C" "$N"
+		KVD_ATTN_V2=1 one full-sidecar-attnv2 sidecar "$KV" "$C" "$N"
+		KVD_ATTN_V2=1 one grid-26-1024-attnv2 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
 		;;
 	capped)
 		one capped-full sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N"
