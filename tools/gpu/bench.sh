@@ -10,6 +10,7 @@
 #   hf       HF transformers on the same card and workload (tools/hf/bench.py);
 #   accuracy issue E's accuracy table on the GPU, full sample counts;
 #   wide     full KV and 26/1024 at concurrency WIDE (default 64);
+#   slo      the most tokens/s with p99 TTFT under 2 s (serve -search);
 #   ipc, select, evict, attn  diagnostics and trials (see each below).
 # Every serving run is bench/serve at INPUT in / OUTPUT out tokens (random
 # ids, ignore_eos), closed loop at concurrency C over N requests, on the 8B
@@ -176,6 +177,20 @@ for part in $PARTS; do
 		# against the host's choice (KVD_HOST_EVICT=1), 26 layers / 1024.
 		one grid-26-1024 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
 		KVD_HOST_EVICT=1 one grid-26-1024-hostevict sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
+		;;
+	slo)
+		# vLLM's question: the most output tokens/s whose p99 TTFT stays
+		# under SLO_BOUND (2 s), concurrency 1, 2, 4, ... (bench/serve
+		# -search, SLO_N requests at each), full KV and 26 / 1024.
+		for cfg in full "${SLO_SPARSE:-26/1024}"; do
+			name=slo-${cfg/\//-}
+			if [ "$cfg" = full ]; then set --; else set -- --sparse-layers "${cfg%/*}" --window "${cfg#*/}"; fi
+			up "$name" sidecar "$KV" "$@" || continue
+			"$BIN/serve" -base "$BASE" -input-len "$INPUT" -output-len "$OUTPUT" -vocab "$VOCAB" -num-prompts "${SLO_N:-16}" -warmup 1 \
+				-search -ttft-bound "${SLO_BOUND:-2s}" -out "$OUT/$name.json" 2>&1 | tee "$OUT/logs/$name.serve.txt" | grep -E "^(concurrency|best)" | sed "s/^/$name: /"
+			stop
+			save
+		done
 		;;
 	attn)
 		# split_paged_v2 (KVD_ATTN_V2=1) against split_paged: the kernel
