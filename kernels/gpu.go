@@ -378,16 +378,6 @@ func (c *CUDA) Weight(data []float32, shape ...int) *Tensor {
 	return &Tensor{shape: append([]int(nil), shape...), dev: uint64(p), bf16: true}
 }
 
-// toBF16 rounds to the nearest bfloat16, ties to even (NaN stays NaN).
-func toBF16(f float32) uint16 {
-	u := math.Float32bits(f)
-	if u&0x7fffffff > 0x7f800000 {
-		return uint16(u>>16) | 0x40
-	}
-	u += 0x7fff + (u>>16)&1
-	return uint16(u >> 16)
-}
-
 func (c *CUDA) ToHost(dst []float32, t *Tensor) {
 	if t.dev == 0 {
 		c.fail(errors.New("kernels: ToHost of a tensor with no device memory"))

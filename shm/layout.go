@@ -16,11 +16,19 @@ var ErrLayout = errors.New("invalid pool layout")
 
 // Layout describes a pool of layer-blocks. A layer-block holds BlockSize
 // tokens of one layer: K and V for every KV head, and one float32 score per
-// token per KV head. Within a block, in elements of the pool's dtype:
+// token per KV head. Within a block, in float32 words:
 //
-//	K      [KVHeads, BlockSize, HeadDim]
-//	V      [KVHeads, BlockSize, HeadDim]
+//	K      [KVHeads, BlockSize, RowElems]
+//	V      [KVHeads, BlockSize, RowElems]
 //	Scores [KVHeads, BlockSize]            (float32, stored after V)
+//
+// A row (one token's K or V for one head) is HeadDim float32s, or with
+// DType BFloat16 HeadDim bfloat16s packed two to a word: read as uint16s
+// from the row's start, element d is dimension d (little-endian words hold
+// dims 2i and 2i+1 in their low and high halves). Offsets are in words
+// either way, so code that moves rows (compaction, eviction) moves
+// RowElems words and need not know the dtype; only what writes K and V
+// and what reads them as numbers does.
 //
 // Head-major K and V keep one head's tokens contiguous, which is what decode
 // attention streams and what per-head compaction moves. Block 0 is the null
@@ -30,6 +38,47 @@ type Layout struct {
 	BlockSize int // tokens per block
 	KVHeads   int
 	HeadDim   int
+	DType     DType // of K and V; scores are float32 whatever it is
+}
+
+// DType is how K and V are stored in the pool.
+type DType uint8
+
+const (
+	Float32  DType = iota // the default: rows as the model computes them
+	BFloat16              // rounded to nearest even: half the bytes
+)
+
+func (d DType) String() string {
+	switch d {
+	case Float32:
+		return "float32"
+	case BFloat16:
+		return "bfloat16"
+	}
+	return fmt.Sprintf("DType(%d)", uint8(d))
+}
+
+// ParseDType reads a --kv-cache-dtype value (vLLM's flag): float32,
+// bfloat16, or auto, which is float32 (vLLM's auto is the model's dtype;
+// kvd's GPU kernels for a bfloat16 pool are not yet validated).
+func ParseDType(s string) (DType, error) {
+	switch s {
+	case "auto", "float32", "fp32":
+		return Float32, nil
+	case "bfloat16", "bf16":
+		return BFloat16, nil
+	}
+	return 0, fmt.Errorf("%w: KV cache dtype %q (want auto, float32 or bfloat16)", ErrLayout, s)
+}
+
+// RowElems is the number of float32 words one token's K (or V) takes for
+// one head.
+func (l Layout) RowElems() int {
+	if l.DType == BFloat16 {
+		return l.HeadDim / 2
+	}
+	return l.HeadDim
 }
 
 // Validate checks that every field is usable.
@@ -41,25 +90,29 @@ func (l Layout) Validate() error {
 		return fmt.Errorf("%w: block size %d", ErrLayout, l.BlockSize)
 	case l.KVHeads < 1 || l.HeadDim < 1:
 		return fmt.Errorf("%w: %d KV heads of dim %d", ErrLayout, l.KVHeads, l.HeadDim)
+	case l.DType > BFloat16:
+		return fmt.Errorf("%w: KV dtype %v", ErrLayout, l.DType)
+	case l.DType == BFloat16 && l.HeadDim%2 != 0:
+		return fmt.Errorf("%w: a bfloat16 pool packs two dims a word; head dim %d is odd", ErrLayout, l.HeadDim)
 	}
 	return nil
 }
 
-// HeadElems is the number of K (or V) elements one head has in a block.
-func (l Layout) HeadElems() int { return l.BlockSize * l.HeadDim }
+// HeadElems is the number of words one head's K (or V) takes in a block.
+func (l Layout) HeadElems() int { return l.BlockSize * l.RowElems() }
 
-// BlockElems is the size of one layer-block in float32 elements, scores
+// BlockElems is the size of one layer-block in float32 words, scores
 // included.
 func (l Layout) BlockElems() int {
 	return 2*l.KVHeads*l.HeadElems() + l.KVHeads*l.BlockSize
 }
 
-// PoolElems is the size of the whole pool in float32 elements.
+// PoolElems is the size of the whole pool in float32 words.
 func (l Layout) PoolElems() int { return l.NumBlocks * l.BlockElems() }
 
 // K is the offset of token slot's key for head in block.
 func (l Layout) K(block, head, slot int) int {
-	return block*l.BlockElems() + (head*l.BlockSize+slot)*l.HeadDim
+	return block*l.BlockElems() + (head*l.BlockSize+slot)*l.RowElems()
 }
 
 // V is the offset of token slot's value for head in block.
