@@ -97,7 +97,8 @@ func (c *Client) Hello() *HelloReply {
 // Layout is the pool's geometry.
 func (c *Client) Layout() shm.Layout {
 	h := c.Hello()
-	return shm.Layout{NumBlocks: h.NumBlocks, BlockSize: h.BlockSize, KVHeads: h.KVHeads, HeadDim: h.HeadDim}
+	dt, _ := shm.ParseDType(h.DType) // checked when the hello came
+	return shm.Layout{NumBlocks: h.NumBlocks, BlockSize: h.BlockSize, KVHeads: h.KVHeads, HeadDim: h.HeadDim, DType: dt}
 }
 
 // TakeGPUPoolFD hands over the file descriptor of a GPU pool shared by one
@@ -189,6 +190,16 @@ func (c *Client) connect(ctx context.Context) error {
 		unix.Close(fd)
 		c.drop()
 		return fmt.Errorf("hello reply: %w", err)
+	}
+	if h.DType == "" {
+		h.DType = shm.Float32.String() // a kvd from before bfloat16 pools
+	}
+	if _, err := shm.ParseDType(h.DType); err != nil {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		c.drop()
+		return fmt.Errorf("kvd's pool holds K and V as %q, which this gateway cannot read: %w", h.DType, err)
 	}
 	// A restart, or a lease kvd let go of (its grace ran out): either way
 	// the sequences are gone.

@@ -151,6 +151,7 @@ type Status struct {
 	GPU            *GPUStatus    `json:"gpu,omitempty"` // the pool's GPU, from NVML
 	BlockSize      int           `json:"block_size"`
 	BlockBytes     int64         `json:"block_bytes"`
+	KVCacheDType   string        `json:"kv_cache_dtype"` // how the pool holds K and V (--kv-cache-dtype)
 	BlocksTotal    int           `json:"blocks_total"`
 	BlocksUsed     int           `json:"blocks_used"`
 	BlocksFree     int           `json:"blocks_free"`

@@ -197,8 +197,8 @@ func (c *CPU) WriteKV(pool *Tensor, l shm.Layout, k, v *Tensor, slots []int32) {
 		blk, off := int(s)/l.BlockSize, int(s)%l.BlockSize
 		for h := range l.KVHeads {
 			src := (t*l.KVHeads + h) * hd
-			copy(pool.data[l.K(blk, h, off):][:hd], k.data[src:src+hd])
-			copy(pool.data[l.V(blk, h, off):][:hd], v.data[src:src+hd])
+			putRow(pool.data[l.K(blk, h, off):], k.data[src:src+hd], l.DType)
+			putRow(pool.data[l.V(blk, h, off):], v.data[src:src+hd], l.DType)
 			pool.data[l.Score(blk, h, off)] = 0 // a new token has no score yet
 		}
 	}
@@ -243,6 +243,7 @@ func (c *CPU) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale 
 	c.parallel(len(jobs), 1, func(lo, hi int) {
 		var kb, vb, pb, pad []float32
 		var kv kvPanels
+		kr, vr := make([]float32, hd), make([]float32, hd) // a bfloat16 pool's rows, as float32
 		for _, j := range jobs[lo:hi] {
 			blocks := b.Blocks[b.BlockIndptr[j.seq]:b.BlockIndptr[j.seq+1]]
 			q0, q1 := int(b.QIndptr[j.seq]), int(b.QIndptr[j.seq+1])
@@ -271,7 +272,7 @@ func (c *CPU) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale 
 				kv.reset(n, hd)
 				for i := range n {
 					blk, off := int(blocks[i/l.BlockSize]), i%l.BlockSize
-					kv.set(i, pool.data[l.K(blk, j.kvHead, off):], pool.data[l.V(blk, j.kvHead, off):])
+					kv.set(i, row(kr, pool.data, l.K(blk, j.kvHead, off), l.DType), row(vr, pool.data, l.V(blk, j.kvHead, off), l.DType))
 				}
 				pad = grow(pad, mr*max(hd, n))
 				for g := range group {
@@ -286,8 +287,15 @@ func (c *CPU) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale 
 			kb, vb = grow(kb, n*hd), grow(vb, n*hd)
 			for i := 0; i < n; i += l.BlockSize {
 				blk, cnt := int(blocks[i/l.BlockSize]), min(l.BlockSize, n-i)
-				copy(kb[i*hd:(i+cnt)*hd], pool.data[l.K(blk, j.kvHead, 0):])
-				copy(vb[i*hd:(i+cnt)*hd], pool.data[l.V(blk, j.kvHead, 0):])
+				if l.DType == shm.Float32 {
+					copy(kb[i*hd:(i+cnt)*hd], pool.data[l.K(blk, j.kvHead, 0):])
+					copy(vb[i*hd:(i+cnt)*hd], pool.data[l.V(blk, j.kvHead, 0):])
+					continue
+				}
+				for o := range cnt {
+					getRow(kb[(i+o)*hd:(i+o+1)*hd], pool.data[l.K(blk, j.kvHead, o):], l.DType)
+					getRow(vb[(i+o)*hd:(i+o+1)*hd], pool.data[l.V(blk, j.kvHead, o):], l.DType)
+				}
 			}
 			km := blas32.General{Rows: n, Cols: hd, Stride: hd, Data: kb}
 			vm := blas32.General{Rows: n, Cols: hd, Stride: hd, Data: vb}
@@ -312,6 +320,7 @@ const smallAttn = 1 << 15
 func attnScalar(out, q, pool *Tensor, l shm.Layout, blocks []int32, j attnJob, first, heads, group, scoreFrom int, scale float32) {
 	hd := l.HeadDim
 	p := make([]float32, first+j.r1-j.r0-1)
+	kr, vr := make([]float32, hd), make([]float32, hd)
 	for r := j.r0; r < j.r1; r++ {
 		p := p[:first+r-j.r0]
 		for g := range group {
@@ -319,7 +328,7 @@ func attnScalar(out, q, pool *Tensor, l shm.Layout, blocks []int32, j attnJob, f
 			qv := q.data[(r*heads+h)*hd:][:hd]
 			mx := float32(math.Inf(-1))
 			for i := range p {
-				p[i] = dot(qv, pool.data[l.K(int(blocks[i/l.BlockSize]), j.kvHead, i%l.BlockSize):][:hd]) * scale
+				p[i] = dot(qv, row(kr, pool.data, l.K(int(blocks[i/l.BlockSize]), j.kvHead, i%l.BlockSize), l.DType)) * scale
 				mx = max(mx, p[i])
 			}
 			var sum float32
@@ -331,7 +340,7 @@ func attnScalar(out, q, pool *Tensor, l shm.Layout, blocks []int32, j attnJob, f
 			clear(o)
 			for i := range p {
 				blk, off := int(blocks[i/l.BlockSize]), i%l.BlockSize
-				vv := pool.data[l.V(blk, j.kvHead, off):][:hd]
+				vv := row(vr, pool.data, l.V(blk, j.kvHead, off), l.DType)
 				w := p[i] / sum
 				for d := range o {
 					o[d] += w * vv[d]

@@ -158,13 +158,19 @@ func TestAttentionPaged(t *testing.T) {
 	}
 	for _, fma := range paths {
 		hasFMA = fma
-		for _, tc := range cases {
-			testAttentionPaged(t, fma, tc.name, tc.heads, tc.kvHeads, tc.hd, tc.blockSize, tc.past, tc.new, tc.scoreFrom)
+		for _, dt := range []shm.DType{shm.Float32, shm.BFloat16} {
+			for _, tc := range cases {
+				testAttentionPaged(t, fma, dt, tc.name, tc.heads, tc.kvHeads, tc.hd, tc.blockSize, tc.past, tc.new, tc.scoreFrom)
+			}
 		}
 	}
 }
 
-func testAttentionPaged(t *testing.T, fma bool, name string, heads, kvHeads, hd, blockSize int, past, new, scoreFrom []int) {
+// testAttentionPaged writes random K and V into a pool of dtype dt
+// (WriteKV) and wants Attention over it to match dense attention over the
+// same K and V as the pool holds them (rounded to bfloat16 for a bfloat16
+// pool).
+func testAttentionPaged(t *testing.T, fma bool, dt shm.DType, name string, heads, kvHeads, hd, blockSize int, past, new, scoreFrom []int) {
 	tc := struct {
 		name               string
 		heads, kvHeads, hd int
@@ -173,10 +179,10 @@ func testAttentionPaged(t *testing.T, fma bool, name string, heads, kvHeads, hd,
 		scoreFrom          []int
 	}{name, heads, kvHeads, hd, blockSize, past, new, scoreFrom}
 	{
-		t.Run(fmt.Sprintf("%s/fma=%v", tc.name, fma), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s/fma=%v/%v", tc.name, fma, dt), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(len(tc.name)), 5))
 			c := NewCPU()
-			l := shm.Layout{NumBlocks: 1, BlockSize: tc.blockSize, KVHeads: tc.kvHeads, HeadDim: tc.hd}
+			l := shm.Layout{NumBlocks: 1, BlockSize: tc.blockSize, KVHeads: tc.kvHeads, HeadDim: tc.hd, DType: dt}
 			for s := range tc.past {
 				l.NumBlocks += l.BlocksFor(tc.past[s]+tc.new[s]) + 2 // spare blocks stay unused
 			}
@@ -206,6 +212,9 @@ func testAttentionPaged(t *testing.T, fma bool, name string, heads, kvHeads, hd,
 				}
 				nextBlock += nb
 				c.WriteKV(pool, l, c.FromHost(k, total, kvw), c.FromHost(v, total, kvw), slots)
+				if dt == shm.BFloat16 { // what the pool holds
+					k, v = roundBF16s(k), roundBF16s(v)
+				}
 				b.BlockIndptr = append(b.BlockIndptr, int32(len(b.Blocks)))
 				b.KVLen = append(b.KVLen, int32(total))
 				b.QIndptr = append(b.QIndptr, b.QIndptr[len(b.QIndptr)-1]+int32(tc.new[s]))
@@ -572,4 +581,13 @@ func TestEvictSources(t *testing.T) {
 			t.Fatalf("tokens %d keep %d sinks %d recent %d: evictKept %d, evictSources keeps %d", tokens, keep, sinks, recent, n, len(got))
 		}
 	}
+}
+
+// roundBF16s is x rounded to bfloat16, as a bfloat16 pool keeps it.
+func roundBF16s(x []float32) []float32 {
+	out := make([]float32, len(x))
+	for i, f := range x {
+		out[i] = fromBF16(toBF16(f))
+	}
+	return out
 }

@@ -1,7 +1,9 @@
 package kernels
 
 import (
+	"fmt"
 	"math"
+	"os"
 	"unsafe"
 
 	"github.com/kvd-project/kvd/shm"
@@ -54,4 +56,24 @@ func getRow(dst, src []float32, dt shm.DType) {
 		dst[2*i] = math.Float32frombits(u << 16)
 		dst[2*i+1] = math.Float32frombits(u &^ 0xffff)
 	}
+}
+
+// row is the pool's row at word off as len(buf) float32s: the pool's own
+// words for a float32 pool, else decoded into buf.
+func row(buf, pool []float32, off int, dt shm.DType) []float32 {
+	if dt != shm.BFloat16 {
+		return pool[off : off+len(buf)]
+	}
+	getRow(buf, pool[off:], dt)
+	return buf
+}
+
+// PoolSupported says whether backend b may use a pool of layout l. The
+// CUDA kernels for a bfloat16 pool have not yet run on a GPU; until a GPU
+// run validates them they need KVD_UNVALIDATED_BF16_KV=1.
+func PoolSupported(b Backend, l shm.Layout) error {
+	if l.DType == shm.BFloat16 && b.Name() == "cuda" && os.Getenv("KVD_UNVALIDATED_BF16_KV") != "1" {
+		return fmt.Errorf("a bfloat16 pool on the GPU is not yet validated (its kernels have not run on one): use float32, the CPU, or set KVD_UNVALIDATED_BF16_KV=1 to try it")
+	}
+	return l.Validate()
 }

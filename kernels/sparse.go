@@ -113,8 +113,8 @@ func (c *CPU) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l s
 		for i, j := range keep {
 			s := slots[i]
 			blk, off := int(s)/l.BlockSize, int(s)%l.BlockSize
-			copy(pool.data[l.K(blk, kh, off):][:hd], k.data[((row0+j)*kvh+kh)*hd:][:hd])
-			copy(pool.data[l.V(blk, kh, off):][:hd], v.data[((row0+j)*kvh+kh)*hd:][:hd])
+			putRow(pool.data[l.K(blk, kh, off):], k.data[((row0+j)*kvh+kh)*hd:][:hd], l.DType)
+			putRow(pool.data[l.V(blk, kh, off):], v.data[((row0+j)*kvh+kh)*hd:][:hd], l.DType)
 			pool.data[l.Score(blk, kh, off)] = float32(raw[kh][j])
 		}
 	}
@@ -217,7 +217,7 @@ func (c *CPU) Evict(pool *Tensor, l shm.Layout, jobs []EvictJob) {
 }
 
 func (c *CPU) evict(pool *Tensor, l shm.Layout, blocks []int32, tokens, keep, sinks, recent int) {
-	hd := l.HeadDim
+	hd := l.RowElems() // rows move as words, whatever the dtype
 	slot := func(i int) (int, int) { return int(blocks[i/l.BlockSize]), i % l.BlockSize }
 	c.parallel(l.KVHeads, 1, func(lo, hi int) {
 		for h := lo; h < hi; h++ {

@@ -249,9 +249,13 @@ func h2oKeep(hc headCache, p policy.Layer) []int {
 // pagedSparse runs the same tokens through kvd's engine (in process) and
 // the paged forward pass: the prompt in one step, then one token a step.
 func pagedSparse(t *testing.T, m *Model, tokens []int32, n int, spec policy.Spec, blockSize int) ([][]float32, *engine.Local) {
+	return pagedSparseDType(t, m, tokens, n, spec, blockSize, shm.Float32)
+}
+
+func pagedSparseDType(t *testing.T, m *Model, tokens []int32, n int, spec policy.Spec, blockSize int, dt shm.DType) ([][]float32, *engine.Local) {
 	t.Helper()
 	c := m.Config
-	kv, err := engine.NewLocal(shm.Layout{NumBlocks: 512, BlockSize: blockSize, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim}, spec)
+	kv, err := engine.NewLocal(shm.Layout{NumBlocks: 512, BlockSize: blockSize, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim, DType: dt}, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,4 +383,55 @@ func relErr(a, b []float32) float64 {
 		mx = math.Max(mx, math.Abs(float64(b[i])))
 	}
 	return d / mx
+}
+
+// TestSparseBFloat16Pool runs the paged sparse path over a bfloat16 pool
+// (--kv-cache-dtype bfloat16): its logits stay within bfloat16's rounding
+// of the float32 pool's, through SnapKV's selection and H2O's evictions,
+// and differ from them (the pool does round). A step's logits are
+// typically 0.2-1% off; H2O may now and then evict another of two tokens
+// whose accumulated scores the rounding reorders, and until the next
+// eviction that step's logits are a few percent off, so the median is held
+// to bfloat16's scale and the worst step looser.
+func TestSparseBFloat16Pool(t *testing.T) {
+	for _, tc := range []struct {
+		name                      string
+		spec                      string
+		prompt, decode, blockSize int
+	}{
+		{"full", "all=full", 41, 12, 4},
+		{"snapkv then h2o", "1-3=snapkv:budget=24,obs_window=8/h2o:recent=8", 59, 41, 4},
+		{"seed preset", "", 83, 25, 16},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := tinyModel(t, 3)
+			spec, err := policy.Parse(tc.spec, m.Config.NumLayers)
+			if tc.spec == "" {
+				spec, err = policy.Seed(m.Config.NumLayers, 3, 40)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			rng := rand.New(rand.NewPCG(uint64(tc.prompt), 2))
+			tokens := make([]int32, tc.prompt+tc.decode)
+			for i := range tokens {
+				tokens[i] = int32(rng.IntN(m.Config.VocabSize))
+			}
+			want, _ := pagedSparseDType(t, m, tokens, tc.prompt, spec, tc.blockSize, shm.Float32)
+			got, kv := pagedSparseDType(t, m, tokens, tc.prompt, spec, tc.blockSize, shm.BFloat16)
+			if kv.Layout().DType != shm.BFloat16 {
+				t.Fatalf("the pool is %v", kv.Layout().DType)
+			}
+			errs := make([]float64, len(want))
+			for i := range want {
+				errs[i] = relErr(got[i], want[i])
+			}
+			slices.Sort(errs)
+			median, worst := errs[len(errs)/2], errs[len(errs)-1]
+			t.Logf("relative difference from the float32 pool: median %.2e, worst %.2e", median, worst)
+			if median == 0 || median > 1e-2 || worst > 0.1 {
+				t.Errorf("bfloat16 pool's logits differ from float32's by %.2e (median), %.2e (worst): want above 0, at most 1e-2 and 0.1", median, worst)
+			}
+		})
+	}
 }

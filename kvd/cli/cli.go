@@ -8,6 +8,7 @@ import (
 	"io"
 
 	"github.com/kvd-project/kvd/kvd/pool"
+	"github.com/kvd-project/kvd/shm"
 )
 
 // ErrUsage marks a command line that cannot be run; it exits with status 2.
@@ -53,24 +54,29 @@ func layout(args []string, out io.Writer) error {
 	dir := fs.String("model", "", "model directory whose config.json gives the geometry (required)")
 	mem := fs.String("kv-memory", "1GiB", "pool size in bytes, with an optional KiB/MiB/GiB suffix")
 	bs := fs.Int("block-size", 16, "tokens per layer-block")
+	dtype := fs.String("kv-cache-dtype", "auto", "float32, bfloat16 or auto (float32)")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %v", ErrUsage, err)
 	}
 	if *dir == "" {
 		return fmt.Errorf("%w: --model is required", ErrUsage)
 	}
+	dt, err := shm.ParseDType(*dtype)
+	if err != nil {
+		return fmt.Errorf("%w: --kv-cache-dtype: %v", ErrUsage, err)
+	}
 	g, err := readGeometry(*dir, 0, 0, 0)
 	if err != nil {
 		return err
 	}
-	l, err := layoutFor(*mem, pool.AvailableMemory, *bs, g)
+	l, err := layoutFor(*mem, pool.AvailableMemory, *bs, g, dt)
 	if err != nil {
 		return err
 	}
 	per := int64(l.BlockElems()) * 4
 	tokens := int64(l.NumBlocks-1) * int64(l.BlockSize) / int64(g.layers)
-	fmt.Fprintf(out, "layers          %d\nkv heads        %d\nhead dim        %d\nblock size      %d tokens\nbytes per block %d (float32 K, V and scores)\nblocks          %d (block 0 reserved)\nfull-KV tokens  %d (every layer full)\n",
-		g.layers, g.kvHeads, g.headDim, l.BlockSize, per, l.NumBlocks, tokens)
+	fmt.Fprintf(out, "layers          %d\nkv heads        %d\nhead dim        %d\nblock size      %d tokens\nbytes per block %d (%v K and V, float32 scores)\nblocks          %d (block 0 reserved)\nfull-KV tokens  %d (every layer full)\n",
+		g.layers, g.kvHeads, g.headDim, l.BlockSize, per, l.DType, l.NumBlocks, tokens)
 	return nil
 }
 

@@ -40,7 +40,7 @@ func serve(args []string, out io.Writer) error {
 	layers := fs.Int("layers", 0, "decoder layers (instead of --model)")
 	kvHeads := fs.Int("kv-heads", 0, "KV heads (instead of --model)")
 	headDim := fs.Int("head-dim", 0, "head dimension (instead of --model)")
-	dtype := fs.String("dtype", "float32", "KV element type (the CPU pool holds float32)")
+	dtype := fs.String("kv-cache-dtype", "auto", "how the pool holds K and V: float32, bfloat16 (half the bytes a token; rounded to nearest even) or auto (float32)")
 	kvPolicy := fs.String("kv-policy", "", "per-layer sparsity, e.g. \"0-1=full;2-31=snapkv:budget=1024/h2o:recent=32\" (default: every layer full)")
 	sparseLayers := fs.Int("sparse-layers", 0, "the seed's preset: the last N layers keep a SnapKV window of --window tokens, held by H2O while decoding")
 	window := fs.Int("window", 1024, "tokens the --sparse-layers keep")
@@ -64,8 +64,9 @@ func serve(args []string, out io.Writer) error {
 	if *ipcMode != "fd" && *ipcMode != "handle" {
 		return fmt.Errorf("%w: --cuda-ipc %q: want fd or handle", ErrUsage, *ipcMode)
 	}
-	if *dtype != "float32" {
-		return fmt.Errorf("%w: --dtype %s: the host pool holds float32 only", ErrUsage, *dtype)
+	kvType, err := shm.ParseDType(*dtype)
+	if err != nil {
+		return fmt.Errorf("%w: --kv-cache-dtype: %v", ErrUsage, err)
 	}
 	if *bs < 1 || *grace < 0 {
 		return fmt.Errorf("%w: --block-size must be positive and --grace not negative", ErrUsage)
@@ -91,9 +92,12 @@ func serve(args []string, out io.Writer) error {
 		why += "; the pool is shared host memory (memfd)"
 	}
 	log.Info("backend chosen", "backend", b.Name(), "why", why)
-	l, err := layoutFor(*mem, avail, *bs, g)
+	l, err := layoutFor(*mem, avail, *bs, g, kvType)
 	if err != nil {
 		return err
+	}
+	if err := kernels.PoolSupported(b, l); err != nil {
+		return fmt.Errorf("%w: --kv-cache-dtype: %v", ErrUsage, err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -141,7 +145,7 @@ func serve(args []string, out io.Writer) error {
 		return err
 	}
 	log.Info("kvd serving", "socket", *socket, "pool", p.Kind(), "bytes", p.Bytes(), "blocks", l.NumBlocks-1,
-		"block_size", l.BlockSize, "layers", g.layers, "kv_heads", g.kvHeads, "head_dim", g.headDim, "pid", os.Getpid())
+		"block_size", l.BlockSize, "layers", g.layers, "kv_heads", g.kvHeads, "head_dim", g.headDim, "kv_cache_dtype", l.DType, "pid", os.Getpid())
 	err = api.New(e, log, *grace).Serve(ctx, ln)
 	log.Info("kvd stopped")
 	return err
@@ -187,12 +191,12 @@ func gpuStatus(g *kernels.CUDA, cfg *engine.Config, log *slog.Logger) (close fun
 
 // layoutFor sizes the pool: mem is bytes (with a unit) or a fraction of
 // what avail reports.
-func layoutFor(mem string, avail func() (int64, error), bs int, g geometry) (shm.Layout, error) {
+func layoutFor(mem string, avail func() (int64, error), bs int, g geometry, dt shm.DType) (shm.Layout, error) {
 	bytes, err := pool.ParseSizeOf(mem, avail)
 	if err != nil {
 		return shm.Layout{}, fmt.Errorf("%w: --kv-memory: %v", ErrUsage, err)
 	}
-	l, err := pool.LayoutFor(bytes, bs, g.kvHeads, g.headDim)
+	l, err := pool.LayoutFor(bytes, bs, g.kvHeads, g.headDim, dt)
 	if err != nil {
 		return l, fmt.Errorf("--kv-memory %s: %w", mem, err)
 	}

@@ -40,7 +40,7 @@ func printStatus(out io.Writer, s *ipc.Status) {
 	if s.Model != "" {
 		fmt.Fprintf(out, "  model %s", s.Model)
 	}
-	fmt.Fprintf(out, "\npool      %s, %s, blocks of %d tokens (%d bytes)\n", s.PoolKind, mib(s.PoolBytes), s.BlockSize, s.BlockBytes)
+	fmt.Fprintf(out, "\npool      %s, %s, blocks of %d tokens (%d bytes, %s K and V)\n", s.PoolKind, mib(s.PoolBytes), s.BlockSize, s.BlockBytes, s.KVCacheDType)
 	pct := 0.0
 	if s.BlocksTotal > 0 {
 		pct = 100 * float64(s.BlocksUsed) / float64(s.BlocksTotal)

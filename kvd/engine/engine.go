@@ -220,7 +220,7 @@ func (e *Engine) Hello(ctx context.Context, req ipc.HelloRequest, conn uint64) (
 		Instance: e.instance, Lease: lease, Reclaimed: reclaimed,
 		PoolKind: e.pool.Kind(), PoolBytes: e.pool.Bytes(),
 		NumBlocks: l.NumBlocks, FreeBlocks: e.alloc.Free(), BlockSize: l.BlockSize, Layers: len(e.cfg.Spec), KVHeads: l.KVHeads, HeadDim: l.HeadDim,
-		DType: "float32", Policies: e.cfg.Spec,
+		DType: l.DType.String(), Policies: e.cfg.Spec,
 	}
 	if c.events != nil {
 		rep.GPU = e.gpu
@@ -559,7 +559,7 @@ func (e *Engine) Status(ctx context.Context) *ipc.Status {
 	s := &ipc.Status{
 		Instance: e.instance, PID: os.Getpid(), UptimeSeconds: now.Sub(e.start).Seconds(), Model: e.cfg.Model,
 		PoolKind: e.pool.Kind(), PoolBytes: e.pool.Bytes(),
-		BlockSize: l.BlockSize, BlockBytes: int64(l.BlockElems()) * 4,
+		BlockSize: l.BlockSize, BlockBytes: int64(l.BlockElems()) * 4, KVCacheDType: l.DType.String(),
 		BlocksTotal: e.alloc.Total(), BlocksFree: e.alloc.Free(), BlocksUsed: e.alloc.Total() - e.alloc.Free(),
 		Sequences: e.alloc.Len(), Steps: e.steps,
 		Leases: []ipc.LeaseStatus{}, Layers: make([]ipc.LayerStatus, len(e.cfg.Spec)),

@@ -62,11 +62,14 @@ func AvailableMemory() (int64, error) {
 	return 0, fmt.Errorf("no MemAvailable in /proc/meminfo")
 }
 
-// LayoutFor sizes a host pool of l's geometry to fit bytes.
-func LayoutFor(bytes int64, blockSize, kvHeads, headDim int) (shm.Layout, error) {
-	l := shm.Layout{BlockSize: blockSize, KVHeads: kvHeads, HeadDim: headDim}
+// LayoutFor sizes a pool of this geometry and K/V dtype to fit bytes.
+func LayoutFor(bytes int64, blockSize, kvHeads, headDim int, dt shm.DType) (shm.Layout, error) {
+	l := shm.Layout{BlockSize: blockSize, KVHeads: kvHeads, HeadDim: headDim, DType: dt}
 	if blockSize < 1 || kvHeads < 1 || headDim < 1 {
 		return l, fmt.Errorf("%w: block size %d, %d KV heads of dim %d", shm.ErrLayout, blockSize, kvHeads, headDim)
+	}
+	if dt == shm.BFloat16 && headDim%2 != 0 {
+		return l, fmt.Errorf("%w: a bfloat16 pool packs two dims a word; head dim %d is odd", shm.ErrLayout, headDim)
 	}
 	per := int64(l.BlockElems()) * 4
 	l.NumBlocks = int(bytes / per)
