@@ -11,6 +11,7 @@
 #   accuracy issue E's accuracy table on the GPU, full sample counts;
 #   wide     full KV and 26/1024 at concurrency WIDE (default 64);
 #   slo      the most tokens/s with p99 TTFT under 2 s (serve -search);
+#   bf16     a bfloat16 pool: full KV and 26/1024, uncapped and capped;
 #   ipc, select, evict, attn  diagnostics and trials (see each below).
 # Every serving run is bench/serve at INPUT in / OUTPUT out tokens (random
 # ids, ignore_eos), closed loop at concurrency C over N requests, on the 8B
@@ -191,6 +192,16 @@ for part in $PARTS; do
 			stop
 			save
 		done
+		;;
+	bf16)
+		# A bfloat16 pool (kvd serve --kv-cache-dtype bfloat16; its GPU
+		# kernels need KVD_UNVALIDATED_BF16_KV=1 until validated): full KV
+		# and 26 / 1024, uncapped, capped, and full KV WIDE at once.
+		KVD_UNVALIDATED_BF16_KV=1 one full-sidecar-bf16 sidecar "$KV" "$C" "$N" --kv-cache-dtype bfloat16
+		KVD_UNVALIDATED_BF16_KV=1 one grid-26-1024-bf16 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024 --kv-cache-dtype bfloat16
+		KVD_UNVALIDATED_BF16_KV=1 one capped-full-bf16 sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N" --kv-cache-dtype bfloat16
+		KVD_UNVALIDATED_BF16_KV=1 one capped-26-1024-bf16 sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N" --sparse-layers 26 --window 1024 --kv-cache-dtype bfloat16
+		KVD_UNVALIDATED_BF16_KV=1 one "full-sidecar-c${WIDE:-64}-bf16" sidecar "$KV" "${WIDE:-64}" "${WIDE:-64}" --kv-cache-dtype bfloat16
 		;;
 	attn)
 		# split_paged_v2 (KVD_ATTN_V2=1) against split_paged: the kernel
