@@ -12,23 +12,57 @@
 // probability, summed over the group, to its score with atomics. Splitting
 // a long context over many items keeps every SM busy at batch 1.
 // Long runs of rows that do not score take the tensor-core kernel below.
+//
+// A bfloat16 pool (shm.BFloat16: two values a 32-bit word) has its own
+// entry points over the pool, split_paged_bf16_g*, score_paged_bf16_g* and
+// flash_paged_bf16_hd*: the same code reading K and V through PagedKV<bf16_t>,
+// whose values are widened to float32 (exactly) as they are read, so all
+// arithmetic is as over a float32 pool. Rows of a bfloat16 pool are hd/2
+// words long and need only start on a word (4 bytes) for the row kernels.
 #include "common.cuh"
 
 #define NT 128    // threads per CTA
 #define TILE 64   // keys per tile
 #define HDMAX 256 // largest head dim (two dims per thread)
 // Paged keys: token j of a table is slot j % bs of block blocks[j / bs].
-struct PagedKV {
+// T is how the pool stores K and V (float, or bf16_t packed two a word);
+// L's row length is in words (row_words).
+template <class T> struct PagedKV {
+    typedef T elem;
     const float *pool;
     PoolLayout L;
     const int *blocks;
     int h;
-    __device__ const float *key(int j) const { return pool + L.k(blocks[j / L.bs], h, j % L.bs); }
-    __device__ const float *val(int j) const { return pool + L.v(blocks[j / L.bs], h, j % L.bs); }
+    __device__ const T *key(int j) const {
+        return reinterpret_cast<const T *>(pool + L.k(blocks[j / L.bs], h, j % L.bs));
+    }
+    __device__ const T *val(int j) const {
+        return reinterpret_cast<const T *>(pool + L.v(blocks[j / L.bs], h, j % L.bs));
+    }
 };
+
+// A row's length in the pool's words for head dim hd, K and V stored as T.
+template <class T> __device__ __forceinline__ int row_words(int hd) { return sizeof(T) == 4 ? hd : hd / 2; }
+
+// A row's dims d..d+3 and dim d as float32, whatever the row's type. d is
+// a multiple of 4 for ld4, so a bf16 row's two words there are whole; the
+// loads are a word wide (a bf16 row starts on any word), through the
+// read-only path: nothing writes K or V while attention runs (score_paged
+// writes scores only), and with plain loads ptxas spilled in some of the
+// bf16 kernels.
+__device__ __forceinline__ float4 ld4(const float *r, int d) { return make_float4(r[d], r[d + 1], r[d + 2], r[d + 3]); }
+__device__ __forceinline__ float4 ld4(const bf16_t *r, int d) {
+    const unsigned *w = reinterpret_cast<const unsigned *>(r) + (d >> 1);
+    const unsigned a = __ldg(w), b = __ldg(w + 1);
+    return make_float4(__uint_as_float(a << 16), __uint_as_float(a & 0xffff0000u), __uint_as_float(b << 16),
+                       __uint_as_float(b & 0xffff0000u));
+}
+__device__ __forceinline__ float ld1(const float *r, int d) { return r[d]; }
+__device__ __forceinline__ float ld1(const bf16_t *r, int d) { return bf16_to_f32(r[d]); }
 
 // Dense keys: token j is row row0 + j of k, v [T, kvh*hd].
 struct DenseKV {
+    typedef float elem;
     const float *k, *v;
     int kvh, hd, row0, h;
     __device__ const float *key(int j) const { return k + ((i64)(row0 + j) * kvh + h) * hd; }
@@ -71,12 +105,12 @@ __device__ __forceinline__ void logits(float (&sc)[G][TILE], const float (&qs)[G
 #pragma unroll
         for (int g = 0; g < G; g++) dot[g] = 0;
         if (j < tn) {
-            const float *kr = kv.key(t0 + j);
+            const auto *kr = kv.key(t0 + j);
             for (int d = sl * 4; d < hd; d += 32) {
-                const float k0 = kr[d], k1 = kr[d + 1], k2 = kr[d + 2], k3 = kr[d + 3];
+                const float4 k = ld4(kr, d);
 #pragma unroll
                 for (int g = 0; g < G; g++)
-                    dot[g] += qs[g][d] * k0 + qs[g][d + 1] * k1 + qs[g][d + 2] * k2 + qs[g][d + 3] * k3;
+                    dot[g] += qs[g][d] * k.x + qs[g][d + 1] * k.y + qs[g][d + 2] * k.z + qs[g][d + 3] * k.w;
             }
         }
 #pragma unroll
@@ -150,7 +184,7 @@ __device__ void partial(float *ws, const float *q, int hd, int k0, int k1, const
 #pragma unroll
             for (int g = 0; g < G; g++) a[g] = acc[g][c] * alpha[g];
             for (int j = 0; j < tn; j++) {
-                const float vv = kv.val(t0 + j)[d];
+                const float vv = ld1(kv.val(t0 + j), d);
 #pragma unroll
                 for (int g = 0; g < G; g++) a[g] += sc[g][j] * vv;
             }
@@ -203,25 +237,25 @@ __device__ void score(const float *fin, const float *q, int hd, int k0, int k1, 
 // q and out, keys it sees, where its table starts in blocks (paged), and
 // whether it scores. ws [items, kvh, 2G + G·hd]; fin [R, kvh, 2G].
 
-template <int G>
+template <int G, class T>
 __device__ void split_paged(float *ws, const float *q, const float *pool, int bs, int kvh, int hd, const int *rowinfo,
                             const int *items, const int *blocks, float scale) {
     const int *it = items + 4 * blockIdx.x, *ri = rowinfo + 4 * it[0];
     const int h = blockIdx.y;
-    const PagedKV kv{pool, PoolLayout{bs, kvh, hd}, blocks + ri[2], h};
+    const PagedKV<T> kv{pool, PoolLayout{bs, kvh, row_words<T>(hd)}, blocks + ri[2], h};
     partial<G>(ws + ((i64)it[3] * kvh + h) * (2 * G + G * hd), q + ((i64)ri[0] * kvh + h) * G * hd, hd, it[1], it[2],
                kv, scale);
 }
 
-template <int G>
+template <int G, class T>
 __device__ void score_paged(float *pool, const float *fin, const float *q, int bs, int kvh, int hd, const int *rowinfo,
                             const int *items, const int *blocks, float scale) {
     const int *it = items + 4 * blockIdx.x, *ri = rowinfo + 4 * it[0];
     const int h = blockIdx.y;
-    const PoolLayout L{bs, kvh, hd};
+    const PoolLayout L{bs, kvh, row_words<T>(hd)};
     const int *bl = blocks + ri[2];
     score<G>(fin + ((i64)it[0] * kvh + h) * 2 * G, q + ((i64)ri[0] * kvh + h) * G * hd, hd, it[1], it[2],
-             PagedKV{pool, L, bl, h}, PoolScore<G>{pool, L, bl, h}, scale);
+             PagedKV<T>{pool, L, bl, h}, PoolScore<G>{pool, L, bl, h}, scale);
 }
 
 // A sparse layer's prompt: rowinfo's rows index rows row0.. of q, k, v, and
@@ -296,7 +330,7 @@ extern "C" __global__ void __launch_bounds__(NT)
 static_assert(NT == V2_HD && V2_CHUNK == 32 && V2_WARPS * 32 == NT, "split_paged_v2's shape");
 
 template <int G>
-__device__ void partial_v2(float *ws, const float *q, int k0, int k1, const PagedKV &kv, float scale) {
+__device__ void partial_v2(float *ws, const float *q, int k0, int k1, const PagedKV<float> &kv, float scale) {
     __shared__ __align__(16) float qs[G][V2_HD];
     __shared__ float sc[V2_WARPS][G][V2_CHUNK];
     __shared__ float wm[V2_WARPS][G], wl[V2_WARPS][G];
@@ -416,17 +450,23 @@ __device__ void split_paged_v2(float *ws, const float *q, const float *pool, int
                                const int *items, const int *blocks, float scale) {
     const int *it = items + 4 * blockIdx.x, *ri = rowinfo + 4 * it[0];
     const int h = blockIdx.y;
-    const PagedKV kv{pool, PoolLayout{bs, kvh, V2_HD}, blocks + ri[2], h};
+    const PagedKV<float> kv{pool, PoolLayout{bs, kvh, V2_HD}, blocks + ri[2], h};
     partial_v2<G>(ws + ((i64)it[3] * kvh + h) * (2 * G + G * V2_HD), q + ((i64)ri[0] * kvh + h) * G * V2_HD, it[1],
                   it[2], kv, scale);
 }
 
-// The group sizes instantiated: 1 to 8 query heads per KV head.
+// The group sizes instantiated: 1 to 8 query heads per KV head. The
+// _bf16 kernels are for a bfloat16 pool (split_paged_v2 is float32 only).
 #define INSTANTIATE(G)                                                                                                 \
     extern "C" __global__ void __launch_bounds__(NT)                                                                  \
         split_paged_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd, const int *rowinfo,    \
                          const int *items, const int *blocks, float scale) {                                          \
-        split_paged<G>(ws, q, pool, bs, kvh, hd, rowinfo, items, blocks, scale);                                      \
+        split_paged<G, float>(ws, q, pool, bs, kvh, hd, rowinfo, items, blocks, scale);                               \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
+        split_paged_bf16_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd,                   \
+                              const int *rowinfo, const int *items, const int *blocks, float scale) {                 \
+        split_paged<G, bf16_t>(ws, q, pool, bs, kvh, hd, rowinfo, items, blocks, scale);                              \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(NT)                                                                  \
         split_paged_v2_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd,                     \
@@ -436,7 +476,12 @@ __device__ void split_paged_v2(float *ws, const float *q, const float *pool, int
     extern "C" __global__ void __launch_bounds__(NT)                                                                  \
         score_paged_g##G(float *pool, const float *fin, const float *q, int bs, int kvh, int hd, const int *rowinfo,   \
                          const int *items, const int *blocks, float scale) {                                          \
-        score_paged<G>(pool, fin, q, bs, kvh, hd, rowinfo, items, blocks, scale);                                     \
+        score_paged<G, float>(pool, fin, q, bs, kvh, hd, rowinfo, items, blocks, scale);                              \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
+        score_paged_bf16_g##G(float *pool, const float *fin, const float *q, int bs, int kvh, int hd,                  \
+                              const int *rowinfo, const int *items, const int *blocks, float scale) {                 \
+        score_paged<G, bf16_t>(pool, fin, q, bs, kvh, hd, rowinfo, items, blocks, scale);                             \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(NT)                                                                  \
         split_prompt_g##G(float *ws, const float *q, const float *k, const float *v, int kvh, int hd, int row0,        \
@@ -467,7 +512,7 @@ INSTANTIATE(8)
 
 #define FLASH_BM 64
 #define FLASH_BN 32
-// Launched with flash_smem_bytes<HD>() of dynamic shared memory.
+// Launched with flash_smem_bytes<HD, T>() of dynamic shared memory.
 
 __device__ __forceinline__ unsigned to_tf32(float x) {
     unsigned r;
@@ -484,50 +529,108 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const unsigned (&a)[4], 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ void cp_async16(float *dst, const float *src, bool valid) {
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
     const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// The dynamic shared memory flash<HD> uses: K and V tiles, double-buffered,
-// rows padded for conflict-free fragments, and each warp's P.
-template <int HD> constexpr int flash_smem_bytes() {
-    return (2 * 2 * FLASH_BN * (HD + 4) + 4 * 16 * (FLASH_BN + 4)) * 4;
+// How flash keeps K and V tiles of type T (as the pool or prompt stores
+// them) in shared memory, double-buffered with rows padded for
+// conflict-free fragments, and reads TF32 fragments from them. kcol is the
+// head dim that a k-step's fragment column t (hi = 0) or t+4 (hi = 1)
+// stands for; Q's fragments are loaded by the same map, so any permutation
+// of the dims within a k-step gives the same dot products.
+template <int HD, class T> struct FlashTiles;
+
+// float32 K and V: their values feed the TF32 units as they are (the
+// units read the top 19 bits).
+template <int HD> struct FlashTiles<HD, float> {
+    static constexpr int KS = HD + 4;                   // a padded row
+    static constexpr int WORDS = 2 * 2 * FLASH_BN * KS;  // K and V, two buffers each
+    float (*K)[FLASH_BN][KS], (*V)[FLASH_BN][KS];
+    __device__ explicit FlashTiles(float *smem)
+        : K(reinterpret_cast<float(*)[FLASH_BN][KS]>(smem)),
+          V(reinterpret_cast<float(*)[FLASH_BN][KS]>(smem + 2 * FLASH_BN * KS)) {}
+    // Queue tile kb's keys and values into buffer b, 4 values a copy.
+    template <class KV> __device__ void load(const KV &kv, int kb, int kv_end, int b) const {
+        for (int i = threadIdx.x; i < FLASH_BN * HD / 4; i += blockDim.x) {
+            const int key = i / (HD / 4), c = (i % (HD / 4)) * 4;
+            const bool ok = kb + key < kv_end;
+            const int j = ok ? kb + key : 0;
+            cp_async16(&K[b][key][c], kv.key(j) + c, ok);
+            cp_async16(&V[b][key][c], kv.val(j) + c, ok);
+        }
+        cp_async_commit();
+    }
+    static __device__ __forceinline__ int kcol(int kk, int t, int hi) { return kk * 8 + t + hi * 4; }
+    __device__ __forceinline__ void kfrag(unsigned &b0, unsigned &b1, int b, int key, int kk, int t) const {
+        b0 = __float_as_uint(K[b][key][kk * 8 + t]);
+        b1 = __float_as_uint(K[b][key][kk * 8 + t + 4]);
+    }
+    __device__ __forceinline__ unsigned vfrag(int b, int key, int d) const { return __float_as_uint(V[b][key][d]); }
+};
+
+// bfloat16 K and V (a bfloat16 pool): staged as they are, half the bytes
+// of float32 tiles, and widened as fragments are read (exact: a bf16 is a
+// TF32 with a shorter mantissa). Rows of HD + 8 values keep every row on
+// 16 bytes for cp.async and put a fragment's 8 rows 4 banks apart. A
+// k-step's columns t and t+4 stand for dims 2t and 2t+1, one word: a
+// single shared load gives both of a key fragment's values.
+template <int HD> struct FlashTiles<HD, bf16_t> {
+    static constexpr int KS = HD + 8;                       // a padded row, in bf16s
+    static constexpr int WORDS = 2 * 2 * FLASH_BN * KS / 2;  // K and V, two buffers each
+    bf16_t (*K)[FLASH_BN][KS], (*V)[FLASH_BN][KS];
+    __device__ explicit FlashTiles(float *smem)
+        : K(reinterpret_cast<bf16_t(*)[FLASH_BN][KS]>(smem)),
+          V(reinterpret_cast<bf16_t(*)[FLASH_BN][KS]>(smem + FLASH_BN * KS)) {}
+    // Queue tile kb's keys and values into buffer b, 8 values a copy.
+    template <class KV> __device__ void load(const KV &kv, int kb, int kv_end, int b) const {
+        for (int i = threadIdx.x; i < FLASH_BN * HD / 8; i += blockDim.x) {
+            const int key = i / (HD / 8), c = (i % (HD / 8)) * 8;
+            const bool ok = kb + key < kv_end;
+            const int j = ok ? kb + key : 0;
+            cp_async16(&K[b][key][c], kv.key(j) + c, ok);
+            cp_async16(&V[b][key][c], kv.val(j) + c, ok);
+        }
+        cp_async_commit();
+    }
+    static __device__ __forceinline__ int kcol(int kk, int t, int hi) { return kk * 8 + 2 * t + hi; }
+    __device__ __forceinline__ void kfrag(unsigned &b0, unsigned &b1, int b, int key, int kk, int t) const {
+        const unsigned w = reinterpret_cast<const unsigned *>(&K[b][key][kk * 8])[t];  // dims 2t, 2t+1
+        b0 = w << 16;
+        b1 = w & 0xffff0000u;
+    }
+    __device__ __forceinline__ unsigned vfrag(int b, int key, int d) const { return (unsigned)V[b][key][d] << 16; }
+};
+
+// The dynamic shared memory flash<HD> uses over K and V of type T: their
+// tiles and each warp's P.
+template <int HD, class T> constexpr int flash_smem_bytes() {
+    return (FlashTiles<HD, T>::WORDS + 4 * 16 * (FLASH_BN + 4)) * 4;
 }
 
 // One tile: query rows row0..row0+nrows of q [T, H*HD] (head h), the first
 // at position qpos0 of its sequence, so row i sees keys 0..qpos0+i. The next
 // K/V tile streams into shared memory (cp.async) while this one is used;
-// its float32 values feed the TF32 units as they are (the units read the
-// top 19 bits), Q and P are rounded to TF32.
+// K and V go to the TF32 units as FlashTiles says, Q and P are rounded to
+// TF32.
 template <int HD, class KV>
 __device__ void flash(float *out, const float *q, int H, int h, int row0, int nrows, int qpos0, const KV &kv,
                       float scale) {
-    constexpr int KS = HD + 4;  // padded smem rows: conflict-free fragments
+    typedef FlashTiles<HD, typename KV::elem> Tiles;
     constexpr int PS = FLASH_BN + 4;
     extern __shared__ __align__(16) float smem[];
-    float(*Ks)[FLASH_BN][KS] = reinterpret_cast<float(*)[FLASH_BN][KS]>(smem);
-    float(*Vs)[FLASH_BN][KS] = reinterpret_cast<float(*)[FLASH_BN][KS]>(smem + 2 * FLASH_BN * KS);
-    float(*Ps)[16][PS] = reinterpret_cast<float(*)[16][PS]>(smem + 4 * FLASH_BN * KS);
+    const Tiles tiles(smem);
+    float(*Ps)[16][PS] = reinterpret_cast<float(*)[16][PS]>(smem + Tiles::WORDS);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
     const float sl2 = scale * 1.4426950408889634f;  // exp(x·scale) = exp2(x·scale·log2 e)
     const int kv_end = qpos0 + nrows;                       // keys the last row sees
     const int wr = warp * 16;
     const int warp_last = qpos0 + min(wr + 15, nrows - 1);  // this warp's last row's position
-    // Queue tile kb's keys and values into buffer b.
-    auto load = [&](int kb, int b) {
-        for (int i = tid; i < FLASH_BN * HD / 4; i += blockDim.x) {
-            const int key = i / (HD / 4), c = (i % (HD / 4)) * 4;
-            const bool ok = kb + key < kv_end;
-            const int j = ok ? kb + key : 0;
-            cp_async16(&Ks[b][key][c], kv.key(j) + c, ok);
-            cp_async16(&Vs[b][key][c], kv.val(j) + c, ok);
-        }
-        cp_async_commit();
-    };
+    auto load = [&](int kb, int b) { tiles.load(kv, kb, kv_end, b); };
     load(0, 0);
     // Q fragments, scaled, for rows wr+g and wr+g+8 of this warp.
     unsigned qa[HD / 8][4];
@@ -535,7 +638,7 @@ __device__ void flash(float *out, const float *q, int H, int h, int row0, int nr
     for (int kk = 0; kk < HD / 8; kk++) {
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const int r = wr + g + (i & 1) * 8, c = kk * 8 + t + (i >> 1) * 4;
+            const int r = wr + g + (i & 1) * 8, c = Tiles::kcol(kk, t, i >> 1);
             const float v = r < nrows ? q[((i64)(row0 + r) * H + h) * HD + c] * sl2 : 0.f;
             qa[kk][i] = to_tf32(v);
         }
@@ -558,9 +661,11 @@ __device__ void flash(float *out, const float *q, int H, int h, int row0, int nr
             for (int n = 0; n < FLASH_BN / 8; n++) {
                 s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 #pragma unroll
-                for (int kk = 0; kk < HD / 8; kk++)
-                    mma_tf32(s[n], qa[kk], __float_as_uint(Ks[b][n * 8 + g][kk * 8 + t]),
-                             __float_as_uint(Ks[b][n * 8 + g][kk * 8 + t + 4]));
+                for (int kk = 0; kk < HD / 8; kk++) {
+                    unsigned b0, b1;
+                    tiles.kfrag(b0, b1, b, n * 8 + g, kk, t);
+                    mma_tf32(s[n], qa[kk], b0, b1);
+                }
             }
             // Causal mask, then the online softmax for rows g (i = 0) and g+8.
             float mx[2] = {-INFINITY, -INFINITY};
@@ -614,8 +719,8 @@ __device__ void flash(float *out, const float *q, int H, int h, int row0, int nr
             for (int n = 0; n < HD / 8; n++)
 #pragma unroll
                 for (int kk = 0; kk < FLASH_BN / 8; kk++)
-                    mma_tf32(o[n], pa[kk], __float_as_uint(Vs[b][kk * 8 + t][n * 8 + g]),
-                             __float_as_uint(Vs[b][kk * 8 + t + 4][n * 8 + g]));
+                    mma_tf32(o[n], pa[kk], tiles.vfrag(b, kk * 8 + t, n * 8 + g),
+                             tiles.vfrag(b, kk * 8 + t + 4, n * 8 + g));
         }
         __syncthreads();  // buffer b is refilled two tiles on
     }
@@ -633,15 +738,16 @@ __device__ void flash(float *out, const float *q, int H, int h, int row0, int nr
     }
 }
 
-// Prefill rows over the pool. tiles [ntiles, 4]: first row, rows, the first
-// row's position, and where its sequence's table starts in blocks.
-// grid (ntiles, H), block 128.
-template <int HD>
+// Prefill rows over the pool, its K and V stored as T. tiles [ntiles, 4]:
+// first row, rows, the first row's position, and where its sequence's
+// table starts in blocks. Rows must start on 16 bytes (cp.async): a
+// BlockElems that is a multiple of 4 words. grid (ntiles, H), block 128.
+template <int HD, class T>
 __device__ void flash_paged(float *out, const float *q, const float *pool, int bs, int kvh, int H,
                             const int *tiles /*[ntiles, 4]*/, const int *blocks, float scale) {
     const int *tl = tiles + 4 * blockIdx.x;
     const int h = blockIdx.y, group = H / kvh;
-    const PagedKV kv{pool, PoolLayout{bs, kvh, HD}, blocks + tl[3], h / group};
+    const PagedKV<T> kv{pool, PoolLayout{bs, kvh, row_words<T>(HD)}, blocks + tl[3], h / group};
     flash<HD>(out, q, H, h, tl[0], tl[1], tl[2], kv, scale);
 }
 
@@ -661,7 +767,12 @@ __device__ void flash_prompt(float *out, const float *q, const float *k, const f
                                                                          const float *pool, int bs, int kvh, int H,  \
                                                                          const int *tiles, const int *blocks,        \
                                                                          float scale) {                              \
-        flash_paged<HD>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                                             \
+        flash_paged<HD, float>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                                      \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(128)                                                                 \
+        flash_paged_bf16_hd##HD(float *out, const float *q, const float *pool, int bs, int kvh, int H,                \
+                                const int *tiles, const int *blocks, float scale) {                                  \
+        flash_paged<HD, bf16_t>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                                     \
     }                                                                                                                 \
     extern "C" __global__ void __launch_bounds__(128) flash_prompt_hd##HD(float *out, const float *q, const float *k, \
                                                                           const float *v, int kvh, int H, int row0,  \

@@ -1,6 +1,13 @@
 // Kernels that write and move tokens in the pool of layer-blocks
 // (shm.Layout): reshape_and_cache, the scatter of a sparse prefill's kept
 // tokens, and eviction's compaction. A slot is block*bs + offset.
+//
+// A bfloat16 pool (shm.BFloat16) has its own writers, write_kv_bf16 and
+// scatter_kept_bf16, which take the head dim as the float32 ones do and
+// find a row's words (hd/2) from it. What moves rows or reads scores
+// (table_scores_many, evict_*) takes hd as the row's length in words
+// (shm.Layout.RowElems) and serves both dtypes: a packed pair moves as a
+// word, never as a number.
 #include "common.cuh"
 
 // Stores k, v [T, kvh*hd] at slots[t] and zeroes their scores; a negative
@@ -16,6 +23,23 @@ extern "C" __global__ void write_kv(float *pool, int bs, int kvh, int hd, const 
     pool[L.k(blk, h, off) + d] = k[src];
     pool[L.v(blk, h, off) + d] = v[src];
     if (d == 0) pool[L.score(blk, h, off)] = 0.f;
+}
+
+// write_kv for a bfloat16 pool: thread w rounds dims 2w and 2w+1 of the
+// head's row and stores them as the row's word w. grid (T, kvh), block
+// hd/2.
+extern "C" __global__ void write_kv_bf16(float *pool, int bs, int kvh, int hd, const float *k /*[T, kvh*hd]*/,
+                                         const float *v /*[T, kvh*hd]*/, const int *slots /*[T]*/) {
+    const PoolLayout L{bs, kvh, hd / 2};
+    const int t = blockIdx.x, h = blockIdx.y, w = threadIdx.x;
+    const int s = slots[t];
+    if (s < 0 || w >= L.hd) return;
+    const int blk = s / L.bs, off = s % L.bs;
+    const i64 src = ((i64)t * L.kvh + h) * hd + 2 * w;
+    unsigned *words = reinterpret_cast<unsigned *>(pool);
+    words[L.k(blk, h, off) + w] = pack_bf16(k[src], k[src + 1]);
+    words[L.v(blk, h, off) + w] = pack_bf16(v[src], v[src + 1]);
+    if (w == 0) pool[L.score(blk, h, off)] = 0.f;
 }
 
 // A sparse prefill's kept tokens: head h's i-th kept token is prompt token
@@ -36,12 +60,30 @@ extern "C" __global__ void scatter_kept(float *pool, int bs, int kvh, int hd, co
     if (d == 0) pool[L.score(blk, h, off)] = raw[(i64)h * n + j];
 }
 
+// scatter_kept for a bfloat16 pool, a word (two dims) a thread as
+// write_kv_bf16. grid (keep, kvh), block hd/2.
+extern "C" __global__ void scatter_kept_bf16(float *pool, int bs, int kvh, int hd, const float *k /*[T, kvh*hd]*/,
+                                             const float *v /*[T, kvh*hd]*/, const float *raw /*[kvh, n]*/,
+                                             const int *idx /*[kvh, keep]*/, const int *slots /*[keep]*/, int row0,
+                                             int n, int keep) {
+    const PoolLayout L{bs, kvh, hd / 2};
+    const int i = blockIdx.x, h = blockIdx.y, w = threadIdx.x;
+    if (w >= L.hd) return;
+    const int j = idx[h * keep + i], s = slots[i];
+    const int blk = s / L.bs, off = s % L.bs;
+    const i64 src = ((i64)(row0 + j) * L.kvh + h) * hd + 2 * w;
+    unsigned *words = reinterpret_cast<unsigned *>(pool);
+    words[L.k(blk, h, off) + w] = pack_bf16(k[src], k[src + 1]);
+    words[L.v(blk, h, off) + w] = pack_bf16(v[src], v[src + 1]);
+    if (w == 0) pool[L.score(blk, h, off)] = raw[(i64)h * n + j];
+}
+
 // ---- Eviction of many tables in one go ------------------------------------
 // A decode step evicts from tens of tables; these kernels take them all in
 // one launch each, with blocks of many threads (a launch per table of
 // one-thread blocks cost an H200 ~0.05 ms a table). Table t's blocks are
 // blocks[job[3t]..], its token count job[3t+1], and its scores go to
-// out[job[3t+2] + h*tokens ..].
+// out[job[3t+2] + h*tokens ..]. hd is a row's length in words.
 
 // Every table's scores. grid (ceil(max tokens / 256), kvh, tables), block 256.
 extern "C" __global__ void table_scores_many(float *out, const float *pool, int bs, int kvh, int hd,
@@ -260,7 +302,9 @@ __device__ __forceinline__ unsigned order_key32(float x) {
 
 // job [tables, 6]: blocks offset, tokens, keep, sinks, recent, src offset;
 // src gets each head's kept tokens ([kvh, kept] at the table's offset).
-// grid (kvh, tables), block SEL_THREADS; head dims up to EVICT_MAX_HD.
+// grid (kvh, tables), block SEL_THREADS; rows of up to EVICT_MAX_HD words
+// (hd is a row's length in words: a bfloat16 pool's head dim may be twice
+// that).
 extern "C" __global__ void __launch_bounds__(SEL_THREADS) evict_many(float *pool, int bs, int kvh, int hd, const int *blocks, const int *job,
                                       int *src_buf) {
     __shared__ int scratch[SEL_THREADS];

@@ -18,6 +18,12 @@ __device__ __forceinline__ bf16_t f32_to_bf16(float f) {
     return (bf16_t)(u >> 16);
 }
 
+// Two values rounded to bf16 and packed as a bf16 pool keeps them: lo in
+// the low half (the lower dim), hi in the high half.
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+    return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -28,9 +34,11 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Offsets into the pool, in float32 elements, as shm.Layout computes them
+// Offsets into the pool, in 32-bit words, as shm.Layout computes them
 // (kernels take bs, kvh and hd as three int parameters and build this):
 // a layer-block is K [kvh, bs, hd], V [kvh, bs, hd], scores [kvh, bs].
+// hd is a row's length in words, shm.Layout.RowElems: the head dim for a
+// float32 pool, half of it for a bfloat16 one (two values a word).
 struct PoolLayout {
     int bs, kvh, hd;
     __device__ __forceinline__ i64 block_elems() const { return 2LL * kvh * bs * hd + (i64)kvh * bs; }

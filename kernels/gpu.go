@@ -28,10 +28,13 @@ import (
 var cudaBins embed.FS
 
 // CUDA is the GPU backend: activations in float32, weight matrices in bf16
-// (GEMMs through cuBLAS, bf16 in, float32 accumulate), the pool in float32
-// as shm.Layout lays it out, all work in order on the context's legacy
-// default stream. Device memory for a step's scratch comes from a cache of
-// power-of-two size classes that Free returns to, as PyTorch's allocator.
+// (GEMMs through cuBLAS, bf16 in, float32 accumulate), the pool's K and V
+// in float32 or bfloat16 as shm.Layout lays them out (kernels that write or
+// read them as numbers have a _bf16 variant for a bfloat16 pool; those
+// that move rows take a row's length in words and serve both), all work
+// in order on the context's legacy default stream. Device memory for a
+// step's scratch comes from a cache of power-of-two size classes that Free
+// returns to, as PyTorch's allocator.
 type CUDA struct {
 	drv  *cuda.Driver
 	ctx  *cuda.Context
@@ -163,8 +166,11 @@ func NewCUDA(index int) (*CUDA, error) {
 		}
 	}
 	for _, hd := range []int{64, 128} {
-		for _, k := range []string{"flash_paged", "flash_prompt"} {
-			if err := c.fns[fmt.Sprintf("%s_hd%d", k, hd)].SetMaxDynamicShared(flashSmem(hd)); err != nil {
+		for _, k := range []struct {
+			name string
+			dt   shm.DType
+		}{{"flash_paged", shm.Float32}, {"flash_paged_bf16", shm.BFloat16}, {"flash_prompt", shm.Float32}} {
+			if err := c.fns[fmt.Sprintf("%s_hd%d", k.name, hd)].SetMaxDynamicShared(flashSmem(hd, k.dt)); err != nil {
 				c.Close()
 				return nil, err
 			}
@@ -174,15 +180,30 @@ func NewCUDA(index int) (*CUDA, error) {
 }
 
 // flashSmem is the dynamic shared memory of the tensor-core kernel for head
-// dim hd, as attention.cu's flash_smem_bytes computes it.
-func flashSmem(hd int) int {
+// dim hd over K and V stored as dt, as attention.cu's flash_smem_bytes
+// computes it: K and V tiles, two buffers each, of 32 padded rows (float32:
+// hd+4 words; bfloat16: hd+8 values, half a word each), and four warps' P.
+func flashSmem(hd int, dt shm.DType) int {
 	const bn = 32
-	return (2*2*bn*(hd+4) + 4*16*(bn+4)) * 4
+	tiles := 2 * 2 * bn * (hd + 4)
+	if dt == shm.BFloat16 {
+		tiles = 2 * 2 * bn * (hd + 8) / 2
+	}
+	return (tiles + 4*16*(bn+4)) * 4
+}
+
+// bf16Suffix is what a kernel that reads or writes K and V as numbers adds
+// to its name for a pool of l: "_bf16" for a bfloat16 pool.
+func bf16Suffix(l shm.Layout) string {
+	if l.DType == shm.BFloat16 {
+		return "_bf16"
+	}
+	return ""
 }
 
 func init() {
 	for g := 1; g <= maxGroup; g++ {
-		for _, k := range []string{"split_paged", "split_paged_v2", "score_paged", "split_prompt", "score_prompt"} {
+		for _, k := range []string{"split_paged", "split_paged_bf16", "split_paged_v2", "score_paged", "score_paged_bf16", "split_prompt", "score_prompt"} {
 			kernelNames["attention"] = append(kernelNames["attention"], fmt.Sprintf("%s_g%d", k, g))
 		}
 	}
@@ -192,9 +213,9 @@ func init() {
 var kernelNames = map[string][]string{
 	"elementwise": {"embedding_bf16", "rmsnorm", "to_bf16", "rope", "silu_mul", "add", "gather_rows", "columns", "split_rope", "add_rmsnorm", "gemv_bf16"},
 	"sampling":    {"sample_rows", "suppress_ids"},
-	"cache":       {"write_kv", "scatter_kept", "table_scores_many", "evict_gather_many", "evict_scatter_many", "snapkv_select", "evict_many"},
+	"cache":       {"write_kv", "write_kv_bf16", "scatter_kept", "scatter_kept_bf16", "table_scores_many", "evict_gather_many", "evict_scatter_many", "snapkv_select", "evict_many"},
 	"attention": {
-		"attn_combine", "flash_paged_hd64", "flash_paged_hd128", "flash_prompt_hd64", "flash_prompt_hd128",
+		"attn_combine", "flash_paged_hd64", "flash_paged_hd128", "flash_paged_bf16_hd64", "flash_paged_bf16_hd128", "flash_prompt_hd64", "flash_prompt_hd128",
 	},
 }
 
@@ -210,7 +231,11 @@ const (
 )
 
 // flashOK says whether the tensor-core kernels take this geometry: head
-// dims they are built for, and 16-byte aligned keys in the pool.
+// dims they are built for, and 16-byte aligned keys in the pool (cp.async).
+// Rows start at multiples of RowElems words (64 or 128 float32s, 32 or 64
+// words of bfloat16s: multiples of 4 either way) within blocks, so the
+// blocks must start on 16 bytes: BlockElems, 4·KVHeads·BlockSize·RowElems
+// + KVHeads·BlockSize, a multiple of 4 words.
 func flashOK(l shm.Layout) bool {
 	return (l.HeadDim == 64 || l.HeadDim == 128) && l.KVHeads*l.BlockSize%4 == 0
 }
@@ -722,8 +747,17 @@ func (c *CUDA) Columns(out, x *Tensor, start int) {
 	c.launch("columns", cuda.Dim3{X: uint32(out.Rows())}, cuda.Dim3{X: 256}, ptr(out), ptr(x), int32(out.Cols()), int32(x.Cols()), int32(start))
 }
 
-// layoutArgs are a kernel's three pool-geometry parameters.
+// layoutArgs are the three pool-geometry parameters of a kernel that moves
+// rows or reads scores (table_scores_many, evict_*): block size, KV heads
+// and a row's length in words, which is all such a kernel needs to know of
+// the dtype.
 func layoutArgs(l shm.Layout) []any {
+	return []any{int32(l.BlockSize), int32(l.KVHeads), int32(l.RowElems())}
+}
+
+// headArgs are those of a kernel that writes or reads K and V as numbers:
+// the head dim in place of the row's words (its _bf16 variant halves it).
+func headArgs(l shm.Layout) []any {
 	return []any{int32(l.BlockSize), int32(l.KVHeads), int32(l.HeadDim)}
 }
 
@@ -735,8 +769,9 @@ func (c *CUDA) WriteKV(pool *Tensor, l shm.Layout, k, v *Tensor, slots []int32) 
 	}
 	p, class := c.ints(slots)
 	defer c.release(p, class)
-	a := append(args(ptr(pool)), layoutArgs(l)...)
-	c.launch("write_kv", cuda.Dim3{X: uint32(len(slots)), Y: uint32(l.KVHeads)}, cuda.Dim3{X: uint32(l.HeadDim)}, append(a, ptr(k), ptr(v), p)...)
+	// A thread a word of the row: a dim, or a bfloat16 pool's pair.
+	a := append(args(ptr(pool)), headArgs(l)...)
+	c.launch("write_kv"+bf16Suffix(l), cuda.Dim3{X: uint32(len(slots)), Y: uint32(l.KVHeads)}, cuda.Dim3{X: uint32(l.RowElems())}, append(a, ptr(k), ptr(v), p)...)
 }
 
 // checkGroup records an error for a head layout the kernels do not take.
@@ -783,7 +818,7 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 		meta := append(append([]int32(nil), b.Blocks...), tiles...)
 		p, class := c.ints(meta)
 		defer c.release(p, class)
-		c.launchShared(fmt.Sprintf("flash_paged_hd%d", l.HeadDim), cuda.Dim3{X: uint32(len(tiles) / 4), Y: uint32(heads)}, cuda.Dim3{X: 128}, flashSmem(l.HeadDim),
+		c.launchShared(fmt.Sprintf("flash_paged%s_hd%d", bf16Suffix(l), l.HeadDim), cuda.Dim3{X: uint32(len(tiles) / 4), Y: uint32(heads)}, cuda.Dim3{X: 128}, flashSmem(l.HeadDim, l.DType),
 			ptr(out), ptr(q), ptr(pool), int32(l.BlockSize), int32(l.KVHeads), int32(heads), p+cuda.Ptr(4*len(b.Blocks)), p, scale)
 	}
 	if len(w.info) == 0 {
@@ -792,10 +827,13 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 	c.splitRows(&w, out, q, heads, l, group, b.Blocks, splitSrc{pool: ptr(pool)}, scale)
 }
 
-// v2OK reports whether split_paged_v2 takes a pool of layout l: head dim
-// 128 (a thread a dim when the warps merge, a lane four dims) and rows
-// that start on 16 bytes (float4 loads).
-func v2OK(l shm.Layout) bool { return l.HeadDim == 128 && l.BlockElems()%4 == 0 }
+// v2OK reports whether split_paged_v2 takes a pool of layout l: float32
+// K and V (it has no bfloat16 variant), head dim 128 (a thread a dim when
+// the warps merge, a lane four dims) and rows that start on 16 bytes
+// (float4 loads).
+func v2OK(l shm.Layout) bool {
+	return l.DType == shm.Float32 && l.HeadDim == 128 && l.BlockElems()%4 == 0
+}
 
 // splitSrc is where the split row kernels find keys: the pool (paged), or
 // a prompt's rows of k and v, whose scoring rows vote into hs [H, n].
@@ -891,14 +929,14 @@ func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, gr
 	block := cuda.Dim3{X: 128}
 	if src.pool != 0 {
 		pool := src.pool
-		split := "split_paged"
+		split := "split_paged" + bf16Suffix(l)
 		if v2 {
 			split = "split_paged_v2"
 		}
 		c.launch(fmt.Sprintf("%s_g%d", split, group), grid(n), block, ws, ptr(q), pool, int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pItems, pBlocks, scale)
 		c.launch("attn_combine", grid(R), block, ptr(out), fin, ws, pInfo, pSplit, int32(heads), int32(kvh), int32(hd))
 		if len(scoring) > 0 {
-			c.launch(fmt.Sprintf("score_paged_g%d", group), grid(len(scoring)/4), block, pool, fin, ptr(q), int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pScoring, pBlocks, scale)
+			c.launch(fmt.Sprintf("score_paged%s_g%d", bf16Suffix(l), group), grid(len(scoring)/4), block, pool, fin, ptr(q), int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pScoring, pBlocks, scale)
 		}
 		return
 	}
@@ -926,7 +964,8 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 	defer c.Free(hs)
 	first := 0 // rows before it are done on the tensor cores
 	if obsFrom >= flashMinRows && (l.HeadDim == 64 || l.HeadDim == 128) {
-		c.launchShared(fmt.Sprintf("flash_prompt_hd%d", l.HeadDim), cuda.Dim3{X: uint32((obsFrom + flashRows - 1) / flashRows), Y: uint32(heads)}, cuda.Dim3{X: 128}, flashSmem(l.HeadDim),
+		// The prompt's own K and V, float32 whatever the pool's dtype.
+		c.launchShared(fmt.Sprintf("flash_prompt_hd%d", l.HeadDim), cuda.Dim3{X: uint32((obsFrom + flashRows - 1) / flashRows), Y: uint32(heads)}, cuda.Dim3{X: 128}, flashSmem(l.HeadDim, shm.Float32),
 			ptr(out), ptr(q), ptr(k), ptr(v), int32(kvh), int32(heads), int32(row0), int32(obsFrom), scale)
 		first = obsFrom
 	}
@@ -989,9 +1028,9 @@ func (c *CUDA) selectOnHost(hs *Tensor, group int, k, v *Tensor, row0, n int, po
 	meta := append(append([]int32(nil), idx...), slots...)
 	mp, mc := c.ints(meta)
 	defer c.release(mp, mc)
-	a := append(args(ptr(pool)), layoutArgs(l)...)
+	a := append(args(ptr(pool)), headArgs(l)...)
 	a = append(a, ptr(k), ptr(v), rp, mp, mp+cuda.Ptr(4*len(idx)), int32(row0), int32(n), int32(keep))
-	c.launch("scatter_kept", cuda.Dim3{X: uint32(keep), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.HeadDim)}, a...)
+	c.launch("scatter_kept"+bf16Suffix(l), cuda.Dim3{X: uint32(keep), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.RowElems())}, a...)
 }
 
 // selectOnDevice is SparsePrefill's choice and scatter without the host:
@@ -1039,21 +1078,22 @@ func (c *CUDA) selectOnDevice(hs *Tensor, group int, k, v *Tensor, row0, n int, 
 	}
 	sp, spc := c.ints(slots)
 	defer c.release(sp, spc)
-	a := append(args(ptr(pool)), layoutArgs(l)...)
+	a := append(args(ptr(pool)), headArgs(l)...)
 	a = append(a, ptr(k), ptr(v), ptr(raw), idx, sp, int32(row0), int32(n), int32(keep))
-	c.launch("scatter_kept", cuda.Dim3{X: uint32(keep), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.HeadDim)}, a...)
+	c.launch("scatter_kept"+bf16Suffix(l), cuda.Dim3{X: uint32(keep), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.RowElems())}, a...)
 }
 
 // Evict chooses and compacts on the device (evictOnDevice) unless
-// KVD_HOST_EVICT=1 or the heads are too wide for evict_many. Otherwise it
-// reads every table's scores back in one copy, chooses the survivors
-// on the host with the CPU backend's code, tables in parallel, moves those
+// KVD_HOST_EVICT=1 or the rows are too wide for evict_many. Otherwise it
+// reads every table's scores back in one copy, chooses the survivors on
+// the host with the CPU backend's code, tables in parallel, moves those
 // that change slot on the GPU (one gather and one scatter launch for all
 // tables, through a staging buffer), and waits for that. Per step that is
 // two uploads (the tables, then the moves), three launches and two waits,
-// whatever the number of tables.
+// whatever the number of tables. Either way rows move as RowElems words,
+// whatever the dtype.
 func (c *CUDA) Evict(pool *Tensor, l shm.Layout, jobs []EvictJob) {
-	if c.gpuEvict && l.HeadDim <= evictMaxHeadDim {
+	if c.gpuEvict && l.RowElems() <= evictMaxRowElems {
 		c.evictOnDevice(pool, l, jobs)
 		return
 	}
@@ -1136,7 +1176,7 @@ func (c *CUDA) Evict(pool *Tensor, l shm.Layout, jobs []EvictJob) {
 		// few GB (many tables crossing a block at once) gets an exact
 		// allocation, freed below, rather than a size class kept cached.
 		var tmp cuda.Ptr
-		if bytes := 4 * n * (2*l.HeadDim + 1); bytes >= exactBytes {
+		if bytes := 4 * n * (2*l.RowElems() + 1); bytes >= exactBytes {
 			p, err := c.ctx.Alloc(bytes)
 			c.fail(err)
 			if err == nil {
@@ -1166,8 +1206,9 @@ func (c *CUDA) Evict(pool *Tensor, l shm.Layout, jobs []EvictJob) {
 	c.evictTiming.add("evict timing", []string{"scores back", "choose", "compact"}, t0, t1, t2, time.Now())
 }
 
-// evictMaxHeadDim is the largest head dimension evict_many stages.
-const evictMaxHeadDim = 128
+// evictMaxRowElems is the longest row, in words, that evict_many stages
+// (EVICT_MAX_HD): head dim 128 in float32, 256 in bfloat16.
+const evictMaxRowElems = 128
 
 // evictOnDevice is Evict with the survivors chosen on the device
 // (evict_many: evictSources' tokens, ties and NaNs alike) and compacted

@@ -239,8 +239,26 @@ func attnCompositions() map[string][]attnCase {
 	}
 }
 
-// randomPool fills a pool of l with random K, V and positive scores.
+// dtypes are the pool dtypes every pool kernel is checked with.
+var dtypes = []shm.DType{shm.Float32, shm.BFloat16}
+
+// randomPool fills a pool of l with random K, V and positive scores; a
+// bfloat16 pool's rows are random values rounded and packed as putRow
+// packs them.
 func randomPool(rng *rand.Rand, l shm.Layout) []float32 {
+	if l.DType == shm.BFloat16 {
+		p := make([]float32, l.PoolElems())
+		for b := range l.NumBlocks {
+			for h := range l.KVHeads {
+				for s := range l.BlockSize {
+					putRow(p[l.K(b, h, s):], randn(rng, l.HeadDim), l.DType)
+					putRow(p[l.V(b, h, s):], randn(rng, l.HeadDim), l.DType)
+					p[l.Score(b, h, s)] = rng.Float32()
+				}
+			}
+		}
+		return p
+	}
 	p := randn(rng, l.PoolElems())
 	for b := range l.NumBlocks {
 		for h := range l.KVHeads {
@@ -270,100 +288,111 @@ func TestGPUAttention(t *testing.T) {
 		for _, hd := range []int{64, 128} {
 			for _, group := range []int{1, 4, 8} {
 				for _, bs := range []int{16, 32} {
-					label := fmt.Sprintf("%s/hd=%d/group=%d/bs=%d", name, hd, group, bs)
-					heads := kvh * group
-					b := &AttnBatch{QIndptr: []int32{0}, BlockIndptr: []int32{0}, ScoreFrom: []int32{}, Skip: []bool{}}
-					total := 0
-					for _, c := range cases {
-						total += (c.past + c.rows + bs - 1) / bs
+					for _, dt := range dtypes {
+						testGPUAttention(t, g, cpu, rng, cases, fmt.Sprintf("%s/hd=%d/group=%d/bs=%d/%v", name, hd, group, bs, dt), kvh, hd, group, bs, dt)
 					}
-					l := shm.Layout{NumBlocks: total + 8, BlockSize: bs, KVHeads: kvh, HeadDim: hd}
-					ids := rng.Perm(l.NumBlocks - 1)
-					T := 0
-					for _, c := range cases {
-						n := (c.past + c.rows + bs - 1) / bs
-						for _, id := range ids[:n] {
-							b.Blocks = append(b.Blocks, int32(id+1))
-						}
-						ids = ids[n:]
-						T += c.rows
-						b.QIndptr = append(b.QIndptr, int32(T))
-						b.BlockIndptr = append(b.BlockIndptr, int32(len(b.Blocks)))
-						b.KVLen = append(b.KVLen, int32(c.past+c.rows))
-						sf := c.scoreFrom
-						if sf < 0 {
-							sf = c.rows
-						}
-						b.ScoreFrom = append(b.ScoreFrom, int32(sf))
-						b.Skip = append(b.Skip, c.skip)
-					}
-					if err := b.Validate(T, l); err != nil {
-						t.Fatalf("%s: %v", label, err)
-					}
-					pool, q := randomPool(rng, l), randn(rng, T*heads*hd)
-					scale := float32(1 / math.Sqrt(float64(hd)))
-					wantPool := cpu.FromHost(slices.Clone(pool), l.PoolElems())
-					want := cpu.Alloc(T, heads*hd)
-					cpu.Attention(want, cpu.FromHost(q, T, heads*hd), wantPool, l, b, scale)
-					// split_paged, and split_paged_v2 where it applies
-					// (head dim 128), also in long items (one per SM:
-					// several chunks a warp); the tensor-core kernel
-					// either way.
-					for _, run := range []struct {
-						v2  bool
-						per int
-					}{{false, 8}, {true, 8}, {true, 1}} {
-						if run.v2 && !v2OK(l) {
-							continue
-						}
-						label := fmt.Sprintf("%s/v2=%v/split%d", label, run.v2, run.per)
-						g.attnV2, splitPerSM = run.v2, run.per
-						gotPool := g.FromHost(pool, l.PoolElems())
-						got := g.poisoned(T, heads*hd)
-						g.Attention(got, g.FromHost(q, T, heads*hd), gotPool, l, b, scale)
-						out := g.host(t, got)
-						// Compare the rows that were computed; the others
-						// must be left alone (still poisoned). Sequences with
-						// a run of rows for the tensor cores (TF32) get a
-						// looser bound.
-						var gw, ww, gf, wf []float32
-						for s, c := range cases {
-							lo, hi := int(b.QIndptr[s])*heads*hd, int(b.QIndptr[s+1])*heads*hd
-							if c.skip {
-								for _, v := range out[lo:hi] {
-									if !math.IsNaN(float64(v)) {
-										t.Fatalf("%s: a skipped sequence's output was written", label)
-									}
-								}
-								continue
-							}
-							if int(b.ScoreFrom[s]) >= flashMinRows && flashOK(l) {
-								gf, wf = append(gf, out[lo:hi]...), append(wf, want.data[lo:hi]...)
-							} else {
-								gw, ww = append(gw, out[lo:hi]...), append(ww, want.data[lo:hi]...)
-							}
-						}
-						check(t, label+" output", gw, ww, 2e-5)
-						check(t, label+" output (tensor cores)", gf, wf, 3e-3)
-						gp := g.host(t, gotPool)
-						gkv, gsc := splitPool(gp, l)
-						wkv, wsc := splitPool(wantPool.data, l)
-						check(t, label+" keys and values", gkv, wkv, 0)
-						check(t, label+" scores", gsc, wsc, 1e-5)
-					}
-					g.attnV2, splitPerSM = false, 8
 				}
 			}
 		}
 	}
 }
 
+// testGPUAttention is one of TestGPUAttention's batches: cases over a pool
+// of bs-token blocks of kvh heads of dim hd stored as dt.
+func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []attnCase, label string, kvh, hd, group, bs int, dt shm.DType) {
+	heads := kvh * group
+	b := &AttnBatch{QIndptr: []int32{0}, BlockIndptr: []int32{0}, ScoreFrom: []int32{}, Skip: []bool{}}
+	total := 0
+	for _, c := range cases {
+		total += (c.past + c.rows + bs - 1) / bs
+	}
+	l := shm.Layout{NumBlocks: total + 8, BlockSize: bs, KVHeads: kvh, HeadDim: hd, DType: dt}
+	ids := rng.Perm(l.NumBlocks - 1)
+	T := 0
+	for _, c := range cases {
+		n := (c.past + c.rows + bs - 1) / bs
+		for _, id := range ids[:n] {
+			b.Blocks = append(b.Blocks, int32(id+1))
+		}
+		ids = ids[n:]
+		T += c.rows
+		b.QIndptr = append(b.QIndptr, int32(T))
+		b.BlockIndptr = append(b.BlockIndptr, int32(len(b.Blocks)))
+		b.KVLen = append(b.KVLen, int32(c.past+c.rows))
+		sf := c.scoreFrom
+		if sf < 0 {
+			sf = c.rows
+		}
+		b.ScoreFrom = append(b.ScoreFrom, int32(sf))
+		b.Skip = append(b.Skip, c.skip)
+	}
+	if err := b.Validate(T, l); err != nil {
+		t.Fatalf("%s: %v", label, err)
+	}
+	pool, q := randomPool(rng, l), randn(rng, T*heads*hd)
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	wantPool := cpu.FromHost(slices.Clone(pool), l.PoolElems())
+	want := cpu.Alloc(T, heads*hd)
+	cpu.Attention(want, cpu.FromHost(q, T, heads*hd), wantPool, l, b, scale)
+	// split_paged, and split_paged_v2 where it applies (head dim 128,
+	// float32), also in long items (one per SM: several chunks a warp);
+	// the tensor-core kernel either way.
+	for _, run := range []struct {
+		v2  bool
+		per int
+	}{{false, 8}, {true, 8}, {true, 1}} {
+		if run.v2 && !v2OK(l) {
+			continue
+		}
+		label := fmt.Sprintf("%s/v2=%v/split%d", label, run.v2, run.per)
+		g.attnV2, splitPerSM = run.v2, run.per
+		gotPool := g.FromHost(pool, l.PoolElems())
+		got := g.poisoned(T, heads*hd)
+		g.Attention(got, g.FromHost(q, T, heads*hd), gotPool, l, b, scale)
+		out := g.host(t, got)
+		// Compare the rows that were computed; the others must be left
+		// alone (still poisoned). Sequences with a run of rows for the
+		// tensor cores (TF32) get a looser bound.
+		var gw, ww, gf, wf []float32
+		for s, c := range cases {
+			lo, hi := int(b.QIndptr[s])*heads*hd, int(b.QIndptr[s+1])*heads*hd
+			if c.skip {
+				for _, v := range out[lo:hi] {
+					if !math.IsNaN(float64(v)) {
+						t.Fatalf("%s: a skipped sequence's output was written", label)
+					}
+				}
+				continue
+			}
+			if int(b.ScoreFrom[s]) >= flashMinRows && flashOK(l) {
+				gf, wf = append(gf, out[lo:hi]...), append(wf, want.data[lo:hi]...)
+			} else {
+				gw, ww = append(gw, out[lo:hi]...), append(ww, want.data[lo:hi]...)
+			}
+		}
+		check(t, label+" output", gw, ww, 2e-5)
+		check(t, label+" output (tensor cores)", gf, wf, 3e-3)
+		gp := g.host(t, gotPool)
+		gkv, gsc := splitPool(gp, l)
+		wkv, wsc := splitPool(wantPool.data, l)
+		if !sameBits(gkv, wkv) {
+			t.Errorf("%s: keys and values changed", label)
+		}
+		check(t, label+" scores", gsc, wsc, 1e-5)
+	}
+	g.attnV2, splitPerSM = false, 8
+}
+
 func TestGPUWriteKV(t *testing.T) {
 	g, cpu := newGPU(t), NewCPU()
 	rng := rand.New(rand.NewPCG(7, 8))
 	for _, T := range seqLens() {
-		for _, bs := range []int{16, 32} {
-			l := shm.Layout{NumBlocks: 2 + (T+bs-1)/bs*2, BlockSize: bs, KVHeads: 4, HeadDim: 128}
+		for _, c := range []struct {
+			bs int
+			dt shm.DType
+		}{{16, shm.Float32}, {32, shm.Float32}, {16, shm.BFloat16}, {32, shm.BFloat16}} {
+			bs := c.bs
+			l := shm.Layout{NumBlocks: 2 + (T+bs-1)/bs*2, BlockSize: bs, KVHeads: 4, HeadDim: 128, DType: c.dt}
 			perm := rng.Perm((l.NumBlocks - 1) * bs)
 			slots := make([]int32, T)
 			for i := range slots {
@@ -378,7 +407,13 @@ func TestGPUWriteKV(t *testing.T) {
 			cpu.WriteKV(want, l, cpu.FromHost(k, T, 512), cpu.FromHost(v, T, 512), slots)
 			got := g.FromHost(pool, l.PoolElems())
 			g.WriteKV(got, l, g.FromHost(k, T, 512), g.FromHost(v, T, 512), slots)
-			check(t, fmt.Sprintf("write_kv T=%d bs=%d", T, bs), g.host(t, got), want.data, 0)
+			// The same rounding (bfloat16: to nearest even) gives the same bits.
+			if err := g.Err(); err != nil {
+				t.Fatal(err)
+			}
+			if !sameBits(g.host(t, got), want.data) {
+				t.Errorf("write_kv T=%d bs=%d %v: the pool differs from the CPU's", T, bs, c.dt)
+			}
 		}
 	}
 }
@@ -391,8 +426,13 @@ func TestGPUSparsePrefill(t *testing.T) {
 		"snapkv":         {SnapKV: true, Sinks: 4, ObsWindow: 32, Kernel: 7},
 		"snapkv-avg-max": {SnapKV: true, Sinks: 0, ObsWindow: 16, Kernel: 5, PoolAvg: true, GQAMax: true},
 	}
-	type geom struct{ group, hd, bs int }
-	geoms := []geom{{4, 128, 16}, {1, 64, 32}, {8, 64, 16}}
+	type geom struct {
+		group, hd, bs int
+		dt            shm.DType
+	}
+	// A bfloat16 pool only changes how the kept tokens are written
+	// (scatter_kept_bf16): the prompt's attention reads its own K and V.
+	geoms := []geom{{4, 128, 16, shm.Float32}, {1, 64, 32, shm.Float32}, {8, 64, 16, shm.Float32}, {4, 128, 16, shm.BFloat16}, {1, 64, 32, shm.BFloat16}}
 	for _, n := range seqLens() {
 		if n < 2 {
 			continue
@@ -401,12 +441,12 @@ func TestGPUSparsePrefill(t *testing.T) {
 			for name, sel := range sels {
 				const kvh = 2
 				group, hd, bs := ge.group, ge.hd, ge.bs
-				if gi > 0 && name == "window" {
+				if gi > 0 && name == "window" && ge.dt == shm.Float32 {
 					continue // the window's selection does not depend on the geometry
 				}
 				heads := kvh * group
 				sel.Keep = min(n, max(sel.ObsWindow+sel.Sinks+1, n/3))
-				l := shm.Layout{NumBlocks: 2 + (sel.Keep+bs-1)/bs, BlockSize: bs, KVHeads: kvh, HeadDim: hd}
+				l := shm.Layout{NumBlocks: 2 + (sel.Keep+bs-1)/bs, BlockSize: bs, KVHeads: kvh, HeadDim: hd, DType: ge.dt}
 				slots := make([]int32, sel.Keep)
 				for i := range slots {
 					slots[i] = int32(bs + i) // block 1 onwards
@@ -421,24 +461,29 @@ func TestGPUSparsePrefill(t *testing.T) {
 				gotPool, got := g.FromHost(pool, l.PoolElems()), g.poisoned(T, heads*hd)
 				gq, gk, gv := g.FromHost(q, T, heads*hd), g.FromHost(k, T, kvh*hd), g.FromHost(v, T, kvh*hd)
 				g.SparsePrefill(got, gq, gk, gv, row0, n, gotPool, l, slots, sel, scale)
-				label := fmt.Sprintf("n=%d/%s/group=%d/hd=%d/bs=%d", n, name, group, hd, bs)
+				label := fmt.Sprintf("n=%d/%s/group=%d/hd=%d/bs=%d/%v", n, name, group, hd, bs, ge.dt)
 				tol := 2e-5
 				if n-sel.ObsWindow >= flashMinRows {
 					tol = 3e-3 // rows before the window ran on the tensor cores (TF32)
 				}
 				check(t, label+" output", g.host(t, got)[row0*heads*hd:], want.data[row0*heads*hd:], tol)
-				// The kept tokens: compare each slot's key (which token it
-				// holds) and, where both kept the same token, its score.
+				// The kept tokens: compare each slot's key and value words
+				// (which token it holds, rounded alike) and, where both kept
+				// the same token, its score.
 				gp := g.host(t, gotPool)
 				differ := 0
 				var gs, ws []float32
+				rw := l.RowElems()
 				for h := range kvh {
 					for _, s := range slots {
 						blk, off := int(s)/bs, int(s)%bs
-						ko := l.K(blk, h, off)
-						if !slices.Equal(gp[ko:ko+hd], wantPool.data[ko:ko+hd]) {
+						ko, vo := l.K(blk, h, off), l.V(blk, h, off)
+						if !sameBits(gp[ko:ko+rw], wantPool.data[ko:ko+rw]) {
 							differ++
 							continue
+						}
+						if !sameBits(gp[vo:vo+rw], wantPool.data[vo:vo+rw]) {
+							t.Errorf("%s: head %d slot %d holds the CPU's key but not its value", label, h, s)
 						}
 						gs, ws = append(gs, gp[l.Score(blk, h, off)]), append(ws, wantPool.data[l.Score(blk, h, off)])
 					}
@@ -477,10 +522,11 @@ func TestGPUSelectOnDevice(t *testing.T) {
 		for _, group := range []int{1, 4} {
 			for name, sel := range sels {
 				for _, ties := range []bool{false, true} {
+					dt := dtypes[group%2] // float32 at group 4, bfloat16 (scatter_kept_bf16) at 1
 					const kvh, hd, bs, row0 = 2, 64, 16, 3
 					heads := kvh * group
 					sel.Keep = min(n, max(sel.ObsWindow+sel.Sinks+1, n/3))
-					l := shm.Layout{NumBlocks: 2 + (sel.Keep+bs-1)/bs, BlockSize: bs, KVHeads: kvh, HeadDim: hd}
+					l := shm.Layout{NumBlocks: 2 + (sel.Keep+bs-1)/bs, BlockSize: bs, KVHeads: kvh, HeadDim: hd, DType: dt}
 					slots := make([]int32, sel.Keep)
 					for i := range slots {
 						slots[i] = int32(bs + i)
@@ -499,7 +545,7 @@ func TestGPUSelectOnDevice(t *testing.T) {
 					onHost, onDevice := g.FromHost(pool, l.PoolElems()), g.FromHost(pool, l.PoolElems())
 					g.selectOnHost(hs, group, k, v, row0, n, onHost, l, slots, sel)
 					g.selectOnDevice(hs, group, k, v, row0, n, onDevice, l, slots, sel)
-					sameAsHost(t, g, fmt.Sprintf("n=%d/%s/group=%d/ties=%v", n, name, group, ties), onDevice, onHost)
+					sameAsHost(t, g, fmt.Sprintf("n=%d/%s/group=%d/ties=%v/%v", n, name, group, ties, dt), onDevice, onHost)
 				}
 			}
 		}
@@ -513,9 +559,13 @@ func TestGPUEvict(t *testing.T) {
 		if tokens < 3 {
 			continue
 		}
-		for _, bs := range []int{16, 32} {
+		for _, c := range []struct {
+			bs, hd int
+			dt     shm.DType
+		}{{16, 64, shm.Float32}, {32, 128, shm.Float32}, {16, 128, shm.BFloat16}, {32, 256, shm.BFloat16}} {
+			bs := c.bs
 			nb := (tokens + bs - 1) / bs
-			l := shm.Layout{NumBlocks: nb + 5, BlockSize: bs, KVHeads: 4, HeadDim: 64 * (1 + bs/32)} // head dims 64 and 128
+			l := shm.Layout{NumBlocks: nb + 5, BlockSize: bs, KVHeads: 4, HeadDim: c.hd, DType: c.dt}
 			ids := rng.Perm(l.NumBlocks - 1)[:nb]
 			blocks := make([]int32, nb)
 			for i, id := range ids {
@@ -527,7 +577,12 @@ func TestGPUEvict(t *testing.T) {
 			cpu.Evict(want, l, []EvictJob{{blocks, tokens, keep, sinks, recent}})
 			got := g.FromHost(pool, l.PoolElems())
 			g.Evict(got, l, []EvictJob{{blocks, tokens, keep, sinks, recent}})
-			check(t, fmt.Sprintf("evict tokens=%d bs=%d", tokens, bs), g.host(t, got), want.data, 0)
+			if err := g.Err(); err != nil {
+				t.Fatal(err)
+			}
+			if !sameBits(g.host(t, got), want.data) {
+				t.Errorf("evict tokens=%d bs=%d hd=%d %v: the pool differs from the CPU's", tokens, bs, c.hd, c.dt)
+			}
 		}
 	}
 }
@@ -542,9 +597,12 @@ func TestGPUEvict(t *testing.T) {
 func TestGPUEvictOnDevice(t *testing.T) {
 	g := newGPU(t)
 	rng := rand.New(rand.NewPCG(23, 24))
-	for _, geo := range []struct{ bs, kvh, hd int }{{16, 8, 128}, {32, 2, 64}, {16, 4, 96}} {
+	for _, geo := range []struct {
+		bs, kvh, hd int
+		dt          shm.DType
+	}{{16, 8, 128, shm.Float32}, {32, 2, 64, shm.Float32}, {16, 4, 96, shm.Float32}, {16, 8, 128, shm.BFloat16}, {16, 4, 96, shm.BFloat16}, {16, 2, 256, shm.BFloat16}} {
 		for _, ties := range []bool{false, true} {
-			l := shm.Layout{NumBlocks: 600, BlockSize: geo.bs, KVHeads: geo.kvh, HeadDim: geo.hd}
+			l := shm.Layout{NumBlocks: 600, BlockSize: geo.bs, KVHeads: geo.kvh, HeadDim: geo.hd, DType: geo.dt}
 			ids := rng.Perm(l.NumBlocks - 1)
 			var jobs []EvictJob
 			for _, j := range []EvictJob{
@@ -578,7 +636,7 @@ func TestGPUEvictOnDevice(t *testing.T) {
 					}
 				}
 			}
-			label := fmt.Sprintf("bs=%d kvh=%d hd=%d ties=%v", geo.bs, geo.kvh, geo.hd, ties)
+			label := fmt.Sprintf("bs=%d kvh=%d hd=%d %v ties=%v", geo.bs, geo.kvh, geo.hd, geo.dt, ties)
 			onHost, onDevice := g.FromHost(pool, l.PoolElems()), g.FromHost(pool, l.PoolElems())
 			g.gpuEvict = false
 			g.Evict(onHost, l, jobs)
@@ -592,26 +650,30 @@ func TestGPUEvictOnDevice(t *testing.T) {
 func TestGPUEvictMany(t *testing.T) {
 	g, cpu := newGPU(t), NewCPU()
 	rng := rand.New(rand.NewPCG(13, 14))
-	l := shm.Layout{NumBlocks: 400, BlockSize: 16, KVHeads: 8, HeadDim: 128}
-	ids := rng.Perm(l.NumBlocks - 1)
-	var jobs []EvictJob
-	for _, tokens := range []int{1040, 17, 300, 1979} {
-		nb := (tokens + l.BlockSize - 1) / l.BlockSize
-		blocks := make([]int32, nb)
-		for i := range blocks {
-			blocks[i] = int32(ids[0] + 1)
-			ids = ids[1:]
+	for _, dt := range dtypes {
+		l := shm.Layout{NumBlocks: 400, BlockSize: 16, KVHeads: 8, HeadDim: 128, DType: dt}
+		ids := rng.Perm(l.NumBlocks - 1)
+		var jobs []EvictJob
+		for _, tokens := range []int{1040, 17, 300, 1979} {
+			nb := (tokens + l.BlockSize - 1) / l.BlockSize
+			blocks := make([]int32, nb)
+			for i := range blocks {
+				blocks[i] = int32(ids[0] + 1)
+				ids = ids[1:]
+			}
+			jobs = append(jobs, EvictJob{blocks, tokens, min(tokens, 1024), 4, 32})
 		}
-		jobs = append(jobs, EvictJob{blocks, tokens, min(tokens, 1024), 4, 32})
-	}
-	pool := randomPool(rng, l)
-	want := cpu.FromHost(slices.Clone(pool), l.PoolElems())
-	cpu.Evict(want, l, jobs)
-	got := g.FromHost(pool, l.PoolElems())
-	g.Evict(got, l, jobs)
-	check(t, "evict four tables", g.host(t, got), want.data, 0)
-	if err := g.Err(); err != nil {
-		t.Fatal(err)
+		pool := randomPool(rng, l)
+		want := cpu.FromHost(slices.Clone(pool), l.PoolElems())
+		cpu.Evict(want, l, jobs)
+		got := g.FromHost(pool, l.PoolElems())
+		g.Evict(got, l, jobs)
+		if err := g.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if !sameBits(g.host(t, got), want.data) {
+			t.Errorf("evict four tables %v: the pool differs from the CPU's", dt)
+		}
 	}
 }
 
@@ -679,7 +741,8 @@ func BenchmarkGPU(b *testing.B) {
 // heads of 128) over the pool: a 5000-token prompt (the tensor-core
 // kernel), and decode at 5000 tokens of context for 1, 8 and 32 sequences
 // (the split row kernels: split_paged, and split_paged_v2 as /v2), with
-// FLOP/s and the bytes of K and V read.
+// FLOP/s and the bytes of K and V read; the -bf16 cases over a bfloat16
+// pool (half the bytes).
 func BenchmarkGPUAttention(b *testing.B) {
 	g := newGPU(b)
 	rng := rand.New(rand.NewPCG(3, 3))
@@ -687,9 +750,13 @@ func BenchmarkGPUAttention(b *testing.B) {
 	for _, c := range []struct {
 		name       string
 		seqs, rows int
-	}{{"prefill-1x5000", 1, ctx}, {"decode-1x5000", 1, 1}, {"decode-8x5000", 8, 1}, {"decode-32x5000", 32, 1}} {
+		dt         shm.DType
+	}{
+		{"prefill-1x5000", 1, ctx, shm.Float32}, {"decode-1x5000", 1, 1, shm.Float32}, {"decode-8x5000", 8, 1, shm.Float32}, {"decode-32x5000", 32, 1, shm.Float32},
+		{"prefill-1x5000-bf16", 1, ctx, shm.BFloat16}, {"decode-32x5000-bf16", 32, 1, shm.BFloat16},
+	} {
 		nb := (ctx + bs - 1) / bs
-		l := shm.Layout{NumBlocks: c.seqs*nb + 1, BlockSize: bs, KVHeads: kvh, HeadDim: hd}
+		l := shm.Layout{NumBlocks: c.seqs*nb + 1, BlockSize: bs, KVHeads: kvh, HeadDim: hd, DType: c.dt}
 		ab := &AttnBatch{QIndptr: []int32{0}, BlockIndptr: []int32{0}}
 		for s := range c.seqs {
 			for i := range nb {
@@ -709,6 +776,9 @@ func BenchmarkGPUAttention(b *testing.B) {
 			if c.rows > 1 && (run.per != 8 || run.v2) {
 				continue // the prompt's rows do not split
 			}
+			if run.v2 && !v2OK(l) {
+				continue // float32 only
+			}
 			splitPerSM, g.attnV2 = run.per, run.v2
 			name := fmt.Sprintf("%s/split%d", c.name, run.per)
 			if run.v2 {
@@ -726,7 +796,7 @@ func BenchmarkGPUAttention(b *testing.B) {
 					flops *= float64(c.rows) / 2 // causal
 				}
 				b.ReportMetric(flops/s/1e12, "TFLOP/s")
-				b.ReportMetric(keys*2*kvh*hd*4/s/1e9, "KV-GB/s")
+				b.ReportMetric(keys*2*kvh*float64(4*l.RowElems())/s/1e9, "KV-GB/s")
 			})
 		}
 		splitPerSM, g.attnV2 = 8, false
