@@ -319,21 +319,9 @@ func TestSparseMatchesMaskedReference(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			m := tinyModel(t, 3)
-			spec, err := policy.Parse(tc.spec, m.Config.NumLayers)
-			if tc.spec == "" {
-				spec, err = policy.Seed(m.Config.NumLayers, 3, 40)
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
 			seed := uint64(tc.prompt*1000 + tc.decode)
+			m, spec, tokens := sparseCase(t, tc.spec, tc.prompt+tc.decode, seed, 1)
 			t.Logf("seed %d, policies %v", seed, spec)
-			rng := rand.New(rand.NewPCG(seed, 1))
-			tokens := make([]int32, tc.prompt+tc.decode)
-			for i := range tokens {
-				tokens[i] = int32(rng.IntN(m.Config.VocabSize))
-			}
 			want := sparseReference(m, tokens, tc.prompt, spec, tc.blockSize)
 			got, kv := pagedSparse(t, m, tokens, tc.prompt, spec, tc.blockSize)
 			for i := range want {
@@ -376,6 +364,27 @@ func TestSparseMatchesMaskedReference(t *testing.T) {
 	}
 }
 
+// sparseCase is the tiny model, the policies spec names ("": the seed's
+// preset on its last 3 layers, window 40) and n random tokens drawn from
+// the PCG stream (seed, stream).
+func sparseCase(t *testing.T, spec string, n int, seed, stream uint64) (*Model, policy.Spec, []int32) {
+	t.Helper()
+	m := tinyModel(t, 3)
+	s, err := policy.Parse(spec, m.Config.NumLayers)
+	if spec == "" {
+		s, err = policy.Seed(m.Config.NumLayers, 3, 40)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(seed, stream))
+	tokens := make([]int32, n)
+	for i := range tokens {
+		tokens[i] = int32(rng.IntN(m.Config.VocabSize))
+	}
+	return m, s, tokens
+}
+
 func relErr(a, b []float32) float64 {
 	var d, mx float64
 	for i := range b {
@@ -404,19 +413,7 @@ func TestSparseBFloat16Pool(t *testing.T) {
 		{"seed preset", "", 83, 25, 16},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := tinyModel(t, 3)
-			spec, err := policy.Parse(tc.spec, m.Config.NumLayers)
-			if tc.spec == "" {
-				spec, err = policy.Seed(m.Config.NumLayers, 3, 40)
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			rng := rand.New(rand.NewPCG(uint64(tc.prompt), 2))
-			tokens := make([]int32, tc.prompt+tc.decode)
-			for i := range tokens {
-				tokens[i] = int32(rng.IntN(m.Config.VocabSize))
-			}
+			m, spec, tokens := sparseCase(t, tc.spec, tc.prompt+tc.decode, uint64(tc.prompt), 2)
 			want, _ := pagedSparseDType(t, m, tokens, tc.prompt, spec, tc.blockSize, shm.Float32)
 			got, kv := pagedSparseDType(t, m, tokens, tc.prompt, spec, tc.blockSize, shm.BFloat16)
 			if kv.Layout().DType != shm.BFloat16 {
