@@ -234,7 +234,7 @@ const (
 // dims they are built for, and 16-byte aligned keys in the pool (cp.async).
 // Rows start at multiples of RowElems words (64 or 128 float32s, 32 or 64
 // words of bfloat16s: multiples of 4 either way) within blocks, so the
-// blocks must start on 16 bytes: BlockElems, 4·KVHeads·BlockSize·RowElems
+// blocks must start on 16 bytes: BlockElems, 2·KVHeads·BlockSize·RowElems
 // + KVHeads·BlockSize, a multiple of 4 words.
 func flashOK(l shm.Layout) bool {
 	return (l.HeadDim == 64 || l.HeadDim == 128) && l.KVHeads*l.BlockSize%4 == 0
@@ -774,11 +774,13 @@ func (c *CUDA) WriteKV(pool *Tensor, l shm.Layout, k, v *Tensor, slots []int32) 
 	c.launch("write_kv"+bf16Suffix(l), cuda.Dim3{X: uint32(len(slots)), Y: uint32(l.KVHeads)}, cuda.Dim3{X: uint32(l.RowElems())}, append(a, ptr(k), ptr(v), p)...)
 }
 
-// checkGroup records an error for a head layout the kernels do not take.
+// checkGroup records an error for a head layout the kernels do not take:
+// the row kernels read a key four dims at a time, so a head dim must be a
+// multiple of 4 (one of 2 mod 4 would read past its row).
 func (c *CUDA) checkGroup(heads int, l shm.Layout) (int, bool) {
 	group := heads / l.KVHeads
-	if group < 1 || group > maxGroup || l.HeadDim > 256 || l.HeadDim%2 != 0 {
-		c.fail(fmt.Errorf("kernels: CUDA attention takes 1 to %d query heads per KV head and even head dims up to 256; got %d heads, %d KV heads of dim %d",
+	if group < 1 || group > maxGroup || l.HeadDim > 256 || l.HeadDim%4 != 0 {
+		c.fail(fmt.Errorf("kernels: CUDA attention takes 1 to %d query heads per KV head and head dims up to 256 that are multiples of 4; got %d heads, %d KV heads of dim %d",
 			maxGroup, heads, l.KVHeads, l.HeadDim))
 		return 0, false
 	}
