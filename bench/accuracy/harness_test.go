@@ -68,10 +68,11 @@ func TestHarnessEndToEnd(t *testing.T) {
 	configs := []config{
 		{Name: "full", Kind: "full"},
 		{Name: "window", Kind: "policy", Policy: "1-3=window:sinks=4,window=60", Layers: 3, Window: 64},
+		{Name: "full, bfloat16 KV", Kind: "custom", KVType: "bfloat16"},
 	}
 	results := map[string]result{}
 	for _, c := range configs {
-		s, err := startGateway(bin, modelDir, c.Policy, "64MiB", "", 0, io.Discard)
+		s, err := startGateway(bin, modelDir, c, "64MiB", "", 0, io.Discard)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -104,7 +105,7 @@ func TestHarnessEndToEnd(t *testing.T) {
 	}
 	// A server without /v1/kvd/score is scored from echoed prompt
 	// log-probabilities: with full KV both ways agree.
-	s, err := startGateway(bin, modelDir, "", "64MiB", "", 0, io.Discard)
+	s, err := startGateway(bin, modelDir, config{}, "64MiB", "", 0, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +139,13 @@ func TestHarnessEndToEnd(t *testing.T) {
 	full, win := summarize(results["full"][loglikKey]), summarize(results["window"][loglikKey])
 	if math.IsNaN(full.Mean) || full.Mean >= 0 || full.Mean == win.Mean {
 		t.Errorf("log-likelihood: full %v, window %v", full, win)
+	}
+	// A bfloat16 pool's scores pair with full KV's, a little off each.
+	bf := results["full, bfloat16 KV"][loglikKey]
+	for i, f := range results["full"][loglikKey] {
+		if d := math.Abs(bf[i] - f); d == 0 && i == 0 || d > 0.05 {
+			t.Errorf("loglik sample %d: %v over a bfloat16 pool, %v over float32", i, bf[i], f)
+		}
 	}
 	report := render(SampleSet{Seed: 7, Lengths: []int{192, 320}, Samples: samples}, configs, rawRun{CPU: "test", Threads: 1, Results: results}, modelDir, "")
 	for _, want := range []string{"## Full KV", "line-192 edit-sim", "retrieval exact", "| window |", loglikKey, keyKey} {

@@ -55,6 +55,7 @@ import (
 	"github.com/kvd-project/kvd/gateway/model"
 	"github.com/kvd-project/kvd/gateway/tokenizer"
 	"github.com/kvd-project/kvd/kvd/policy"
+	"github.com/kvd-project/kvd/shm"
 )
 
 // config is one KV setting under test.
@@ -63,7 +64,8 @@ type config struct {
 	Policy string // kvd policy spec; "" is full KV
 	Layers int    // sparse layers (the seed's grid), 0 otherwise
 	Window int
-	Kind   string // "full", "grid", "policy" (equal budget) or "custom" (-policy)
+	Kind   string // "full", "grid", "policy" (equal budget) or "custom" (-policy, -kv-cache-dtype-also)
+	KVType string // the gateway's --kv-cache-dtype; "": its default (float32)
 }
 
 // grid is what to measure: the seed's grid (sparse layers × windows) and
@@ -113,6 +115,34 @@ func (g grid) configs(layers int) []config {
 		}
 	}
 	return append(cs, g.Policies...)
+}
+
+// withKVType is full KV and the grid's middle row at its first window
+// (the seed's preset) again, over a pool holding K and V as kvType, named
+// for it.
+func withKVType(cs []config, kvType string) []config {
+	var grid []config
+	var out []config
+	for _, c := range cs {
+		switch c.Kind {
+		case "full":
+			out = append(out, config{Name: c.Name + ", " + kvType + " KV", Kind: "custom", KVType: kvType})
+		case "grid":
+			grid = append(grid, c)
+		}
+	}
+	if len(grid) > 0 {
+		c := grid[len(grid)/2]
+		for _, d := range grid { // the middle row's first window
+			if d.Layers == c.Layers {
+				c = d
+				break
+			}
+		}
+		c.Name, c.Kind, c.KVType = c.Name+", "+kvType+" KV", "custom", kvType
+		out = append(out, c)
+	}
+	return out
 }
 
 // defaultGrid is the seed's: windows of 1024, 1280 and 1536 tokens and the
@@ -186,6 +216,7 @@ func main() {
 	budget := flag.Int("budget", 1024, "the equal budget of the five policies' rows (0: leave them out)")
 	var extra policyFlags
 	flag.Var(&extra, "policy", "also run this policy, as NAME=SPEC with SPEC a kvd --kv-policy spec (repeatable)")
+	alsoType := flag.String("kv-cache-dtype-also", "", "also run full KV and the grid's middle row at its first window with the pool's K and V in this dtype (bfloat16), paired with the rest")
 	flag.Parse()
 	log.SetFlags(0)
 	if *mk != "" {
@@ -230,6 +261,12 @@ func main() {
 		}
 	}
 	configs := g.configs(cfg.NumLayers)
+	if *alsoType != "" {
+		if _, err := shm.ParseDType(*alsoType); err != nil {
+			log.Fatalf("-kv-cache-dtype-also: %v", err)
+		}
+		configs = append(configs, withKVType(configs, *alsoType)...)
+	}
 	if *merge != "" {
 		run, err := loadRaw(strings.Split(*merge, ","))
 		if err != nil {
@@ -319,7 +356,7 @@ func main() {
 			s := &server{base: strings.TrimSuffix(*srv, "/"), model: served}
 			if *srv == "" {
 				var err error
-				if s, err = startGateway(*gw, *modelDir, c.Policy, *kvMem, *deviceFlag, threads, io.Discard); err != nil {
+				if s, err = startGateway(*gw, *modelDir, c, *kvMem, *deviceFlag, threads, io.Discard); err != nil {
 					log.Fatal(err)
 				}
 			}

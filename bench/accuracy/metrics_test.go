@@ -95,6 +95,14 @@ func TestGridConfigs(t *testing.T) {
 	if len(cs) != 3 || cs[1].Policy != "4-7=snapkv:budget=256/h2o:recent=32" || cs[2].Name != "mine" || cs[2].Policy != "0-7=snapkv:budget=512" {
 		t.Errorf("custom grid: %+v", cs)
 	}
+	// -kv-cache-dtype-also: full KV and the middle row's first window
+	// again over a bfloat16 pool.
+	also := withKVType(defaultGrid.configs(32), "bfloat16")
+	if len(also) != 2 || also[0].Name != "full, bfloat16 KV" || also[0].Policy != "" || also[0].KVType != "bfloat16" ||
+		also[1].Name != "26 sparse layers, window 1024, bfloat16 KV" || also[1].Policy != "6-31=snapkv:budget=1024/h2o:recent=32" ||
+		also[1].KVType != "bfloat16" || also[1].Kind != "custom" {
+		t.Errorf("-kv-cache-dtype-also: %+v", also)
+	}
 }
 
 // TestReadSamplesGzip reads a sample set committed compressed as it reads

@@ -57,9 +57,10 @@ func (s *server) firstModel(ctx context.Context) (string, error) {
 	return r.Data[0].ID, nil
 }
 
-// startGateway runs `gateway --embedded` with a KV policy on a free port.
-// device, if set, is its --device; threads > 0 sets its GOMAXPROCS.
-func startGateway(bin, model, policy, kvMemory, device string, threads int, logs io.Writer) (*server, error) {
+// startGateway runs `gateway --embedded` with c's KV policy and dtype on a
+// free port. device, if set, is its --device; threads > 0 sets its
+// GOMAXPROCS.
+func startGateway(bin, model string, c config, kvMemory, device string, threads int, logs io.Writer) (*server, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -67,8 +68,11 @@ func startGateway(bin, model, policy, kvMemory, device string, threads int, logs
 	addr := ln.Addr().String()
 	ln.Close()
 	args := []string{"--model", model, "--embedded", "--kv-memory", kvMemory, "--listen", addr, "--log-level", "warn"}
-	if policy != "" {
-		args = append(args, "--kv-policy", policy)
+	if c.Policy != "" {
+		args = append(args, "--kv-policy", c.Policy)
+	}
+	if c.KVType != "" {
+		args = append(args, "--kv-cache-dtype", c.KVType)
 	}
 	if device != "" {
 		args = append(args, "--device", device)
@@ -93,7 +97,7 @@ func startGateway(bin, model, policy, kvMemory, device string, threads int, logs
 		time.Sleep(50 * time.Millisecond)
 	}
 	s.stop()
-	return nil, fmt.Errorf("gateway with policy %q did not come up", policy)
+	return nil, fmt.Errorf("gateway for %q (policy %q, KV dtype %q) did not come up", c.Name, c.Policy, c.KVType)
 }
 
 func (s *server) stop() {

@@ -231,10 +231,12 @@ for part in $PARTS; do
 		# gateways at once (each its own CUDA context: the GPU time-slices
 		# them), each sent ACC_CONCURRENCY samples at once to batch;
 		# ACC_RESUME=FILE goes on from an earlier call's accuracy-raw.json;
-		# ACC_TIMEOUT seconds stops it in time to archive what it scored.
+		# ACC_TIMEOUT seconds stops it in time to archive what it scored;
+		# ACC_EXTRA adds harness flags (-kv-cache-dtype-also bfloat16: full
+		# KV and 26/1024 again over a bfloat16 pool, paired with the rest).
 		timeout -s INT "${ACC_TIMEOUT:-0}" "$BIN/accuracy" -samples "${ACC_SAMPLES:-bench/accuracy/samples-100.json.gz}" -gateway "$BIN/gateway" \
 			-parallel "${ACC_PARALLEL:-5}" -concurrency "${ACC_CONCURRENCY:-16}" -device cuda \
-			-raw-out "$OUT/accuracy-raw.json" ${ACC_RESUME:+-resume "$ACC_RESUME"} -out "$OUT/accuracy-gpu.md" >"$OUT/logs/accuracy.log" 2>&1
+			-raw-out "$OUT/accuracy-raw.json" ${ACC_RESUME:+-resume "$ACC_RESUME"} ${ACC_EXTRA:-} -out "$OUT/accuracy-gpu.md" >"$OUT/logs/accuracy.log" 2>&1
 		echo "accuracy: exit $?"
 		tail -3 "$OUT/logs/accuracy.log"
 		;;
