@@ -544,6 +544,21 @@ template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile(
 // of the dims within a k-step gives the same dot products.
 template <int HD, class T> struct FlashTiles;
 
+// Queues tile kb's keys and values into buffer b of the K and V tiles (rows
+// of T, padded to KS), 16 bytes a copy: 4 float32s or 8 bfloat16s.
+template <int HD, class T, int KS, class KV>
+__device__ void flash_load(T (*K)[FLASH_BN][KS], T (*V)[FLASH_BN][KS], const KV &kv, int kb, int kv_end, int b) {
+    constexpr int VPC = 16 / sizeof(T);  // values a copy
+    for (int i = threadIdx.x; i < FLASH_BN * HD / VPC; i += blockDim.x) {
+        const int key = i / (HD / VPC), c = (i % (HD / VPC)) * VPC;
+        const bool ok = kb + key < kv_end;
+        const int j = ok ? kb + key : 0;
+        cp_async16(&K[b][key][c], kv.key(j) + c, ok);
+        cp_async16(&V[b][key][c], kv.val(j) + c, ok);
+    }
+    cp_async_commit();
+}
+
 // float32 K and V: their values feed the TF32 units as they are (the
 // units read the top 19 bits).
 template <int HD> struct FlashTiles<HD, float> {
@@ -553,16 +568,8 @@ template <int HD> struct FlashTiles<HD, float> {
     __device__ explicit FlashTiles(float *smem)
         : K(reinterpret_cast<float(*)[FLASH_BN][KS]>(smem)),
           V(reinterpret_cast<float(*)[FLASH_BN][KS]>(smem + 2 * FLASH_BN * KS)) {}
-    // Queue tile kb's keys and values into buffer b, 4 values a copy.
     template <class KV> __device__ void load(const KV &kv, int kb, int kv_end, int b) const {
-        for (int i = threadIdx.x; i < FLASH_BN * HD / 4; i += blockDim.x) {
-            const int key = i / (HD / 4), c = (i % (HD / 4)) * 4;
-            const bool ok = kb + key < kv_end;
-            const int j = ok ? kb + key : 0;
-            cp_async16(&K[b][key][c], kv.key(j) + c, ok);
-            cp_async16(&V[b][key][c], kv.val(j) + c, ok);
-        }
-        cp_async_commit();
+        flash_load<HD>(K, V, kv, kb, kv_end, b);
     }
     static __device__ __forceinline__ int kcol(int kk, int t, int hi) { return kk * 8 + t + hi * 4; }
     __device__ __forceinline__ void kfrag(unsigned &b0, unsigned &b1, int b, int key, int kk, int t) const {
@@ -585,16 +592,8 @@ template <int HD> struct FlashTiles<HD, bf16_t> {
     __device__ explicit FlashTiles(float *smem)
         : K(reinterpret_cast<bf16_t(*)[FLASH_BN][KS]>(smem)),
           V(reinterpret_cast<bf16_t(*)[FLASH_BN][KS]>(smem + FLASH_BN * KS)) {}
-    // Queue tile kb's keys and values into buffer b, 8 values a copy.
     template <class KV> __device__ void load(const KV &kv, int kb, int kv_end, int b) const {
-        for (int i = threadIdx.x; i < FLASH_BN * HD / 8; i += blockDim.x) {
-            const int key = i / (HD / 8), c = (i % (HD / 8)) * 8;
-            const bool ok = kb + key < kv_end;
-            const int j = ok ? kb + key : 0;
-            cp_async16(&K[b][key][c], kv.key(j) + c, ok);
-            cp_async16(&V[b][key][c], kv.val(j) + c, ok);
-        }
-        cp_async_commit();
+        flash_load<HD>(K, V, kv, kb, kv_end, b);
     }
     static __device__ __forceinline__ int kcol(int kk, int t, int hi) { return kk * 8 + 2 * t + hi; }
     __device__ __forceinline__ void kfrag(unsigned &b0, unsigned &b1, int b, int key, int kk, int t) const {

@@ -660,14 +660,12 @@ func (c *Context) VMMAlloc(n int) (*VMM, error) {
 	if err := c.enter(); err != nil {
 		return nil, err
 	}
-	dev := C.int(c.dev.handle)
-	var g C.size_t
-	if err := c.drv.check("cuMemGetAllocationGranularity", C.kvd_vmm_granularity(c.drv.d, dev, &g)); err != nil {
+	size, err := c.vmmSize(n)
+	if err != nil {
 		return nil, err
 	}
-	size := (n + int(g) - 1) / int(g) * int(g)
 	v := &VMM{Size: size}
-	if err := c.drv.check("cuMemCreate", C.kvd_vmm_create(c.drv.d, dev, C.size_t(size), &v.handle)); err != nil {
+	if err := c.drv.check("cuMemCreate", C.kvd_vmm_create(c.drv.d, C.int(c.dev.handle), C.size_t(size), &v.handle)); err != nil {
 		return nil, err
 	}
 	if err := c.vmmMap(v); err != nil {
@@ -675,6 +673,16 @@ func (c *Context) VMMAlloc(n int) (*VMM, error) {
 		return nil, err
 	}
 	return v, nil
+}
+
+// vmmSize is n bytes rounded up to the granularity the driver recommends
+// for this context's device (the context is entered).
+func (c *Context) vmmSize(n int) (int, error) {
+	var g C.size_t
+	if err := c.drv.check("cuMemGetAllocationGranularity", C.kvd_vmm_granularity(c.drv.d, C.int(c.dev.handle), &g)); err != nil {
+		return 0, err
+	}
+	return (n + int(g) - 1) / int(g) * int(g), nil
 }
 
 func (c *Context) vmmMap(v *VMM) error {
@@ -706,11 +714,11 @@ func (c *Context) VMMImport(fd, n int) (*VMM, error) {
 	if err := c.enter(); err != nil {
 		return nil, err
 	}
-	var g C.size_t
-	if err := c.drv.check("cuMemGetAllocationGranularity", C.kvd_vmm_granularity(c.drv.d, C.int(c.dev.handle), &g)); err != nil {
+	size, err := c.vmmSize(n)
+	if err != nil {
 		return nil, err
 	}
-	v := &VMM{Size: (n + int(g) - 1) / int(g) * int(g)}
+	v := &VMM{Size: size}
 	if err := c.drv.check("cuMemImportFromShareableHandle", C.kvd_vmm_import(c.drv.d, C.int(fd), &v.handle)); err != nil {
 		return nil, err
 	}
