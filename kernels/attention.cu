@@ -310,27 +310,86 @@ extern "C" __global__ void __launch_bounds__(NT)
 }
 
 // Decode and other row work over the pool at head dim 128
-// (split_paged_v2_g*, for now behind KVD_ATTN_V2=1): the same work items
-// and partials as split_paged, built to keep more of K and V in flight.
-// split_paged's CTA moves through a tile in lock step, five barriers a
-// tile, reading K four bytes a load and V one key after another; on an
-// H200 it read K and V at 46% of the card's copy rate. Here each of the
-// four warps walks its own chunks of V2_CHUNK keys with no block-wide
-// barrier: a chunk's 32 row addresses are found once, a lane each, and
-// shuffled to where they are needed; eight lanes a key read K 16 bytes a
-// load (four keys at once, three shuffles a dot product), the chunk's
-// softmax runs a key per lane, and a lane owns four of the 128 dims of V,
-// read 16 bytes a load, eight keys unrolled. The warps' partials (max, sum, weighted values) merge in
-// shared memory at the end, into the one partial split_paged leaves.
-// Needs 16-byte aligned rows: shm.Layout.BlockElems a multiple of 4.
+// (split_paged_v2_g*, split_paged_v2_bf16_g* over a bfloat16 pool): the
+// same work items and partials as split_paged, built to keep more of K and
+// V in flight. split_paged's CTA moves through a tile in lock step, five
+// barriers a tile, reading K four bytes a load and V one key after
+// another; on an H200 it read K and V at 46% of the card's copy rate, and
+// this kernel at 100% (decode, 32 sequences of 5000 tokens: 706 against
+// 349 us a layer). Each of the four warps walks its own chunks of
+// V2_CHUNK keys with no block-wide barrier: a chunk's 32 row addresses
+// are found once, a lane each, and shuffled to where they are needed;
+// eight lanes a key read K 16 bytes a load (four keys at once, three
+// shuffles a dot product), the chunk's softmax runs a key per lane, and a
+// lane owns four of the 128 dims of V (16 bytes of float32s, 8 of
+// bfloat16s), several keys unrolled. The warps' partials (max, sum,
+// weighted values) merge in shared memory at the end, into the one partial
+// split_paged leaves. Needs 16-byte aligned rows: shm.Layout.BlockElems a
+// multiple of 4 words.
 #define V2_HD 128
 #define V2_CHUNK 32
 #define V2_WARPS (NT / 32)
 // A thread a dim when the warps merge, a lane a key in a chunk's softmax.
 static_assert(NT == V2_HD && V2_CHUNK == 32 && V2_WARPS * 32 == NT, "split_paged_v2's shape");
 
+// dot[g] = the part of query head g's dot product with a key's row that
+// lane sl of the key's eight lanes holds: dims 4(sl+8i)..+3, i < 4, of a
+// float32 row (four 16-byte loads), or dims 8(sl+8i)..+7, i < 2, of a
+// bfloat16 row (two 16-byte loads of eight values: word w holds dims 2w,
+// low half, and 2w+1). qs is the group's queries in shared memory.
+__device__ __forceinline__ float bf_lo(unsigned w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
+
 template <int G>
-__device__ void partial_v2(float *ws, const float *q, int k0, int k1, const PagedKV<float> &kv, float scale) {
+__device__ __forceinline__ void v2_kdot(float (&dot)[G], const float *row, const float (*qs)[V2_HD], int sl) {
+    const float4 *kr = reinterpret_cast<const float4 *>(row);
+    float4 kk[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) kk[i] = kr[sl + 8 * i];
+#pragma unroll
+    for (int g = 0; g < G; g++) dot[g] = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            const float4 qq = reinterpret_cast<const float4 *>(qs[g])[sl + 8 * i];
+            dot[g] += qq.x * kk[i].x + qq.y * kk[i].y + qq.z * kk[i].z + qq.w * kk[i].w;
+        }
+    }
+}
+
+template <int G>
+__device__ __forceinline__ void v2_kdot(float (&dot)[G], const bf16_t *row, const float (*qs)[V2_HD], int sl) {
+    const uint4 *kr = reinterpret_cast<const uint4 *>(row);
+    uint4 kk[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) kk[i] = kr[sl + 8 * i];
+#pragma unroll
+    for (int g = 0; g < G; g++) dot[g] = 0;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            const float4 *qq = reinterpret_cast<const float4 *>(qs[g]) + 2 * (sl + 8 * i);
+            const float4 a = qq[0], b = qq[1];
+            dot[g] += a.x * bf_lo(kk[i].x) + a.y * bf_hi(kk[i].x) + a.z * bf_lo(kk[i].y) + a.w * bf_hi(kk[i].y) +
+                      b.x * bf_lo(kk[i].z) + b.y * bf_hi(kk[i].z) + b.z * bf_lo(kk[i].w) + b.w * bf_hi(kk[i].w);
+        }
+    }
+}
+
+// Lane's four dims 4·lane..+3 of a V row: one 16-byte load of float32s,
+// or one 8-byte load of bfloat16s (words 2·lane and 2·lane+1).
+__device__ __forceinline__ float4 v2_vrow(const float *row, int lane) {
+    return reinterpret_cast<const float4 *>(row)[lane];
+}
+__device__ __forceinline__ float4 v2_vrow(const bf16_t *row, int lane) {
+    const uint2 w = reinterpret_cast<const uint2 *>(row)[lane];
+    return make_float4(bf_lo(w.x), bf_hi(w.x), bf_lo(w.y), bf_hi(w.y));
+}
+
+template <int G, class T>
+__device__ void partial_v2(float *ws, const float *q, int k0, int k1, const PagedKV<T> &kv, float scale) {
     __shared__ __align__(16) float qs[G][V2_HD];
     __shared__ float sc[V2_WARPS][G][V2_CHUNK];
     __shared__ float wm[V2_WARPS][G], wl[V2_WARPS][G];
@@ -353,21 +412,8 @@ __device__ void partial_v2(float *ws, const float *q, int k0, int k1, const Page
 #pragma unroll 2
         for (int p = 0; p < V2_CHUNK / 4; p++) {
             const int j = p * 4 + sub;
-            const float4 *kr = reinterpret_cast<const float4 *>(kv.pool + __shfl_sync(0xffffffffu, koff, j));
-            float4 kk[4];
-#pragma unroll
-            for (int i = 0; i < 4; i++) kk[i] = kr[sl + 8 * i];
             float dot[G];
-#pragma unroll
-            for (int g = 0; g < G; g++) dot[g] = 0;
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-#pragma unroll
-                for (int g = 0; g < G; g++) {
-                    const float4 qq = reinterpret_cast<const float4 *>(qs[g])[sl + 8 * i];
-                    dot[g] += qq.x * kk[i].x + qq.y * kk[i].y + qq.z * kk[i].z + qq.w * kk[i].w;
-                }
-            }
+            v2_kdot<G>(dot, reinterpret_cast<const T *>(kv.pool + __shfl_sync(0xffffffffu, koff, j)), qs, sl);
 #pragma unroll
             for (int g = 0; g < G; g++) {
                 float s = dot[g];
@@ -394,12 +440,11 @@ __device__ void partial_v2(float *ws, const float *q, int k0, int k1, const Page
         __syncwarp();
 #pragma unroll
         for (int g = 0; g < G; g++) acc[g].x *= alpha[g], acc[g].y *= alpha[g], acc[g].z *= alpha[g], acc[g].w *= alpha[g];
-        const i64 vdelta = (i64)kv.L.kvh * kv.L.bs * V2_HD;  // a block's V after its K
+        const i64 vdelta = (i64)kv.L.kvh * kv.L.bs * kv.L.hd;  // a block's V after its K, in words
         if (tn == V2_CHUNK) {
-#pragma unroll 8
+#pragma unroll(sizeof(T) == 4 ? 8 : 16)  // bfloat16: loads half as wide, twice as many in flight
             for (int j = 0; j < V2_CHUNK; j++) {
-                const float4 vv =
-                    reinterpret_cast<const float4 *>(kv.pool + __shfl_sync(0xffffffffu, koff, j) + vdelta)[lane];
+                const float4 vv = v2_vrow(reinterpret_cast<const T *>(kv.pool + __shfl_sync(0xffffffffu, koff, j) + vdelta), lane);
 #pragma unroll
                 for (int g = 0; g < G; g++) {
                     const float pj = sc[warp][g][j];
@@ -408,8 +453,7 @@ __device__ void partial_v2(float *ws, const float *q, int k0, int k1, const Page
             }
         } else {
             for (int j = 0; j < tn; j++) {  // tn is the warp's: the shuffles see every lane
-                const float4 vv =
-                    reinterpret_cast<const float4 *>(kv.pool + __shfl_sync(0xffffffffu, koff, j) + vdelta)[lane];
+                const float4 vv = v2_vrow(reinterpret_cast<const T *>(kv.pool + __shfl_sync(0xffffffffu, koff, j) + vdelta), lane);
 #pragma unroll
                 for (int g = 0; g < G; g++) {
                     const float pj = sc[warp][g][j];
@@ -445,18 +489,18 @@ __device__ void partial_v2(float *ws, const float *q, int k0, int k1, const Page
     }
 }
 
-template <int G>
+template <int G, class T>
 __device__ void split_paged_v2(float *ws, const float *q, const float *pool, int bs, int kvh, const int *rowinfo,
                                const int *items, const int *blocks, float scale) {
     const int *it = items + 4 * blockIdx.x, *ri = rowinfo + 4 * it[0];
     const int h = blockIdx.y;
-    const PagedKV<float> kv{pool, PoolLayout{bs, kvh, V2_HD}, blocks + ri[2], h};
-    partial_v2<G>(ws + ((i64)it[3] * kvh + h) * (2 * G + G * V2_HD), q + ((i64)ri[0] * kvh + h) * G * V2_HD, it[1],
+    const PagedKV<T> kv{pool, PoolLayout{bs, kvh, row_words<T>(V2_HD)}, blocks + ri[2], h};
+    partial_v2<G, T>(ws + ((i64)it[3] * kvh + h) * (2 * G + G * V2_HD), q + ((i64)ri[0] * kvh + h) * G * V2_HD, it[1],
                   it[2], kv, scale);
 }
 
 // The group sizes instantiated: 1 to 8 query heads per KV head. The
-// _bf16 kernels are for a bfloat16 pool (split_paged_v2 is float32 only).
+// _bf16 kernels are for a bfloat16 pool.
 #define INSTANTIATE(G)                                                                                                 \
     extern "C" __global__ void __launch_bounds__(NT)                                                                  \
         split_paged_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd, const int *rowinfo,    \
@@ -471,7 +515,12 @@ __device__ void split_paged_v2(float *ws, const float *q, const float *pool, int
     extern "C" __global__ void __launch_bounds__(NT)                                                                  \
         split_paged_v2_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd,                     \
                             const int *rowinfo, const int *items, const int *blocks, float scale) {                   \
-        split_paged_v2<G>(ws, q, pool, bs, kvh, rowinfo, items, blocks, scale);                                        \
+        split_paged_v2<G, float>(ws, q, pool, bs, kvh, rowinfo, items, blocks, scale);                                 \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
+        split_paged_v2_bf16_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd,                \
+                                 const int *rowinfo, const int *items, const int *blocks, float scale) {              \
+        split_paged_v2<G, bf16_t>(ws, q, pool, bs, kvh, rowinfo, items, blocks, scale);                                \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(NT)                                                                  \
         score_paged_g##G(float *pool, const float *fin, const float *q, int bs, int kvh, int hd, const int *rowinfo,   \
@@ -508,7 +557,9 @@ INSTANTIATE(8)
 // tiles of FLASH_BN, with TF32 mma.sync (m16n8k8, float32 accumulate) for
 // Q·Kᵀ and P·V and the online softmax in registers. The rows that score
 // (an observation window, H2O decode) stay on the kernels above, which know
-// the final probabilities; these rows only produce outputs.
+// the final probabilities; these rows only produce outputs. The default is
+// flash_mma.cuh's bf16 variant of this kernel (1.9× faster on an H200);
+// this one runs with KVD_FLASH_TF32=1.
 
 #define FLASH_BM 64
 #define FLASH_BN 32
@@ -780,3 +831,7 @@ __device__ void flash_prompt(float *out, const float *q, const float *k, const f
     }
 INSTANTIATE_FLASH(64)
 INSTANTIATE_FLASH(128)
+
+// The bf16 m16n8k16 prefill kernels (the default; KVD_FLASH_TF32=1 in the
+// gateway's environment runs flash above instead), over the helpers above.
+#include "flash_mma.cuh"

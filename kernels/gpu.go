@@ -64,10 +64,19 @@ type CUDA struct {
 	// (bench/results/gpu-g.md).
 	gpuEvict bool
 	// attnV2 sends decode and other pool rows at head dim 128 to
-	// split_paged_v2 (KVD_ATTN_V2=1; experimental until a GPU run
-	// validates and times it), which keeps more of K and V in flight
-	// than split_paged.
+	// split_paged_v2, which keeps more of K and V in flight than
+	// split_paged: the default; KVD_ATTN_V1=1 gives split_paged. On an
+	// H200 it took a 32-sequence decode step of the 8B model from 35.2 to
+	// 19.9 ms and full KV from 607 to 836 tokens/s (bench/results/gpu-g.md).
 	attnV2 bool
+	// flashMMA runs prompts' tensor-core attention on the bf16 m16n8k16
+	// kernels of flash_mma.cuh, the default; KVD_FLASH_TF32=1 gives the
+	// TF32 ones. Q, K, V and P are rounded to bf16 (as vLLM's and HF's bf16
+	// attention do), half the mma instructions for the work, P kept in
+	// registers. On an H200, a 5000-token prompt's attention went from 54
+	// to 104 TFLOP/s over a float32 pool (167 over bfloat16), and full KV
+	// at the 8B workload from 840 to 918 tokens/s (bench/results/gpu-g.md).
+	flashMMA bool
 	// evictTiming, with KVD_STEP_TIMING=N, logs where Evict's time went
 	// every N calls (for developers).
 	evictTiming phases
@@ -129,7 +138,8 @@ func NewCUDA(index int) (*CUDA, error) {
 	c := &CUDA{drv: drv, dev: devs[index], fns: map[string]*cuda.Function{}, cache: map[int][]cuda.Ptr{}, hostSelect: os.Getenv("KVD_HOST_SELECT") == "1"}
 	c.evictTiming.every, _ = strconv.Atoi(os.Getenv("KVD_STEP_TIMING"))
 	c.gpuEvict = os.Getenv("KVD_HOST_EVICT") != "1"
-	c.attnV2 = os.Getenv("KVD_ATTN_V2") == "1"
+	c.attnV2 = os.Getenv("KVD_ATTN_V1") != "1"
+	c.flashMMA = os.Getenv("KVD_FLASH_TF32") != "1"
 	if c.ctx, err = drv.Context(c.dev); err != nil {
 		drv.Close()
 		return nil, err
@@ -174,6 +184,12 @@ func NewCUDA(index int) (*CUDA, error) {
 				c.Close()
 				return nil, err
 			}
+			mma := strings.Replace(k.name, "flash_paged", "flash_paged_mma", 1)
+			mma = strings.Replace(mma, "flash_prompt", "flash_prompt_mma", 1)
+			if err := c.fns[fmt.Sprintf("%s_hd%d", mma, hd)].SetMaxDynamicShared(flashMMASmem(hd, k.dt)); err != nil {
+				c.Close()
+				return nil, err
+			}
 		}
 	}
 	return c, nil
@@ -192,6 +208,31 @@ func flashSmem(hd int, dt shm.DType) int {
 	return (tiles + 4*16*(bn+4)) * 4
 }
 
+// flashMMASmem is the dynamic shared memory of flash_mma.cuh's kernels, as
+// its flash_mma_smem_bytes computes it: K and V tiles, two buffers each,
+// of 64 bfloat16 keys in rows of hd+8 values, or of 32 float32 keys in
+// rows of hd+16 (K) and hd+4 (V) words.
+func flashMMASmem(hd int, dt shm.DType) int {
+	if dt == shm.BFloat16 {
+		return 2 * 2 * 64 * (hd + 8) * 2
+	}
+	return 2 * 32 * ((hd + 16) + (hd + 4)) * 4
+}
+
+// flashKernel is the tensor-core prefill kernel that base ("flash_paged"
+// or "flash_prompt") names for K and V stored as dt at head dim hd, and its
+// dynamic shared memory.
+func (c *CUDA) flashKernel(base string, hd int, dt shm.DType) (string, int) {
+	suffix := ""
+	if dt == shm.BFloat16 {
+		suffix = "_bf16"
+	}
+	if c.flashMMA {
+		return fmt.Sprintf("%s_mma%s_hd%d", base, suffix, hd), flashMMASmem(hd, dt)
+	}
+	return fmt.Sprintf("%s%s_hd%d", base, suffix, hd), flashSmem(hd, dt)
+}
+
 // bf16Suffix is what a kernel that reads or writes K and V as numbers adds
 // to its name for a pool of l: "_bf16" for a bfloat16 pool.
 func bf16Suffix(l shm.Layout) string {
@@ -203,7 +244,7 @@ func bf16Suffix(l shm.Layout) string {
 
 func init() {
 	for g := 1; g <= maxGroup; g++ {
-		for _, k := range []string{"split_paged", "split_paged_bf16", "split_paged_v2", "score_paged", "score_paged_bf16", "split_prompt", "score_prompt"} {
+		for _, k := range []string{"split_paged", "split_paged_bf16", "split_paged_v2", "split_paged_v2_bf16", "score_paged", "score_paged_bf16", "split_prompt", "score_prompt"} {
 			kernelNames["attention"] = append(kernelNames["attention"], fmt.Sprintf("%s_g%d", k, g))
 		}
 	}
@@ -216,6 +257,7 @@ var kernelNames = map[string][]string{
 	"cache":       {"write_kv", "write_kv_bf16", "scatter_kept", "scatter_kept_bf16", "table_scores_many", "evict_gather_many", "evict_scatter_many", "snapkv_select", "evict_many"},
 	"attention": {
 		"attn_combine", "flash_paged_hd64", "flash_paged_hd128", "flash_paged_bf16_hd64", "flash_paged_bf16_hd128", "flash_prompt_hd64", "flash_prompt_hd128",
+		"flash_paged_mma_hd64", "flash_paged_mma_hd128", "flash_paged_mma_bf16_hd64", "flash_paged_mma_bf16_hd128", "flash_prompt_mma_hd64", "flash_prompt_mma_hd128",
 	},
 }
 
@@ -820,7 +862,8 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 		meta := append(append([]int32(nil), b.Blocks...), tiles...)
 		p, class := c.ints(meta)
 		defer c.release(p, class)
-		c.launchShared(fmt.Sprintf("flash_paged%s_hd%d", bf16Suffix(l), l.HeadDim), cuda.Dim3{X: uint32(len(tiles) / 4), Y: uint32(heads)}, cuda.Dim3{X: 128}, flashSmem(l.HeadDim, l.DType),
+		name, smem := c.flashKernel("flash_paged", l.HeadDim, l.DType)
+		c.launchShared(name, cuda.Dim3{X: uint32(len(tiles) / 4), Y: uint32(heads)}, cuda.Dim3{X: 128}, smem,
 			ptr(out), ptr(q), ptr(pool), int32(l.BlockSize), int32(l.KVHeads), int32(heads), p+cuda.Ptr(4*len(b.Blocks)), p, scale)
 	}
 	if len(w.info) == 0 {
@@ -829,12 +872,11 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 	c.splitRows(&w, out, q, heads, l, group, b.Blocks, splitSrc{pool: ptr(pool)}, scale)
 }
 
-// v2OK reports whether split_paged_v2 takes a pool of layout l: float32
-// K and V (it has no bfloat16 variant), head dim 128 (a thread a dim when
-// the warps merge, a lane four dims) and rows that start on 16 bytes
-// (float4 loads).
+// v2OK reports whether split_paged_v2 takes a pool of layout l: head dim
+// 128 (a thread a dim when the warps merge, a lane four dims) and rows
+// that start on 16 bytes (16-byte loads), float32 or bfloat16.
 func v2OK(l shm.Layout) bool {
-	return l.DType == shm.Float32 && l.HeadDim == 128 && l.BlockElems()%4 == 0
+	return l.HeadDim == 128 && l.BlockElems()%4 == 0
 }
 
 // splitSrc is where the split row kernels find keys: the pool (paged), or
@@ -933,7 +975,7 @@ func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, gr
 		pool := src.pool
 		split := "split_paged" + bf16Suffix(l)
 		if v2 {
-			split = "split_paged_v2"
+			split = "split_paged_v2" + bf16Suffix(l)
 		}
 		c.launch(fmt.Sprintf("%s_g%d", split, group), grid(n), block, ws, ptr(q), pool, int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pItems, pBlocks, scale)
 		c.launch("attn_combine", grid(R), block, ptr(out), fin, ws, pInfo, pSplit, int32(heads), int32(kvh), int32(hd))
@@ -967,7 +1009,8 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 	first := 0 // rows before it are done on the tensor cores
 	if obsFrom >= flashMinRows && (l.HeadDim == 64 || l.HeadDim == 128) {
 		// The prompt's own K and V, float32 whatever the pool's dtype.
-		c.launchShared(fmt.Sprintf("flash_prompt_hd%d", l.HeadDim), cuda.Dim3{X: uint32((obsFrom + flashRows - 1) / flashRows), Y: uint32(heads)}, cuda.Dim3{X: 128}, flashSmem(l.HeadDim, shm.Float32),
+		name, smem := c.flashKernel("flash_prompt", l.HeadDim, shm.Float32)
+		c.launchShared(name, cuda.Dim3{X: uint32((obsFrom + flashRows - 1) / flashRows), Y: uint32(heads)}, cuda.Dim3{X: 128}, smem,
 			ptr(out), ptr(q), ptr(k), ptr(v), int32(kvh), int32(heads), int32(row0), int32(obsFrom), scale)
 		first = obsFrom
 	}

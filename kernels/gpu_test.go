@@ -334,18 +334,20 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 	wantPool := cpu.FromHost(slices.Clone(pool), l.PoolElems())
 	want := cpu.Alloc(T, heads*hd)
 	cpu.Attention(want, cpu.FromHost(q, T, heads*hd), wantPool, l, b, scale)
-	// split_paged, and split_paged_v2 where it applies (head dim 128,
-	// float32), also in long items (one per SM: several chunks a warp);
-	// the tensor-core kernel either way.
+	v2, mma := g.attnV2, g.flashMMA
+	// split_paged, and split_paged_v2 where it applies (head dim 128),
+	// also in long items (one per SM: several chunks a warp); the TF32
+	// tensor-core kernel, and the bf16 one (mma).
 	for _, run := range []struct {
 		v2  bool
 		per int
-	}{{false, 8}, {true, 8}, {true, 1}} {
+		mma bool
+	}{{false, 8, false}, {true, 8, false}, {true, 1, false}, {true, 8, true}} {
 		if run.v2 && !v2OK(l) {
 			continue
 		}
-		label := fmt.Sprintf("%s/v2=%v/split%d", label, run.v2, run.per)
-		g.attnV2, splitPerSM = run.v2, run.per
+		label := fmt.Sprintf("%s/v2=%v/split%d/mma=%v", label, run.v2, run.per, run.mma)
+		g.attnV2, splitPerSM, g.flashMMA = run.v2, run.per, run.mma
 		gotPool := g.FromHost(pool, l.PoolElems())
 		got := g.poisoned(T, heads*hd)
 		g.Attention(got, g.FromHost(q, T, heads*hd), gotPool, l, b, scale)
@@ -371,7 +373,7 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 			}
 		}
 		check(t, label+" output", gw, ww, 2e-5)
-		check(t, label+" output (tensor cores)", gf, wf, 3e-3)
+		check(t, label+" output (tensor cores)", gf, wf, flashTol(g))
 		gp := g.host(t, gotPool)
 		gkv, gsc := splitPool(gp, l)
 		wkv, wsc := splitPool(wantPool.data, l)
@@ -380,7 +382,16 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 		}
 		check(t, label+" scores", gsc, wsc, 1e-5)
 	}
-	g.attnV2, splitPerSM = false, 8
+	g.attnV2, splitPerSM, g.flashMMA = v2, 8, mma
+}
+
+// flashTol bounds the relative error of rows that ran on the tensor
+// cores: TF32 (10 bits of mantissa), or bf16 (7) for the mma kernels.
+func flashTol(g *CUDA) float64 {
+	if g.flashMMA {
+		return 2e-2
+	}
+	return 3e-3
 }
 
 func TestGPUWriteKV(t *testing.T) {
@@ -460,11 +471,12 @@ func TestGPUSparsePrefill(t *testing.T) {
 				cpu.SparsePrefill(want, cpu.FromHost(q, T, heads*hd), cpu.FromHost(k, T, kvh*hd), cpu.FromHost(v, T, kvh*hd), row0, n, wantPool, l, slots, sel, scale)
 				gotPool, got := g.FromHost(pool, l.PoolElems()), g.poisoned(T, heads*hd)
 				gq, gk, gv := g.FromHost(q, T, heads*hd), g.FromHost(k, T, kvh*hd), g.FromHost(v, T, kvh*hd)
+				g.flashMMA = gi%2 == 1 // the bf16 tensor-core kernel for every other geometry
 				g.SparsePrefill(got, gq, gk, gv, row0, n, gotPool, l, slots, sel, scale)
-				label := fmt.Sprintf("n=%d/%s/group=%d/hd=%d/bs=%d/%v", n, name, group, hd, bs, ge.dt)
+				label := fmt.Sprintf("n=%d/%s/group=%d/hd=%d/bs=%d/%v/mma=%v", n, name, group, hd, bs, ge.dt, g.flashMMA)
 				tol := 2e-5
 				if n-sel.ObsWindow >= flashMinRows {
-					tol = 3e-3 // rows before the window ran on the tensor cores (TF32)
+					tol = flashTol(g) // rows before the window ran on the tensor cores
 				}
 				check(t, label+" output", g.host(t, got)[row0*heads*hd:], want.data[row0*heads*hd:], tol)
 				// The kept tokens: compare each slot's key and value words
@@ -770,19 +782,22 @@ func BenchmarkGPUAttention(b *testing.B) {
 		pool := g.FromHost(randomPool(rng, l), l.PoolElems())
 		q, out := g.FromHost(randn(rng, T*heads*hd), T, heads*hd), g.Alloc(T, heads*hd)
 		for _, run := range []struct {
-			per int
-			v2  bool
-		}{{2, false}, {8, false}, {16, false}, {2, true}, {4, true}, {8, true}, {16, true}} {
-			if c.rows > 1 && (run.per != 8 || run.v2) {
-				continue // the prompt's rows do not split
+			per     int
+			v2, mma bool
+		}{{2, false, false}, {8, false, false}, {16, false, false}, {2, true, false}, {4, true, false}, {8, true, false}, {16, true, false}, {8, false, true}} {
+			if c.rows > 1 && (run.per != 8 || run.v2) || c.rows == 1 && run.mma {
+				continue // the prompt's rows do not split; decode rows do not run on the tensor cores
 			}
 			if run.v2 && !v2OK(l) {
-				continue // float32 only
+				continue // head dim 128 only
 			}
-			splitPerSM, g.attnV2 = run.per, run.v2
+			splitPerSM, g.attnV2, g.flashMMA = run.per, run.v2, run.mma
 			name := fmt.Sprintf("%s/split%d", c.name, run.per)
 			if run.v2 {
 				name += "/v2"
+			}
+			if run.mma {
+				name += "/mma"
 			}
 			b.Run(name, func(b *testing.B) {
 				for range b.N {
@@ -799,7 +814,7 @@ func BenchmarkGPUAttention(b *testing.B) {
 				b.ReportMetric(keys*2*kvh*float64(4*l.RowElems())/s/1e9, "KV-GB/s")
 			})
 		}
-		splitPerSM, g.attnV2 = 8, false
+		splitPerSM, g.attnV2, g.flashMMA = 8, true, false
 		g.Free(pool)
 		g.Free(q)
 		g.Free(out)

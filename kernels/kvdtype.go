@@ -1,9 +1,7 @@
 package kernels
 
 import (
-	"fmt"
 	"math"
-	"os"
 	"unsafe"
 
 	"github.com/kvd-project/kvd/shm"
@@ -66,14 +64,4 @@ func row(buf, pool []float32, off int, dt shm.DType) []float32 {
 	}
 	getRow(buf, pool[off:], dt)
 	return buf
-}
-
-// PoolSupported says whether backend b may use a pool of layout l. The
-// CUDA kernels for a bfloat16 pool have not yet run on a GPU; until a GPU
-// run validates them they need KVD_UNVALIDATED_BF16_KV=1.
-func PoolSupported(b Backend, l shm.Layout) error {
-	if l.DType == shm.BFloat16 && b.Name() == "cuda" && os.Getenv("KVD_UNVALIDATED_BF16_KV") != "1" {
-		return fmt.Errorf("a bfloat16 pool on the GPU is not yet validated (its kernels have not run on one): use float32, the CPU, or set KVD_UNVALIDATED_BF16_KV=1 to try it")
-	}
-	return l.Validate()
 }

@@ -60,8 +60,7 @@ func (d DType) String() string {
 }
 
 // ParseDType reads a --kv-cache-dtype value (vLLM's flag): float32,
-// bfloat16, or auto, which is float32 (vLLM's auto is the model's dtype;
-// kvd's GPU kernels for a bfloat16 pool are not yet validated).
+// bfloat16, or auto, which is float32 (vLLM's auto is the model's dtype).
 func ParseDType(s string) (DType, error) {
 	switch s {
 	case "auto", "float32", "fp32":

@@ -268,7 +268,7 @@ func New(m *model.Model, kv KV) (*Runner, error) {
 		return nil, fmt.Errorf("kvd's pool is laid out for %d KV heads of dim %d, the model has %d of dim %d: start kvd with --model for this model",
 			l.KVHeads, l.HeadDim, c.NumKVHeads, c.HeadDim)
 	}
-	if err := kernels.PoolSupported(m.Backend(), l); err != nil {
+	if err := l.Validate(); err != nil {
 		return nil, fmt.Errorf("kvd's pool holds K and V as %v: %w", l.DType, err)
 	}
 	r := &Runner{m: m, kv: kv, pos: map[uint64]int{}}

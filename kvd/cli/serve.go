@@ -96,7 +96,7 @@ func serve(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := kernels.PoolSupported(b, l); err != nil {
+	if err := l.Validate(); err != nil {
 		return fmt.Errorf("%w: --kv-cache-dtype: %v", ErrUsage, err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

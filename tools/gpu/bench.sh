@@ -12,7 +12,7 @@
 #   wide     full KV and 26/1024 at concurrency WIDE (default 64);
 #   slo      the most tokens/s with p99 TTFT under 2 s (serve -search);
 #   bf16     a bfloat16 pool: full KV and 26/1024, uncapped and capped;
-#   ipc, select, evict, attn  diagnostics and trials (see each below).
+#   ipc, select, evict, attn, mma  diagnostics and trials (see each below).
 # Every serving run is bench/serve at INPUT in / OUTPUT out tokens (random
 # ids, ignore_eos), closed loop at concurrency C over N requests, on the 8B
 # shapes with dummy weights. Results (JSON per run) and logs go to
@@ -112,10 +112,14 @@ PY
 	return $rc
 }
 
-# one NAME MODE KVMEM C N [policy flags...]
+# one NAME MODE KVMEM C N [policy flags...]; ONLY, when set, names the
+# runs to make (the others are skipped), for a call short of time.
 one() {
 	local name=$1 mode=$2 mem=$3 c=$4 n=$5
 	shift 5
+	if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then
+		return 0
+	fi
 	local t0=$SECONDS
 	up "$name" "$mode" "$mem" "$@" || return 1
 	echo "$name: up in $((SECONDS - t0)) s"
@@ -194,23 +198,35 @@ for part in $PARTS; do
 		done
 		;;
 	bf16)
-		# A bfloat16 pool (kvd serve --kv-cache-dtype bfloat16; its GPU
-		# kernels need KVD_UNVALIDATED_BF16_KV=1 until validated): full KV
-		# and 26 / 1024, uncapped, capped, and full KV WIDE at once.
-		KVD_UNVALIDATED_BF16_KV=1 one full-sidecar-bf16 sidecar "$KV" "$C" "$N" --kv-cache-dtype bfloat16
-		KVD_UNVALIDATED_BF16_KV=1 one grid-26-1024-bf16 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024 --kv-cache-dtype bfloat16
-		KVD_UNVALIDATED_BF16_KV=1 one capped-full-bf16 sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N" --kv-cache-dtype bfloat16
-		KVD_UNVALIDATED_BF16_KV=1 one capped-26-1024-bf16 sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N" --sparse-layers 26 --window 1024 --kv-cache-dtype bfloat16
-		KVD_UNVALIDATED_BF16_KV=1 one "full-sidecar-c${WIDE:-64}-bf16" sidecar "$KV" "${WIDE:-64}" "${WIDE:-64}" --kv-cache-dtype bfloat16
+		# A bfloat16 pool (kvd serve --kv-cache-dtype bfloat16): full KV and
+		# 26 / 1024, uncapped, capped, and full KV WIDE at once.
+		one full-sidecar-bf16 sidecar "$KV" "$C" "$N" --kv-cache-dtype bfloat16
+		one grid-26-1024-bf16 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024 --kv-cache-dtype bfloat16
+		one capped-26-1024-bf16 sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N" --sparse-layers 26 --window 1024 --kv-cache-dtype bfloat16
+		one capped-full-bf16 sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N" --kv-cache-dtype bfloat16
+		one "full-sidecar-c${WIDE:-64}-bf16" sidecar "$KV" "${WIDE:-64}" "${WIDE:-64}" --kv-cache-dtype bfloat16
 		;;
 	attn)
-		# split_paged_v2 (KVD_ATTN_V2=1) against split_paged: the kernel
-		# tests and timings, then full KV and 26 / 1024 served with it.
+		# The attention kernels' tests and timings, then full KV and
+		# 26 / 1024 with split_paged (KVD_ATTN_V1=1) against the default
+		# split_paged_v2.
 		(cd kernels && "$BIN/kernels.test" -test.run GPUAttention -test.bench GPUAttention -test.benchtime 20x) >"$OUT/attn-bench.txt" 2>&1
 		grep -E "^(Benchmark|--- |ok|FAIL|PASS)" "$OUT/attn-bench.txt"
+		KVD_ATTN_V1=1 one full-sidecar-attnv1 sidecar "$KV" "$C" "$N"
 		one full-sidecar sidecar "$KV" "$C" "$N"
-		KVD_ATTN_V2=1 one full-sidecar-attnv2 sidecar "$KV" "$C" "$N"
-		KVD_ATTN_V2=1 one grid-26-1024-attnv2 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
+		KVD_ATTN_V1=1 one grid-26-1024-attnv1 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
+		one grid-26-1024 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
+		;;
+	mma)
+		# Prompts' attention on the TF32 kernels (KVD_FLASH_TF32=1) against
+		# the default bf16 m16n8k16 ones: full KV and 26 / 1024, float32 and
+		# bfloat16 pools.
+		KVD_FLASH_TF32=1 one full-sidecar-tf32 sidecar "$KV" "$C" "$N"
+		KVD_FLASH_TF32=1 one grid-26-1024-tf32 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
+		one full-sidecar-mma sidecar "$KV" "$C" "$N"
+		one grid-26-1024-mma sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024
+		one full-sidecar-bf16-mma sidecar "$KV" "$C" "$N" --kv-cache-dtype bfloat16
+		one grid-26-1024-bf16-mma sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024 --kv-cache-dtype bfloat16
 		;;
 	capped)
 		one capped-full sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N"
