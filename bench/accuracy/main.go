@@ -65,7 +65,7 @@ type config struct {
 	Layers int    // sparse layers (the seed's grid), 0 otherwise
 	Window int
 	Kind   string // "full", "grid", "policy" (equal budget) or "custom" (-policy, -kv-cache-dtype-also)
-	KVType string // the gateway's --kv-cache-dtype; "": its default (float32)
+	KVType string // the gateway's --kv-cache-dtype; "": float32
 }
 
 // grid is what to measure: the seed's grid (sparse layers × windows) and

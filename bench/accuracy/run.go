@@ -71,9 +71,11 @@ func startGateway(bin, model string, c config, kvMemory, device string, threads 
 	if c.Policy != "" {
 		args = append(args, "--kv-policy", c.Policy)
 	}
-	if c.KVType != "" {
-		args = append(args, "--kv-cache-dtype", c.KVType)
+	kvType := c.KVType
+	if kvType == "" {
+		kvType = "float32" // the tables' reference, whatever the device's auto is
 	}
+	args = append(args, "--kv-cache-dtype", kvType)
 	if device != "" {
 		args = append(args, "--device", device)
 	}

@@ -40,7 +40,7 @@ func serve(args []string, out io.Writer) error {
 	layers := fs.Int("layers", 0, "decoder layers (instead of --model)")
 	kvHeads := fs.Int("kv-heads", 0, "KV heads (instead of --model)")
 	headDim := fs.Int("head-dim", 0, "head dimension (instead of --model)")
-	dtype := fs.String("kv-cache-dtype", "auto", "how the pool holds K and V: float32, bfloat16 (half the bytes a token; rounded to nearest even) or auto (float32)")
+	dtype := fs.String("kv-cache-dtype", "auto", "how the pool holds K and V: float32, bfloat16 (half the bytes a token; rounded to nearest even) or auto (bfloat16 on a GPU, as the model's weights; float32 on the CPU)")
 	kvPolicy := fs.String("kv-policy", "", "per-layer sparsity, e.g. \"0-1=full;2-31=snapkv:budget=1024/h2o:recent=32\" (default: every layer full)")
 	sparseLayers := fs.Int("sparse-layers", 0, "the seed's preset: the last N layers keep a SnapKV window of --window tokens, held by H2O while decoding")
 	window := fs.Int("window", 1024, "tokens the --sparse-layers keep")
@@ -64,8 +64,7 @@ func serve(args []string, out io.Writer) error {
 	if *ipcMode != "fd" && *ipcMode != "handle" {
 		return fmt.Errorf("%w: --cuda-ipc %q: want fd or handle", ErrUsage, *ipcMode)
 	}
-	kvType, err := shm.ParseDType(*dtype)
-	if err != nil {
+	if _, err := shm.ParseDType(*dtype); err != nil {
 		return fmt.Errorf("%w: --kv-cache-dtype: %v", ErrUsage, err)
 	}
 	if *bs < 1 || *grace < 0 {
@@ -92,6 +91,10 @@ func serve(args []string, out io.Writer) error {
 		why += "; the pool is shared host memory (memfd)"
 	}
 	log.Info("backend chosen", "backend", b.Name(), "why", why)
+	kvType, err := shm.ResolveDType(*dtype, b.Name() == kernels.DeviceCUDA)
+	if err != nil {
+		return fmt.Errorf("%w: --kv-cache-dtype: %v", ErrUsage, err)
+	}
 	l, err := layoutFor(*mem, avail, *bs, g, kvType)
 	if err != nil {
 		return err

@@ -38,6 +38,10 @@ FORMAT=${FORMAT:-dummy}
 VOCAB=${VOCAB:-128000}
 GRID_LAYERS=${GRID_LAYERS:-22 26 31}
 GRID_WINDOWS=${GRID_WINDOWS:-1536 1280 1024}
+# The pool's dtype unless a run names another (a later flag wins):
+# float32, as runs 1-6 measured, though kvd's auto is bfloat16 on a GPU;
+# KV_DTYPE=auto measures kvd's default.
+KV_DTYPE=${KV_DTYPE:-float32}
 mkdir -p "$OUT/logs"
 export KVD_STEP_TIMING=${KVD_STEP_TIMING:-100}
 if command -v go >/dev/null && [ -z "${BIN:-}" ]; then
@@ -78,11 +82,11 @@ up() {
 	shift 3
 	local gw=(--model "$M8" --load-format "$FORMAT" --skip-tokenizer-init --listen 127.0.0.1:$PORT --max-num-seqs 256 --max-model-len $((INPUT + OUTPUT + 64)) --device "$DEVICE" --log-level warn ${GW_FLAGS:-})
 	if [ "$mode" = sidecar ]; then
-		"$BIN/kvd" serve --socket "$SOCK" --model "$M8" --device "$DEVICE" --kv-memory "$mem" "$@" >"$OUT/logs/$name.kvd.log" 2>&1 &
+		"$BIN/kvd" serve --socket "$SOCK" --model "$M8" --device "$DEVICE" --kv-memory "$mem" --kv-cache-dtype "$KV_DTYPE" "$@" >"$OUT/logs/$name.kvd.log" 2>&1 &
 		pids+=($!)
 		gw+=(--kvd-socket "$SOCK")
 	else
-		gw+=(--embedded --kv-memory "$mem" "$@")
+		gw+=(--embedded --kv-memory "$mem" --kv-cache-dtype "$KV_DTYPE" "$@")
 	fi
 	"$BIN/gateway" serve "${gw[@]}" >"$OUT/logs/$name.gateway.log" 2>&1 &
 	pids+=($!)
