@@ -177,18 +177,15 @@ func NewCUDA(index int) (*CUDA, error) {
 	}
 	for _, hd := range []int{64, 128} {
 		for _, k := range []struct {
-			name string
+			base string
 			dt   shm.DType
-		}{{"flash_paged", shm.Float32}, {"flash_paged_bf16", shm.BFloat16}, {"flash_prompt", shm.Float32}} {
-			if err := c.fns[fmt.Sprintf("%s_hd%d", k.name, hd)].SetMaxDynamicShared(flashSmem(hd, k.dt)); err != nil {
-				c.Close()
-				return nil, err
-			}
-			mma := strings.Replace(k.name, "flash_paged", "flash_paged_mma", 1)
-			mma = strings.Replace(mma, "flash_prompt", "flash_prompt_mma", 1)
-			if err := c.fns[fmt.Sprintf("%s_hd%d", mma, hd)].SetMaxDynamicShared(flashMMASmem(hd, k.dt)); err != nil {
-				c.Close()
-				return nil, err
+		}{{"flash_paged", shm.Float32}, {"flash_paged", shm.BFloat16}, {"flash_prompt", shm.Float32}} {
+			for _, mma := range []bool{false, true} {
+				name, smem := flashKernel(k.base, hd, k.dt, mma)
+				if err := c.fns[name].SetMaxDynamicShared(smem); err != nil {
+					c.Close()
+					return nil, err
+				}
 			}
 		}
 	}
@@ -220,14 +217,15 @@ func flashMMASmem(hd int, dt shm.DType) int {
 }
 
 // flashKernel is the tensor-core prefill kernel that base ("flash_paged"
-// or "flash_prompt") names for K and V stored as dt at head dim hd, and its
-// dynamic shared memory.
-func (c *CUDA) flashKernel(base string, hd int, dt shm.DType) (string, int) {
+// or "flash_prompt") names for K and V stored as dt at head dim hd, the
+// bf16 one of flash_mma.cuh (mma) or the TF32 one, and its dynamic shared
+// memory.
+func flashKernel(base string, hd int, dt shm.DType, mma bool) (string, int) {
 	suffix := ""
 	if dt == shm.BFloat16 {
 		suffix = "_bf16"
 	}
-	if c.flashMMA {
+	if mma {
 		return fmt.Sprintf("%s_mma%s_hd%d", base, suffix, hd), flashMMASmem(hd, dt)
 	}
 	return fmt.Sprintf("%s%s_hd%d", base, suffix, hd), flashSmem(hd, dt)
@@ -862,7 +860,7 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 		meta := append(append([]int32(nil), b.Blocks...), tiles...)
 		p, class := c.ints(meta)
 		defer c.release(p, class)
-		name, smem := c.flashKernel("flash_paged", l.HeadDim, l.DType)
+		name, smem := flashKernel("flash_paged", l.HeadDim, l.DType, c.flashMMA)
 		c.launchShared(name, cuda.Dim3{X: uint32(len(tiles) / 4), Y: uint32(heads)}, cuda.Dim3{X: 128}, smem,
 			ptr(out), ptr(q), ptr(pool), int32(l.BlockSize), int32(l.KVHeads), int32(heads), p+cuda.Ptr(4*len(b.Blocks)), p, scale)
 	}
@@ -1009,7 +1007,7 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 	first := 0 // rows before it are done on the tensor cores
 	if obsFrom >= flashMinRows && (l.HeadDim == 64 || l.HeadDim == 128) {
 		// The prompt's own K and V, float32 whatever the pool's dtype.
-		name, smem := c.flashKernel("flash_prompt", l.HeadDim, shm.Float32)
+		name, smem := flashKernel("flash_prompt", l.HeadDim, shm.Float32, c.flashMMA)
 		c.launchShared(name, cuda.Dim3{X: uint32((obsFrom + flashRows - 1) / flashRows), Y: uint32(heads)}, cuda.Dim3{X: 128}, smem,
 			ptr(out), ptr(q), ptr(k), ptr(v), int32(kvh), int32(heads), int32(row0), int32(obsFrom), scale)
 		first = obsFrom

@@ -893,3 +893,31 @@ func sameAsHost(t *testing.T, g *CUDA, label string, onDevice, onHost *Tensor) {
 func sameBits(a, b []float32) bool {
 	return slices.EqualFunc(a, b, func(x, y float32) bool { return math.Float32bits(x) == math.Float32bits(y) })
 }
+
+// TestFlashKernelNames checks, without a GPU, that every tensor-core
+// kernel Attention and SparsePrefill may launch is one NewCUDA loads, with
+// dynamic shared memory within the 227 KiB a CTA may have on sm_80/sm_90.
+func TestFlashKernelNames(t *testing.T) {
+	loaded := map[string]bool{}
+	for _, n := range kernelNames["attention"] {
+		loaded[n] = true
+	}
+	for _, hd := range []int{64, 128} {
+		for _, dt := range dtypes {
+			for _, base := range []string{"flash_paged", "flash_prompt"} {
+				if base == "flash_prompt" && dt != shm.Float32 {
+					continue // a prompt's own K and V are float32
+				}
+				for _, mma := range []bool{false, true} {
+					name, smem := flashKernel(base, hd, dt, mma)
+					if !loaded[name] {
+						t.Errorf("%s (hd %d, %v, mma %v) is not among the attention module's kernels", name, hd, dt, mma)
+					}
+					if smem <= 0 || smem > 227<<10 {
+						t.Errorf("%s: %d bytes of dynamic shared memory", name, smem)
+					}
+				}
+			}
+		}
+	}
+}
