@@ -94,7 +94,7 @@ __device__ __forceinline__ void mma_load(T *K, T *V, const KV &kv, int kb, int k
 // a[3]) holds at k-step kk; kfrag reads K by the same map, so any
 // permutation of the dims within a k-step gives the same dot products. BN
 // keys a tile: both kinds stage 512·HD bytes of K and V before padding
-// (two buffers), 70 KB at head dim 128: three CTAs an SM.
+// (two buffers), 70 KB at head dim 128: three CTAs an SM on sm_90.
 template <int HD, class T> struct FlashMmaTiles;
 
 // bfloat16 K and V, staged as the pool has them: BN = 64 keys a tile (half
@@ -322,9 +322,9 @@ __device__ void flash_prompt_mma(float *out, const float *q, const float *k, con
     flash_mma<HD>(out, q, H, h, row0 + r0, min(FLASH_BM, nrows - r0), r0, kv, scale);
 }
 
-// Three CTAs an SM at head dim 128 (their shared memory allows three:
-// 168 registers), four at 64 (128 registers); ptxas fits both without
-// spills.
+// Three CTAs an SM at head dim 128 (an H100's or H200's shared memory
+// holds three, an A100's two: 168 registers), four at 64 (128
+// registers); ptxas fits both without spills.
 #define FLASH_MMA_CTAS(HD) ((HD) == 64 ? 4 : 3)
 
 #define INSTANTIATE_FLASH_MMA(HD)                                                                                     \

@@ -45,8 +45,8 @@ type Layout struct {
 type DType uint8
 
 const (
-	Float32  DType = iota // the default: rows as the model computes them
-	BFloat16              // rounded to nearest even: half the bytes
+	Float32  DType = iota // rows as the model computes them (auto on the CPU)
+	BFloat16              // rounded to nearest even: half the bytes (auto on a GPU)
 )
 
 func (d DType) String() string {

@@ -99,7 +99,7 @@ func startGateway(bin, model string, c config, kvMemory, device string, threads 
 		time.Sleep(50 * time.Millisecond)
 	}
 	s.stop()
-	return nil, fmt.Errorf("gateway for %q (policy %q, KV dtype %q) did not come up", c.Name, c.Policy, c.KVType)
+	return nil, fmt.Errorf("gateway for %q (policy %q, KV dtype %q) did not come up", c.Name, c.Policy, kvType)
 }
 
 func (s *server) stop() {

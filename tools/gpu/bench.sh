@@ -80,7 +80,7 @@ trap stop EXIT
 up() {
 	local name=$1 mode=$2 mem=$3
 	shift 3
-	local gw=(--model "$M8" --load-format "$FORMAT" --skip-tokenizer-init --listen 127.0.0.1:$PORT --max-num-seqs 256 --max-model-len $((INPUT + OUTPUT + 64)) --device "$DEVICE" --log-level warn ${GW_FLAGS:-})
+	local gw=(--model "$M8" --load-format "$FORMAT" --skip-tokenizer-init --listen 127.0.0.1:$PORT --max-num-seqs 256 --max-model-len $((INPUT + OUTPUT + 64)) --device "$DEVICE" --log-level warn)
 	if [ "$mode" = sidecar ]; then
 		"$BIN/kvd" serve --socket "$SOCK" --model "$M8" --device "$DEVICE" --kv-memory "$mem" --kv-cache-dtype "$KV_DTYPE" "$@" >"$OUT/logs/$name.kvd.log" 2>&1 &
 		pids+=($!)
@@ -88,6 +88,7 @@ up() {
 	else
 		gw+=(--embedded --kv-memory "$mem" --kv-cache-dtype "$KV_DTYPE" "$@")
 	fi
+	gw+=(${GW_FLAGS:-}) # last: a later flag wins
 	"$BIN/gateway" serve "${gw[@]}" >"$OUT/logs/$name.gateway.log" 2>&1 &
 	pids+=($!)
 	for _ in $(seq 1200); do
