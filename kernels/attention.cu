@@ -661,6 +661,58 @@ template <int HD, class T> constexpr int flash_smem_bytes() {
     return (FlashTiles<HD, T>::WORDS + 4 * 16 * (FLASH_BN + 4)) * 4;
 }
 
+// The online softmax of flash and flash_mma (flash_mma.cuh), for a warp's
+// rows g (i = 0) and g+8 (i = 1). flash_max takes mx, this lane's maxima of
+// a tile's logits, to the rows' maxima over the tile and the running max m
+// (updated); mu is what the tile's logits lose before exp2 (0 for a row
+// that has seen nothing yet) and alpha what the earlier sums and outputs
+// are scaled by.
+__device__ __forceinline__ void flash_max(float (&mx)[2], float (&m)[2], float (&mu)[2], float (&alpha)[2]) {
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+        const float mn = fmaxf(m[i], mx[i]);
+        mu[i] = mn == -INFINITY ? 0.f : mn;  // a row that has seen nothing yet
+        alpha[i] = exp2f(m[i] - mu[i]);
+        m[i] = mn;
+    }
+}
+
+// flash_sum adds sum, this lane's part of the tile's exp2s, to the rows'
+// running sums l, and scales the outputs o [HD/8][4] (C layout) by alpha.
+template <int NO>
+__device__ __forceinline__ void flash_sum(float (&sum)[2], const float (&alpha)[2], float (&l)[2], float (&o)[NO][4]) {
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 1);
+        sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 2);
+        l[i] = l[i] * alpha[i] + sum[i];
+    }
+#pragma unroll
+    for (int n = 0; n < NO; n++)
+        o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+}
+
+// flash_store writes the warp's rows wr+g and wr+g+8 (those below nrows)
+// of o / l to out [T, H*HD], head h, the tile's first row at row0.
+template <int HD>
+__device__ __forceinline__ void flash_store(float *out, const float (&o)[HD / 8][4], const float (&l)[2], int H, int h,
+                                            int row0, int nrows, int wr, int g, int t) {
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int r = wr + g + i * 8;
+        if (r >= nrows) continue;
+        const float inv = 1.f / l[i];
+        float *dst = out + ((i64)(row0 + r) * H + h) * HD;
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++) {
+            dst[n * 8 + 2 * t] = o[n][2 * i] * inv;
+            dst[n * 8 + 2 * t + 1] = o[n][2 * i + 1] * inv;
+        }
+    }
+}
+
 // One tile: query rows row0..row0+nrows of q [T, H*HD] (head h), the first
 // at position qpos0 of its sequence, so row i sees keys 0..qpos0+i. The next
 // K/V tile streams into shared memory (cp.async) while this one is used;
@@ -728,15 +780,7 @@ __device__ void flash(float *out, const float *q, int H, int h, int row0, int nr
                     mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
                 }
             float alpha[2], mu[2];
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-                const float mn = fmaxf(m[i], mx[i]);
-                mu[i] = mn == -INFINITY ? 0.f : mn;  // a row that has seen nothing yet
-                alpha[i] = exp2f(m[i] - mu[i]);
-                m[i] = mn;
-            }
+            flash_max(mx, m, mu, alpha);
             float sum[2] = {0.f, 0.f};
 #pragma unroll
             for (int n = 0; n < FLASH_BN / 8; n++)
@@ -746,15 +790,7 @@ __device__ void flash(float *out, const float *q, int H, int h, int row0, int nr
                     sum[e >> 1] += p;
                     Ps[warp][g + (e >> 1) * 8][n * 8 + 2 * t + (e & 1)] = __uint_as_float(to_tf32(p));
                 }
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 1);
-                sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 2);
-                l[i] = l[i] * alpha[i] + sum[i];
-            }
-#pragma unroll
-            for (int n = 0; n < HD / 8; n++)
-                o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+            flash_sum(sum, alpha, l, o);
             __syncwarp();
             unsigned pa[FLASH_BN / 8][4];
 #pragma unroll
@@ -774,42 +810,41 @@ __device__ void flash(float *out, const float *q, int H, int h, int row0, int nr
         }
         __syncthreads();  // buffer b is refilled two tiles on
     }
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const int r = wr + g + i * 8;
-        if (r >= nrows) continue;
-        const float inv = 1.f / l[i];
-        float *dst = out + ((i64)(row0 + r) * H + h) * HD;
-#pragma unroll
-        for (int n = 0; n < HD / 8; n++) {
-            dst[n * 8 + 2 * t] = o[n][2 * i] * inv;
-            dst[n * 8 + 2 * t + 1] = o[n][2 * i + 1] * inv;
-        }
-    }
+    flash_store<HD>(out, o, l, H, h, row0, nrows, wr, g, t);
 }
+
+// Which core the entry points below run for a tile: flash (TF32) here,
+// flash_mma (bf16) in flash_mma.cuh.
+struct FlashTF32 {
+    template <int HD, class KV>
+    static __device__ __forceinline__ void run(float *out, const float *q, int H, int h, int row0, int nrows, int qpos0,
+                                               const KV &kv, float scale) {
+        flash<HD>(out, q, H, h, row0, nrows, qpos0, kv, scale);
+    }
+};
 
 // Prefill rows over the pool, its K and V stored as T. tiles [ntiles, 4]:
 // first row, rows, the first row's position, and where its sequence's
 // table starts in blocks. Rows must start on 16 bytes (cp.async): a
 // BlockElems that is a multiple of 4 words. grid (ntiles, H), block 128.
-template <int HD, class T>
+template <class Core, int HD, class T>
 __device__ void flash_paged(float *out, const float *q, const float *pool, int bs, int kvh, int H,
                             const int *tiles /*[ntiles, 4]*/, const int *blocks, float scale) {
     const int *tl = tiles + 4 * blockIdx.x;
     const int h = blockIdx.y, group = H / kvh;
     const PagedKV<T> kv{pool, PoolLayout{bs, kvh, row_words<T>(HD)}, blocks + tl[3], h / group};
-    flash<HD>(out, q, H, h, tl[0], tl[1], tl[2], kv, scale);
+    Core::template run<HD>(out, q, H, h, tl[0], tl[1], tl[2], kv, scale);
 }
 
 // A sparse layer's prompt rows 0..nrows of row0..row0+n (those before the
 // observation window) over the prompt's own K and V. grid (ceil(nrows /
 // FLASH_BM), H), block 128.
-template <int HD>
+template <class Core, int HD>
 __device__ void flash_prompt(float *out, const float *q, const float *k, const float *v, int kvh, int H, int row0,
                              int nrows, float scale) {
     const int h = blockIdx.y, group = H / kvh, r0 = blockIdx.x * FLASH_BM;
     const DenseKV kv{k, v, kvh, HD, row0, h / group};
-    flash<HD>(out, q, H, h, row0 + r0, min(FLASH_BM, nrows - r0), r0, kv, scale);
+    Core::template run<HD>(out, q, H, h, row0 + r0, min(FLASH_BM, nrows - r0), r0, kv, scale);
 }
 
 #define INSTANTIATE_FLASH(HD)                                                                                         \
@@ -817,17 +852,17 @@ __device__ void flash_prompt(float *out, const float *q, const float *k, const f
                                                                          const float *pool, int bs, int kvh, int H,  \
                                                                          const int *tiles, const int *blocks,        \
                                                                          float scale) {                              \
-        flash_paged<HD, float>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                                      \
+        flash_paged<FlashTF32, HD, float>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                           \
     }                                                                                                                 \
     extern "C" __global__ void __launch_bounds__(128)                                                                 \
         flash_paged_bf16_hd##HD(float *out, const float *q, const float *pool, int bs, int kvh, int H,                \
                                 const int *tiles, const int *blocks, float scale) {                                  \
-        flash_paged<HD, bf16_t>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                                     \
+        flash_paged<FlashTF32, HD, bf16_t>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                          \
     }                                                                                                                 \
     extern "C" __global__ void __launch_bounds__(128) flash_prompt_hd##HD(float *out, const float *q, const float *k, \
                                                                           const float *v, int kvh, int H, int row0,  \
                                                                           int nrows, float scale) {                  \
-        flash_prompt<HD>(out, q, k, v, kvh, H, row0, nrows, scale);                                                  \
+        flash_prompt<FlashTF32, HD>(out, q, k, v, kvh, H, row0, nrows, scale);                                       \
     }
 INSTANTIATE_FLASH(64)
 INSTANTIATE_FLASH(128)

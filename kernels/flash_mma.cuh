@@ -6,7 +6,9 @@
 // same work, and P never leaves the registers. Q (scaled), K, V and P are
 // rounded to bf16 (nearest even) as they become fragments; exact for a
 // bfloat16 pool's K and V. Meant for the end of attention.cu, whose
-// cp.async helpers, PagedKV, DenseKV, row_words and FLASH_BM it uses. On
+// cp.async helpers, PagedKV, DenseKV, row_words, FLASH_BM, online softmax
+// (flash_max, flash_sum, flash_store) and entry wrappers (flash_paged,
+// flash_prompt) it uses. On
 // an H200 (BenchmarkGPUAttention, a 5000-token prompt, 32 heads of 128):
 // 104 TFLOP/s over a float32 pool and 167 over a bfloat16 one, against
 // flash's 54 and 57.
@@ -243,15 +245,7 @@ __device__ void flash_mma(float *out, const float *q, int H, int h, int row0, in
 #pragma unroll
                 for (int e = 0; e < 4; e++) mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
             float alpha[2], mu[2];
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-                const float mn = fmaxf(m[i], mx[i]);
-                mu[i] = mn == -INFINITY ? 0.f : mn;  // a row that has seen nothing yet
-                alpha[i] = exp2f(m[i] - mu[i]);
-                m[i] = mn;
-            }
+            flash_max(mx, m, mu, alpha);
             float sum[2] = {0.f, 0.f};
 #pragma unroll
             for (int n = 0; n < BN / 8; n++)
@@ -260,15 +254,7 @@ __device__ void flash_mma(float *out, const float *q, int H, int h, int row0, in
                     s[n][e] = exp2f(s[n][e] - mu[e >> 1]);
                     sum[e >> 1] += s[n][e];
                 }
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 1);
-                sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 2);
-                l[i] = l[i] * alpha[i] + sum[i];
-            }
-#pragma unroll
-            for (int n = 0; n < HD / 8; n++)
-                o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+            flash_sum(sum, alpha, l, o);
             // P's A fragments for its k-steps of 16 keys, from S's C layout.
             unsigned pa[BN / 16][4];
 #pragma unroll
@@ -290,37 +276,18 @@ __device__ void flash_mma(float *out, const float *q, int H, int h, int row0, in
         }
         __syncthreads();  // buffer b is refilled two tiles on
     }
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const int r = wr + g + i * 8;
-        if (r >= nrows) continue;
-        const float inv = 1.f / l[i];
-        float *dst = out + ((i64)(row0 + r) * H + h) * HD;
-#pragma unroll
-        for (int n = 0; n < HD / 8; n++) {
-            dst[n * 8 + 2 * t] = o[n][2 * i] * inv;
-            dst[n * 8 + 2 * t + 1] = o[n][2 * i + 1] * inv;
-        }
+    flash_store<HD>(out, o, l, H, h, row0, nrows, wr, g, t);
+}
+
+// The core that attention.cu's flash_paged and flash_prompt run for the
+// entry points below: the same tiles and grids as flash's.
+struct FlashMMA {
+    template <int HD, class KV>
+    static __device__ __forceinline__ void run(float *out, const float *q, int H, int h, int row0, int nrows, int qpos0,
+                                               const KV &kv, float scale) {
+        flash_mma<HD>(out, q, H, h, row0, nrows, qpos0, kv, scale);
     }
-}
-
-// flash_paged and flash_prompt over flash_mma: the same tiles and grids.
-template <int HD, class T>
-__device__ void flash_paged_mma(float *out, const float *q, const float *pool, int bs, int kvh, int H,
-                                const int *tiles /*[ntiles, 4]*/, const int *blocks, float scale) {
-    const int *tl = tiles + 4 * blockIdx.x;
-    const int h = blockIdx.y, group = H / kvh;
-    const PagedKV<T> kv{pool, PoolLayout{bs, kvh, row_words<T>(HD)}, blocks + tl[3], h / group};
-    flash_mma<HD>(out, q, H, h, tl[0], tl[1], tl[2], kv, scale);
-}
-
-template <int HD>
-__device__ void flash_prompt_mma(float *out, const float *q, const float *k, const float *v, int kvh, int H,
-                                 int row0, int nrows, float scale) {
-    const int h = blockIdx.y, group = H / kvh, r0 = blockIdx.x * FLASH_BM;
-    const DenseKV kv{k, v, kvh, HD, row0, h / group};
-    flash_mma<HD>(out, q, H, h, row0 + r0, min(FLASH_BM, nrows - r0), r0, kv, scale);
-}
+};
 
 // Three CTAs an SM at head dim 128 (an H100's or H200's shared memory
 // holds three, an A100's two: 168 registers), four at 64 (128
@@ -331,17 +298,17 @@ __device__ void flash_prompt_mma(float *out, const float *q, const float *k, con
     extern "C" __global__ void __launch_bounds__(128, FLASH_MMA_CTAS(HD))                                            \
         flash_paged_mma_hd##HD(float *out, const float *q, const float *pool, int bs, int kvh, int H,                 \
                                const int *tiles, const int *blocks, float scale) {                                   \
-        flash_paged_mma<HD, float>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                                  \
+        flash_paged<FlashMMA, HD, float>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                            \
     }                                                                                                                 \
     extern "C" __global__ void __launch_bounds__(128, FLASH_MMA_CTAS(HD))                                            \
         flash_paged_mma_bf16_hd##HD(float *out, const float *q, const float *pool, int bs, int kvh, int H,            \
                                     const int *tiles, const int *blocks, float scale) {                              \
-        flash_paged_mma<HD, bf16_t>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                                 \
+        flash_paged<FlashMMA, HD, bf16_t>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                           \
     }                                                                                                                 \
     extern "C" __global__ void __launch_bounds__(128, FLASH_MMA_CTAS(HD))                                            \
         flash_prompt_mma_hd##HD(float *out, const float *q, const float *k, const float *v, int kvh, int H, int row0, \
                                 int nrows, float scale) {                                                            \
-        flash_prompt_mma<HD>(out, q, k, v, kvh, H, row0, nrows, scale);                                              \
+        flash_prompt<FlashMMA, HD>(out, q, k, v, kvh, H, row0, nrows, scale);                                        \
     }
 INSTANTIATE_FLASH_MMA(64)
 INSTANTIATE_FLASH_MMA(128)
