@@ -221,10 +221,7 @@ func flashMMASmem(hd int, dt shm.DType) int {
 // bf16 one of flash_mma.cuh (mma) or the TF32 one, and its dynamic shared
 // memory.
 func flashKernel(base string, hd int, dt shm.DType, mma bool) (string, int) {
-	suffix := ""
-	if dt == shm.BFloat16 {
-		suffix = "_bf16"
-	}
+	suffix := bf16Suffix(dt)
 	if mma {
 		return fmt.Sprintf("%s_mma%s_hd%d", base, suffix, hd), flashMMASmem(hd, dt)
 	}
@@ -232,9 +229,9 @@ func flashKernel(base string, hd int, dt shm.DType, mma bool) (string, int) {
 }
 
 // bf16Suffix is what a kernel that reads or writes K and V as numbers adds
-// to its name for a pool of l: "_bf16" for a bfloat16 pool.
-func bf16Suffix(l shm.Layout) string {
-	if l.DType == shm.BFloat16 {
+// to its name for K and V stored as dt: "_bf16" for bfloat16.
+func bf16Suffix(dt shm.DType) string {
+	if dt == shm.BFloat16 {
 		return "_bf16"
 	}
 	return ""
@@ -811,7 +808,7 @@ func (c *CUDA) WriteKV(pool *Tensor, l shm.Layout, k, v *Tensor, slots []int32) 
 	defer c.release(p, class)
 	// A thread a word of the row: a dim, or a bfloat16 pool's pair.
 	a := append(args(ptr(pool)), headArgs(l)...)
-	c.launch("write_kv"+bf16Suffix(l), cuda.Dim3{X: uint32(len(slots)), Y: uint32(l.KVHeads)}, cuda.Dim3{X: uint32(l.RowElems())}, append(a, ptr(k), ptr(v), p)...)
+	c.launch("write_kv"+bf16Suffix(l.DType), cuda.Dim3{X: uint32(len(slots)), Y: uint32(l.KVHeads)}, cuda.Dim3{X: uint32(l.RowElems())}, append(a, ptr(k), ptr(v), p)...)
 }
 
 // checkGroup records an error for a head layout the kernels do not take:
@@ -971,14 +968,14 @@ func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, gr
 	block := cuda.Dim3{X: 128}
 	if src.pool != 0 {
 		pool := src.pool
-		split := "split_paged" + bf16Suffix(l)
+		split := "split_paged" + bf16Suffix(l.DType)
 		if v2 {
-			split = "split_paged_v2" + bf16Suffix(l)
+			split = "split_paged_v2" + bf16Suffix(l.DType)
 		}
 		c.launch(fmt.Sprintf("%s_g%d", split, group), grid(n), block, ws, ptr(q), pool, int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pItems, pBlocks, scale)
 		c.launch("attn_combine", grid(R), block, ptr(out), fin, ws, pInfo, pSplit, int32(heads), int32(kvh), int32(hd))
 		if len(scoring) > 0 {
-			c.launch(fmt.Sprintf("score_paged%s_g%d", bf16Suffix(l), group), grid(len(scoring)/4), block, pool, fin, ptr(q), int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pScoring, pBlocks, scale)
+			c.launch(fmt.Sprintf("score_paged%s_g%d", bf16Suffix(l.DType), group), grid(len(scoring)/4), block, pool, fin, ptr(q), int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pScoring, pBlocks, scale)
 		}
 		return
 	}
@@ -1073,7 +1070,7 @@ func (c *CUDA) selectOnHost(hs *Tensor, group int, k, v *Tensor, row0, n int, po
 	defer c.release(mp, mc)
 	a := append(args(ptr(pool)), headArgs(l)...)
 	a = append(a, ptr(k), ptr(v), rp, mp, mp+cuda.Ptr(4*len(idx)), int32(row0), int32(n), int32(keep))
-	c.launch("scatter_kept"+bf16Suffix(l), cuda.Dim3{X: uint32(keep), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.RowElems())}, a...)
+	c.launch("scatter_kept"+bf16Suffix(l.DType), cuda.Dim3{X: uint32(keep), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.RowElems())}, a...)
 }
 
 // selectOnDevice is SparsePrefill's choice and scatter without the host:
@@ -1123,7 +1120,7 @@ func (c *CUDA) selectOnDevice(hs *Tensor, group int, k, v *Tensor, row0, n int, 
 	defer c.release(sp, spc)
 	a := append(args(ptr(pool)), headArgs(l)...)
 	a = append(a, ptr(k), ptr(v), ptr(raw), idx, sp, int32(row0), int32(n), int32(keep))
-	c.launch("scatter_kept"+bf16Suffix(l), cuda.Dim3{X: uint32(keep), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.RowElems())}, a...)
+	c.launch("scatter_kept"+bf16Suffix(l.DType), cuda.Dim3{X: uint32(keep), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.RowElems())}, a...)
 }
 
 // Evict chooses and compacts on the device (evictOnDevice) unless
