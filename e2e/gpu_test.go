@@ -27,23 +27,37 @@ func TestGPUMatchesCPU(t *testing.T) {
 		t.Fatal(err)
 	}
 	prompts := gpuPrompts()
-	policies := []struct{ name, spec string }{
-		{"full", ""},
-		{"window", "2-7=window:sinks=4,window=252"},
-		{"snapkv", "2-7=snapkv:budget=256"},
-		{"pyramid", "2-7=pyramid:budget=256"},
-		{"h2o", "2-7=full/h2o:heavy=224,recent=32"},
-		{"snapkv+h2o", "2-7=snapkv:budget=256/h2o:recent=32"},
+	// Every policy over a float32 pool (the kernels against the CPU's),
+	// then the two that matter most over the GPU's default bfloat16 pool.
+	// The GPU rounds more than the CPU: GEMM inputs to bf16 (at every
+	// batch size, one row included), prompt attention's Q, K, V and P to
+	// bf16 (flash_mma), and with auto K and V. Each rounding moves logits
+	// by ~1e-2 and flips a seeded draw's near-tie now and then: on an H200
+	// the float32 leg agreed on 0.29-0.46 of seeded tokens and the auto leg
+	// on 0.33-0.41 (with TF32 prompts and float32 K and V, 0.59-0.75),
+	// greedy tokens on 0.86-0.93, the largest logprob difference 0.042. A
+	// wrong kernel diverges within a token or two.
+	policies := []struct {
+		name, spec, dtype string
+	}{
+		{"full", "", "float32"},
+		{"window", "2-7=window:sinks=4,window=252", "float32"},
+		{"snapkv", "2-7=snapkv:budget=256", "float32"},
+		{"pyramid", "2-7=pyramid:budget=256", "float32"},
+		{"h2o", "2-7=full/h2o:heavy=224,recent=32", "float32"},
+		{"snapkv+h2o", "2-7=snapkv:budget=256/h2o:recent=32", "float32"},
+		{"full", "", "auto"},
+		{"snapkv+h2o", "2-7=snapkv:budget=256/h2o:recent=32", "auto"},
 	}
 	var report strings.Builder
-	fmt.Fprintf(&report, "| policy | prompts | greedy tokens agreeing before divergence | greedy completions identical | largest logprob difference | seeded sampling (T=0.8, top-p 0.95): tokens agreeing before divergence | first sampled token the same |\n|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&report, "| policy | GPU's --kv-cache-dtype | prompts | greedy tokens agreeing before divergence | greedy completions identical | largest logprob difference | seeded sampling (T=0.8, top-p 0.95): tokens agreeing before divergence | first sampled token the same |\n|---|---|---|---|---|---|---|---|\n")
 	for _, p := range policies {
 		var pol []string
 		if p.spec != "" {
 			pol = []string{"--kv-policy", p.spec}
 		}
 		cpu := startStack(t, "embedded", options{model: dir, kvMemory: "512MiB", policy: pol, gateway: []string{"--device", "cpu"}})
-		gpu := startStack(t, "embedded", options{model: dir, kvMemory: "512MiB", policy: pol, gateway: []string{"--device", "cuda"}})
+		gpu := startStack(t, "embedded", options{model: dir, kvMemory: "512MiB", policy: pol, gateway: []string{"--device", "cuda", "--kv-cache-dtype", p.dtype}})
 		if !strings.Contains(gpu.allLogs(), "backend=cuda") {
 			t.Fatalf("the --device cuda gateway did not choose the GPU:\n%s", gpu.allLogs())
 		}
@@ -96,12 +110,10 @@ func TestGPUMatchesCPU(t *testing.T) {
 		}
 		sRate := float64(sAgree) / float64(sTotal)
 		rate := float64(agree) / float64(total)
-		fmt.Fprintf(&report, "| %s | %d | %.3f (%d of %d) | %d of %d | %.4f | %.3f (%d of %d) | %d of %d |\n", p.name, len(prompts), rate, agree, total, same, len(prompts), maxDiff, sRate, sAgree, sTotal, firstSame, len(prompts))
-		// bf16 GEMM operands move logits by about 1e-2, enough to flip a
-		// near-tie now and then, never to change most tokens.
-		if rate < 0.8 || maxDiff > 0.1 || sRate < 0.3 || firstSame < len(prompts)-2 {
-			t.Errorf("%s: GPU agrees with the CPU on %.3f of greedy tokens, %.3f of sampled ones (the first of %d of %d prompts), largest logprob difference %.4f",
-				p.name, rate, sRate, firstSame, len(prompts), maxDiff)
+		fmt.Fprintf(&report, "| %s | %s | %d | %.3f (%d of %d) | %d of %d | %.4f | %.3f (%d of %d) | %d of %d |\n", p.name, p.dtype, len(prompts), rate, agree, total, same, len(prompts), maxDiff, sRate, sAgree, sTotal, firstSame, len(prompts))
+		if rate < 0.8 || maxDiff > 0.1 || sRate < 0.2 || firstSame < len(prompts)-2 {
+			t.Errorf("%s, %s pool: GPU agrees with the CPU on %.3f of greedy tokens, %.3f of sampled ones (the first of %d of %d prompts), largest logprob difference %.4f",
+				p.name, p.dtype, rate, sRate, firstSame, len(prompts), maxDiff)
 		}
 		cpu.stop()
 		gpu.stop()

@@ -331,6 +331,35 @@ extern "C" __global__ void __launch_bounds__(NT)
 #define V2_WARPS (NT / 32)
 // A thread a dim when the warps merge, a lane a key in a chunk's softmax.
 static_assert(NT == V2_HD && V2_CHUNK == 32 && V2_WARPS * 32 == NT, "split_paged_v2's shape");
+// Over a bfloat16 pool: lanes a key for the logits (4 or 8), keys' loads
+// unrolled in the logits' and the values' loops, and the queries' order in
+// shared memory (v2_qslot). -D overrides them to time variants
+// (KVD_CUDABIN_DIR). On an H200 (BenchmarkGPUAttention, decode, 32
+// sequences of 5000 tokens, bfloat16 pool, four items an SM) the
+// defaults take 241 us a layer; before them (8, 2, 16, queries in place)
+// 355: lanes reading their query 32 bytes apart conflicted two ways, and
+// each warp kept too few keys' loads in flight. Four lanes a key, or
+// fewer registers (__launch_bounds__ with V2_BF16_MINB), did no better.
+#ifndef V2_BF16_KL
+#define V2_BF16_KL 8
+#endif
+#ifndef V2_BF16_KUNROLL
+#define V2_BF16_KUNROLL 4
+#endif
+#ifndef V2_BF16_VUNROLL
+#define V2_BF16_VUNROLL 32
+#endif
+#ifndef V2_BF16_QPERM
+#define V2_BF16_QPERM 1
+#endif
+static_assert(V2_BF16_KL == 4 || V2_BF16_KL == 8, "V2_BF16_KL");
+#ifdef V2_BF16_MINB
+#define V2_BF16_BOUNDS __launch_bounds__(NT, V2_BF16_MINB)
+#else
+#define V2_BF16_BOUNDS __launch_bounds__(NT)
+#endif
+// (#pragma unroll's argument is not macro-expanded: constants.)
+constexpr int v2_bf16_kunroll = V2_BF16_KUNROLL, v2_bf16_vunroll = V2_BF16_VUNROLL;
 
 // dot[g] = the part of query head g's dot product with a key's row that
 // lane sl of the key's eight lanes holds: dims 4(sl+8i)..+3, i < 4, of a
@@ -340,8 +369,9 @@ static_assert(NT == V2_HD && V2_CHUNK == 32 && V2_WARPS * 32 == NT, "split_paged
 __device__ __forceinline__ float bf_lo(unsigned w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float bf_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
 
-template <int G>
+template <int G, int KL>
 __device__ __forceinline__ void v2_kdot(float (&dot)[G], const float *row, const float (*qs)[V2_HD], int sl) {
+    static_assert(KL == 8, "float32 rows: eight lanes a key");
     const float4 *kr = reinterpret_cast<const float4 *>(row);
     float4 kk[4];
 #pragma unroll
@@ -358,24 +388,44 @@ __device__ __forceinline__ void v2_kdot(float (&dot)[G], const float *row, const
     }
 }
 
-template <int G>
+template <int G, int KL>
 __device__ __forceinline__ void v2_kdot(float (&dot)[G], const bf16_t *row, const float (*qs)[V2_HD], int sl) {
+    constexpr int NL = 16 / KL;  // 16-byte loads a lane
     const uint4 *kr = reinterpret_cast<const uint4 *>(row);
-    uint4 kk[2];
+    uint4 kk[NL];
 #pragma unroll
-    for (int i = 0; i < 2; i++) kk[i] = kr[sl + 8 * i];
+    for (int i = 0; i < NL; i++) kk[i] = kr[sl + KL * i];
 #pragma unroll
     for (int g = 0; g < G; g++) dot[g] = 0;
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < NL; i++) {
 #pragma unroll
         for (int g = 0; g < G; g++) {
-            const float4 *qq = reinterpret_cast<const float4 *>(qs[g]) + 2 * (sl + 8 * i);
+#if V2_BF16_QPERM
+            // qs in v2_qslot's order: a lane's two float4s are each in a
+            // run of KL consecutive ones (no bank conflict).
+            const float4 *qq = reinterpret_cast<const float4 *>(qs[g]) + 2 * KL * i + sl;
+            const float4 a = qq[0], b = qq[KL];
+#else
+            const float4 *qq = reinterpret_cast<const float4 *>(qs[g]) + 2 * (sl + KL * i);
             const float4 a = qq[0], b = qq[1];
+#endif
             dot[g] += a.x * bf_lo(kk[i].x) + a.y * bf_hi(kk[i].x) + a.z * bf_lo(kk[i].y) + a.w * bf_hi(kk[i].y) +
                       b.x * bf_lo(kk[i].z) + b.y * bf_hi(kk[i].z) + b.z * bf_lo(kk[i].w) + b.w * bf_hi(kk[i].w);
         }
     }
+}
+
+// Where dim d of a query goes in shared memory: in place for float32
+// rows; for bfloat16 rows with V2_BF16_QPERM, dims 8(sl+KL·i)..+3 (the
+// first float4 lane sl reads for its i-th load) at float4 2KL·i+sl and
+// the next four at 2KL·i+KL+sl, so a quarter warp reads consecutive
+// float4s. (In place, lanes read 32 bytes apart: two-way conflicts.)
+template <class T, int KL>
+__device__ __forceinline__ int v2_qslot(int d) {
+    if (sizeof(T) == 4 || !V2_BF16_QPERM) return d;
+    const int u = d / 8, half = (d / 4) % 2, c = d % 4;  // u = sl + KL·i
+    return ((2 * KL * (u / KL) + half * KL + u % KL) * 4) + c;
 }
 
 // Lane's four dims 4·lane..+3 of a V row: one 16-byte load of float32s,
@@ -394,8 +444,12 @@ __device__ void partial_v2(float *ws, const float *q, int k0, int k1, const Page
     __shared__ float sc[V2_WARPS][G][V2_CHUNK];
     __shared__ float wm[V2_WARPS][G], wl[V2_WARPS][G];
     __shared__ __align__(16) float wacc[V2_WARPS][G][V2_HD];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, sub = lane >> 3, sl = lane & 7;
-    for (int i = tid; i < G * V2_HD; i += NT) qs[i / V2_HD][i % V2_HD] = q[i];
+    // KL lanes a key when the logits are taken: eight for float32 rows
+    // (four 16-byte loads a lane); for bfloat16 rows V2_BF16_KL (four: four
+    // loads a lane, as many bytes in flight as float32's).
+    constexpr int KL = sizeof(T) == 4 ? 8 : V2_BF16_KL, KPI = 32 / KL;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, sub = lane / KL, sl = lane % KL;
+    for (int i = tid; i < G * V2_HD; i += NT) qs[i / V2_HD][v2_qslot<T, KL>(i % V2_HD)] = q[i];
     __syncthreads();
     float m[G], l[G];
     float4 acc[G];
@@ -408,18 +462,17 @@ __device__ void partial_v2(float *ws, const float *q, int k0, int k1, const Page
         // waits on a branch); the others get it by shuffle.
         const int mine = c0 + min(lane, tn - 1);
         const i64 koff = kv.L.k(kv.blocks[mine / kv.L.bs], kv.h, mine % kv.L.bs);
-        // Logits: lanes sub*8..sub*8+7 take key p*4+sub, dims 4*(sl+8i).
-#pragma unroll 2
-        for (int p = 0; p < V2_CHUNK / 4; p++) {
-            const int j = p * 4 + sub;
+        // Logits: lanes sub*KL..sub*KL+KL-1 take key p*KPI+sub.
+#pragma unroll(sizeof(T) == 4 ? 2 : v2_bf16_kunroll)
+        for (int p = 0; p < V2_CHUNK / KPI; p++) {
+            const int j = p * KPI + sub;
             float dot[G];
-            v2_kdot<G>(dot, reinterpret_cast<const T *>(kv.pool + __shfl_sync(0xffffffffu, koff, j)), qs, sl);
+            v2_kdot<G, KL>(dot, reinterpret_cast<const T *>(kv.pool + __shfl_sync(0xffffffffu, koff, j)), qs, sl);
 #pragma unroll
             for (int g = 0; g < G; g++) {
                 float s = dot[g];
-                s += __shfl_xor_sync(0xffffffffu, s, 1);
-                s += __shfl_xor_sync(0xffffffffu, s, 2);
-                s += __shfl_xor_sync(0xffffffffu, s, 4);
+#pragma unroll
+                for (int o = 1; o < KL; o *= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
                 if (sl == 0) sc[warp][g][j] = j < tn ? s * scale : -INFINITY;
             }
         }
@@ -442,7 +495,7 @@ __device__ void partial_v2(float *ws, const float *q, int k0, int k1, const Page
         for (int g = 0; g < G; g++) acc[g].x *= alpha[g], acc[g].y *= alpha[g], acc[g].z *= alpha[g], acc[g].w *= alpha[g];
         const i64 vdelta = (i64)kv.L.kvh * kv.L.bs * kv.L.hd;  // a block's V after its K, in words
         if (tn == V2_CHUNK) {
-#pragma unroll(sizeof(T) == 4 ? 8 : 16)  // bfloat16: loads half as wide, twice as many in flight
+#pragma unroll(sizeof(T) == 4 ? 8 : v2_bf16_vunroll)  // bfloat16: loads half as wide, twice as many in flight
             for (int j = 0; j < V2_CHUNK; j++) {
                 const float4 vv = v2_vrow(reinterpret_cast<const T *>(kv.pool + __shfl_sync(0xffffffffu, koff, j) + vdelta), lane);
 #pragma unroll
@@ -517,7 +570,7 @@ __device__ void split_paged_v2(float *ws, const float *q, const float *pool, int
                             const int *rowinfo, const int *items, const int *blocks, float scale) {                   \
         split_paged_v2<G, float>(ws, q, pool, bs, kvh, rowinfo, items, blocks, scale);                                 \
     }                                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
+    extern "C" __global__ void V2_BF16_BOUNDS                                                                         \
         split_paged_v2_bf16_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd,                \
                                  const int *rowinfo, const int *items, const int *blocks, float scale) {              \
         split_paged_v2<G, bf16_t>(ws, q, pool, bs, kvh, rowinfo, items, blocks, scale);                                \

@@ -22,7 +22,7 @@ type Tensor struct {
 	data   []float32              // host storage (CPU backend)
 	packed atomic.Pointer[packed] // a weight's GEMM panels, made on first Linear
 	dev    uint64                 // device storage (CUDA backend)
-	bf16   bool                   // dev holds bfloat16 (a CUDA weight), not float32
+	bf16   bool                   // dev holds bfloat16 (a CUDA weight or AllocLinearInput), not float32
 	class  int                    // dev's size class in the CUDA backend's cache; 0: not cached
 	opened bool                   // dev is another process's memory, mapped by OpenShared
 	vmm    *cuda.VMM              // dev is a VMM mapping (AllocSharedFD, OpenSharedFD)
@@ -103,10 +103,11 @@ func (b *AttnBatch) Validate(numQueries int, l shm.Layout) error {
 
 // Backend is the set of operations a forward pass needs. A Backend is used
 // by one forward pass at a time; its methods may parallelise internally.
-// Tensors are allocated by the Backend (Alloc, FromHost, Weight); a step's
-// scratch is given back with Free (device memory is not the garbage
-// collector's). Methods do not return errors: a backend whose calls can fail
-// (CUDA) keeps the first failure for Err, which the forward pass checks.
+// Tensors are allocated by the Backend (Alloc, AllocLinearInput, FromHost,
+// Weight); a step's scratch is given back with Free (device memory is not
+// the garbage collector's). Methods do not return errors: a backend whose
+// calls can fail (CUDA) keeps the first failure for Err, which the forward
+// pass checks.
 //
 // Shapes in the comments: T tokens in the step, D hidden size, N output
 // features, H heads, Hd head dim.
@@ -123,6 +124,14 @@ type Backend interface {
 	// narrower type (CUDA stores matrices as bf16, exact for bf16
 	// checkpoints), and its values must not change after.
 	Weight(data []float32, shape ...int) *Tensor
+	// AllocLinearInput returns a zeroed [rows, cols] tensor that is only
+	// ever Linear's x (with a weight from Weight), written by RMSNorm,
+	// AddRMSNorm or SiLUMul as their out; no other method takes it, and
+	// ToHost reads it widened to float32. The backend stores it in its
+	// GEMM operand type: CUDA in bf16, what Linear rounds x to anyway, so
+	// the producer writes it rounded and no conversion runs before the
+	// GEMM; the CPU in float32, its results those of an Alloc'd tensor.
+	AllocLinearInput(rows, cols int) *Tensor
 	// ToHost copies t into dst, which must have t.Len() elements.
 	ToHost(dst []float32, t *Tensor)
 	// Free gives t's storage back; t must not be used after.
@@ -147,8 +156,9 @@ type Backend interface {
 	// [T, KVH·Hd], rotating q and k as RoPE does: the three Columns and two
 	// RoPEs of attention's input, fused.
 	SplitRoPE(q, k, v, qkv *Tensor, positions []int32, invFreq []float32)
-	// AddRMSNorm: x += delta, then out = RMSNorm(x)·w (out may be delta):
-	// a residual add and the next norm, fused.
+	// AddRMSNorm: x += delta, then out = RMSNorm(x)·w: a residual add and
+	// the next norm, fused. out may be delta, unless out is from
+	// AllocLinearInput (bf16 on CUDA: it cannot alias a float32 delta).
 	AddRMSNorm(out, x, delta, w *Tensor, eps float32)
 	// SiLUMul: out[T,F] = silu(gateUp[T, :F]) * gateUp[T, F:].
 	SiLUMul(out, gateUp *Tensor)

@@ -38,6 +38,10 @@ func (c *CPU) FromHost(data []float32, shape ...int) *Tensor {
 
 func (c *CPU) Weight(data []float32, shape ...int) *Tensor { return c.FromHost(data, shape...) }
 
+// AllocLinearInput is Alloc: the CPU's GEMMs take x in float32, so a
+// forward pass gives the same bits with it as with float32 scratch.
+func (c *CPU) AllocLinearInput(rows, cols int) *Tensor { return c.Alloc(rows, cols) }
+
 func (c *CPU) ToHost(dst []float32, t *Tensor) { copy(dst, t.data) }
 
 // Free drops t's storage for the garbage collector.

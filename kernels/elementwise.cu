@@ -1,7 +1,23 @@
 // The forward pass's row-wise and element-wise kernels. Activations are
-// float32 row-major; weights are bf16 (matrices) or float32 (norms).
+// float32 row-major; weights are bf16 (matrices) or float32 (norms). A
+// GEMM's activation operand may be bf16 instead (AllocLinearInput): the
+// kernels that produce one have a _bf16out variant that writes it rounded,
+// so no to_bf16 pass runs before the GEMM, and gemv_bf16 one that reads it.
 // Shapes are written outermost first; T is the step's tokens.
 #include "common.cuh"
+
+// put stores v as an output element of type float (as is) or bf16_t
+// (rounded to nearest even, as to_bf16 rounds): the kernels that may write
+// a GEMM's operand are templates over it, their float instantiation the
+// plain store they always did. Callers compute v before taking the
+// address, the order `out[i] = v` evaluates them in: the other order
+// changes the float kernels' machine code (cuobjdump -sass).
+__device__ __forceinline__ void put(float *p, float v) { *p = v; }
+__device__ __forceinline__ void put(bf16_t *p, float v) { *p = f32_to_bf16(v); }
+
+// as_f32 widens an input element of type float (as is) or bf16_t.
+__device__ __forceinline__ float as_f32(float v) { return v; }
+__device__ __forceinline__ float as_f32(bf16_t v) { return bf16_to_f32(v); }
 
 // out[T, D] = table[ids[t], :] (bf16 table widened to float32).
 // grid (T), block any.
@@ -13,8 +29,9 @@ extern "C" __global__ void embedding_bf16(float *out /*[T, D]*/, const bf16_t *t
 }
 
 // out = row / sqrt(mean(row²) + eps) * w, given each thread's part ss of
-// Σ row²: the block sums the parts, then scales the row.
-__device__ __forceinline__ void norm_row(float *out, const float *row, const float *w, int D, float eps, float ss) {
+// Σ row²: the block sums the parts, then scales the row. O: float or bf16_t.
+template <typename O>
+__device__ __forceinline__ void norm_row(O *out, const float *row, const float *w, int D, float eps, float ss) {
     __shared__ float part[32];
     ss = warp_sum(ss);
     if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
@@ -26,17 +43,31 @@ __device__ __forceinline__ void norm_row(float *out, const float *row, const flo
     }
     __syncthreads();
     const float inv = rsqrtf(part[0] / D + eps);
-    for (int i = threadIdx.x; i < D; i += blockDim.x) out[i] = row[i] * inv * w[i];
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        const float v = row[i] * inv * w[i];
+        put(&out[i], v);
+    }
 }
 
-// out[T, D] = x / sqrt(mean(x²) + eps) * w. grid (T), block 256.
-extern "C" __global__ void rmsnorm(float *out /*[T, D]*/, const float *x /*[T, D]*/, const float *w /*[D]*/,
-                                   int D, float eps) {
+template <typename O>
+__device__ __forceinline__ void rmsnorm_rows(O *out, const float *x, const float *w, int D, float eps) {
     const i64 t = blockIdx.x;
     const float *row = x + t * D;
     float ss = 0;
     for (int i = threadIdx.x; i < D; i += blockDim.x) ss += row[i] * row[i];
     norm_row(out + t * D, row, w, D, eps, ss);
+}
+
+// out[T, D] = x / sqrt(mean(x²) + eps) * w. grid (T), block 256.
+extern "C" __global__ void rmsnorm(float *out /*[T, D]*/, const float *x /*[T, D]*/, const float *w /*[D]*/,
+                                   int D, float eps) {
+    rmsnorm_rows(out, x, w, D, eps);
+}
+
+// rmsnorm with out rounded to bf16: a GEMM's operand. grid (T), block 256.
+extern "C" __global__ void rmsnorm_bf16out(bf16_t *out /*[T, D]*/, const float *x /*[T, D]*/, const float *w /*[D]*/,
+                                           int D, float eps) {
+    rmsnorm_rows(out, x, w, D, eps);
 }
 
 // out[n] = bf16(x[n]): a GEMM's activation operand. Grid-stride.
@@ -65,13 +96,24 @@ extern "C" __global__ void rope(float *x /*[T, heads*hd]*/, const int *pos /*[T]
     }
 }
 
-// out[T, F] = silu(gu[T, :F]) * gu[T, F:]. Grid-stride over T·F.
-extern "C" __global__ void silu_mul(float *out /*[T, F]*/, const float *gu /*[T, 2F]*/, int F, i64 n) {
+template <typename O>
+__device__ __forceinline__ void silu_mul_all(O *out, const float *gu, int F, i64 n) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         const i64 t = i / F, f = i % F;
         const float g = gu[t * 2 * F + f], u = gu[t * 2 * F + F + f];
-        out[i] = g / (1.f + expf(-g)) * u;
+        const float v = g / (1.f + expf(-g)) * u;
+        put(&out[i], v);
     }
+}
+
+// out[T, F] = silu(gu[T, :F]) * gu[T, F:]. Grid-stride over T·F.
+extern "C" __global__ void silu_mul(float *out /*[T, F]*/, const float *gu /*[T, 2F]*/, int F, i64 n) {
+    silu_mul_all(out, gu, F, n);
+}
+
+// silu_mul with out rounded to bf16: a GEMM's operand. Grid-stride over T·F.
+extern "C" __global__ void silu_mul_bf16out(bf16_t *out /*[T, F]*/, const float *gu /*[T, 2F]*/, int F, i64 n) {
+    silu_mul_all(out, gu, F, n);
 }
 
 // dst[n] += x[n]. Grid-stride.
@@ -115,10 +157,8 @@ extern "C" __global__ void split_rope(float *q /*[T, H*hd]*/, float *k /*[T, KVH
     for (int j = threadIdx.x; j < KVH * hd; j += blockDim.x) v[t * KVH * hd + j] = row[(H + KVH) * hd + j];
 }
 
-// x += delta, then out = x / sqrt(mean(x²) + eps) * w: a residual add and
-// the next norm in one pass. grid (T), block 256.
-extern "C" __global__ void add_rmsnorm(float *out /*[T, D]*/, float *x /*[T, D]*/, const float *delta /*[T, D]*/,
-                                       const float *w /*[D]*/, int D, float eps) {
+template <typename O>
+__device__ __forceinline__ void add_rmsnorm_rows(O *out, float *x, const float *delta, const float *w, int D, float eps) {
     const i64 t = blockIdx.x;
     float *row = x + t * D;
     const float *dr = delta + t * D;
@@ -131,12 +171,28 @@ extern "C" __global__ void add_rmsnorm(float *out /*[T, D]*/, float *x /*[T, D]*
     norm_row(out + t * D, row, w, D, eps, ss);
 }
 
+// x += delta, then out = x / sqrt(mean(x²) + eps) * w: a residual add and
+// the next norm in one pass. out may be delta. grid (T), block 256.
+extern "C" __global__ void add_rmsnorm(float *out /*[T, D]*/, float *x /*[T, D]*/, const float *delta /*[T, D]*/,
+                                       const float *w /*[D]*/, int D, float eps) {
+    add_rmsnorm_rows(out, x, delta, w, D, eps);
+}
+
+// add_rmsnorm with out rounded to bf16 (a GEMM's operand); x stays float32
+// and is updated in place as there. out cannot be delta. grid (T), block 256.
+extern "C" __global__ void add_rmsnorm_bf16out(bf16_t *out /*[T, D]*/, float *x /*[T, D]*/,
+                                               const float *delta /*[T, D]*/, const float *w /*[D]*/, int D,
+                                               float eps) {
+    add_rmsnorm_rows(out, x, delta, w, D, eps);
+}
+
 // Decode's matrix-vector products: out [T, N] = x [T, K] · w [N, K]ᵀ for
-// T <= 8, w in bf16, float32 accumulate. Memory-bound: each warp streams R
-// rows of w with 16-byte loads, a chunk's loads all issued before their
-// use, while x sits in shared memory a chunk of K at a time; R rows per
-// warp reuse each x read R times. Needs K % 8 == 0. grid (ceil(N / (8R))),
-// block 256. The backend uses it for one row of x (gpu.go, gemvRows).
+// T <= 8, w in bf16, x in float32 or bf16 (X), float32 accumulate.
+// Memory-bound: each warp streams R rows of w with 16-byte loads, a
+// chunk's loads all issued before their use, while x sits in shared memory
+// (as float32) a chunk of K at a time; R rows per warp reuse each x read R
+// times. Needs K % 8 == 0. grid (ceil(N / (8R))), block 256. The backend
+// uses it for one row of x (gpu.go, gemvRows).
 #define GEMV_TMAX 8
 #define GEMV_KC 1024
 __device__ __forceinline__ void unpack8(float (&f)[8], uint4 r) {
@@ -146,8 +202,8 @@ __device__ __forceinline__ void unpack8(float (&f)[8], uint4 r) {
     f[6] = __uint_as_float(r.w << 16), f[7] = __uint_as_float(r.w & 0xffff0000u);
 }
 
-template <int R>
-__device__ void gemv(float *out, const float *x, const bf16_t *w, int T, int N, int K) {
+template <int R, typename X>
+__device__ void gemv(float *out, const X *x, const bf16_t *w, int T, int N, int K) {
     __shared__ __align__(16) float xs[GEMV_TMAX][GEMV_KC];
     const int lane = threadIdx.x & 31, n0 = (blockIdx.x * 8 + (threadIdx.x >> 5)) * R;
     float acc[R][GEMV_TMAX];
@@ -160,7 +216,7 @@ __device__ void gemv(float *out, const float *x, const bf16_t *w, int T, int N, 
         __syncthreads();
         for (int i = threadIdx.x; i < T * GEMV_KC; i += blockDim.x) {
             const int t = i / GEMV_KC, k = i % GEMV_KC;
-            xs[t][k] = k < kn ? x[(i64)t * K + k0 + k] : 0.f;
+            xs[t][k] = k < kn ? as_f32(x[(i64)t * K + k0 + k]) : 0.f;
         }
         __syncthreads();
         if (n0 >= N) continue;
@@ -206,5 +262,13 @@ __device__ void gemv(float *out, const float *x, const bf16_t *w, int T, int N, 
 // One row of w per warp.
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16(float *out /*[T, N]*/, const float *x /*[T, K]*/, const bf16_t *w /*[N, K]*/, int T, int N, int K) {
+    gemv<1>(out, x, w, T, N, K);
+}
+
+// gemv_bf16 over x in bf16 (a GEMM operand that rmsnorm_bf16out,
+// add_rmsnorm_bf16out or silu_mul_bf16out wrote).
+extern "C" __global__ void __launch_bounds__(256)
+    gemv_bf16_bf16in(float *out /*[T, N]*/, const bf16_t *x /*[T, K]*/, const bf16_t *w /*[N, K]*/, int T, int N,
+                     int K) {
     gemv<1>(out, x, w, T, N, K);
 }

@@ -10,6 +10,7 @@ import (
 	"math"
 	"math/bits"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,8 +28,9 @@ import (
 //go:embed cudabin/*.fatbin
 var cudaBins embed.FS
 
-// CUDA is the GPU backend: activations in float32, weight matrices in bf16
-// (GEMMs through cuBLAS, bf16 in, float32 accumulate), the pool's K and V
+// CUDA is the GPU backend: activations in float32 (but GEMM inputs from
+// AllocLinearInput in bf16), weight matrices in bf16 (GEMMs through
+// cuBLAS, bf16 in, float32 accumulate), the pool's K and V
 // in float32 or bfloat16 as shm.Layout lays them out (kernels that write or
 // read them as numbers have a _bf16 variant for a bfloat16 pool; those
 // that move rows take a row's length in words and serve both), all work
@@ -80,6 +82,8 @@ type CUDA struct {
 	// evictTiming, with KVD_STEP_TIMING=N, logs where Evict's time went
 	// every N calls (for developers).
 	evictTiming phases
+	// prof, while StartProfile has it on, times every kernel (profile.go).
+	prof *kernelProfile
 }
 
 // phases sums the time of an operation's phases over calls and logs the
@@ -157,8 +161,19 @@ func NewCUDA(index int) (*CUDA, error) {
 		c.Close()
 		return nil, err
 	}
+	// KVD_CUDABIN_DIR (for developers on a GPU machine with nvcc) loads
+	// the fat binaries found there instead of the embedded ones: kernel
+	// variants built there can be tested and timed without rebuilding
+	// the Go binaries.
+	override := os.Getenv("KVD_CUDABIN_DIR")
 	for _, e := range entries {
 		img, err := cudaBins.ReadFile("cudabin/" + e.Name())
+		if override != "" {
+			if b, err2 := os.ReadFile(filepath.Join(override, e.Name())); err2 == nil {
+				img = b
+				slog.Info("kernels from KVD_CUDABIN_DIR", "file", filepath.Join(override, e.Name()))
+			}
+		}
 		if err != nil {
 			c.Close()
 			return nil, err
@@ -247,9 +262,12 @@ func init() {
 
 // kernelNames lists each module's entry points.
 var kernelNames = map[string][]string{
-	"elementwise": {"embedding_bf16", "rmsnorm", "to_bf16", "rope", "silu_mul", "add", "gather_rows", "columns", "split_rope", "add_rmsnorm", "gemv_bf16"},
-	"sampling":    {"sample_rows", "suppress_ids"},
-	"cache":       {"write_kv", "write_kv_bf16", "scatter_kept", "scatter_kept_bf16", "table_scores_many", "evict_gather_many", "evict_scatter_many", "snapkv_select", "evict_many"},
+	"elementwise": {
+		"embedding_bf16", "rmsnorm", "to_bf16", "rope", "silu_mul", "add", "gather_rows", "columns", "split_rope", "add_rmsnorm", "gemv_bf16",
+		"rmsnorm_bf16out", "add_rmsnorm_bf16out", "silu_mul_bf16out", "gemv_bf16_bf16in",
+	},
+	"sampling": {"sample_rows", "suppress_ids"},
+	"cache":    {"write_kv", "write_kv_bf16", "scatter_kept", "scatter_kept_bf16", "table_scores_many", "evict_gather_many", "evict_scatter_many", "snapkv_select", "evict_many"},
 	"attention": {
 		"attn_combine", "flash_paged_hd64", "flash_paged_hd128", "flash_paged_bf16_hd64", "flash_paged_bf16_hd128", "flash_prompt_hd64", "flash_prompt_hd128",
 		"flash_paged_mma_hd64", "flash_paged_mma_hd128", "flash_paged_mma_bf16_hd64", "flash_paged_mma_bf16_hd128", "flash_prompt_mma_hd64", "flash_prompt_mma_hd128",
@@ -364,7 +382,7 @@ func (c *CUDA) tensor(shape []int, bf16 bool) *Tensor {
 	}
 	n := numel(shape) * size
 	if n >= exactBytes {
-		p, err := c.ctx.Alloc(n)
+		p, err := c.ctx.Alloc((n + 3) &^ 3) // whole words: Memset32 zeroes an odd bf16 tensor's last half word
 		c.fail(err)
 		return &Tensor{shape: append([]int(nil), shape...), dev: uint64(p), bf16: bf16}
 	}
@@ -390,6 +408,41 @@ func (c *CUDA) Alloc(shape ...int) *Tensor {
 		c.fail(c.ctx.Memset32(cuda.Ptr(t.dev), 0, (t.Len()*4+3)/4))
 	}
 	return t
+}
+
+// AllocLinearInput is a zeroed bf16 tensor: cuBLAS's operand type, which
+// Linear would round a float32 x to. RMSNorm, AddRMSNorm and SiLUMul write
+// it with their _bf16out kernels, rounding as to_bf16 does, and Linear
+// hands it to cuBLAS (or gemv_bf16_bf16in) as it is.
+func (c *CUDA) AllocLinearInput(rows, cols int) *Tensor {
+	t := c.tensor([]int{rows, cols}, true)
+	if t.dev != 0 {
+		c.fail(c.ctx.Memset32(cuda.Ptr(t.dev), 0, (t.Len()*2+3)/4))
+	}
+	return t
+}
+
+// bf16Out is what a kernel that may write a GEMM's operand adds to its
+// name for out: "_bf16out" for a bf16 out (AllocLinearInput).
+func bf16Out(out *Tensor) string {
+	if out.bf16 {
+		return "_bf16out"
+	}
+	return ""
+}
+
+// float32s fails, naming op, when one of ts is bf16 where op reads or
+// writes float32: a bf16 activation (AllocLinearInput) is only ever
+// Linear's x and the output of the norms and SiLUMul, and a kernel given
+// it as float32 would read half of it as garbage.
+func (c *CUDA) float32s(op string, ts ...*Tensor) bool {
+	for _, t := range ts {
+		if t.bf16 {
+			c.fail(fmt.Errorf("kernels: %s of a bf16 tensor %v where it takes float32", op, t.shape))
+			return false
+		}
+	}
+	return true
 }
 
 func (c *CUDA) FromHost(data []float32, shape ...int) *Tensor {
@@ -657,7 +710,9 @@ func (c *CUDA) launchShared(name string, grid, block cuda.Dim3, shared int, args
 		// and a fault ends the context.
 		return
 	}
+	i := c.profBegin(name)
 	c.fail(f.Launch(cuda.Stream{}, grid, block, uint32(shared), args...))
+	c.profEnd(i)
 }
 
 // ptr is t's device address, 0 for a tensor whose allocation failed (the
@@ -678,8 +733,13 @@ func (c *CUDA) Embedding(out, table *Tensor, ids []int32) {
 	}
 }
 
+// RMSNorm writes a bf16 out (AllocLinearInput) rounded, with
+// rmsnorm_bf16out.
 func (c *CUDA) RMSNorm(out, x, w *Tensor, eps float32) {
-	c.launch("rmsnorm", cuda.Dim3{X: uint32(x.Rows())}, cuda.Dim3{X: 256}, ptr(out), ptr(x), ptr(w), int32(w.Len()), eps)
+	if !c.float32s("RMSNorm", x, w) {
+		return
+	}
+	c.launch("rmsnorm"+bf16Out(out), cuda.Dim3{X: uint32(x.Rows())}, cuda.Dim3{X: 256}, ptr(out), ptr(x), ptr(w), int32(w.Len()), eps)
 }
 
 // gemvRows is the most rows of x the matrix-vector kernel takes; more go
@@ -692,24 +752,45 @@ const gemvRows = 1
 
 // Linear runs out = x·wᵀ. With a bf16 weight, a single row (batch-1
 // decode, the LM head of one sequence) takes our matrix-vector kernel,
-// which keeps x in float32; more rows go through cuBLAS with x rounded to
-// bf16 (a cached staging buffer). Float32 weights multiply in float32 on
-// cuBLAS.
+// which keeps a float32 x in float32 (gemv_bf16) and reads a bf16 one
+// (gemv_bf16_bf16in); more rows go through cuBLAS with x in bf16: as it
+// is when it is (AllocLinearInput), else rounded into a cached staging
+// buffer (to_bf16). Float32 weights multiply in float32 on cuBLAS, and
+// take no bf16 x.
 func (c *CUDA) Linear(out, x, w *Tensor) {
 	t, k, n := x.Rows(), x.Cols(), w.Rows()
+	if !c.float32s("Linear's output", out) {
+		return
+	}
+	if x.bf16 && !w.bf16 {
+		c.fail(fmt.Errorf("kernels: Linear of a bf16 x %v by a float32 weight %v", x.shape, w.shape))
+		return
+	}
 	if w.bf16 && t <= gemvRows && k%8 == 0 {
-		c.launch("gemv_bf16", cuda.Dim3{X: uint32((n + 7) / 8)}, cuda.Dim3{X: 256}, ptr(out), ptr(x), ptr(w), int32(t), int32(n), int32(k))
+		name := "gemv_bf16"
+		if x.bf16 {
+			name = "gemv_bf16_bf16in"
+		}
+		c.launch(name, cuda.Dim3{X: uint32((n + 7) / 8)}, cuda.Dim3{X: 256}, ptr(out), ptr(x), ptr(w), int32(t), int32(n), int32(k))
 		return
 	}
 	a := cuda.Matrix{Ptr: ptr(w), Type: cuda.Float32, LD: k}
 	b := cuda.Matrix{Ptr: ptr(x), Type: cuda.Float32, LD: k}
-	if w.bf16 {
+	switch {
+	case x.bf16:
+		a.Type, b.Type = cuda.BFloat16, cuda.BFloat16
+	case w.bf16:
 		xb, class := c.alloc(2 * t * k)
 		defer c.release(xb, class)
 		c.launch("to_bf16", cuda.Dim3{X: gridFor(t * k)}, cuda.Dim3{X: 256}, xb, ptr(x), int64(t*k))
 		a.Type, b.Ptr, b.Type = cuda.BFloat16, xb, cuda.BFloat16
 	}
+	i := -1
+	if c.profiling() {
+		i = c.profBegin(fmt.Sprintf("gemm %dx%dx%d", t, n, k))
+	}
 	c.fail(c.blas.Gemm(cuda.Trans, cuda.NoTrans, n, t, k, 1, a, b, 0, cuda.Matrix{Ptr: ptr(out), Type: cuda.Float32, LD: n}))
+	c.profEnd(i)
 }
 
 func (c *CUDA) RoPE(x *Tensor, heads int, positions []int32, invFreq []float32) {
@@ -730,13 +811,24 @@ func (c *CUDA) SplitRoPE(q, k, v, qkv *Tensor, positions []int32, invFreq []floa
 		int32(q.Cols()/hd), int32(k.Cols()/hd), int32(hd))
 }
 
+// AddRMSNorm writes a bf16 out (AllocLinearInput) rounded, with
+// add_rmsnorm_bf16out; x stays float32 either way. Such an out is never
+// delta, which is float32.
 func (c *CUDA) AddRMSNorm(out, x, delta, w *Tensor, eps float32) {
-	c.launch("add_rmsnorm", cuda.Dim3{X: uint32(x.Rows())}, cuda.Dim3{X: 256}, ptr(out), ptr(x), ptr(delta), ptr(w), int32(w.Len()), eps)
+	if !c.float32s("AddRMSNorm", x, delta, w) {
+		return
+	}
+	c.launch("add_rmsnorm"+bf16Out(out), cuda.Dim3{X: uint32(x.Rows())}, cuda.Dim3{X: 256}, ptr(out), ptr(x), ptr(delta), ptr(w), int32(w.Len()), eps)
 }
 
+// SiLUMul writes a bf16 out (AllocLinearInput) rounded, with
+// silu_mul_bf16out.
 func (c *CUDA) SiLUMul(out, gateUp *Tensor) {
+	if !c.float32s("SiLUMul", gateUp) {
+		return
+	}
 	n := out.Len()
-	c.launch("silu_mul", cuda.Dim3{X: gridFor(n)}, cuda.Dim3{X: 256}, ptr(out), ptr(gateUp), int32(out.Cols()), int64(n))
+	c.launch("silu_mul"+bf16Out(out), cuda.Dim3{X: gridFor(n)}, cuda.Dim3{X: 256}, ptr(out), ptr(gateUp), int32(out.Cols()), int64(n))
 }
 
 func (c *CUDA) Add(dst, x *Tensor) {

@@ -733,7 +733,15 @@ func BenchmarkGPU(b *testing.B) {
 	})
 	g.Free(x)
 	g.Free(y)
-	for _, sh := range [][3]int{{1, 4096, 14336}, {2, 4096, 14336}, {4, 4096, 14336}, {8, 4096, 14336}, {32, 4096, 14336}, {1, 14336, 4096}, {1, 4096, 128256}, {4096, 4096, 14336}} {
+	// Rows x in x out: the matrix-vector sizes, then Llama-3.1-8B's four
+	// projections (qkv, o, gate+up, down) and LM head at a 32-sequence
+	// decode step and at an 8192-token prefill step.
+	shapes := [][3]int{{1, 4096, 14336}, {2, 4096, 14336}, {4, 4096, 14336}, {8, 4096, 14336}, {1, 14336, 4096}, {1, 4096, 128256}, {4096, 4096, 14336}}
+	for _, t := range []int{32, 64, 8192} {
+		shapes = append(shapes, [][3]int{{t, 4096, 6144}, {t, 4096, 4096}, {t, 4096, 28672}, {t, 14336, 4096}}...)
+	}
+	shapes = append(shapes, [3]int{32, 4096, 128256})
+	for _, sh := range shapes {
 		T, k, nn := sh[0], sh[1], sh[2]
 		w := g.Weight(randn(rng, nn*k), nn, k)
 		in, out := g.FromHost(randn(rng, T*k), T, k), g.Alloc(T, nn)
@@ -769,6 +777,9 @@ func BenchmarkGPUAttention(b *testing.B) {
 		{"prefill-1x5000", 1, ctx, shm.Float32}, {"decode-1x5000", 1, 1, shm.Float32}, {"decode-8x5000", 8, 1, shm.Float32}, {"decode-32x5000", 32, 1, shm.Float32},
 		{"prefill-1x5000-bf16", 1, ctx, shm.BFloat16}, {"decode-32x5000-bf16", 32, 1, shm.BFloat16},
 	} {
+		if only := os.Getenv("KVD_BENCH_ONLY"); only != "" && !strings.Contains(c.name, only) {
+			continue // (making a case's pool takes seconds)
+		}
 		nb := (ctx + bs - 1) / bs
 		l := shm.Layout{NumBlocks: c.seqs*nb + 1, BlockSize: bs, KVHeads: kvh, HeadDim: hd, DType: c.dt}
 		ab := &AttnBatch{QIndptr: []int32{0}, BlockIndptr: []int32{0}}

@@ -76,6 +76,7 @@ typedef struct {
 	CUresult (*cuEventRecord)(CUevent, CUstream);
 	CUresult (*cuEventSynchronize)(CUevent);
 	CUresult (*cuEventQuery)(CUevent);
+	CUresult (*cuEventElapsedTime)(float *, CUevent, CUevent);
 	CUresult (*cuMemGetAllocationGranularity)(size_t *, const kvd_memprop *, int);
 	CUresult (*cuMemCreate)(CUmemGenericAllocationHandle *, size_t, const kvd_memprop *, unsigned long long);
 	CUresult (*cuMemRelease)(CUmemGenericAllocationHandle);
@@ -138,6 +139,7 @@ static const char *kvd_cu_open(kvd_cu *d, const char *path) {
 	SYM(cuEventRecord, "cuEventRecord")
 	SYM(cuEventSynchronize, "cuEventSynchronize")
 	SYM(cuEventQuery, "cuEventQuery")
+	SYM(cuEventElapsedTime, "cuEventElapsedTime")
 	SYM(cuMemGetAllocationGranularity, "cuMemGetAllocationGranularity")
 	SYM(cuMemCreate, "cuMemCreate")
 	SYM(cuMemRelease, "cuMemRelease")
@@ -198,6 +200,8 @@ static CUresult kvd_cuEventDestroy(kvd_cu *d, CUevent e) { return d->cuEventDest
 static CUresult kvd_cuEventRecord(kvd_cu *d, CUevent e, CUstream s) { return d->cuEventRecord(e, s); }
 static CUresult kvd_cuEventSynchronize(kvd_cu *d, CUevent e) { return d->cuEventSynchronize(e); }
 static CUresult kvd_cuEventQuery(kvd_cu *d, CUevent e) { return d->cuEventQuery(e); }
+static CUresult kvd_cuEventCreateTiming(kvd_cu *d, CUevent *e) { return d->cuEventCreate(e, 0); } // CU_EVENT_DEFAULT: records time
+static CUresult kvd_cuEventElapsedTime(kvd_cu *d, float *ms, CUevent a, CUevent b) { return d->cuEventElapsedTime(ms, a, b); }
 
 // Virtual memory management: physical memory made with cuMemCreate,
 // exportable as a POSIX file descriptor, mapped at a reserved range.
@@ -278,6 +282,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"time"
 	"unsafe"
 )
 
@@ -580,6 +585,30 @@ func (c *Context) NewIPCEvent() (Event, error) {
 	var e C.CUevent
 	err := c.drv.check("cuEventCreate", C.kvd_cuEventCreateIPC(c.drv.d, &e))
 	return Event{e}, err
+}
+
+// NewTimingEvent creates an event that records when it happened, for
+// Elapsed (profiling; not interprocess).
+func (c *Context) NewTimingEvent() (Event, error) {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return Event{}, err
+	}
+	var e C.CUevent
+	err := c.drv.check("cuEventCreate", C.kvd_cuEventCreateTiming(c.drv.d, &e))
+	return Event{e}, err
+}
+
+// Elapsed is the device time from timing event a to b, both recorded and
+// done.
+func (c *Context) Elapsed(a, b Event) (time.Duration, error) {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return 0, err
+	}
+	var ms C.float
+	err := c.drv.check("cuEventElapsedTime", C.kvd_cuEventElapsedTime(c.drv.d, &ms, a.e, b.e))
+	return time.Duration(float64(ms) * 1e6), err
 }
 
 // IPCEventHandle exports e.

@@ -1,0 +1,166 @@
+//go:build cgo
+
+package kernels
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/kvd-project/kvd/kernels/cuda"
+)
+
+// kernelProfile records a timing event pair around every kernel and GEMM
+// the backend queues while it is on (StartProfile), for a per-kernel
+// account of the device's time (for developers: bench/forward
+// --kernel-profile). The events sit on the same stream as the work, so the
+// sum of the pairs is the time the device was busy and the span from the
+// first to the last is the time it took; the difference is what the
+// device waited on the host for (launches, copies, syncs).
+type kernelProfile struct {
+	free []cuda.Event
+	recs []profRec
+}
+
+type profRec struct {
+	name string
+	a, b cuda.Event
+}
+
+// ProfileEntry is one kernel's (or GEMM shape's) share of a profile.
+type ProfileEntry struct {
+	Name  string
+	Calls int
+	Time  time.Duration // device time, summed over calls
+}
+
+// Profile is where the device's time went between StartProfile and
+// StopProfile.
+type Profile struct {
+	Span    time.Duration // first kernel's start to the last one's end
+	Busy    time.Duration // the sum of every kernel's time
+	Entries []ProfileEntry
+}
+
+// StartProfile starts recording every kernel's device time.
+func (c *CUDA) StartProfile() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.prof == nil {
+		c.prof = &kernelProfile{}
+	}
+}
+
+// profiling reports whether a profile is on (to skip naming a GEMM).
+func (c *CUDA) profiling() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.prof != nil
+}
+
+// profBegin records the start event of a kernel named name, or returns -1
+// when no profile is on.
+func (c *CUDA) profBegin(name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.prof
+	if p == nil {
+		return -1
+	}
+	r := profRec{name: name}
+	for _, e := range []*cuda.Event{&r.a, &r.b} {
+		if n := len(p.free); n > 0 {
+			*e, p.free = p.free[n-1], p.free[:n-1]
+			continue
+		}
+		var err error
+		if *e, err = c.ctx.NewTimingEvent(); err != nil {
+			c.fail1(err)
+			return -1
+		}
+	}
+	c.fail1(c.ctx.Record(r.a, cuda.Stream{}))
+	p.recs = append(p.recs, r)
+	return len(p.recs) - 1
+}
+
+// profEnd records the end event of the kernel profBegin numbered i.
+func (c *CUDA) profEnd(i int) {
+	if i < 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.prof != nil && i < len(c.prof.recs) {
+		c.fail1(c.ctx.Record(c.prof.recs[i].b, cuda.Stream{}))
+	}
+}
+
+// StopProfile waits for the recorded work and returns where its time
+// went, largest share first; recording stops.
+func (c *CUDA) StopProfile() (Profile, error) {
+	c.mu.Lock()
+	p := c.prof
+	c.prof = nil
+	c.mu.Unlock()
+	var out Profile
+	if p == nil || len(p.recs) == 0 {
+		return out, nil
+	}
+	defer func() {
+		for _, r := range p.recs {
+			c.ctx.DestroyEvent(r.a)
+			c.ctx.DestroyEvent(r.b)
+		}
+		for _, e := range p.free {
+			c.ctx.DestroyEvent(e)
+		}
+	}()
+	last := p.recs[len(p.recs)-1]
+	if err := c.ctx.SyncEvent(last.b); err != nil {
+		return out, err
+	}
+	var err error
+	if out.Span, err = c.ctx.Elapsed(p.recs[0].a, last.b); err != nil {
+		return out, err
+	}
+	by := map[string]*ProfileEntry{}
+	for _, r := range p.recs {
+		d, err := c.ctx.Elapsed(r.a, r.b)
+		if err != nil {
+			return out, fmt.Errorf("kernel %s: %w", r.name, err)
+		}
+		e := by[r.name]
+		if e == nil {
+			e = &ProfileEntry{Name: r.name}
+			by[r.name] = e
+		}
+		e.Calls++
+		e.Time += d
+		out.Busy += d
+	}
+	for _, e := range by {
+		out.Entries = append(out.Entries, *e)
+	}
+	slices.SortFunc(out.Entries, func(a, b ProfileEntry) int {
+		return cmp.Or(cmp.Compare(b.Time, a.Time), strings.Compare(a.Name, b.Name))
+	})
+	return out, nil
+}
+
+// Markdown renders p as a table, times divided by per (the steps the
+// profile spans, so the rows read per step).
+func (p Profile) Markdown(per int) string {
+	per = max(per, 1)
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.3f", d.Seconds()*1000/float64(per)) }
+	var b strings.Builder
+	fmt.Fprintf(&b, "device busy %s ms of a %s ms span per step (%.0f%%)\n\n", ms(p.Busy), ms(p.Span), 100*p.Busy.Seconds()/max(p.Span.Seconds(), 1e-12))
+	b.WriteString("| kernel | calls per step | ms per step | share of busy | µs per call |\n|---|---|---|---|---|\n")
+	for _, e := range p.Entries {
+		fmt.Fprintf(&b, "| %s | %.1f | %s | %.1f%% | %.1f |\n", e.Name, float64(e.Calls)/float64(per), ms(e.Time),
+			100*e.Time.Seconds()/max(p.Busy.Seconds(), 1e-12), e.Time.Seconds()*1e6/float64(e.Calls))
+	}
+	return b.String()
+}
