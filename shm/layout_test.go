@@ -7,21 +7,27 @@ import (
 
 func TestResolveDType(t *testing.T) {
 	for _, c := range []struct {
-		in   string
-		gpu  bool
-		want DType
+		in      string
+		gpu     bool
+		headDim int
+		want    DType
 	}{
-		{"auto", true, BFloat16}, {"auto", false, Float32},
-		{"float32", true, Float32}, {"fp32", false, Float32},
-		{"bfloat16", false, BFloat16}, {"bf16", true, BFloat16},
+		{"auto", true, 128, BFloat16}, {"auto", false, 128, Float32},
+		{"auto", true, 65, Float32}, // odd: bfloat16 cannot pack it
+		{"float32", true, 128, Float32}, {"fp32", false, 64, Float32},
+		{"bfloat16", false, 64, BFloat16}, {"bf16", true, 128, BFloat16},
+		{"bfloat16", true, 65, BFloat16}, // asked for: Validate says why not
 	} {
-		got, err := ResolveDType(c.in, c.gpu)
+		got, err := ResolveDType(c.in, c.gpu, c.headDim)
 		if err != nil || got != c.want {
-			t.Errorf("ResolveDType(%q, gpu=%v) = %v, %v; want %v", c.in, c.gpu, got, err, c.want)
+			t.Errorf("ResolveDType(%q, gpu=%v, head dim %d) = %v, %v; want %v", c.in, c.gpu, c.headDim, got, err, c.want)
 		}
 	}
+	if err := (Layout{NumBlocks: 2, BlockSize: 16, KVHeads: 1, HeadDim: 65, DType: BFloat16}).Validate(); !errors.Is(err, ErrLayout) {
+		t.Errorf("a bfloat16 layout of head dim 65 validates: %v", err)
+	}
 	for _, gpu := range []bool{false, true} {
-		if _, err := ResolveDType("fp16", gpu); !errors.Is(err, ErrLayout) {
+		if _, err := ResolveDType("fp16", gpu, 128); !errors.Is(err, ErrLayout) {
 			t.Errorf("ResolveDType(fp16, gpu=%v): %v, want ErrLayout", gpu, err)
 		}
 	}

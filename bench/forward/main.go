@@ -89,7 +89,7 @@ func run(dir, format, device, runs string, decode, chunk int, dtype string, spar
 	}
 	log.Info("model loaded", "seconds", time.Since(start).Seconds())
 	g, _ := b.(*kernels.CUDA)
-	dt, err := shm.ResolveDType(dtype, g != nil)
+	dt, err := shm.ResolveDType(dtype, g != nil, m.Config.HeadDim)
 	if err != nil {
 		return err
 	}

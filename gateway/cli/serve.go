@@ -125,7 +125,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("%w: --kv-memory: %v", ErrUsage, err)
 		}
-		dt, err := shm.ResolveDType(*kvType, b.Name() == kernels.DeviceCUDA)
+		dt, err := shm.ResolveDType(*kvType, b.Name() == kernels.DeviceCUDA, c.HeadDim)
 		if err != nil {
 			return fmt.Errorf("%w: --kv-cache-dtype: %v", ErrUsage, err)
 		}

@@ -91,7 +91,7 @@ func serve(args []string, out io.Writer) error {
 		why += "; the pool is shared host memory (memfd)"
 	}
 	log.Info("backend chosen", "backend", b.Name(), "why", why)
-	kvType, err := shm.ResolveDType(*dtype, b.Name() == kernels.DeviceCUDA)
+	kvType, err := shm.ResolveDType(*dtype, b.Name() == kernels.DeviceCUDA, g.headDim)
 	if err != nil {
 		return fmt.Errorf("%w: --kv-cache-dtype: %v", ErrUsage, err)
 	}
