@@ -75,9 +75,9 @@ func ParseDType(s string) (DType, error) {
 // ResolveDType reads a --kv-cache-dtype value as ParseDType does, with
 // auto as vLLM means it, the model's dtype, where that is what runs: on a
 // GPU (gpu), whose weights are bf16, auto is bfloat16. On an H200 a
-// bfloat16 pool held twice the tokens, ran the 8B workload 22% faster than
-// float32 (1179 against 967 tokens/s, run 7), and moved no accuracy metric outside its interval
-// (bench/results/gpu-g.md, accuracy-gpu.md). On the CPU auto stays float32,
+// bfloat16 pool held twice the tokens, ran the 8B workload 22% faster
+// than float32 (1179 against 967 tokens/s, run 7), and moved no accuracy
+// metric outside its interval (bench/results/gpu-g.md, accuracy-gpu.md). On the CPU auto stays float32,
 // the dtype the CPU backend's attention reads without converting; so it
 // does for an odd head dim (headDim), whose rows bfloat16 cannot pack two
 // to a word: auto then means what works, and only an explicit bfloat16
