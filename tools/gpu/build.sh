@@ -2,11 +2,11 @@
 # Builds, on a machine with Go, what tools/gpu/test.sh and bench.sh run on a
 # GPU machine without Go: the commands and test binaries (cgo on, so the
 # CUDA shim is in; no CUDA headers needed), xz-compressed into .dev/bin.
-# The device call carries at most 64 MiB with the tracked files (51 MB
-# at the end of run 6), so name a subset when all of them do not fit;
-# the script prints the sum. Tracked files the call does not need can be
-# moved aside for it and put back after (git checkout), e.g. the 6.3 MB
-# of gateway/model/testdata/golden-kvd-go-16m:
+# The device call carries at most 64 MiB with the tracked files (53 MB
+# after run 7), so name a subset when all of them do not fit; the script
+# prints the sum. tools/gpu/aside.sh out moves the tracked files a call
+# never reads (goldens, results, the embedded fat binaries: ~20 MB) aside
+# for the call, and tools/gpu/aside.sh back puts them back:
 #   tools/gpu/build.sh                      # everything
 #   tools/gpu/build.sh gateway kvd serve e2e.test
 set -euo pipefail
