@@ -438,8 +438,12 @@ __device__ __forceinline__ float4 v2_vrow(const bf16_t *row, int lane) {
     return make_float4(bf_lo(w.x), bf_hi(w.x), bf_lo(w.y), bf_hi(w.y));
 }
 
-template <int G, class T>
-__device__ void partial_v2(float *ws, const float *q, int k0, int k1, const PagedKV<T> &kv, float scale) {
+// lg: with SCORE, where the item's logits go for the scoring pass
+// (score_logits): lg[key·G + g], scaled (the caller offsets lg by -k0·G);
+// null for a row that does not score.
+template <int G, class T, bool SCORE = false>
+__device__ void partial_v2(float *ws, const float *q, int k0, int k1, const PagedKV<T> &kv, float scale,
+                           float *lg = nullptr) {
     __shared__ __align__(16) float qs[G][V2_HD];
     __shared__ float sc[V2_WARPS][G][V2_CHUNK];
     __shared__ float wm[V2_WARPS][G], wl[V2_WARPS][G];
@@ -474,6 +478,7 @@ __device__ void partial_v2(float *ws, const float *q, int k0, int k1, const Page
 #pragma unroll
                 for (int o = 1; o < KL; o *= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
                 if (sl == 0) sc[warp][g][j] = j < tn ? s * scale : -INFINITY;
+                if (SCORE && lg != nullptr && sl == 0 && j < tn) lg[(c0 + j) * G + g] = s * scale;
             }
         }
         __syncwarp();
@@ -552,6 +557,45 @@ __device__ void split_paged_v2(float *ws, const float *q, const float *pool, int
                   it[2], kv, scale);
 }
 
+// split_paged_v2 that also leaves a scoring row's logits in lg [items,
+// kvh, lgs, G] (lgs: the most keys an item has), for score_logits: H2O's
+// scores without reading K again (score_paged's pass re-reads it).
+// Instantiated over a bfloat16 pool only (the GPU's default; each
+// instantiation adds ~100 KB of fat binary).
+template <int G, class T>
+__device__ void split_paged_v2_score(float *ws, float *lg, int lgs, const float *q, const float *pool, int bs, int kvh,
+                                     const int *rowinfo, const int *items, const int *blocks, float scale) {
+    const int *it = items + 4 * blockIdx.x, *ri = rowinfo + 4 * it[0];
+    const int h = blockIdx.y;
+    const PagedKV<T> kv{pool, PoolLayout{bs, kvh, row_words<T>(V2_HD)}, blocks + ri[2], h};
+    float *mine = ri[3] ? lg + (((i64)it[3] * kvh + h) * lgs - it[1]) * G : nullptr;
+    partial_v2<G, T, true>(ws + ((i64)it[3] * kvh + h) * (2 * G + G * V2_HD), q + ((i64)ri[0] * kvh + h) * G * V2_HD,
+                           it[1], it[2], kv, scale, mine);
+}
+
+// The scoring pass over the logits split_paged_v2_score left: with the
+// row's final max and sum per head (fin [R, kvh, 2G]), each key's
+// probability summed over the group is added to its score in the pool, as
+// score_paged adds it. items are the scoring items.
+template <int G, class T>
+__device__ void score_logits(float *pool, const float *fin, const float *lg, int lgs, int bs, int kvh,
+                             const int *rowinfo, const int *items, const int *blocks) {
+    const int *it = items + 4 * blockIdx.x, *ri = rowinfo + 4 * it[0];
+    const int h = blockIdx.y;
+    const PoolScore<G> sink{pool, PoolLayout{bs, kvh, row_words<T>(V2_HD)}, blocks + ri[2], h};
+    const float *f = fin + ((i64)it[0] * kvh + h) * 2 * G;
+    const float *mine = lg + ((i64)it[3] * kvh + h) * lgs * G;
+    float m[G], inv[G];
+#pragma unroll
+    for (int g = 0; g < G; g++) m[g] = f[g], inv[g] = 1.f / f[G + g];
+    for (int j = it[1] + threadIdx.x; j < it[2]; j += NT) {
+        float p[G];
+#pragma unroll
+        for (int g = 0; g < G; g++) p[g] = expf(mine[(j - it[1]) * G + g] - m[g]) * inv[g];
+        sink.add(j, p);
+    }
+}
+
 // The group sizes instantiated: 1 to 8 query heads per KV head. The
 // _bf16 kernels are for a bfloat16 pool.
 #define INSTANTIATE(G)                                                                                                 \
@@ -574,6 +618,17 @@ __device__ void split_paged_v2(float *ws, const float *q, const float *pool, int
         split_paged_v2_bf16_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd,                \
                                  const int *rowinfo, const int *items, const int *blocks, float scale) {              \
         split_paged_v2<G, bf16_t>(ws, q, pool, bs, kvh, rowinfo, items, blocks, scale);                                \
+    }                                                                                                                  \
+    extern "C" __global__ void V2_BF16_BOUNDS                                                                         \
+        split_paged_v2_score_bf16_g##G(float *ws, float *lg, int lgs, const float *q, const float *pool, int bs,       \
+                                       int kvh, const int *rowinfo, const int *items, const int *blocks,              \
+                                       float scale) {                                                                 \
+        split_paged_v2_score<G, bf16_t>(ws, lg, lgs, q, pool, bs, kvh, rowinfo, items, blocks, scale);                \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
+        score_logits_bf16_g##G(float *pool, const float *fin, const float *lg, int lgs, int bs, int kvh,               \
+                               const int *rowinfo, const int *items, const int *blocks) {                             \
+        score_logits<G, bf16_t>(pool, fin, lg, lgs, bs, kvh, rowinfo, items, blocks);                                 \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(NT)                                                                  \
         score_paged_g##G(float *pool, const float *fin, const float *q, int bs, int kvh, int hd, const int *rowinfo,   \

@@ -82,6 +82,13 @@ type CUDA struct {
 	// evictTiming, with KVD_STEP_TIMING=N, logs where Evict's time went
 	// every N calls (for developers).
 	evictTiming phases
+	// fusedScore (KVD_FUSED_SCORE=1; not yet run on a card, so off by
+	// default) has split_paged_v2 over a bfloat16 pool leave a scoring row's logits for H2O's
+	// scoring pass (split_paged_v2_score, score_logits) instead of
+	// score_paged reading the layer's K a second time: on an H200 that
+	// second read was 1.4 ms of a 14.8 ms decode step at 26 sparse layers
+	// (bench/results/gpu-g.md, run 7).
+	fusedScore bool
 	// prof, while StartProfile has it on, times every kernel (profile.go).
 	prof *kernelProfile
 }
@@ -144,6 +151,7 @@ func NewCUDA(index int) (*CUDA, error) {
 	c.gpuEvict = os.Getenv("KVD_HOST_EVICT") != "1"
 	c.attnV2 = os.Getenv("KVD_ATTN_V1") != "1"
 	c.flashMMA = os.Getenv("KVD_FLASH_TF32") != "1"
+	c.fusedScore = os.Getenv("KVD_FUSED_SCORE") == "1"
 	if c.ctx, err = drv.Context(c.dev); err != nil {
 		drv.Close()
 		return nil, err
@@ -254,7 +262,8 @@ func bf16Suffix(dt shm.DType) string {
 
 func init() {
 	for g := 1; g <= maxGroup; g++ {
-		for _, k := range []string{"split_paged", "split_paged_bf16", "split_paged_v2", "split_paged_v2_bf16", "score_paged", "score_paged_bf16", "split_prompt", "score_prompt"} {
+		for _, k := range []string{"split_paged", "split_paged_bf16", "split_paged_v2", "split_paged_v2_bf16", "score_paged", "score_paged_bf16", "split_prompt", "score_prompt",
+			"split_paged_v2_score_bf16", "score_logits_bf16"} {
 			kernelNames["attention"] = append(kernelNames["attention"], fmt.Sprintf("%s_g%d", k, g))
 		}
 	}
@@ -974,6 +983,10 @@ type splitSrc struct {
 	row0, n  int
 }
 
+// fusedScoreMaxBytes bounds the logits buffer of the fused scoring pass
+// (fusedScore); a launch that would need more scores with score_paged.
+const fusedScoreMaxBytes = 64 << 20
+
 // splitPerSM is how many work items per SM a launch of the split row
 // kernels aims for, with at least splitMinKeys keys each.
 // BenchmarkGPUAttention on an H200, decode at 5000 tokens of context: 8
@@ -1058,6 +1071,22 @@ func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, gr
 	defer c.release(fin, fc)
 	grid := func(x int) cuda.Dim3 { return cuda.Dim3{X: uint32(x), Y: uint32(kvh)} }
 	block := cuda.Dim3{X: 128}
+	// The logits of the scoring rows' keys for the fused scoring pass,
+	// [items, kvh, lgs, G]: a few MB in decode; a long prompt's
+	// observation window (32 rows of 128k tokens: ~0.5 GB) scores the old
+	// way instead, with no buffer.
+	lgs := 0
+	for i := 0; i < len(scoring); i += 4 {
+		lgs = max(lgs, int(scoring[i+2]-scoring[i+1]))
+	}
+	if lgBytes := 4 * n * kvh * lgs * group; src.pool != 0 && v2 && c.fusedScore && l.DType == shm.BFloat16 && len(scoring) > 0 && lgBytes <= fusedScoreMaxBytes {
+		lg, lc := c.alloc(lgBytes)
+		defer c.release(lg, lc)
+		c.launch(fmt.Sprintf("split_paged_v2_score_bf16_g%d", group), grid(n), block, ws, lg, int32(lgs), ptr(q), src.pool, int32(l.BlockSize), int32(kvh), pInfo, pItems, pBlocks, scale)
+		c.launch("attn_combine", grid(R), block, ptr(out), fin, ws, pInfo, pSplit, int32(heads), int32(kvh), int32(hd))
+		c.launch(fmt.Sprintf("score_logits_bf16_g%d", group), grid(len(scoring)/4), block, src.pool, fin, lg, int32(lgs), int32(l.BlockSize), int32(kvh), pInfo, pScoring, pBlocks)
+		return
+	}
 	if src.pool != 0 {
 		pool := src.pool
 		split := "split_paged" + bf16Suffix(l.DType)

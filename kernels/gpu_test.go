@@ -334,20 +334,22 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 	wantPool := cpu.FromHost(slices.Clone(pool), l.PoolElems())
 	want := cpu.Alloc(T, heads*hd)
 	cpu.Attention(want, cpu.FromHost(q, T, heads*hd), wantPool, l, b, scale)
-	v2, mma, per := g.attnV2, g.flashMMA, splitPerSM
+	v2, mma, per, fused := g.attnV2, g.flashMMA, splitPerSM, g.fusedScore
 	// split_paged, and split_paged_v2 where it applies (head dim 128),
-	// also in long items (one per SM: several chunks a warp); the TF32
-	// tensor-core kernel, and the bf16 one (mma) at every head dim.
+	// also in long items (one per SM: several chunks a warp), and with
+	// H2O's scores from its logits (fused); the TF32 tensor-core kernel,
+	// and the bf16 one (mma) at every head dim.
 	for _, run := range []struct {
-		v2  bool
-		per int
-		mma bool
-	}{{false, 8, false}, {true, 8, false}, {true, 1, false}, {false, 8, true}} {
+		v2    bool
+		per   int
+		mma   bool
+		fused bool
+	}{{false, 8, false, false}, {true, 8, false, false}, {true, 1, false, false}, {true, 8, false, true}, {true, 1, false, true}, {false, 8, true, false}} {
 		if run.v2 && !v2OK(l) {
 			continue
 		}
-		label := fmt.Sprintf("%s/v2=%v/split%d/mma=%v", label, run.v2, run.per, run.mma)
-		g.attnV2, splitPerSM, g.flashMMA = run.v2, run.per, run.mma
+		label := fmt.Sprintf("%s/v2=%v/split%d/mma=%v/fused=%v", label, run.v2, run.per, run.mma, run.fused)
+		g.attnV2, splitPerSM, g.flashMMA, g.fusedScore = run.v2, run.per, run.mma, run.fused
 		gotPool := g.FromHost(pool, l.PoolElems())
 		got := g.poisoned(T, heads*hd)
 		g.Attention(got, g.FromHost(q, T, heads*hd), gotPool, l, b, scale)
@@ -382,7 +384,7 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 		}
 		check(t, label+" scores", gsc, wsc, 1e-5)
 	}
-	g.attnV2, splitPerSM, g.flashMMA = v2, per, mma
+	g.attnV2, splitPerSM, g.flashMMA, g.fusedScore = v2, per, mma, fused
 }
 
 // flashTol bounds the relative error of rows that ran on the tensor
