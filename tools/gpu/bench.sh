@@ -12,7 +12,7 @@
 #   wide     full KV and 26/1024 at concurrency WIDE (default 64);
 #   slo      the most tokens/s with p99 TTFT under 2 s (serve -search);
 #   bf16     a bfloat16 pool: full KV and 26/1024, uncapped and capped;
-#   ipc, select, evict, attn, mma  diagnostics and trials (see each below).
+#   ipc, select, evict, attn, mma, fused  diagnostics and trials (see each below).
 # Every serving run is bench/serve at INPUT in / OUTPUT out tokens (random
 # ids, ignore_eos), closed loop at concurrency C over N requests, on the 8B
 # shapes with dummy weights. Results (JSON per run) and logs go to
@@ -175,6 +175,15 @@ for part in $PARTS; do
 		one full-embedded embedded "$KV" "$C" "$N"
 		one full-sidecar sidecar "$KV" "$C" "$N"
 		one full-sidecar-handle sidecar "$KV" "$C" "$N" --cuda-ipc handle
+		;;
+	fused)
+		# H2O's scores from the decode kernel's logits (KVD_FUSED_SCORE=1,
+		# over the bfloat16 pool) against score_paged's second read of K:
+		# 26 / 1024 and 31 / 1024, uncapped.
+		for L in 26 31; do
+			KV_DTYPE=bfloat16 one "grid-$L-1024-bf16" sidecar "$KV" "$C" "$N" --sparse-layers $L --window 1024
+			KVD_FUSED_SCORE=1 KV_DTYPE=bfloat16 one "grid-$L-1024-bf16-fused" sidecar "$KV" "$C" "$N" --sparse-layers $L --window 1024
+		done
 		;;
 	select)
 		# The 26-layer / 1024 preset with SnapKV's choice on the device (the
