@@ -1,6 +1,7 @@
-// Command gateway serves a Llama-family model. This version runs the model
-// from the command line (`gateway generate`); the OpenAI-compatible HTTP
-// server arrives on top of the same runner.
+// Command gateway serves a Llama-family model over an OpenAI-compatible
+// HTTP API (`gateway serve`), with its KV cache in kvd's pool (a sidecar)
+// or its own (`--embedded`), and runs it from the command line (`gateway
+// generate`).
 package main
 
 import (

@@ -1,6 +1,8 @@
-// Command kvd is the KV memory daemon. This version answers `kvd layout`:
-// the pool geometry kvd would serve for a model and a memory budget. The
-// daemon itself (`kvd serve`, `kvd status`) arrives with its control API.
+// Command kvd is the KV memory daemon: `kvd serve` owns the KV pool (GPU
+// memory shared over CUDA IPC, or shared host memory), its block tables
+// and the sparsity policy; `kvd status` reports on a running one; `kvd
+// layout` prints the pool geometry it would serve for a model and a memory
+// budget.
 package main
 
 import (

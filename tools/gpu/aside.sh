@@ -4,7 +4,9 @@
 # fit. `tools/gpu/aside.sh out` moves what a device call never reads out of
 # the tree (the model goldens, bench/results, the fat binaries the built
 # binaries embed, and unless KEEP_SAMPLES=1 the accuracy samples) into
-# $ASIDE (default /tmp/kvd-aside) and prints what a call would carry;
+# $ASIDE (default /tmp/kvd-aside), with any more paths named after out
+# (models/kvd-go-16m, 31 MB, when the call runs neither e2e nor accuracy),
+# and prints what a call would carry;
 # `tools/gpu/aside.sh back` puts them back, byte for byte, uncommitted
 # changes included. Run `back` before committing: git sees the moved files
 # as deleted.
@@ -13,6 +15,7 @@ cd "$(dirname "$0")/../.."
 ASIDE=${ASIDE:-/tmp/kvd-aside}
 paths=(gateway/model/testdata/golden-kvd-go-16m gateway/model/testdata/golden bench/results kernels/cudabin/attention.fatbin kernels/cudabin/cache.fatbin kernels/cudabin/elementwise.fatbin kernels/cudabin/sampling.fatbin)
 [ "${KEEP_SAMPLES:-}" = 1 ] || paths+=(bench/accuracy/samples-100.json.gz bench/accuracy/samples.json)
+[ "${1:-}" = out ] && paths+=("${@:2}")
 case ${1:-} in
 out)
 	if [ -e "$ASIDE" ] && [ -n "$(ls -A "$ASIDE" 2>/dev/null)" ]; then
