@@ -60,14 +60,16 @@ __device__ __forceinline__ float4 ld4(const bf16_t *r, int d) {
 __device__ __forceinline__ float ld1(const float *r, int d) { return r[d]; }
 __device__ __forceinline__ float ld1(const bf16_t *r, int d) { return bf16_to_f32(r[d]); }
 
-// Dense keys: token j is row row0 + j of k, v [T, kvh*hd].
-struct DenseKV {
-    typedef float elem;
-    const float *k, *v;
+// Dense keys: token j is row row0 + j of k, v [T, kvh*hd], stored as T
+// (float32, or bf16 for flash_prompt_mma_bf16).
+template <class T> struct DenseKVT {
+    typedef T elem;
+    const T *k, *v;
     int kvh, hd, row0, h;
-    __device__ const float *key(int j) const { return k + ((i64)(row0 + j) * kvh + h) * hd; }
-    __device__ const float *val(int j) const { return v + ((i64)(row0 + j) * kvh + h) * hd; }
+    __device__ const T *key(int j) const { return k + ((i64)(row0 + j) * kvh + h) * hd; }
+    __device__ const T *val(int j) const { return v + ((i64)(row0 + j) * kvh + h) * hd; }
 };
+typedef DenseKVT<float> DenseKV;
 
 // A pool score: the group's probabilities summed, added to token j's score.
 template <int G> struct PoolScore {
@@ -947,11 +949,11 @@ __device__ void flash_paged(float *out, const float *q, const float *pool, int b
 // A sparse layer's prompt rows 0..nrows of row0..row0+n (those before the
 // observation window) over the prompt's own K and V. grid (ceil(nrows /
 // FLASH_BM), H), block 128.
-template <class Core, int HD>
-__device__ void flash_prompt(float *out, const float *q, const float *k, const float *v, int kvh, int H, int row0,
-                             int nrows, float scale) {
+template <class Core, int HD, class T = float>
+__device__ void flash_prompt(float *out, const float *q, const T *k, const T *v, int kvh, int H, int row0, int nrows,
+                             float scale) {
     const int h = blockIdx.y, group = H / kvh, r0 = blockIdx.x * FLASH_BM;
-    const DenseKV kv{k, v, kvh, HD, row0, h / group};
+    const DenseKVT<T> kv{k, v, kvh, HD, row0, h / group};
     Core::template run<HD>(out, q, H, h, row0 + r0, min(FLASH_BM, nrows - r0), r0, kv, scale);
 }
 

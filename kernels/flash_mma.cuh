@@ -309,6 +309,13 @@ struct FlashMMA {
         flash_prompt_mma_hd##HD(float *out, const float *q, const float *k, const float *v, int kvh, int H, int row0, \
                                 int nrows, float scale) {                                                            \
         flash_prompt<FlashMMA, HD>(out, q, k, v, kvh, H, row0, nrows, scale);                                        \
+    }                                                                                                                 \
+    /* The prompt's K and V rounded to bf16 first (the values the kernel  */                                         \
+    /* above rounds them to as it reads them): bf16 tiles, as the pool's. */                                         \
+    extern "C" __global__ void __launch_bounds__(128, FLASH_MMA_CTAS(HD))                                            \
+        flash_prompt_mma_bf16_hd##HD(float *out, const float *q, const bf16_t *k, const bf16_t *v, int kvh, int H,    \
+                                     int row0, int nrows, float scale) {                                             \
+        flash_prompt<FlashMMA, HD, bf16_t>(out, q, k, v, kvh, H, row0, nrows, scale);                                \
     }
 INSTANTIATE_FLASH_MMA(64)
 INSTANTIATE_FLASH_MMA(128)

@@ -89,6 +89,13 @@ type CUDA struct {
 	// second read was 1.4 ms of a 14.8 ms decode step at 26 sparse layers
 	// (bench/results/gpu-g.md, run 7).
 	fusedScore bool
+	// promptBF16 (KVD_PROMPT_BF16=1; not yet run on a card, so off by
+	// default) rounds a sparse layer's prompt K and V to bf16 once and runs
+	// its tensor-core attention on bf16 tiles (flash_prompt_mma_bf16), as
+	// over a bfloat16 pool, instead of rounding float32 tiles fragment by
+	// fragment: the same values, and on an H200 the float32 tiles took
+	// 1632 µs a layer at 5000 tokens against 1304 over bf16 (run 7).
+	promptBF16 bool
 	// prof, while StartProfile has it on, times every kernel (profile.go).
 	prof *kernelProfile
 }
@@ -152,6 +159,7 @@ func NewCUDA(index int) (*CUDA, error) {
 	c.attnV2 = os.Getenv("KVD_ATTN_V1") != "1"
 	c.flashMMA = os.Getenv("KVD_FLASH_TF32") != "1"
 	c.fusedScore = os.Getenv("KVD_FUSED_SCORE") == "1"
+	c.promptBF16 = os.Getenv("KVD_PROMPT_BF16") == "1"
 	if c.ctx, err = drv.Context(c.dev); err != nil {
 		drv.Close()
 		return nil, err
@@ -202,8 +210,11 @@ func NewCUDA(index int) (*CUDA, error) {
 		for _, k := range []struct {
 			base string
 			dt   shm.DType
-		}{{"flash_paged", shm.Float32}, {"flash_paged", shm.BFloat16}, {"flash_prompt", shm.Float32}} {
+		}{{"flash_paged", shm.Float32}, {"flash_paged", shm.BFloat16}, {"flash_prompt", shm.Float32}, {"flash_prompt", shm.BFloat16}} {
 			for _, mma := range []bool{false, true} {
+				if !flashExists(k.base, k.dt, mma) {
+					continue
+				}
 				name, smem := flashKernel(k.base, hd, k.dt, mma)
 				if err := c.fns[name].SetMaxDynamicShared(smem); err != nil {
 					c.Close()
@@ -251,6 +262,13 @@ func flashKernel(base string, hd int, dt shm.DType, mma bool) (string, int) {
 	return fmt.Sprintf("%s%s_hd%d", base, suffix, hd), flashSmem(hd, dt)
 }
 
+// flashExists reports whether base has a tensor-core kernel over K and V
+// stored as dt: a prompt's own bf16 K and V (promptBF16) have only the
+// mma one.
+func flashExists(base string, dt shm.DType, mma bool) bool {
+	return base != "flash_prompt" || dt == shm.Float32 || mma
+}
+
 // bf16Suffix is what a kernel that reads or writes K and V as numbers adds
 // to its name for K and V stored as dt: "_bf16" for bfloat16.
 func bf16Suffix(dt shm.DType) string {
@@ -280,6 +298,7 @@ var kernelNames = map[string][]string{
 	"attention": {
 		"attn_combine", "flash_paged_hd64", "flash_paged_hd128", "flash_paged_bf16_hd64", "flash_paged_bf16_hd128", "flash_prompt_hd64", "flash_prompt_hd128",
 		"flash_paged_mma_hd64", "flash_paged_mma_hd128", "flash_paged_mma_bf16_hd64", "flash_paged_mma_bf16_hd128", "flash_prompt_mma_hd64", "flash_prompt_mma_hd128",
+		"flash_prompt_mma_bf16_hd64", "flash_prompt_mma_bf16_hd128",
 	},
 }
 
@@ -1124,10 +1143,27 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 	defer c.Free(hs)
 	first := 0 // rows before it are done on the tensor cores
 	if obsFrom >= flashMinRows && (l.HeadDim == 64 || l.HeadDim == 128) {
-		// The prompt's own K and V, float32 whatever the pool's dtype.
-		name, smem := flashKernel("flash_prompt", l.HeadDim, shm.Float32, c.flashMMA)
-		c.launchShared(name, cuda.Dim3{X: uint32((obsFrom + flashRows - 1) / flashRows), Y: uint32(heads)}, cuda.Dim3{X: 128}, smem,
-			ptr(out), ptr(q), ptr(k), ptr(v), int32(kvh), int32(heads), int32(row0), int32(obsFrom), scale)
+		// The prompt's own K and V, float32 whatever the pool's dtype; with
+		// promptBF16 their rows row0..row0+obsFrom rounded to bf16 first,
+		// into buffers the kernel indexes from row0 as it would k and v.
+		grid, block := cuda.Dim3{X: uint32((obsFrom + flashRows - 1) / flashRows), Y: uint32(heads)}, cuda.Dim3{X: 128}
+		if c.flashMMA && c.promptBF16 {
+			rowElems := kvh * l.HeadDim
+			n16 := obsFrom * rowElems
+			kb, kc := c.alloc(2 * n16)
+			defer c.release(kb, kc)
+			vb, vc := c.alloc(2 * n16)
+			defer c.release(vb, vc)
+			off := cuda.Ptr(4 * row0 * rowElems)
+			c.launch("to_bf16", cuda.Dim3{X: gridFor(n16)}, cuda.Dim3{X: 256}, kb, ptr(k)+off, int64(n16))
+			c.launch("to_bf16", cuda.Dim3{X: gridFor(n16)}, cuda.Dim3{X: 256}, vb, ptr(v)+off, int64(n16))
+			back := cuda.Ptr(2 * row0 * rowElems) // so that row row0 is the buffers' first
+			name, smem := flashKernel("flash_prompt", l.HeadDim, shm.BFloat16, true)
+			c.launchShared(name, grid, block, smem, ptr(out), ptr(q), kb-back, vb-back, int32(kvh), int32(heads), int32(row0), int32(obsFrom), scale)
+		} else {
+			name, smem := flashKernel("flash_prompt", l.HeadDim, shm.Float32, c.flashMMA)
+			c.launchShared(name, grid, block, smem, ptr(out), ptr(q), ptr(k), ptr(v), int32(kvh), int32(heads), int32(row0), int32(obsFrom), scale)
+		}
 		first = obsFrom
 	}
 	var w rowWork

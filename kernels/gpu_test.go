@@ -433,7 +433,7 @@ func TestGPUWriteKV(t *testing.T) {
 
 func TestGPUSparsePrefill(t *testing.T) {
 	g, cpu := newGPU(t), NewCPU()
-	defer func(mma bool) { g.flashMMA = mma }(g.flashMMA)
+	defer func(mma, p16 bool) { g.flashMMA, g.promptBF16 = mma, p16 }(g.flashMMA, g.promptBF16)
 	rng := rand.New(rand.NewPCG(9, 10))
 	sels := map[string]Selection{
 		"window":         {Sinks: 4, ObsWindow: 32},
@@ -447,6 +447,7 @@ func TestGPUSparsePrefill(t *testing.T) {
 	// A bfloat16 pool only changes how the kept tokens are written
 	// (scatter_kept_bf16): the prompt's attention reads its own K and V.
 	geoms := []geom{{4, 128, 16, shm.Float32}, {1, 64, 32, shm.Float32}, {8, 64, 16, shm.Float32}, {4, 128, 16, shm.BFloat16}, {1, 64, 32, shm.BFloat16}}
+	mmaRuns := 0
 	for _, n := range seqLens() {
 		if n < 2 {
 			continue
@@ -475,8 +476,14 @@ func TestGPUSparsePrefill(t *testing.T) {
 				gotPool, got := g.FromHost(pool, l.PoolElems()), g.poisoned(T, heads*hd)
 				gq, gk, gv := g.FromHost(q, T, heads*hd), g.FromHost(k, T, kvh*hd), g.FromHost(v, T, kvh*hd)
 				g.flashMMA = gi%2 == 1 // the bf16 tensor-core kernel for every other geometry
+				// and for every other of those runs over the prompt's K
+				// and V rounded first (promptBF16)
+				if g.flashMMA {
+					mmaRuns++
+				}
+				g.promptBF16 = g.flashMMA && mmaRuns%2 == 0
 				g.SparsePrefill(got, gq, gk, gv, row0, n, gotPool, l, slots, sel, scale)
-				label := fmt.Sprintf("n=%d/%s/group=%d/hd=%d/bs=%d/%v/mma=%v", n, name, group, hd, bs, ge.dt, g.flashMMA)
+				label := fmt.Sprintf("n=%d/%s/group=%d/hd=%d/bs=%d/%v/mma=%v/promptbf16=%v", n, name, group, hd, bs, ge.dt, g.flashMMA, g.promptBF16)
 				tol := 2e-5
 				if n-sel.ObsWindow >= flashMinRows {
 					tol = flashTol(g) // rows before the window ran on the tensor cores
@@ -920,10 +927,10 @@ func TestFlashKernelNames(t *testing.T) {
 	for _, hd := range []int{64, 128} {
 		for _, dt := range dtypes {
 			for _, base := range []string{"flash_paged", "flash_prompt"} {
-				if base == "flash_prompt" && dt != shm.Float32 {
-					continue // a prompt's own K and V are float32
-				}
 				for _, mma := range []bool{false, true} {
+					if !flashExists(base, dt, mma) {
+						continue // a prompt's own K and V in bf16 run on the mma kernel only
+					}
 					name, smem := flashKernel(base, hd, dt, mma)
 					if !loaded[name] {
 						t.Errorf("%s (hd %d, %v, mma %v) is not among the attention module's kernels", name, hd, dt, mma)
