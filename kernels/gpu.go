@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -96,8 +97,10 @@ type CUDA struct {
 	// fragment: the same values, and on an H200 the float32 tiles took
 	// 1632 µs a layer at 5000 tokens against 1304 over bf16 (run 7).
 	promptBF16 bool
-	// prof, while StartProfile has it on, times every kernel (profile.go).
-	prof *kernelProfile
+	// prof, while StartProfile has it on (profOn), times every kernel
+	// (profile.go).
+	prof   *kernelProfile
+	profOn atomic.Bool
 }
 
 // phases sums the time of an operation's phases over calls and logs the

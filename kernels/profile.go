@@ -20,7 +20,6 @@ import (
 // first to the last is the time it took; the difference is what the
 // device waited on the host for (launches, copies, syncs).
 type kernelProfile struct {
-	free []cuda.Event
 	recs []profRec
 }
 
@@ -51,18 +50,19 @@ func (c *CUDA) StartProfile() {
 	if c.prof == nil {
 		c.prof = &kernelProfile{}
 	}
+	c.profOn.Store(true)
 }
 
-// profiling reports whether a profile is on (to skip naming a GEMM).
-func (c *CUDA) profiling() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.prof != nil
-}
+// profiling reports whether a profile is on, without the lock: every
+// launch asks.
+func (c *CUDA) profiling() bool { return c.profOn.Load() }
 
 // profBegin records the start event of a kernel named name, or returns -1
 // when no profile is on.
 func (c *CUDA) profBegin(name string) int {
+	if !c.profiling() {
+		return -1
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.prof
@@ -71,10 +71,6 @@ func (c *CUDA) profBegin(name string) int {
 	}
 	r := profRec{name: name}
 	for _, e := range []*cuda.Event{&r.a, &r.b} {
-		if n := len(p.free); n > 0 {
-			*e, p.free = p.free[n-1], p.free[:n-1]
-			continue
-		}
 		var err error
 		if *e, err = c.ctx.NewTimingEvent(); err != nil {
 			c.fail1(err)
@@ -104,6 +100,7 @@ func (c *CUDA) StopProfile() (Profile, error) {
 	c.mu.Lock()
 	p := c.prof
 	c.prof = nil
+	c.profOn.Store(false)
 	c.mu.Unlock()
 	var out Profile
 	if p == nil || len(p.recs) == 0 {
@@ -113,9 +110,6 @@ func (c *CUDA) StopProfile() (Profile, error) {
 		for _, r := range p.recs {
 			c.ctx.DestroyEvent(r.a)
 			c.ctx.DestroyEvent(r.b)
-		}
-		for _, e := range p.free {
-			c.ctx.DestroyEvent(e)
 		}
 	}()
 	last := p.recs[len(p.recs)-1]
