@@ -29,14 +29,14 @@ func TestGPUMatchesCPU(t *testing.T) {
 	prompts := gpuPrompts()
 	// Every policy over a float32 pool (the kernels against the CPU's),
 	// then the two that matter most over the GPU's default bfloat16 pool.
-	// The GPU rounds more than the CPU: GEMM inputs to bf16 (at every
-	// batch size, one row included), prompt attention's Q, K, V and P to
-	// bf16 (flash_mma), and with auto K and V. Each rounding moves logits
-	// by ~1e-2 and flips a seeded draw's near-tie now and then: on an H200
-	// the float32 leg agreed on 0.29-0.46 of seeded tokens and the auto leg
-	// on 0.33-0.41 (with TF32 prompts and float32 K and V, 0.59-0.75),
-	// greedy tokens on 0.86-0.93, the largest logprob difference 0.042. A
-	// wrong kernel diverges within a token or two.
+	// The GPU rounds more than the CPU: GEMM inputs to bf16, prompt
+	// attention's Q, K, V and P to bf16 (flash_mma), and with auto K and V.
+	// Each rounding moves logits by ~1e-2 and flips a seeded draw's
+	// near-tie now and then: on an H200 (bench/results/gpu-g.md, run 7)
+	// the float32 leg agreed on 0.29-0.46 of seeded tokens and the auto
+	// leg on 0.27-0.41 (issue F's run, TF32 prompts and float32 K and V:
+	// 0.50-0.75), greedy tokens on 0.86-0.93, the largest logprob
+	// difference 0.042. A wrong kernel diverges within a token or two.
 	policies := []struct {
 		name, spec, dtype string
 	}{

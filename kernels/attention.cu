@@ -451,8 +451,8 @@ __device__ void partial_v2(float *ws, const float *q, int k0, int k1, const Page
     __shared__ float wm[V2_WARPS][G], wl[V2_WARPS][G];
     __shared__ __align__(16) float wacc[V2_WARPS][G][V2_HD];
     // KL lanes a key when the logits are taken: eight for float32 rows
-    // (four 16-byte loads a lane); for bfloat16 rows V2_BF16_KL (four: four
-    // loads a lane, as many bytes in flight as float32's).
+    // (four 16-byte loads a lane); for bfloat16 rows V2_BF16_KL (eight by
+    // default, two loads a lane; four gives four loads a lane).
     constexpr int KL = sizeof(T) == 4 ? 8 : V2_BF16_KL, KPI = 32 / KL;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, sub = lane / KL, sl = lane % KL;
     for (int i = tid; i < G * V2_HD; i += NT) qs[i / V2_HD][v2_qslot<T, KL>(i % V2_HD)] = q[i];

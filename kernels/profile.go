@@ -18,7 +18,10 @@ import (
 // --kernel-profile). The events sit on the same stream as the work, so the
 // sum of the pairs is the time the device was busy and the span from the
 // first to the last is the time it took; the difference is what the
-// device waited on the host for (launches, copies, syncs).
+// device waited on the host for (launches, syncs) or spent on work not
+// timed (uploads, memsets). It assumes one goroutine launches while it is
+// on (the forward pass; an embedded kvd's eviction runs between steps):
+// pairs recorded from two at once would overlap and count twice.
 type kernelProfile struct {
 	recs []profRec
 }

@@ -6,8 +6,9 @@
 //	go run ./bench/forward --model bench/models/llama-3.1-8b --load-format dummy --device cuda --runs 1x512,32x512
 //
 // --kernel-profile N (CUDA) also prints, per run, where the device's time
-// went kernel by kernel: over the whole prefill, and over N decode steps
-// after the timed ones.
+// went kernel by kernel: over the whole prefill (whose printed rate then
+// includes the profile's events, ~2%), and over N decode steps after the
+// timed ones.
 package main
 
 import (

@@ -182,7 +182,7 @@ for part in $PARTS; do
 		# then with SnapKV layers' prompt attention on bf16 tiles too
 		# (KVD_PROMPT_BF16=1): 26 / 1024 and 31 / 1024, uncapped.
 		for L in 26 31; do
-			KV_DTYPE=bfloat16 one "grid-$L-1024-bf16" sidecar "$KV" "$C" "$N" --sparse-layers $L --window 1024
+			KV_DTYPE=bfloat16 one "fused-base-$L-1024-bf16" sidecar "$KV" "$C" "$N" --sparse-layers $L --window 1024
 			KVD_FUSED_SCORE=1 KV_DTYPE=bfloat16 one "grid-$L-1024-bf16-fused" sidecar "$KV" "$C" "$N" --sparse-layers $L --window 1024
 			KVD_FUSED_SCORE=1 KVD_PROMPT_BF16=1 KV_DTYPE=bfloat16 one "grid-$L-1024-bf16-fused-p16" sidecar "$KV" "$C" "$N" --sparse-layers $L --window 1024
 		done
