@@ -123,20 +123,31 @@ func (c *CUDA) StopProfile() (Profile, error) {
 	if out.Span, err = c.ctx.Elapsed(p.recs[0].a, last.b); err != nil {
 		return out, err
 	}
-	by := map[string]*ProfileEntry{}
-	for _, r := range p.recs {
+	times := make([]ProfileEntry, len(p.recs))
+	for i, r := range p.recs {
 		d, err := c.ctx.Elapsed(r.a, r.b)
 		if err != nil {
 			return out, fmt.Errorf("kernel %s: %w", r.name, err)
 		}
-		e := by[r.name]
+		times[i] = ProfileEntry{Name: r.name, Calls: 1, Time: d}
+	}
+	return summarize(out.Span, times), nil
+}
+
+// summarize sums the launches' times by name into a profile of span,
+// largest share first.
+func summarize(span time.Duration, launches []ProfileEntry) Profile {
+	out := Profile{Span: span}
+	by := map[string]*ProfileEntry{}
+	for _, l := range launches {
+		e := by[l.Name]
 		if e == nil {
-			e = &ProfileEntry{Name: r.name}
-			by[r.name] = e
+			e = &ProfileEntry{Name: l.Name}
+			by[l.Name] = e
 		}
-		e.Calls++
-		e.Time += d
-		out.Busy += d
+		e.Calls += l.Calls
+		e.Time += l.Time
+		out.Busy += l.Time
 	}
 	for _, e := range by {
 		out.Entries = append(out.Entries, *e)
@@ -144,7 +155,7 @@ func (c *CUDA) StopProfile() (Profile, error) {
 	slices.SortFunc(out.Entries, func(a, b ProfileEntry) int {
 		return cmp.Or(cmp.Compare(b.Time, a.Time), strings.Compare(a.Name, b.Name))
 	})
-	return out, nil
+	return out
 }
 
 // Markdown renders p as a table, times divided by per (the steps the

@@ -3,13 +3,35 @@
 package kernels
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
 )
 
-// TestProfileMarkdown checks the per-step arithmetic of a profile's table
-// (the recording itself needs a GPU: bench/forward --kernel-profile).
+// TestProfileSummarize checks how launches' times add up by kernel, and
+// their order (the recording itself needs a GPU: bench/forward
+// --kernel-profile).
+func TestProfileSummarize(t *testing.T) {
+	us := func(n int) time.Duration { return time.Duration(n) * time.Microsecond }
+	p := summarize(us(100), []ProfileEntry{
+		{Name: "rmsnorm", Calls: 1, Time: us(5)}, {Name: "gemm 32x4096x4096", Calls: 1, Time: us(17)},
+		{Name: "rmsnorm", Calls: 1, Time: us(6)}, {Name: "add", Calls: 1, Time: us(11)},
+		{Name: "gemm 32x4096x4096", Calls: 1, Time: us(16)},
+	})
+	want := []ProfileEntry{
+		{Name: "gemm 32x4096x4096", Calls: 2, Time: us(33)},
+		{Name: "add", Calls: 1, Time: us(11)}, {Name: "rmsnorm", Calls: 2, Time: us(11)}, // ties by name
+	}
+	if p.Span != us(100) || p.Busy != us(55) || !slices.Equal(p.Entries, want) {
+		t.Errorf("summarize: span %v, busy %v, entries %+v; want 100µs, 55µs, %+v", p.Span, p.Busy, p.Entries, want)
+	}
+	if e := summarize(0, nil); e.Busy != 0 || len(e.Entries) != 0 {
+		t.Errorf("no launches: %+v", e)
+	}
+}
+
+// TestProfileMarkdown checks the per-step arithmetic of a profile's table.
 func TestProfileMarkdown(t *testing.T) {
 	p := Profile{Span: 40 * time.Millisecond, Busy: 30 * time.Millisecond, Entries: []ProfileEntry{
 		{Name: "split_paged_v2_g4", Calls: 64, Time: 20 * time.Millisecond},
