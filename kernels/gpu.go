@@ -1093,31 +1093,38 @@ func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, gr
 	defer c.release(fin, fc)
 	grid := func(x int) cuda.Dim3 { return cuda.Dim3{X: uint32(x), Y: uint32(kvh)} }
 	block := cuda.Dim3{X: 128}
-	// The logits of the scoring rows' keys for the fused scoring pass,
-	// [items, kvh, lgs, G]: a few MB in decode; a long prompt's
-	// observation window (32 rows of 128k tokens: ~0.5 GB) scores the old
-	// way instead, with no buffer.
-	lgs := 0
-	for i := 0; i < len(scoring); i += 4 {
-		lgs = max(lgs, int(scoring[i+2]-scoring[i+1]))
-	}
-	if lgBytes := 4 * n * kvh * lgs * group; src.pool != 0 && v2 && c.fusedScore && l.DType == shm.BFloat16 && len(scoring) > 0 && lgBytes <= fusedScoreMaxBytes {
-		lg, lc := c.alloc(lgBytes)
-		defer c.release(lg, lc)
-		c.launch(fmt.Sprintf("split_paged_v2_score_bf16_g%d", group), grid(n), block, ws, lg, int32(lgs), ptr(q), src.pool, int32(l.BlockSize), int32(kvh), pInfo, pItems, pBlocks, scale)
-		c.launch("attn_combine", grid(R), block, ptr(out), fin, ws, pInfo, pSplit, int32(heads), int32(kvh), int32(hd))
-		c.launch(fmt.Sprintf("score_logits_bf16_g%d", group), grid(len(scoring)/4), block, src.pool, fin, lg, int32(lgs), int32(l.BlockSize), int32(kvh), pInfo, pScoring, pBlocks)
-		return
-	}
 	if src.pool != 0 {
 		pool := src.pool
-		split := "split_paged" + bf16Suffix(l.DType)
-		if v2 {
-			split = "split_paged_v2" + bf16Suffix(l.DType)
+		// With fusedScore the split kernel leaves the scoring rows' logits,
+		// [items, kvh, lgs, G], for score_logits: a few MB in decode; a
+		// long prompt's observation window (32 rows of 128k tokens: ~0.5
+		// GB) scores with score_paged instead, with no buffer.
+		var lg cuda.Ptr
+		lgs := 0
+		if v2 && c.fusedScore && l.DType == shm.BFloat16 && len(scoring) > 0 {
+			for i := 0; i < len(scoring); i += 4 {
+				lgs = max(lgs, int(scoring[i+2]-scoring[i+1]))
+			}
+			if lgBytes := 4 * n * kvh * lgs * group; lgBytes <= fusedScoreMaxBytes {
+				var lc int
+				lg, lc = c.alloc(lgBytes)
+				defer c.release(lg, lc)
+			}
 		}
-		c.launch(fmt.Sprintf("%s_g%d", split, group), grid(n), block, ws, ptr(q), pool, int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pItems, pBlocks, scale)
+		if lg != 0 {
+			c.launch(fmt.Sprintf("split_paged_v2_score_bf16_g%d", group), grid(n), block, ws, lg, int32(lgs), ptr(q), pool, int32(l.BlockSize), int32(kvh), pInfo, pItems, pBlocks, scale)
+		} else {
+			split := "split_paged" + bf16Suffix(l.DType)
+			if v2 {
+				split = "split_paged_v2" + bf16Suffix(l.DType)
+			}
+			c.launch(fmt.Sprintf("%s_g%d", split, group), grid(n), block, ws, ptr(q), pool, int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pItems, pBlocks, scale)
+		}
 		c.launch("attn_combine", grid(R), block, ptr(out), fin, ws, pInfo, pSplit, int32(heads), int32(kvh), int32(hd))
-		if len(scoring) > 0 {
+		switch {
+		case lg != 0:
+			c.launch(fmt.Sprintf("score_logits_bf16_g%d", group), grid(len(scoring)/4), block, pool, fin, lg, int32(lgs), int32(l.BlockSize), int32(kvh), pInfo, pScoring, pBlocks)
+		case len(scoring) > 0:
 			c.launch(fmt.Sprintf("score_paged%s_g%d", bf16Suffix(l.DType), group), grid(len(scoring)/4), block, pool, fin, ptr(q), int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pScoring, pBlocks, scale)
 		}
 		return
