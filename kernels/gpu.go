@@ -83,19 +83,24 @@ type CUDA struct {
 	// evictTiming, with KVD_STEP_TIMING=N, logs where Evict's time went
 	// every N calls (for developers).
 	evictTiming phases
-	// fusedScore (KVD_FUSED_SCORE=1; not yet run on a card, so off by
-	// default) has split_paged_v2 over a bfloat16 pool leave a scoring row's logits for H2O's
-	// scoring pass (split_paged_v2_score, score_logits) instead of
+	// fusedScore (the default; KVD_SCORE_PAGED=1 turns it off) has
+	// split_paged_v2 over a bfloat16 pool leave a scoring row's logits for
+	// H2O's scoring pass (split_paged_v2_score, score_logits) instead of
 	// score_paged reading the layer's K a second time: on an H200 that
 	// second read was 1.4 ms of a 14.8 ms decode step at 26 sparse layers
-	// (bench/results/gpu-g.md, run 7).
+	// (run 7), and the fused pass took the 26-layer / 1024 preset's decode
+	// step from 11.7 to 10.7 ms, 1270 to 1331 tokens/s (run 8,
+	// bench/results/gpu-g.md).
 	fusedScore bool
-	// promptBF16 (KVD_PROMPT_BF16=1; not yet run on a card, so off by
-	// default) rounds a sparse layer's prompt K and V to bf16 once and runs
+	// promptBF16 (the default with flashMMA; KVD_PROMPT_F32=1 turns it
+	// off) rounds a sparse layer's prompt K and V to bf16 once and runs
 	// its tensor-core attention on bf16 tiles (flash_prompt_mma_bf16), as
 	// over a bfloat16 pool, instead of rounding float32 tiles fragment by
 	// fragment: the same values, and on an H200 the float32 tiles took
-	// 1632 µs a layer at 5000 tokens against 1304 over bf16 (run 7).
+	// 1632 µs a layer at 5000 tokens against 1304 over bf16 (run 7); the
+	// 26-layer / 1024 preset's TTFT p50 went from 3.19 to 2.95 s and its
+	// rate from 1331 to 1377 tokens/s (run 8). The bf16 copies are in the
+	// gateway's activation budget (gateway/cli activationBytes).
 	promptBF16 bool
 	// prof, while StartProfile has it on (profOn), times every kernel
 	// (profile.go).
@@ -161,8 +166,8 @@ func NewCUDA(index int) (*CUDA, error) {
 	c.gpuEvict = os.Getenv("KVD_HOST_EVICT") != "1"
 	c.attnV2 = os.Getenv("KVD_ATTN_V1") != "1"
 	c.flashMMA = os.Getenv("KVD_FLASH_TF32") != "1"
-	c.fusedScore = os.Getenv("KVD_FUSED_SCORE") == "1"
-	c.promptBF16 = os.Getenv("KVD_PROMPT_BF16") == "1"
+	c.fusedScore = os.Getenv("KVD_SCORE_PAGED") != "1"
+	c.promptBF16 = os.Getenv("KVD_PROMPT_F32") != "1"
 	if c.ctx, err = drv.Context(c.dev); err != nil {
 		drv.Close()
 		return nil, err
@@ -1005,9 +1010,10 @@ type splitSrc struct {
 	row0, n  int
 }
 
-// fusedScoreMaxBytes bounds the logits buffer of the fused scoring pass
+// FusedScoreMaxBytes bounds the logits buffer of the fused scoring pass
 // (fusedScore); a launch that would need more scores with score_paged.
-const fusedScoreMaxBytes = 64 << 20
+// Exported for the gateway's activation budget.
+const FusedScoreMaxBytes = 64 << 20
 
 // splitPerSM is how many work items per SM a launch of the split row
 // kernels aims for, with at least splitMinKeys keys each.
@@ -1105,7 +1111,7 @@ func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, gr
 			for i := 0; i < len(scoring); i += 4 {
 				lgs = max(lgs, int(scoring[i+2]-scoring[i+1]))
 			}
-			if lgBytes := 4 * n * kvh * lgs * group; lgBytes <= fusedScoreMaxBytes {
+			if lgBytes := 4 * n * kvh * lgs * group; lgBytes <= FusedScoreMaxBytes {
 				var lc int
 				lg, lc = c.alloc(lgBytes)
 				defer c.release(lg, lc)

@@ -265,10 +265,13 @@ for part in $PARTS; do
 		# ACC_RESUME=FILE goes on from an earlier call's accuracy-raw.json;
 		# ACC_TIMEOUT seconds stops it in time to archive what it scored;
 		# ACC_EXTRA adds harness flags (-kv-cache-dtype-also bfloat16: full
-		# KV and 26/1024 again over a bfloat16 pool, paired with the rest).
+		# KV and 26/1024 again over a bfloat16 pool, paired with the rest);
+		# ACC_CONFIGS runs only those configurations (-configs, as -list
+		# numbers them), to split a run over GPUs: one call per GPU, each
+		# with its CUDA_VISIBLE_DEVICES, then accuracy -merge the raw files.
 		timeout -s INT "${ACC_TIMEOUT:-0}" "$BIN/accuracy" -samples "${ACC_SAMPLES:-bench/accuracy/samples-100.json.gz}" -gateway "$BIN/gateway" \
 			-parallel "${ACC_PARALLEL:-5}" -concurrency "${ACC_CONCURRENCY:-16}" -device cuda \
-			-raw-out "$OUT/accuracy-raw.json" ${ACC_RESUME:+-resume "$ACC_RESUME"} ${ACC_EXTRA:-} -out "$OUT/accuracy-gpu.md" >"$OUT/logs/accuracy.log" 2>&1
+			-raw-out "$OUT/accuracy-raw.json" ${ACC_RESUME:+-resume "$ACC_RESUME"} ${ACC_CONFIGS:+-configs "$ACC_CONFIGS"} ${ACC_EXTRA:-} -out "$OUT/accuracy-gpu.md" >"$OUT/logs/accuracy.log" 2>&1
 		echo "accuracy: exit $?"
 		tail -3 "$OUT/logs/accuracy.log"
 		;;
