@@ -433,7 +433,7 @@ func TestGPUWriteKV(t *testing.T) {
 
 func TestGPUSparsePrefill(t *testing.T) {
 	g, cpu := newGPU(t), NewCPU()
-	defer func(mma, p16 bool) { g.flashMMA, g.promptBF16 = mma, p16 }(g.flashMMA, g.promptBF16)
+	defer func(mma, p16, obs bool) { g.flashMMA, g.promptBF16, g.obsTiles = mma, p16, obs }(g.flashMMA, g.promptBF16, g.obsTiles)
 	rng := rand.New(rand.NewPCG(9, 10))
 	sels := map[string]Selection{
 		"window":         {Sinks: 4, ObsWindow: 32},
@@ -447,7 +447,7 @@ func TestGPUSparsePrefill(t *testing.T) {
 	// A bfloat16 pool only changes how the kept tokens are written
 	// (scatter_kept_bf16): the prompt's attention reads its own K and V.
 	geoms := []geom{{4, 128, 16, shm.Float32}, {1, 64, 32, shm.Float32}, {8, 64, 16, shm.Float32}, {4, 128, 16, shm.BFloat16}, {1, 64, 32, shm.BFloat16}}
-	mmaRuns := 0
+	mmaRuns, runs := 0, 0
 	for _, n := range seqLens() {
 		if n < 2 {
 			continue
@@ -482,11 +482,20 @@ func TestGPUSparsePrefill(t *testing.T) {
 					mmaRuns++
 				}
 				g.promptBF16 = g.flashMMA && mmaRuns%2 == 0
+				// Two runs of three vote over tiles of K (obsVote, the
+				// window's rows on the tensor cores too), the third with
+				// the split kernels.
+				runs++
+				g.obsTiles = runs%3 != 0
 				g.SparsePrefill(got, gq, gk, gv, row0, n, gotPool, l, slots, sel, scale)
-				label := fmt.Sprintf("n=%d/%s/group=%d/hd=%d/bs=%d/%v/mma=%v/promptbf16=%v", n, name, group, hd, bs, ge.dt, g.flashMMA, g.promptBF16)
+				label := fmt.Sprintf("n=%d/%s/group=%d/hd=%d/bs=%d/%v/mma=%v/promptbf16=%v/obstiles=%v", n, name, group, hd, bs, ge.dt, g.flashMMA, g.promptBF16, g.obsTiles)
 				tol := 2e-5
-				if n-sel.ObsWindow >= flashMinRows {
-					tol = flashTol(g) // rows before the window ran on the tensor cores
+				flashN := n - sel.ObsWindow
+				if g.obsTiles && sel.ObsWindow > 0 {
+					flashN = n
+				}
+				if flashN >= flashMinRows {
+					tol = flashTol(g) // these rows ran on the tensor cores
 				}
 				check(t, label+" output", g.host(t, got)[row0*heads*hd:], want.data[row0*heads*hd:], tol)
 				// The kept tokens: compare each slot's key and value words
