@@ -314,26 +314,7 @@ func main() {
 		}
 		run.CPU, run.Threads, run.Revision = machine.CPUName(), runtime.NumCPU(), revision()
 	}
-	var mu sync.Mutex
-	// save records a configuration's scores after every sample, so a run cut
-	// off (a device call's time limit) keeps what it finished and -resume
-	// goes on from there.
-	save := func(c config, r result, done int, took time.Duration) {
-		mu.Lock()
-		defer mu.Unlock()
-		run.Results[c.Name], run.Done[c.Name] = r.clone(), done
-		run.Seconds[c.Name] += took.Seconds()
-		if *rawOut != "" {
-			b, _ := json.Marshal(run)
-			tmp := *rawOut + ".tmp" // renamed over it, so a kill mid-write loses nothing
-			if err := os.WriteFile(tmp, b, 0o644); err != nil {
-				log.Fatal(err)
-			}
-			if err := os.Rename(tmp, *rawOut); err != nil {
-				log.Fatal(err)
-			}
-		}
-	}
+	saver := &rawSaver{run: &run, path: *rawOut, every: time.Second}
 	// Configurations run -parallel at a time, each gateway on its share of
 	// the cores (one long prompt does not keep many cores busy).
 	threads := max(1, runtime.NumCPU() / *parallel)
@@ -342,9 +323,9 @@ func main() {
 	for _, c := range picked {
 		sem <- struct{}{}
 		wg.Add(1)
-		mu.Lock()
+		saver.mu.Lock()
 		from, r := run.Done[c.Name], run.Results[c.Name].clone()
-		mu.Unlock()
+		saver.mu.Unlock()
 		if from >= len(set.Samples) {
 			<-sem
 			wg.Done()
@@ -363,8 +344,11 @@ func main() {
 			done, last := from, start
 			err := runSamples(context.Background(), s, set.Samples[from:], r, *concurrency, func() {
 				done++
-				save(c, r, done, time.Since(last))
-				last = time.Now()
+				now := time.Now()
+				if err := saver.save(c.Name, r, done, now.Sub(last), done == len(set.Samples)); err != nil {
+					log.Fatal(err)
+				}
+				last = now
 			})
 			s.stop()
 			if err != nil {
@@ -448,6 +432,42 @@ func writeSamples(path, modelDir, lengthList string, n int, seed uint64) error {
 	}
 	fmt.Fprintf(os.Stderr, "%d samples from %d candidate files\n", len(samples), len(files))
 	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// rawSaver records configurations' scores in run as samples finish and
+// writes run to path (when set): at most once every every, and always when
+// a configuration finishes, so a run cut off (a device call's time limit)
+// loses at most that much and -resume goes on from there. Writing after
+// every sample, as it first did, marshalled every configuration's scores
+// each time: at 1000 samples per task that took ~8 ms a sample by a run's
+// end and, done in the loop that takes finished samples, cost about as
+// much as the samples (gpu-g.md, run 8).
+type rawSaver struct {
+	mu    sync.Mutex
+	run   *rawRun
+	path  string
+	every time.Duration
+	wrote time.Time
+}
+
+func (s *rawSaver) save(name string, r result, done int, took time.Duration, final bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.run.Results[name], s.run.Done[name] = r.clone(), done
+	s.run.Seconds[name] += took.Seconds()
+	if s.path == "" || !final && time.Since(s.wrote) < s.every {
+		return nil
+	}
+	s.wrote = time.Now()
+	b, err := json.Marshal(s.run)
+	if err != nil {
+		return err
+	}
+	tmp := s.path + ".tmp" // renamed over it, so a kill mid-write loses nothing
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, s.path)
 }
 
 // rawRun is one run's scores and where they were measured.
