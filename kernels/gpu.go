@@ -866,18 +866,20 @@ func (c *CUDA) AddRMSNorm(out, x, delta, w *Tensor, eps float32) {
 }
 
 // SiLUMul writes a bf16 out (AllocLinearInput) rounded, with
-// silu_mul_bf16out.
+// silu_mul_bf16out. The kernel takes four elements a thread where it can,
+// hence a thread per four (it strides over the rest).
 func (c *CUDA) SiLUMul(out, gateUp *Tensor) {
 	if !c.float32s("SiLUMul", gateUp) {
 		return
 	}
 	n := out.Len()
-	c.launch("silu_mul"+bf16Out(out), cuda.Dim3{X: gridFor(n)}, cuda.Dim3{X: 256}, ptr(out), ptr(gateUp), int32(out.Cols()), int64(n))
+	c.launch("silu_mul"+bf16Out(out), cuda.Dim3{X: gridFor((n + 3) / 4)}, cuda.Dim3{X: 256}, ptr(out), ptr(gateUp), int32(out.Cols()), int64(n))
 }
 
+// Add launches a thread per four elements, as SiLUMul.
 func (c *CUDA) Add(dst, x *Tensor) {
 	n := x.Len()
-	c.launch("add", cuda.Dim3{X: gridFor(n)}, cuda.Dim3{X: 256}, ptr(dst), ptr(x), int64(n))
+	c.launch("add", cuda.Dim3{X: gridFor((n + 3) / 4)}, cuda.Dim3{X: 256}, ptr(dst), ptr(x), int64(n))
 }
 
 func (c *CUDA) Sample(dst []int32, logits *Tensor, params []SampleParams) {
@@ -1031,6 +1033,15 @@ const FusedScoreMaxBytes = 64 << 20
 // than work saved).
 var splitPerSM = 8
 
+// splitPerSMV2 is splitPerSM for split_paged_v2, whose CTA reads its keys
+// faster and so gains from longer items: BenchmarkGPUAttention on an H200
+// at 4 against 8 per SM, decode over bfloat16 at 32 × 5000 tokens 230
+// against 255 us (run 7), over float32 344 against 371, at 8 × 5000 123
+// against 153 (run 6), at 32 × 1100 with every row scoring (a sparse
+// layer's decode at 26 / 1024) 87 against 100 (run 8); one sequence of
+// 5000, 58 against 59 (2 would give 51, but few launches are that small).
+var splitPerSMV2 = 4
+
 const splitMinKeys = 128
 
 // rowWork is the rows a launch of the split row kernels takes: rowinfo
@@ -1049,17 +1060,17 @@ func (w *rowWork) row(qrow, nvis, table int, score bool) {
 }
 
 // items splits every row's keys into work items, enough of them to give
-// each SM several CTAs, in multiples of round keys: items [n, 4] (row, first
+// each SM perSM CTAs, in multiples of round keys: items [n, 4] (row, first
 // key, end key, workspace slot), the score rows' items, and where each
 // row's items start (rowsplit [R+1]).
-func (w *rowWork) items(kvh, sms, round int) (items, scoring, rowsplit []int32) {
+func (w *rowWork) items(kvh, sms, round, perSM int) (items, scoring, rowsplit []int32) {
 	R := len(w.info) / 4
 	maxKeys := 0
 	for r := range R {
 		maxKeys = max(maxKeys, int(w.info[4*r+1]))
 	}
 	per := maxKeys // keys per item
-	if target := splitPerSM * sms; R*kvh < target {
+	if target := perSM * sms; R*kvh < target {
 		splits := (target + R*kvh - 1) / (R * kvh)
 		per = max(splitMinKeys, ((maxKeys+splits-1)/splits+round-1)/round*round)
 	}
@@ -1085,11 +1096,11 @@ func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, gr
 	// split_paged_v2 deals an item's chunks of 32 keys to four warps:
 	// items of a multiple of 128 keys keep them even.
 	v2 := c.attnV2 && src.pool != 0 && src.pool%16 == 0 && v2OK(l)
-	round := 64
+	round, perSM := 64, splitPerSM
 	if v2 {
-		round = 128
+		round, perSM = 128, splitPerSMV2
 	}
-	items, scoring, rowsplit := w.items(kvh, c.dev.SMs, round)
+	items, scoring, rowsplit := w.items(kvh, c.dev.SMs, round, perSM)
 	R, n := len(w.info)/4, len(items)/4
 	meta := make([]int32, 0, len(blocks)+len(w.info)+len(items)+len(scoring)+len(rowsplit))
 	meta = append(append(append(append(append(meta, blocks...), w.info...), items...), scoring...), rowsplit...)

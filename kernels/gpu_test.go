@@ -334,7 +334,7 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 	wantPool := cpu.FromHost(slices.Clone(pool), l.PoolElems())
 	want := cpu.Alloc(T, heads*hd)
 	cpu.Attention(want, cpu.FromHost(q, T, heads*hd), wantPool, l, b, scale)
-	v2, mma, per, fused := g.attnV2, g.flashMMA, splitPerSM, g.fusedScore
+	v2, mma, per, perV2, fused := g.attnV2, g.flashMMA, splitPerSM, splitPerSMV2, g.fusedScore
 	// split_paged, and split_paged_v2 where it applies (head dim 128),
 	// also in long items (one per SM: several chunks a warp), and with
 	// H2O's scores from its logits (fused); the TF32 tensor-core kernel,
@@ -349,7 +349,7 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 			continue
 		}
 		label := fmt.Sprintf("%s/v2=%v/split%d/mma=%v/fused=%v", label, run.v2, run.per, run.mma, run.fused)
-		g.attnV2, splitPerSM, g.flashMMA, g.fusedScore = run.v2, run.per, run.mma, run.fused
+		g.attnV2, splitPerSM, splitPerSMV2, g.flashMMA, g.fusedScore = run.v2, run.per, run.per, run.mma, run.fused
 		gotPool := g.FromHost(pool, l.PoolElems())
 		got := g.poisoned(T, heads*hd)
 		g.Attention(got, g.FromHost(q, T, heads*hd), gotPool, l, b, scale)
@@ -384,7 +384,7 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 		}
 		check(t, label+" scores", gsc, wsc, 1e-5)
 	}
-	g.attnV2, splitPerSM, g.flashMMA, g.fusedScore = v2, per, mma, fused
+	g.attnV2, splitPerSM, splitPerSMV2, g.flashMMA, g.fusedScore = v2, per, perV2, mma, fused
 }
 
 // flashTol bounds the relative error of rows that ran on the tensor
@@ -785,19 +785,25 @@ func BenchmarkGPU(b *testing.B) {
 func BenchmarkGPUAttention(b *testing.B) {
 	g := newGPU(b)
 	rng := rand.New(rand.NewPCG(3, 3))
-	const heads, kvh, hd, bs, ctx = 32, 8, 128, 16, 5000
-	per, v2, mma := splitPerSM, g.attnV2, g.flashMMA
+	const heads, kvh, hd, bs = 32, 8, 128, 16
+	per, perV2, v2, mma := splitPerSM, splitPerSMV2, g.attnV2, g.flashMMA
 	for _, c := range []struct {
 		name       string
 		seqs, rows int
 		dt         shm.DType
+		ctx        int
+		score      bool // every row scores (H2O's decode rows)
 	}{
-		{"prefill-1x5000", 1, ctx, shm.Float32}, {"decode-1x5000", 1, 1, shm.Float32}, {"decode-8x5000", 8, 1, shm.Float32}, {"decode-32x5000", 32, 1, shm.Float32},
-		{"prefill-1x5000-bf16", 1, ctx, shm.BFloat16}, {"decode-32x5000-bf16", 32, 1, shm.BFloat16},
+		{"prefill-1x5000", 1, 5000, shm.Float32, 5000, false}, {"decode-1x5000", 1, 1, shm.Float32, 5000, false}, {"decode-8x5000", 8, 1, shm.Float32, 5000, false}, {"decode-32x5000", 32, 1, shm.Float32, 5000, false},
+		{"prefill-1x5000-bf16", 1, 5000, shm.BFloat16, 5000, false}, {"decode-32x5000-bf16", 32, 1, shm.BFloat16, 5000, false},
+		// A sparse layer's decode at the 26 / 1024 preset: ~1100 kept
+		// tokens, every row scoring (the fused pass over bfloat16).
+		{"decode-32x1100-bf16-h2o", 32, 1, shm.BFloat16, 1100, true},
 	} {
 		if only := os.Getenv("KVD_BENCH_ONLY"); only != "" && !strings.Contains(c.name, only) {
 			continue // (making a case's pool takes seconds)
 		}
+		ctx := c.ctx
 		nb := (ctx + bs - 1) / bs
 		l := shm.Layout{NumBlocks: c.seqs*nb + 1, BlockSize: bs, KVHeads: kvh, HeadDim: hd, DType: c.dt}
 		ab := &AttnBatch{QIndptr: []int32{0}, BlockIndptr: []int32{0}}
@@ -807,7 +813,10 @@ func BenchmarkGPUAttention(b *testing.B) {
 			}
 			ab.QIndptr = append(ab.QIndptr, int32((s+1)*c.rows))
 			ab.BlockIndptr = append(ab.BlockIndptr, int32(len(ab.Blocks)))
-			ab.KVLen = append(ab.KVLen, ctx)
+			ab.KVLen = append(ab.KVLen, int32(ctx))
+		}
+		if c.score {
+			ab.ScoreFrom = make([]int32, c.seqs)
 		}
 		T := c.seqs * c.rows
 		pool := g.FromHost(randomPool(rng, l), l.PoolElems())
@@ -815,14 +824,14 @@ func BenchmarkGPUAttention(b *testing.B) {
 		for _, run := range []struct {
 			per     int
 			v2, mma bool
-		}{{2, false, false}, {8, false, false}, {16, false, false}, {2, true, false}, {4, true, false}, {8, true, false}, {16, true, false}, {8, false, true}} {
+		}{{2, false, false}, {8, false, false}, {16, false, false}, {2, true, false}, {4, true, false}, {8, true, false}, {16, true, false}, {32, true, false}, {8, false, true}} {
 			if c.rows > 1 && (run.per != 8 || run.v2) || c.rows == 1 && run.mma {
 				continue // the prompt's rows do not split; decode rows do not run on the tensor cores
 			}
 			if run.v2 && !v2OK(l) {
 				continue // head dim 128 only
 			}
-			splitPerSM, g.attnV2, g.flashMMA = run.per, run.v2, run.mma
+			splitPerSM, splitPerSMV2, g.attnV2, g.flashMMA = run.per, run.per, run.v2, run.mma
 			name := fmt.Sprintf("%s/split%d", c.name, run.per)
 			if run.v2 {
 				name += "/v2"
@@ -845,7 +854,7 @@ func BenchmarkGPUAttention(b *testing.B) {
 				b.ReportMetric(keys*2*kvh*float64(4*l.RowElems())/s/1e9, "KV-GB/s")
 			})
 		}
-		splitPerSM, g.attnV2, g.flashMMA = per, v2, mma
+		splitPerSM, splitPerSMV2, g.attnV2, g.flashMMA = per, perV2, v2, mma
 		g.Free(pool)
 		g.Free(q)
 		g.Free(out)
