@@ -1035,9 +1035,9 @@ var splitPerSM = 8
 
 // splitPerSMV2 is splitPerSM for split_paged_v2, whose CTA reads its keys
 // faster and so gains from longer items: BenchmarkGPUAttention on an H200
-// at 4 against 8 per SM, decode over bfloat16 at 32 × 5000 tokens 230
-// against 255 us (run 7), over float32 344 against 371, at 8 × 5000 123
-// against 153 (run 6), at 32 × 1100 with every row scoring (a sparse
+// at 4 against 8 per SM, decode at 32 × 5000 tokens over bfloat16 230
+// against 255 us and over float32 344 against 371 (run 7), at 8 × 5000
+// 123 against 153 (run 6), at 32 × 1100 with every row scoring (a sparse
 // layer's decode at 26 / 1024) 87 against 100 (run 8); one sequence of
 // 5000, 58 against 59 (2 would give 51, but few launches are that small).
 var splitPerSMV2 = 4
