@@ -2,8 +2,8 @@
 // prompt's own K and V (a sparse layer's prefill), with the score
 // accumulation that H2O and SnapKV select by.
 //
-// Rows that score, decode rows and short prefills take the split row
-// kernels: a work item is one query row's range of keys for one KV head,
+// Decode rows (H2O's, which score, among them) and short prefills take
+// the split row kernels: a work item is one query row's range of keys for one KV head,
 // whose G query heads (GQA) share every key and value read. An item walks
 // its keys in tiles of TILE with an online softmax in float32 and leaves
 // its unnormalised partial (max, sum, weighted values); attn_combine merges
@@ -11,7 +11,10 @@
 // over its keys once the final max and sum are known, adding each key's
 // probability, summed over the group, to its score with atomics. Splitting
 // a long context over many items keeps every SM busy at batch 1.
-// Long runs of rows that do not score take the tensor-core kernel below.
+// Long runs of rows that do not score take the tensor-core kernel below,
+// and so does a sparse layer's whole prompt, whose observation window
+// then votes with obs_stats, obs_fin and obs_votes (or, when the backend
+// says so, as rows that score here).
 //
 // A bfloat16 pool (shm.BFloat16: two values a 32-bit word) has its own
 // entry points over the pool, split_paged_bf16_g*, score_paged_bf16_g* and
@@ -678,6 +681,7 @@ INSTANTIATE(8)
 // row w (prompt row obsFrom + w) sees keys 0..obsFrom + w.
 #define OBS_KT 32 // keys per CTA: a warp's lane each
 #define OBS_RB 4  // rows a warp runs at once over its K float4
+#define OBS_GMAX 8 // query heads a KV head at most (gpu.go's maxGroup)
 
 // The CTA's keys t0..t0+OBS_KT of KV head h, as float4 rows padded to 33
 // (conflict-free float4 reads across a quarter warp), zero past n.
@@ -725,8 +729,8 @@ __device__ __forceinline__ void obs_logits(float (&s)[OBS_RB], const float4 (*ks
 // st [tiles, H, W, 2]: each row's max and sum of exp(logit - max) over the
 // tile's keys (-inf and 0 where it sees none). grid (tiles, kvh), block NT.
 extern "C" __global__ void __launch_bounds__(NT)
-    obs_stats(float *st, const float *q, const float *k, int kvh, int H, int hd, int row0, int n, int obsFrom,
-              float scale) {
+    obs_stats(float *st /*[tiles, H, W, 2]*/, const float *q /*[T, H*hd]*/, const float *k /*[T, kvh*hd]*/, int kvh,
+              int H, int hd, int row0, int n, int obsFrom, float scale) {
     __shared__ float4 ks[OBS_KT][33];
     const int h = blockIdx.y, t0 = blockIdx.x * OBS_KT, G = H / kvh, W = n - obsFrom, R = G * W;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -767,13 +771,13 @@ extern "C" __global__ void __launch_bounds__(NT) obs_fin(float *fin, const float
 }
 
 // hs [H, n] = per query head, the window rows' probabilities of each key
-// summed (a warp's rows in order, then the warps in order). G ≤ 8. grid
-// (tiles, kvh), block NT.
+// summed (a warp's rows in order, then the warps in order). G ≤ OBS_GMAX
+// (gpu.go's maxGroup). grid (tiles, kvh), block NT.
 extern "C" __global__ void __launch_bounds__(NT)
-    obs_votes(float *hs, const float *fin, const float *q, const float *k, int kvh, int H, int hd, int row0, int n,
-              int obsFrom, float scale) {
+    obs_votes(float *hs /*[H, n]*/, const float *fin /*[H, W, 2]*/, const float *q /*[T, H*hd]*/,
+              const float *k /*[T, kvh*hd]*/, int kvh, int H, int hd, int row0, int n, int obsFrom, float scale) {
     __shared__ float4 ks[OBS_KT][33];
-    __shared__ float part[NT / 32][8][OBS_KT];
+    __shared__ float part[NT / 32][OBS_GMAX][OBS_KT];
     const int h = blockIdx.y, t0 = blockIdx.x * OBS_KT, G = H / kvh, W = n - obsFrom, R = G * W;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int g = 0; g < G; g++) part[warp][g][lane] = 0;
@@ -805,9 +809,10 @@ extern "C" __global__ void __launch_bounds__(NT)
 // Flash-style prefill on the tensor cores: a CTA takes FLASH_BM query rows
 // of one query head, four warps of 16 rows, and walks the keys they see in
 // tiles of FLASH_BN, with TF32 mma.sync (m16n8k8, float32 accumulate) for
-// Q·Kᵀ and P·V and the online softmax in registers. The rows that score
-// (an observation window, H2O decode) stay on the kernels above, which know
-// the final probabilities; these rows only produce outputs. The default is
+// Q·Kᵀ and P·V and the online softmax in registers. These rows only
+// produce outputs: H2O's decode rows stay on the kernels above, which
+// know the final probabilities, and a sparse prompt's observation window
+// votes in obs_votes after this kernel has attended it. The default is
 // flash_mma.cuh's bf16 variant of this kernel (1.9× faster on an H200);
 // this one runs with KVD_FLASH_TF32=1.
 
@@ -1086,8 +1091,9 @@ __device__ void flash_paged(float *out, const float *q, const float *pool, int b
     Core::template run<HD>(out, q, H, h, tl[0], tl[1], tl[2], kv, scale);
 }
 
-// A sparse layer's prompt rows 0..nrows of row0..row0+n (those before the
-// observation window) over the prompt's own K and V. grid (ceil(nrows /
+// A sparse layer's prompt rows 0..nrows of row0..row0+n (all of them, or
+// those before the observation window when the window votes on the split
+// kernels) over the prompt's own K and V. grid (ceil(nrows /
 // FLASH_BM), H), block 128.
 template <class Core, int HD, class T = float>
 __device__ void flash_prompt(float *out, const float *q, const T *k, const T *v, int kvh, int H, int row0, int nrows,

@@ -323,7 +323,9 @@ const maxGroup = 8
 
 // A sequence's run of at least flashMinRows query rows that do not score
 // goes to the tensor-core prefill kernel, in tiles of flashRows; the rest
-// (decode, observation windows) to the row kernels.
+// (decode, H2O's scoring rows) to the row kernels. A sparse layer's prompt
+// (SparsePrefill) runs on the tensor-core kernel whole, its observation
+// window too, which obsVote then has vote.
 const (
 	flashMinRows = 16
 	flashRows    = 64
@@ -1040,6 +1042,8 @@ var splitPerSM = 8
 // 123 against 153 (run 6), at 32 × 1100 with every row scoring (a sparse
 // layer's decode at 26 / 1024) 87 against 100 (run 8); one sequence of
 // 5000, 58 against 59 (2 would give 51, but few launches are that small).
+// Made the default after the card time of run 8 ran out: TestGPUAttention
+// runs 4 (and 1 and 8); no serving run has measured it yet.
 var splitPerSMV2 = 4
 
 const splitMinKeys = 128
@@ -1181,7 +1185,8 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 	// window's rows too and obsVote has them vote; else they take the
 	// split kernels, which vote as they attend.
 	flashN := obsFrom
-	if c.obsTiles && n > obsFrom {
+	tiles := c.obsTiles && n > obsFrom && obsStatsBytes(n, heads, n-obsFrom) <= ObsStatsMaxBytes && l.HeadDim%4 == 0 && l.HeadDim <= 128
+	if tiles {
 		flashN = n
 	}
 	if flashN >= flashMinRows && (l.HeadDim == 64 || l.HeadDim == 128) {
@@ -1207,7 +1212,7 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 			c.launchShared(name, grid, block, smem, ptr(out), ptr(q), ptr(k), ptr(v), int32(kvh), int32(heads), int32(row0), int32(flashN), scale)
 		}
 		first = flashN
-		if flashN == n {
+		if tiles {
 			c.obsVote(hs, q, k, row0, n, obsFrom, kvh, heads, l.HeadDim, scale)
 		}
 	}
@@ -1228,21 +1233,38 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 // obsKT is obs_stats' and obs_votes' keys per CTA (OBS_KT).
 const obsKT = 32
 
+// ObsStatsMaxBytes bounds obsVote's per-tile statistics, 8 bytes a query
+// head, window row and tile of 32 keys: 32 MiB at the default 32-row
+// window over 131072 tokens and 32 heads. A longer window or prompt votes
+// with the split kernels instead. Exported for the gateway's activation
+// budget.
+const ObsStatsMaxBytes = 64 << 20
+
+// obsStatsBytes is the size of obsVote's statistics for a prompt of n
+// tokens, H query heads and a window of w rows.
+func obsStatsBytes(n, heads, w int) int {
+	return 4 * ((n + obsKT - 1) / obsKT) * heads * w * 2
+}
+
 // obsVote leaves in hs [H, n] the votes of the observation window, rows
 // obsFrom..n of the prompt at row0 (n > obsFrom): per query head, each
 // key's probability summed over the window's rows, from float32 logits
 // over the prompt's float32 K. obs_stats takes each row's max and sum over
 // a tile of keys, obs_fin merges them in order, obs_votes sums the
-// probabilities; no atomics, so two prefills give the same sums.
+// probabilities; no atomics, so two prefills give the same sums. Needs a
+// head dim that is a multiple of 4 and at most 128 (obs_load_k's rows of
+// 33 float4s), at most 8 query heads a KV head (maxGroup: obs_votes'
+// partial sums), and obsStatsBytes within ObsStatsMaxBytes.
 func (c *CUDA) obsVote(hs, q, k *Tensor, row0, n, obsFrom, kvh, heads, hd int, scale float32) {
 	tiles, w := (n+obsKT-1)/obsKT, n-obsFrom
-	st, sc := c.alloc(4 * tiles * heads * w * 2)
+	st, sc := c.alloc(obsStatsBytes(n, heads, w))
 	defer c.release(st, sc)
 	fin, fc := c.alloc(4 * heads * w * 2)
 	defer c.release(fin, fc)
 	grid, block := cuda.Dim3{X: uint32(tiles), Y: uint32(kvh)}, cuda.Dim3{X: 128}
 	c.launch("obs_stats", grid, block, st, ptr(q), ptr(k), int32(kvh), int32(heads), int32(hd), int32(row0), int32(n), int32(obsFrom), scale)
-	c.launch("obs_fin", cuda.Dim3{X: uint32((heads*w + 3) / 4)}, block, fin, st, int32(tiles), int32(heads*w)) // a warp a row
+	const warps = 128 / 32 // obs_fin takes a row a warp
+	c.launch("obs_fin", cuda.Dim3{X: uint32((heads*w + warps - 1) / warps)}, block, fin, st, int32(tiles), int32(heads*w))
 	c.launch("obs_votes", grid, block, ptr(hs), fin, ptr(q), ptr(k), int32(kvh), int32(heads), int32(hd), int32(row0), int32(n), int32(obsFrom), scale)
 }
 
@@ -1303,8 +1325,10 @@ func (c *CUDA) selectOnHost(hs *Tensor, group int, k, v *Tensor, row0, n int, po
 // precision in its order, the top-k by an order-key bisection with the
 // earlier token first on a tie), so the GPU never waits for the host.
 // Given the same sums it keeps exactly selectOnHost's tokens and scores
-// (TestGPUSelectOnDevice); the sums themselves are accumulated with
-// atomics, so two runs of a layer may differ in their last bits.
+// (TestGPUSelectOnDevice). The sums are the same every run when obsVote
+// made them; the split kernels (KVD_OBS_SPLIT=1, or a window too long for
+// obsVote) accumulate them with atomics, so two runs of a layer may then
+// differ in their last bits.
 func (c *CUDA) selectOnDevice(hs *Tensor, group int, k, v *Tensor, row0, n int, pool *Tensor, l shm.Layout, slots []int32, sel Selection) {
 	kvh, keep := l.KVHeads, len(slots)
 	var count int

@@ -5,6 +5,7 @@ package kernels
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -336,7 +337,8 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 	cpu.Attention(want, cpu.FromHost(q, T, heads*hd), wantPool, l, b, scale)
 	v2, mma, per, perV2, fused := g.attnV2, g.flashMMA, splitPerSM, splitPerSMV2, g.fusedScore
 	// split_paged, and split_paged_v2 where it applies (head dim 128),
-	// also in long items (one per SM: several chunks a warp), and with
+	// at the default 4 items per SM, also in long items (one per SM:
+	// several chunks a warp) and short ones (8 per SM), and with
 	// H2O's scores from its logits (fused); the TF32 tensor-core kernel,
 	// and the bf16 one (mma) at every head dim.
 	for _, run := range []struct {
@@ -344,7 +346,7 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 		per   int
 		mma   bool
 		fused bool
-	}{{false, 8, false, false}, {true, 8, false, false}, {true, 1, false, false}, {true, 8, false, true}, {true, 1, false, true}, {false, 8, true, false}} {
+	}{{false, 8, false, false}, {true, 8, false, false}, {true, 4, false, false}, {true, 1, false, false}, {true, 8, false, true}, {true, 4, false, true}, {true, 1, false, true}, {false, 8, true, false}} {
 		if run.v2 && !v2OK(l) {
 			continue
 		}
@@ -453,7 +455,8 @@ func TestGPUSparsePrefill(t *testing.T) {
 			continue
 		}
 		for gi, ge := range geoms {
-			for name, sel := range sels {
+			for _, name := range slices.Sorted(maps.Keys(sels)) { // in order: the same runs every time
+				sel := sels[name]
 				const kvh = 2
 				group, hd, bs := ge.group, ge.hd, ge.bs
 				if gi > 0 && name == "window" && ge.dt == shm.Float32 {

@@ -25,8 +25,9 @@
 //	go run ./bench/accuracy -samples bench/accuracy/samples.json -out bench/results/accuracy-cpu.md
 //
 // or against any running server with -server URL (one configuration).
-// Scores are saved after every sample with -raw-out; -resume goes on from
-// such files, and -merge renders the table from several (runs split over
+// Scores are saved with -raw-out (at most once a second, when a
+// configuration finishes, and when the run is stopped by a signal or an
+// error); -resume goes on from such files, and -merge renders the table from several (runs split over
 // machines with -configs, which -list numbers).
 package main
 
@@ -42,6 +43,7 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"os/signal"
 	"runtime"
 	"runtime/debug"
 	"slices"
@@ -49,6 +51,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/kvd-project/kvd/bench/machine"
@@ -315,6 +318,17 @@ func main() {
 		run.CPU, run.Threads, run.Revision = machine.CPUName(), runtime.NumCPU(), revision()
 	}
 	saver := &rawSaver{run: &run, path: *rawOut, every: time.Second}
+	// A device call's time limit stops a run with SIGINT (timeout -s INT):
+	// keep every sample finished until then.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		sig := <-sigs
+		if err := saver.flush(); err != nil {
+			log.Printf("-raw-out: %v", err)
+		}
+		log.Fatalf("stopped by %v; -resume %s goes on", sig, *rawOut)
+	}()
 	// Configurations run -parallel at a time, each gateway on its share of
 	// the cores (one long prompt does not keep many cores busy).
 	threads := max(1, runtime.NumCPU() / *parallel)
@@ -323,9 +337,7 @@ func main() {
 	for _, c := range picked {
 		sem <- struct{}{}
 		wg.Add(1)
-		saver.mu.Lock()
-		from, r := run.Done[c.Name], run.Results[c.Name].clone()
-		saver.mu.Unlock()
+		from, r := saver.progress(c.Name)
 		if from >= len(set.Samples) {
 			<-sem
 			wg.Done()
@@ -338,6 +350,7 @@ func main() {
 			if *srv == "" {
 				var err error
 				if s, err = startGateway(*gw, *modelDir, c, *kvMem, *deviceFlag, threads, io.Discard); err != nil {
+					saver.flush()
 					log.Fatal(err)
 				}
 			}
@@ -352,6 +365,7 @@ func main() {
 			})
 			s.stop()
 			if err != nil {
+				saver.flush()
 				log.Fatalf("%s: %v", c.Name, err)
 			}
 			fmt.Fprintf(os.Stderr, "%s: %d samples in %.0fs\n", c.Name, done-from, time.Since(start).Seconds())
@@ -455,7 +469,30 @@ func (s *rawSaver) save(name string, r result, done int, took time.Duration, fin
 	defer s.mu.Unlock()
 	s.run.Results[name], s.run.Done[name] = r.clone(), done
 	s.run.Seconds[name] += took.Seconds()
-	if s.path == "" || !final && time.Since(s.wrote) < s.every {
+	if !final && time.Since(s.wrote) < s.every {
+		return nil
+	}
+	return s.write()
+}
+
+// flush writes the raw file now: a run stopped by a signal or an error.
+func (s *rawSaver) flush() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.write()
+}
+
+// progress is a configuration's samples done and scores so far (from
+// -resume's files, or this run's).
+func (s *rawSaver) progress(name string) (int, result) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.run.Done[name], s.run.Results[name].clone()
+}
+
+// write writes run to path (none without -raw-out). Called with mu held.
+func (s *rawSaver) write() error {
+	if s.path == "" {
 		return nil
 	}
 	s.wrote = time.Now()

@@ -8,8 +8,8 @@ import (
 )
 
 // TestRawSaverThrottles checks what a run cut off keeps: the raw file is
-// written on the first sample, then not again within the interval, and
-// always when a configuration finishes; the scores and seconds held in
+// written on the first sample, then not again within the interval, but on
+// a flush (a signal, an error) and always when a configuration finishes; the scores and seconds held in
 // memory count every sample, and loadRaw (what -resume reads) sees the
 // last write.
 func TestRawSaverThrottles(t *testing.T) {
@@ -33,6 +33,16 @@ func TestRawSaverThrottles(t *testing.T) {
 	}
 	if run.Done["full"] != n || len(run.Results["full"]["m"]) != n || run.Seconds["full"] < 0.049 {
 		t.Fatalf("in memory: %d samples, %d scores, %.3f s; want %d, %d and 0.050", run.Done["full"], len(run.Results["full"]["m"]), run.Seconds["full"], n, n)
+	}
+	// A signal or an error flushes what memory holds.
+	if err := s.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if on, err = loadRaw([]string{path}); err != nil || on.Done["full"] != n {
+		t.Fatalf("after flush the file holds %d samples (%v), want %d", on.Done["full"], err, n)
+	}
+	if done, got := s.progress("full"); done != n || len(got["m"]) != n {
+		t.Fatalf("progress: %d samples, %d scores; want %d", done, len(got["m"]), n)
 	}
 	r["m"] = append(r["m"], n+1)
 	if err := s.save("full", r, n+1, time.Millisecond, true); err != nil {

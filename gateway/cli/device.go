@@ -130,9 +130,9 @@ func largestStep(maxBatched, maxLen, maxSeqs int) stepShape {
 // the weights and the pool: the scratch tensors of every token (three of
 // the hidden width, two of q/k/v's, three of the MLP's), a logit row per
 // sequence, a sparse layer's prompt scratch (its K and V rounded to bf16,
-// the observation window's sums per head, and its rows' max and sum per
-// tile of 32 keys at the default 32-row window) and the fused scoring
-// pass's logits, each twice over where the backend's power-of-two size classes
+// the observation window's sums per head, SnapKV's choice's scores and
+// order keys per KV head, and the window rows' max and sum per tile, at
+// most kernels.ObsStatsMaxBytes) and the fused scoring pass's logits, each twice over where the backend's power-of-two size classes
 // hold it (the logits buffer is a power of two already).
 func activationBytes(c *model.Config, s stepShape) int64 {
 	qd, kvd := c.NumHeads*c.HeadDim, c.NumKVHeads*c.HeadDim
@@ -145,7 +145,8 @@ func activationBytes(c *model.Config, s stepShape) int64 {
 	t := int64(s.tokens)
 	return 3*tensor(t*int64(c.HiddenSize)) + 2*tensor(t*int64(qd+2*kvd)) + 3*tensor(t*int64(c.IntermediateSize)) +
 		tensor(int64(s.seqs)*int64(c.VocabSize)) +
-		2*tensor(t*int64(kvd)/2) + tensor(t*int64(c.NumHeads)) + tensor(2*t*int64(c.NumHeads)) + kernels.FusedScoreMaxBytes
+		2*tensor(t*int64(kvd)/2) + tensor(t*int64(c.NumHeads)) + tensor(6*t*int64(c.NumKVHeads)) +
+		kernels.ObsStatsMaxBytes + kernels.FusedScoreMaxBytes
 }
 
 // gpuGauges exports the GPU's NVML readings on /metrics when the model runs

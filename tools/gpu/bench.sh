@@ -177,14 +177,16 @@ for part in $PARTS; do
 		one full-sidecar-handle sidecar "$KV" "$C" "$N" --cuda-ipc handle
 		;;
 	fused)
-		# H2O's scores from the decode kernel's logits (KVD_FUSED_SCORE=1,
-		# over the bfloat16 pool) against score_paged's second read of K,
-		# then with SnapKV layers' prompt attention on bf16 tiles too
-		# (KVD_PROMPT_BF16=1): 26 / 1024 and 31 / 1024, uncapped.
+		# The sparse layers' passes against what they replaced, 26 / 1024
+		# and 31 / 1024 over the bfloat16 pool, uncapped: score_paged's
+		# second read of K and float32 prompt tiles (KVD_SCORE_PAGED=1
+		# KVD_PROMPT_F32=1), then H2O's scores from the decode pass, then
+		# bf16 prompt tiles too (the defaults); the observation window's
+		# votes with the split kernels (KVD_OBS_SPLIT=1) in all three.
 		for L in 26 31; do
-			KV_DTYPE=bfloat16 one "fused-base-$L-1024-bf16" sidecar "$KV" "$C" "$N" --sparse-layers $L --window 1024
-			KVD_FUSED_SCORE=1 KV_DTYPE=bfloat16 one "grid-$L-1024-bf16-fused" sidecar "$KV" "$C" "$N" --sparse-layers $L --window 1024
-			KVD_FUSED_SCORE=1 KVD_PROMPT_BF16=1 KV_DTYPE=bfloat16 one "grid-$L-1024-bf16-fused-p16" sidecar "$KV" "$C" "$N" --sparse-layers $L --window 1024
+			KVD_OBS_SPLIT=1 KVD_SCORE_PAGED=1 KVD_PROMPT_F32=1 KV_DTYPE=bfloat16 one "fused-base-$L-1024-bf16" sidecar "$KV" "$C" "$N" --sparse-layers $L --window 1024
+			KVD_OBS_SPLIT=1 KVD_PROMPT_F32=1 KV_DTYPE=bfloat16 one "grid-$L-1024-bf16-fused" sidecar "$KV" "$C" "$N" --sparse-layers $L --window 1024
+			KVD_OBS_SPLIT=1 KV_DTYPE=bfloat16 one "grid-$L-1024-bf16-fused-p16" sidecar "$KV" "$C" "$N" --sparse-layers $L --window 1024
 		done
 		;;
 	select)
