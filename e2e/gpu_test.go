@@ -36,7 +36,13 @@ func TestGPUMatchesCPU(t *testing.T) {
 	// the float32 leg agreed on 0.29-0.46 of seeded tokens and the auto
 	// leg on 0.27-0.41 (issue F's run, TF32 prompts and float32 K and V:
 	// 0.50-0.75), greedy tokens on 0.86-0.93, the largest logprob
-	// difference 0.042. A wrong kernel diverges within a token or two.
+	// difference 0.042; in run 8, with the observation window's rows on
+	// bf16 tiles and the norms' new summation order, seeded agreement was
+	// 0.20-0.55 (PyramidKV's 0.203), greedy 0.85-0.93 and the logprob
+	// difference up to 0.075. Agreement before divergence is geometric
+	// and 12 prompts are few, so its bound (0.15) stays well under what
+	// kernels that round alike measure; a wrong kernel diverges within a
+	// token or two (0.02-0.04 of 48).
 	policies := []struct {
 		name, spec, dtype string
 	}{
@@ -111,7 +117,7 @@ func TestGPUMatchesCPU(t *testing.T) {
 		sRate := float64(sAgree) / float64(sTotal)
 		rate := float64(agree) / float64(total)
 		fmt.Fprintf(&report, "| %s | %s | %d | %.3f (%d of %d) | %d of %d | %.4f | %.3f (%d of %d) | %d of %d |\n", p.name, p.dtype, len(prompts), rate, agree, total, same, len(prompts), maxDiff, sRate, sAgree, sTotal, firstSame, len(prompts))
-		if rate < 0.8 || maxDiff > 0.1 || sRate < 0.2 || firstSame < len(prompts)-2 {
+		if rate < 0.8 || maxDiff > 0.1 || sRate < 0.15 || firstSame < len(prompts)-2 {
 			t.Errorf("%s, %s pool: GPU agrees with the CPU on %.3f of greedy tokens, %.3f of sampled ones (the first of %d of %d prompts), largest logprob difference %.4f",
 				p.name, p.dtype, rate, sRate, firstSame, len(prompts), maxDiff)
 		}
