@@ -1184,12 +1184,13 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 	// With obsTiles the tensor-core kernel attends the observation
 	// window's rows too and obsVote has them vote; else they take the
 	// split kernels, which vote as they attend.
+	flashable := l.HeadDim == 64 || l.HeadDim == 128
+	tiles := c.obsTiles && flashable && n > obsFrom && n >= flashMinRows && obsStatsBytes(n, heads, n-obsFrom) <= ObsStatsMaxBytes
 	flashN := obsFrom
-	tiles := c.obsTiles && n > obsFrom && obsStatsBytes(n, heads, n-obsFrom) <= ObsStatsMaxBytes && l.HeadDim%4 == 0 && l.HeadDim <= 128
 	if tiles {
 		flashN = n
 	}
-	if flashN >= flashMinRows && (l.HeadDim == 64 || l.HeadDim == 128) {
+	if flashable && flashN >= flashMinRows {
 		// The prompt's own K and V, float32 whatever the pool's dtype; with
 		// promptBF16 their rows row0..row0+flashN rounded to bf16 first,
 		// into buffers the kernel indexes from row0 as it would k and v.
