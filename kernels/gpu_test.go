@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/kvd-project/kvd/kernels/cuda"
 	"github.com/kvd-project/kvd/shm"
@@ -335,23 +336,26 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 	wantPool := cpu.FromHost(slices.Clone(pool), l.PoolElems())
 	want := cpu.Alloc(T, heads*hd)
 	cpu.Attention(want, cpu.FromHost(q, T, heads*hd), wantPool, l, b, scale)
-	v2, mma, per, perV2, fused := g.attnV2, g.flashMMA, splitPerSM, splitPerSMV2, g.fusedScore
+	v2, mma, per, perV2, fused, own := g.attnV2, g.flashMMA, splitPerSM, splitPerSMV2, g.fusedScore, g.ownCombine
 	// split_paged, and split_paged_v2 where it applies (head dim 128),
 	// at the default 4 items per SM, also in long items (one per SM:
 	// several chunks a warp) and short ones (8 per SM), and with
-	// H2O's scores from its logits (fused); the TF32 tensor-core kernel,
-	// and the bf16 one (mma) at every head dim.
+	// H2O's scores from its logits (fused); split_paged_v2 merging its
+	// rows itself (the default) and in attn_combine (own=false); the TF32
+	// tensor-core kernel, and the bf16 one (mma) at every head dim.
 	for _, run := range []struct {
 		v2    bool
 		per   int
 		mma   bool
 		fused bool
-	}{{false, 8, false, false}, {true, 8, false, false}, {true, 4, false, false}, {true, 1, false, false}, {true, 8, false, true}, {true, 4, false, true}, {true, 1, false, true}, {false, 8, true, false}} {
+		own   bool
+	}{{false, 8, false, false, true}, {true, 8, false, false, true}, {true, 4, false, false, true}, {true, 4, false, false, false}, {true, 1, false, false, true},
+		{true, 8, false, true, true}, {true, 4, false, true, true}, {true, 4, false, true, false}, {true, 1, false, true, true}, {false, 8, true, false, true}} {
 		if run.v2 && !v2OK(l) {
 			continue
 		}
-		label := fmt.Sprintf("%s/v2=%v/split%d/mma=%v/fused=%v", label, run.v2, run.per, run.mma, run.fused)
-		g.attnV2, splitPerSM, splitPerSMV2, g.flashMMA, g.fusedScore = run.v2, run.per, run.per, run.mma, run.fused
+		label := fmt.Sprintf("%s/v2=%v/split%d/mma=%v/fused=%v/own=%v", label, run.v2, run.per, run.mma, run.fused, run.own)
+		g.attnV2, splitPerSM, splitPerSMV2, g.flashMMA, g.fusedScore, g.ownCombine = run.v2, run.per, run.per, run.mma, run.fused, run.own
 		gotPool := g.FromHost(pool, l.PoolElems())
 		got := g.poisoned(T, heads*hd)
 		g.Attention(got, g.FromHost(q, T, heads*hd), gotPool, l, b, scale)
@@ -385,8 +389,27 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 			t.Errorf("%s: keys and values changed", label)
 		}
 		check(t, label+" scores", gsc, wsc, 1e-5)
+		g.checkCountsZero(t, label)
 	}
-	g.attnV2, splitPerSM, splitPerSMV2, g.flashMMA, g.fusedScore = v2, per, perV2, mma, fused
+	g.attnV2, splitPerSM, splitPerSMV2, g.flashMMA, g.fusedScore, g.ownCombine = v2, per, perV2, mma, fused, own
+}
+
+// checkCountsZero fails unless every count split_paged_v2's own combine
+// used is back to 0, as the next launch needs it.
+func (g *CUDA) checkCountsZero(t *testing.T, label string) {
+	t.Helper()
+	if g.countsN == 0 {
+		return
+	}
+	got := make([]uint32, g.countsN)
+	if err := g.ctx.CopyToHost(unsafe.Slice((*byte)(unsafe.Pointer(&got[0])), 4*len(got)), g.counts); err != nil {
+		t.Fatalf("%s: reading the combine counts: %v", label, err)
+	}
+	for i, v := range got {
+		if v != 0 {
+			t.Fatalf("%s: combine count %d left at %d", label, i, v)
+		}
+	}
 }
 
 // flashTol bounds the relative error of rows that ran on the tensor
