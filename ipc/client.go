@@ -559,6 +559,18 @@ func (c *Client) Plan(st *Step) ([]blocks.LayerPlan, error) {
 	return c.tables.PlanInto(st.Appends, &c.planBuf)
 }
 
+// StepPlan is Plan a layer at a time (blocks.StepPlan): the caller builds
+// each layer's plan as its forward pass reaches the layer, until it
+// reports the step done.
+func (c *Client) StepPlan(st *Step) (*blocks.StepPlan, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.inflight != st {
+		return nil, fmt.Errorf("step %d is no longer in flight", st.ID)
+	}
+	return c.tables.StepPlanInto(st.Appends, &c.planBuf)
+}
+
 // Done reports a step finished without waiting for a reply. When layers
 // evict, it is sent at once, so that kvd runs its between-step work while
 // the caller samples, and the next request waits for it; otherwise it

@@ -57,11 +57,32 @@ type LayerKV struct {
 
 // Batch is one forward step over several sequences at different positions.
 type Batch struct {
-	Seqs   []Seq
-	Layers []LayerKV // [NumLayers]
+	Seqs []Seq
+	// Layers are the layers' plans, [NumLayers]; or, with Layers nil,
+	// LayerPlan gives layer i's as the forward pass reaches it (after
+	// launching the layers before, so that building it overlaps their
+	// device time), NumLayers of them.
+	Layers    []LayerKV
+	LayerPlan func(i int) LayerKV
+	NumLayers int
 	// LogitRows selects the step tokens (indices into the concatenation of
 	// all Seqs' Tokens) whose next-token logits are returned.
 	LogitRows []int32
+}
+
+func (bt *Batch) layers() int {
+	if bt.Layers == nil && bt.LayerPlan != nil {
+		return bt.NumLayers
+	}
+	return len(bt.Layers)
+}
+
+func (bt *Batch) layer(i int) *LayerKV {
+	if bt.Layers == nil && bt.LayerPlan != nil {
+		lk := bt.LayerPlan(i)
+		return &lk
+	}
+	return &bt.Layers[i]
 }
 
 // Forward runs one step and returns logits [len(LogitRows), VocabSize].
@@ -99,8 +120,8 @@ func (m *Model) ForwardSample(ctx context.Context, bt *Batch, cache *Cache, host
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(bt.Layers) != c.NumLayers {
-		return nil, nil, fmt.Errorf("forward: %d layer plans for %d layers", len(bt.Layers), c.NumLayers)
+	if n := bt.layers(); n != c.NumLayers {
+		return nil, nil, fmt.Errorf("forward: %d layer plans for %d layers", n, c.NumLayers)
 	}
 	T := len(ids)
 	x, sc := b.Alloc(T, c.HiddenSize), m.newScratch(T)
@@ -115,12 +136,15 @@ func (m *Model) ForwardSample(ctx context.Context, bt *Batch, cache *Cache, host
 		if err := b.Err(); err != nil {
 			return nil, nil, fmt.Errorf("forward: layer %d: %w", i, err)
 		}
-		l, plan := &w.layers[i], &bt.Layers[i]
+		l := &w.layers[i]
+		m.attnInput(sc, x, l, pos)
+		// The plan after the layer's first kernels are queued: the device
+		// has work while the host builds it.
+		plan := bt.layer(i)
 		tokSlots, err := m.preparePlan(plan, qIndptr, T, cache.Layout)
 		if err != nil {
 			return nil, nil, fmt.Errorf("forward: layer %d: %w", i, err)
 		}
-		m.attnInput(sc, x, l, pos)
 		b.WriteKV(cache.Pool, cache.Layout, sc.k, sc.v, tokSlots)
 		m.sparsePrefills(plan, qIndptr, sc, attn, cache)
 		b.Attention(attn, sc.q, cache.Pool, cache.Layout, &plan.Attn, m.scale)

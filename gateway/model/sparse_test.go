@@ -265,12 +265,13 @@ func pagedSparseDType(t *testing.T, m *Model, tokens []int32, n int, spec policy
 	}
 	var out [][]float32
 	for start, end := 0, n; start < len(tokens); start, end = end, end+1 {
-		id, plans, err := kv.Reserve(ctx, []blocks.Append{{Seq: 1, N: end - start}})
+		id, plan, err := kv.Reserve(ctx, []blocks.Append{{Seq: 1, N: end - start}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		bt := &Batch{Seqs: []Seq{{Tokens: tokens[start:end], Pos: start}}, LogitRows: []int32{int32(end - start - 1)}}
-		for l, p := range plans {
+		for l := range plan.Layers() {
+			p := plan.Layer(l)
 			bt.Layers = append(bt.Layers, LayerKV{Policy: spec[l], Kept: p.Kept, Slots: p.Slots,
 				Attn: kernels.AttnBatch{KVLen: p.KVLen, BlockIndptr: p.BlockIndptr, Blocks: p.Blocks}})
 		}

@@ -37,8 +37,10 @@ type KV interface {
 	PoolTensor(b kernels.Backend) *kernels.Tensor
 	Open(ctx context.Context, ids ...uint64) error
 	Close(ctx context.Context, ids ...uint64) error
-	// Reserve appends a step's tokens and returns the step id and plans.
-	Reserve(ctx context.Context, appends []blocks.Append) (uint64, []blocks.LayerPlan, error)
+	// Reserve appends a step's tokens and returns the step id and its
+	// plan, which the forward pass builds a layer at a time as it reaches
+	// each layer (blocks.StepPlan), before Done.
+	Reserve(ctx context.Context, appends []blocks.Append) (uint64, *blocks.StepPlan, error)
 	// Done reports the step finished (failed rolls it back).
 	Done(id uint64, failed bool)
 	// FreeBlocks is kvd's count of free blocks as of the last reply.
@@ -187,12 +189,12 @@ func (s *Sidecar) samePoolKind() error {
 
 func (s *Sidecar) Spec() policy.Spec { return s.Hello().Policies }
 
-func (s *Sidecar) Reserve(ctx context.Context, appends []blocks.Append) (uint64, []blocks.LayerPlan, error) {
+func (s *Sidecar) Reserve(ctx context.Context, appends []blocks.Append) (uint64, *blocks.StepPlan, error) {
 	st, err := s.Step(ctx, appends)
 	if err != nil {
 		return 0, nil, err
 	}
-	plans, err := s.Plan(st)
+	plan, err := s.StepPlan(st)
 	if err == nil {
 		err = s.samePoolKind()
 	}
@@ -205,7 +207,7 @@ func (s *Sidecar) Reserve(ctx context.Context, appends []blocks.Append) (uint64,
 		s.Client.Done(st.ID, true)
 		return 0, nil, err
 	}
-	return st.ID, plans, nil
+	return st.ID, plan, nil
 }
 
 // Done records the step event (on a GPU pool) and reports the step.
@@ -434,15 +436,23 @@ func (r *Runner) StepSample(ctx context.Context, work []Work) (logits [][]float3
 		}
 	}
 	t0 := time.Now()
-	id, plans, err := r.kv.Reserve(ctx, appends)
+	id, plan, err := r.kv.Reserve(ctx, appends)
 	if err != nil {
 		return nil, nil, err
 	}
 	t1 := time.Now()
-	bt.Layers = make([]model.LayerKV, len(plans))
+	// Each layer's tables are copied into its plan as the forward pass
+	// reaches the layer, while the device runs the layers before, not
+	// here with the device idle (blocks.StepPlan).
 	spec := r.kv.Spec()
-	for l, p := range plans {
-		bt.Layers[l] = model.LayerKV{Policy: spec[l], Kept: p.Kept, Slots: p.Slots, Attn: kernels.AttnBatch{KVLen: p.KVLen, BlockIndptr: p.BlockIndptr, Blocks: p.Blocks}}
+	if plan.Layers() != len(spec) {
+		r.kv.Done(id, true)
+		return nil, nil, fmt.Errorf("kvd planned %d layers, its spec has %d", plan.Layers(), len(spec))
+	}
+	bt.NumLayers = plan.Layers()
+	bt.LayerPlan = func(l int) model.LayerKV {
+		p := plan.Layer(l)
+		return model.LayerKV{Policy: spec[l], Kept: p.Kept, Slots: p.Slots, Attn: kernels.AttnBatch{KVLen: p.KVLen, BlockIndptr: p.BlockIndptr, Blocks: p.Blocks}}
 	}
 	b := r.m.Backend()
 	cache := &model.Cache{Pool: r.kv.PoolTensor(b), Layout: r.kv.Layout()}

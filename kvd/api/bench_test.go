@@ -100,7 +100,11 @@ func envInt(name string, def int) int {
 // small blocks (the round trip's cost does not depend on the head size).
 func startKVDB(b *testing.B, evict bool) string {
 	b.Helper()
-	flags := []string{"--layers", "32", "--kv-heads", "1", "--head-dim", "8", "--kv-memory", "512MiB"}
+	// Room for every sequence's context and the steps before a reset: a
+	// block of 16 tokens at one head of 8 is 1088 bytes.
+	seqs, ctxLen := envInt("KVD_BENCH_SEQS", 64), envInt("KVD_BENCH_CTX", 128)
+	mib := max(512, seqs*32*((ctxLen+512)/16+2)*1088*5/4>>20)
+	flags := []string{"--layers", "32", "--kv-heads", "1", "--head-dim", "8", "--kv-memory", fmt.Sprintf("%dMiB", mib)}
 	if evict {
 		// Decode-time H2O on every layer, with a budget no sequence
 		// reaches here: the step done goes out as a notice, and kvd checks

@@ -228,3 +228,56 @@ func TestForkSharesFullBlocks(t *testing.T) {
 		t.Fatalf("leak: %d free", a.Free())
 	}
 }
+
+// TestStepPlanLayerAtATime builds a step's plan a layer at a time, in any
+// order, as the forward pass does, and gets what Plan gives at once; it
+// still does after a sequence of the step is closed (a request cancelled
+// mid-step) and its blocks go to another sequence, since the plan holds
+// the tables as the step reserved them.
+func TestStepPlanLayerAtATime(t *testing.T) {
+	spec, err := policy.Parse("0-1=snapkv:budget=8,obs_window=4", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(shm.Layout{NumBlocks: 200, BlockSize: 4, KVHeads: 1, HeadDim: 1}, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for s := SeqID(1); s <= 3; s++ {
+		a.Open(s)
+	}
+	if _, err := a.Reserve([]Append{{Seq: 1, N: 13}, {Seq: 2, N: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	step := []Append{{Seq: 1, N: 1}, {Seq: 2, N: 1}, {Seq: 3, N: 20}}
+	if _, err := a.Reserve(step); err != nil {
+		t.Fatal(err)
+	}
+	want, err := a.Plan(step)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pb PlanBuf
+	sp, err := a.StepPlanInto(step, &pb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sp.Layers() != 4 {
+		t.Fatalf("%d layers planned, want 4", sp.Layers())
+	}
+	if err := a.Close(2); err != nil {
+		t.Fatal(err)
+	}
+	a.Open(4)
+	if _, err := a.Reserve([]Append{{Seq: 4, N: 40}}); err != nil { // takes the freed blocks
+		t.Fatal(err)
+	}
+	for _, l := range []int{2, 0, 3, 1} {
+		if got := sp.Layer(l); !reflect.DeepEqual(got, want[l]) {
+			t.Fatalf("layer %d: planned %+v, want %+v", l, got, want[l])
+		}
+	}
+	if _, err := a.StepPlanInto([]Append{{Seq: 2, N: 1}}, &pb); !errors.Is(err, ErrUnknownSeq) {
+		t.Fatalf("a closed sequence planned: %v", err)
+	}
+}

@@ -66,7 +66,7 @@ func TestSparseInvariants(t *testing.T) {
 				appends = append(appends, blocks.Append{Seq: blocks.SeqID(id), N: 1})
 			}
 		}
-		id, plans, err := kv.Reserve(ctx, appends)
+		id, plan, err := kv.Reserve(ctx, appends)
 		if errors.Is(err, blocks.ErrPoolExhausted) {
 			for id := range length { // make room, as the scheduler would
 				kv.Close(ctx, id)
@@ -82,7 +82,8 @@ func TestSparseInvariants(t *testing.T) {
 		// token's position (the prompt's kept tokens are its first and
 		// last ones here; which ones does not matter to these checks) and
 		// a random score.
-		for li, p := range plans {
+		for li := range plan.Layers() {
+			p := plan.Layer(li)
 			next := 0
 			for i, a := range appends {
 				k := int(p.Kept[i])

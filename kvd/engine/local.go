@@ -101,18 +101,19 @@ func (c *Local) Close(ctx context.Context, ids ...uint64) error {
 }
 
 // Reserve reserves a step (reporting the previous one done) and returns its
-// id and every layer's plan.
-func (c *Local) Reserve(ctx context.Context, appends []blocks.Append) (uint64, []blocks.LayerPlan, error) {
+// id and its plan, which the caller builds a layer at a time before it
+// reports the step done.
+func (c *Local) Reserve(ctx context.Context, appends []blocks.Append) (uint64, *blocks.StepPlan, error) {
 	c.settle()
 	rep, err := c.e.Step(ctx, c.sess, &ipc.StepRequest{Appends: appends})
 	if err != nil {
 		return 0, nil, err
 	}
-	plans, err := c.e.plan(c.sess, appends)
+	plan, err := c.e.plan(c.sess, appends)
 	if err != nil {
 		return 0, nil, err
 	}
-	return rep.StepID, plans, nil
+	return rep.StepID, plan, nil
 }
 
 // Done reports the step finished. The report, and the eviction it may
@@ -140,8 +141,11 @@ func (c *Local) Abandon(ids ...uint64) { c.Close(context.Background(), ids...) }
 // Shutdown releases the pool.
 func (c *Local) Shutdown() error { return c.pool.Close() }
 
-// plan builds the client's step plan from the allocator's tables.
-func (e *Engine) plan(sess Session, appends []blocks.Append) ([]blocks.LayerPlan, error) {
+// plan starts the client's step plan from the allocator's tables (see
+// blocks.StepPlan for why the tables may be read after the lock is
+// released: until the step is reported done, only closing a sequence
+// touches them, and it only reads its tables).
+func (e *Engine) plan(sess Session, appends []blocks.Append) (*blocks.StepPlan, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	c, err := e.client(sess)
@@ -156,5 +160,5 @@ func (e *Engine) plan(sess Session, appends []blocks.Append) ([]blocks.LayerPlan
 		}
 		internal[i] = blocks.Append{Seq: sid, N: a.N}
 	}
-	return e.alloc.PlanInto(internal, &c.planBuf)
+	return e.alloc.StepPlanInto(internal, &c.planBuf)
 }
