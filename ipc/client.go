@@ -561,7 +561,8 @@ func (c *Client) Plan(st *Step) ([]blocks.LayerPlan, error) {
 
 // StepPlan is Plan a layer at a time (blocks.StepPlan): the caller builds
 // each layer's plan as its forward pass reaches the layer, until it
-// reports the step done.
+// reports the step done. The plan holds the tables as they are now, so
+// building it needs no lock: other calls may go on meanwhile.
 func (c *Client) StepPlan(st *Step) (*blocks.StepPlan, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

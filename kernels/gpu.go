@@ -1187,7 +1187,10 @@ func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, gr
 // combineCounts is a device buffer of at least n zeroed ints for
 // split_paged_v2's own combine (ownCombine), grown (after the work queued
 // on the old one is done) when a launch has more rows; 0 after a failure,
-// which sends the launch to attn_combine.
+// which sends the launch to attn_combine. Like every launch it relies on
+// the one legacy default stream: cuMemsetD32 is ordered before the
+// kernels that count there (not on a non-blocking stream), and only the
+// goroutine running the forward pass calls it (no lock).
 func (c *CUDA) combineCounts(n int) cuda.Ptr {
 	if n <= c.countsN {
 		return c.counts

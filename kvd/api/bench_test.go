@@ -17,9 +17,11 @@ import (
 // layers (Llama-3.1-8B's depth), with 128 tokens of context at the start.
 // "two-trips" reports the step done in its own round trip; "notify"
 // carries it on the next step's request, as the gateway does; "+plan" adds
-// building every layer's slots and block tables from the client's mirror.
+// building every layer's slots and block tables from the client's mirror;
+// "+stepplan" only what the gateway's reserve does now (blocks.StepPlan:
+// the layers' plans are built in the forward pass, while the device runs).
 func BenchmarkStepRoundTrip(b *testing.B) {
-	for _, mode := range []string{"two-trips", "done-with-next", "done-with-next+plan", "notify (h2o layers)"} {
+	for _, mode := range []string{"two-trips", "done-with-next", "done-with-next+plan", "done-with-next+stepplan", "notify (h2o layers)"} {
 		b.Run(mode, func(b *testing.B) {
 			d := startKVDB(b, strings.HasPrefix(mode, "notify"))
 			ctx := context.Background()
@@ -76,6 +78,9 @@ func BenchmarkStepRoundTrip(b *testing.B) {
 					err = c.StepDone(ctx, st.ID, false)
 				case "done-with-next+plan":
 					_, err = c.Plan(st)
+					c.Done(st.ID, false)
+				case "done-with-next+stepplan": // the gateway's reserve: the layers' plans come later, in the forward pass
+					_, err = c.StepPlan(st)
 					c.Done(st.ID, false)
 				default:
 					c.Done(st.ID, false)

@@ -291,7 +291,7 @@ func (t *Tables) Plan(step []Append) ([]LayerPlan, error) {
 type PlanBuf struct {
 	plans []LayerPlan
 	bufs  [][]int32
-	seqs  [][]table
+	snap  []planTable
 }
 
 // PlanInto is Plan into pb's storage.
@@ -315,41 +315,56 @@ func (t *Tables) PlanInto(step []Append, pb *PlanBuf) ([]LayerPlan, error) {
 // runs the layers before: copying every table of a step up front is most
 // of a decode step's reserve (BenchmarkStepRoundTrip at 32 sequences of
 // 5000 tokens: 314 of 357 µs; at 128, 920 of 1078), and the device waits
-// for it. It holds the step's sequences' tables as they were when it was
-// made; the tables must not change until the step's last Layer (appends,
-// eviction and rollback only come with the next step or its report;
-// closing a sequence only drops it from the map).
+// for it. It holds each (sequence, layer) table's length and block list as
+// the step left them (their headers, not the block ids: tables only ever
+// grow past their length, shrink by their length, or are dropped, so the
+// ids it holds stay as they were until the next step's appends), so
+// nothing done to the tables after it is made changes what it builds.
 type StepPlan struct {
-	seqs              [][]table // the step's sequences' tables, in step order
+	snap              []planTable // [layer][sequence]: layer l's are snap[l*n : (l+1)*n]
+	n                 int         // the step's sequences
 	layers, blockSize int
 	pb                *PlanBuf
+}
+
+// planTable is what a plan needs of one table.
+type planTable struct {
+	blocks       []int32
+	tokens, last int
 }
 
 // StepPlanInto starts step's plan in pb's storage (it replaces pb's
 // previous plan): the step's appends must have been applied.
 func (t *Tables) StepPlanInto(step []Append, pb *PlanBuf) (*StepPlan, error) {
-	seqs := pb.seqs[:0]
 	for _, s := range step {
-		ts, ok := t.seqs[s.Seq]
-		if !ok {
+		if !t.Has(s.Seq) {
 			return nil, fmt.Errorf("sequence %d: %w", s.Seq, ErrUnknownSeq)
 		}
-		seqs = append(seqs, ts)
 	}
-	pb.seqs = seqs
+	n := len(step)
+	if cap(pb.snap) < n*t.layers {
+		pb.snap = make([]planTable, n*t.layers)
+	}
+	snap := pb.snap[:n*t.layers]
+	for i, s := range step {
+		for l, tb := range t.seqs[s.Seq] {
+			snap[l*n+i] = planTable{blocks: tb.blocks, tokens: tb.tokens, last: tb.last}
+		}
+	}
 	if len(pb.bufs) < t.layers {
 		pb.bufs = append(pb.bufs, make([][]int32, t.layers-len(pb.bufs))...)
 	}
-	return &StepPlan{seqs: seqs, layers: t.layers, blockSize: t.blockSize, pb: pb}, nil
+	return &StepPlan{snap: snap, n: n, layers: t.layers, blockSize: t.blockSize, pb: pb}, nil
 }
 
 // Layer builds layer l's plan. It lives in the PlanBuf until the buffer's
 // next step.
 func (sp *StepPlan) Layer(l int) LayerPlan {
-	kept, nb, n := 0, 0, len(sp.seqs)
-	for _, ts := range sp.seqs {
-		kept += ts[l].last
-		nb += len(ts[l].blocks)
+	tbs := sp.snap[l*sp.n : (l+1)*sp.n]
+	kept, nb, n := 0, 0, sp.n
+	for i := range tbs {
+		kept += tbs[i].last
+		nb += len(tbs[i].blocks)
 	}
 	// One buffer per layer, cut into its five slices.
 	need := kept + 3*n + 1 + nb
@@ -366,8 +381,8 @@ func (sp *StepPlan) Layer(l int) LayerPlan {
 	}
 	p.BlockIndptr = append(p.BlockIndptr, 0)
 	bs := int32(sp.blockSize)
-	for _, ts := range sp.seqs {
-		tb := &ts[l]
+	for i := range tbs {
+		tb := &tbs[i]
 		for i := tb.tokens - tb.last; i < tb.tokens; i++ {
 			p.Slots = append(p.Slots, tb.blocks[int32(i)/bs]*bs+int32(i)%bs)
 		}
