@@ -574,7 +574,8 @@ func (c *Client) StepPlan(st *Step) (*blocks.StepPlan, error) {
 
 // Done reports a step finished without waiting for a reply. When layers
 // evict, it is sent at once, so that kvd runs its between-step work while
-// the caller samples, and the next request waits for it; otherwise it
+// the caller hands out the step's tokens, and the next request waits for
+// it; otherwise it
 // rides on the next Step. failed rolls the step's tokens back in kvd and in
 // the client's tables. If the report cannot be sent, the next Step or the
 // reconnect's hello carries it.

@@ -117,8 +117,8 @@ func (c *Local) Reserve(ctx context.Context, appends []blocks.Append) (uint64, *
 }
 
 // Done reports the step finished. The report, and the eviction it may
-// trigger, run in the background while the caller samples; the next call
-// waits for them.
+// trigger, run in the background while the caller hands out the step's
+// tokens; the next call waits for them.
 func (c *Local) Done(id uint64, failed bool) {
 	c.settle()
 	done := make(chan struct{})
