@@ -51,6 +51,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -324,9 +325,11 @@ func main() {
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	go func() {
 		sig := <-sigs
+		stopping.Store(true)
 		if err := saver.flush(); err != nil {
 			log.Printf("-raw-out: %v", err)
 		}
+		started.stopAll()
 		log.Fatalf("stopped by %v; -resume %s goes on", sig, *rawOut)
 	}()
 	// Configurations run -parallel at a time, each gateway on its share of
@@ -350,8 +353,7 @@ func main() {
 			if *srv == "" {
 				var err error
 				if s, err = startGateway(*gw, *modelDir, c, *kvMem, *deviceFlag, threads, io.Discard); err != nil {
-					saver.flush()
-					log.Fatal(err)
+					die(saver, "%v", err)
 				}
 			}
 			done, last := from, start
@@ -359,14 +361,13 @@ func main() {
 				done++
 				now := time.Now()
 				if err := saver.save(c.Name, r, done, now.Sub(last), done == len(set.Samples)); err != nil {
-					log.Fatal(err)
+					die(nil, "%v", err)
 				}
 				last = now
 			})
 			s.stop()
 			if err != nil {
-				saver.flush()
-				log.Fatalf("%s: %v", c.Name, err)
+				die(saver, "%s: %v", c.Name, err)
 			}
 			fmt.Fprintf(os.Stderr, "%s: %d samples in %.0fs\n", c.Name, done-from, time.Since(start).Seconds())
 		}()
@@ -379,6 +380,24 @@ func main() {
 			log.Fatal(err)
 		}
 	}
+}
+
+// stopping is set once a signal is stopping the run: the errors its
+// gateways' shutdown causes in the samples in flight are not the run's.
+var stopping atomic.Bool
+
+// die ends the run after an error: the raw file flushed (saver, if not
+// nil), the gateways stopped. While a signal is stopping the run it waits
+// for that instead.
+func die(saver *rawSaver, format string, args ...any) {
+	if stopping.Load() {
+		select {}
+	}
+	if saver != nil {
+		saver.flush()
+	}
+	started.stopAll()
+	log.Fatalf(format, args...)
 }
 
 // pick returns the configurations -configs (indices and ranges, as -list

@@ -15,15 +15,17 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
 
 // server is a running OpenAI-compatible server under test.
 type server struct {
-	base  string
-	model string    // sent as "model" when set (-server: the first of /v1/models)
-	cmd   *exec.Cmd // nil for a server the harness did not start
+	base     string
+	model    string    // sent as "model" when set (-server: the first of /v1/models)
+	cmd      *exec.Cmd // nil for a server the harness did not start
+	stopOnce sync.Once
 	// echoScore is set once the server has answered /v1/kvd/score with 404
 	// (vLLM, ollama, ...): scoring then uses echoed prompt log-probabilities.
 	echoScore atomic.Bool
@@ -88,6 +90,7 @@ func startGateway(bin, model string, c config, kvMemory, device string, threads 
 		return nil, err
 	}
 	s := &server{base: "http://" + addr, cmd: cmd}
+	started.add(s)
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		if resp, err := http.Get(s.base + "/health"); err == nil {
@@ -102,11 +105,65 @@ func startGateway(bin, model string, c config, kvMemory, device string, threads 
 	return nil, fmt.Errorf("gateway for %q (policy %q, KV dtype %q) did not come up", c.Name, c.Policy, kvType)
 }
 
+// stop interrupts a gateway the harness started and waits for it to exit
+// (killing it after stopWait).
 func (s *server) stop() {
-	if s.cmd != nil {
-		s.cmd.Process.Signal(os.Interrupt)
-		s.cmd.Wait()
+	if s.cmd == nil {
+		return
 	}
+	s.stopOnce.Do(func() {
+		started.remove(s)
+		s.cmd.Process.Signal(os.Interrupt)
+		exited := make(chan struct{})
+		go func() { s.cmd.Wait(); close(exited) }()
+		select {
+		case <-exited:
+		case <-time.After(stopWait):
+			s.cmd.Process.Kill()
+			<-exited
+		}
+	})
+}
+
+const stopWait = 10 * time.Second
+
+// started holds the gateways the harness started and has not stopped, so
+// that a harness about to die (a signal, an error) stops them first: a
+// signal sent to the harness alone, as timeout sends it, does not reach
+// them, and they would go on holding their memory (a GPU's, in a device
+// call) after the harness is gone.
+var started = &servers{m: map[*server]bool{}}
+
+type servers struct {
+	mu sync.Mutex
+	m  map[*server]bool
+}
+
+func (ss *servers) add(s *server) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.m[s] = true
+}
+
+func (ss *servers) remove(s *server) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	delete(ss.m, s)
+}
+
+// stopAll stops every gateway still running.
+func (ss *servers) stopAll() {
+	ss.mu.Lock()
+	all := make([]*server, 0, len(ss.m))
+	for s := range ss.m {
+		all = append(all, s)
+	}
+	ss.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, s := range all {
+		wg.Go(s.stop)
+	}
+	wg.Wait()
 }
 
 func (s *server) post(ctx context.Context, path string, body map[string]any, out any) error {
