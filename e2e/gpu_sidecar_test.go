@@ -141,3 +141,33 @@ func kvdStatus(t *testing.T, s *stack) *ipc.Status {
 	}
 	return &st
 }
+
+// TestGPURefusesFP8 asks for an fp8 pool on the GPU, whose kernels are not
+// written yet: kvd and an embedded gateway both refuse to start, and say
+// what to use instead. It skips without a GPU.
+func TestGPURefusesFP8(t *testing.T) {
+	gpuOrSkip(t)
+	dir, err := filepath.Abs("../models/kvd-go-16m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{filepath.Join(binDir, "kvd"), "serve", "--model", dir, "--device", "cuda", "--kv-memory", "64MiB", "--kv-cache-dtype", "fp8", "--socket", filepath.Join(t.TempDir(), "kvd.sock")},
+		{filepath.Join(binDir, "gateway"), "serve", "--model", dir, "--device", "cuda", "--embedded", "--kv-memory", "64MiB", "--kv-cache-dtype", "fp8", "--listen", "127.0.0.1:0"},
+	} {
+		cmd := exec.Command(args[0], args[1:]...)
+		done := make(chan struct{})
+		var out []byte
+		go func() { out, err = cmd.CombinedOutput(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			t.Fatalf("%s started with an fp8 pool on the GPU:\n%s", filepath.Base(args[0]), out)
+		}
+		if err == nil || !strings.Contains(string(out), "fp8") || !strings.Contains(string(out), "bfloat16") {
+			t.Errorf("%s --kv-cache-dtype fp8 on the GPU: %v\n%s", filepath.Base(args[0]), err, out)
+		}
+	}
+}

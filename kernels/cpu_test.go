@@ -158,7 +158,7 @@ func TestAttentionPaged(t *testing.T) {
 	}
 	for _, fma := range paths {
 		hasFMA = fma
-		for _, dt := range []shm.DType{shm.Float32, shm.BFloat16} {
+		for _, dt := range []shm.DType{shm.Float32, shm.BFloat16, shm.FP8E4M3} {
 			for _, tc := range cases {
 				testAttentionPaged(t, fma, dt, tc.name, tc.heads, tc.kvHeads, tc.hd, tc.blockSize, tc.past, tc.new, tc.scoreFrom)
 			}
@@ -168,8 +168,8 @@ func TestAttentionPaged(t *testing.T) {
 
 // testAttentionPaged writes random K and V into a pool of dtype dt
 // (WriteKV) and wants Attention over it to match dense attention over the
-// same K and V as the pool holds them (rounded to bfloat16 for a bfloat16
-// pool).
+// same K and V as the pool holds them (rounded to bfloat16 or fp8 for
+// such a pool).
 func testAttentionPaged(t *testing.T, fma bool, dt shm.DType, name string, heads, kvHeads, hd, blockSize int, past, new, scoreFrom []int) {
 	tc := struct {
 		name               string
@@ -212,8 +212,11 @@ func testAttentionPaged(t *testing.T, fma bool, dt shm.DType, name string, heads
 				}
 				nextBlock += nb
 				c.WriteKV(pool, l, c.FromHost(k, total, kvw), c.FromHost(v, total, kvw), slots)
-				if dt == shm.BFloat16 { // what the pool holds
+				switch dt { // what the pool holds
+				case shm.BFloat16:
 					k, v = roundBF16s(k), roundBF16s(v)
+				case shm.FP8E4M3:
+					k, v = roundE4M3s(k), roundE4M3s(v)
 				}
 				b.BlockIndptr = append(b.BlockIndptr, int32(len(b.Blocks)))
 				b.KVLen = append(b.KVLen, int32(total))
@@ -581,6 +584,15 @@ func TestEvictSources(t *testing.T) {
 			t.Fatalf("tokens %d keep %d sinks %d recent %d: evictKept %d, evictSources keeps %d", tokens, keep, sinks, recent, n, len(got))
 		}
 	}
+}
+
+// roundE4M3s is x rounded to FP8 E4M3, as an fp8 pool keeps it.
+func roundE4M3s(x []float32) []float32 {
+	out := make([]float32, len(x))
+	for i, f := range x {
+		out[i] = fromE4M3(toE4M3(f))
+	}
+	return out
 }
 
 // roundBF16s is x rounded to bfloat16, as a bfloat16 pool keeps it.

@@ -25,7 +25,9 @@ var ErrLayout = errors.New("invalid pool layout")
 // A row (one token's K or V for one head) is HeadDim float32s, or with
 // DType BFloat16 HeadDim bfloat16s packed two to a word: read as uint16s
 // from the row's start, element d is dimension d (little-endian words hold
-// dims 2i and 2i+1 in their low and high halves). Offsets are in words
+// dims 2i and 2i+1 in their low and high halves); with FP8E4M3, HeadDim
+// bytes packed four to a word the same way (byte j of word i is dimension
+// 4i+j). Offsets are in words
 // either way, so code that moves rows (compaction, eviction) moves
 // RowElems words and need not know the dtype; only what writes K and V
 // and what reads them as numbers does.
@@ -47,6 +49,11 @@ type DType uint8
 const (
 	Float32  DType = iota // rows as the model computes them (auto on the CPU)
 	BFloat16              // rounded to nearest even: half the bytes (auto on a GPU)
+	// FP8E4M3 is OCP FP8 E4M3 (vLLM's fp8, fp8_e4m3): a quarter of
+	// float32's bytes, 3 bits of mantissa, values rounded to nearest even
+	// and saturated at ±448 with a scale of 1 (vLLM's default without
+	// calibrated k_scale and v_scale).
+	FP8E4M3
 )
 
 func (d DType) String() string {
@@ -55,6 +62,8 @@ func (d DType) String() string {
 		return "float32"
 	case BFloat16:
 		return "bfloat16"
+	case FP8E4M3:
+		return "fp8_e4m3"
 	}
 	return fmt.Sprintf("DType(%d)", uint8(d))
 }
@@ -68,8 +77,10 @@ func ParseDType(s string) (DType, error) {
 		return Float32, nil
 	case "bfloat16", "bf16":
 		return BFloat16, nil
+	case "fp8", "fp8_e4m3":
+		return FP8E4M3, nil
 	}
-	return 0, fmt.Errorf("%w: KV cache dtype %q (want auto, float32 or bfloat16)", ErrLayout, s)
+	return 0, fmt.Errorf("%w: KV cache dtype %q (want auto, float32, bfloat16 or fp8)", ErrLayout, s)
 }
 
 // ResolveDType reads a --kv-cache-dtype value as ParseDType does, with
@@ -93,10 +104,25 @@ func ResolveDType(s string, gpu bool, headDim int) (DType, error) {
 // RowElems is the number of float32 words one token's K (or V) takes for
 // one head.
 func (l Layout) RowElems() int {
-	if l.DType == BFloat16 {
+	switch l.DType {
+	case BFloat16:
 		return l.HeadDim / 2
+	case FP8E4M3:
+		return l.HeadDim / 4
 	}
 	return l.HeadDim
+}
+
+// CheckHeadDim reports whether rows of headDim values pack into whole
+// words in dtype dt.
+func CheckHeadDim(dt DType, headDim int) error {
+	switch {
+	case dt == BFloat16 && headDim%2 != 0:
+		return fmt.Errorf("%w: a bfloat16 pool packs two dims a word; head dim %d is odd", ErrLayout, headDim)
+	case dt == FP8E4M3 && headDim%4 != 0:
+		return fmt.Errorf("%w: an fp8 pool packs four dims a word; head dim %d is not a multiple of 4", ErrLayout, headDim)
+	}
+	return nil
 }
 
 // Validate checks that every field is usable.
@@ -108,12 +134,10 @@ func (l Layout) Validate() error {
 		return fmt.Errorf("%w: block size %d", ErrLayout, l.BlockSize)
 	case l.KVHeads < 1 || l.HeadDim < 1:
 		return fmt.Errorf("%w: %d KV heads of dim %d", ErrLayout, l.KVHeads, l.HeadDim)
-	case l.DType > BFloat16:
+	case l.DType > FP8E4M3:
 		return fmt.Errorf("%w: KV dtype %v", ErrLayout, l.DType)
-	case l.DType == BFloat16 && l.HeadDim%2 != 0:
-		return fmt.Errorf("%w: a bfloat16 pool packs two dims a word; head dim %d is odd", ErrLayout, l.HeadDim)
 	}
-	return nil
+	return CheckHeadDim(l.DType, l.HeadDim)
 }
 
 // HeadElems is the number of words one head's K (or V) takes in a block.

@@ -54,7 +54,7 @@ func layout(args []string, out io.Writer) error {
 	dir := fs.String("model", "", "model directory whose config.json gives the geometry (required)")
 	mem := fs.String("kv-memory", "1GiB", "pool size in bytes, with an optional KiB/MiB/GiB suffix")
 	bs := fs.Int("block-size", 16, "tokens per layer-block")
-	dtype := fs.String("kv-cache-dtype", "auto", "float32, bfloat16 or auto (float32 here; kvd serve's auto is bfloat16 on a GPU)")
+	dtype := fs.String("kv-cache-dtype", "auto", "float32, bfloat16, fp8 or auto (float32 here; kvd serve's auto is bfloat16 on a GPU)")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %v", ErrUsage, err)
 	}

@@ -68,8 +68,8 @@ func LayoutFor(bytes int64, blockSize, kvHeads, headDim int, dt shm.DType) (shm.
 	if blockSize < 1 || kvHeads < 1 || headDim < 1 {
 		return l, fmt.Errorf("%w: block size %d, %d KV heads of dim %d", shm.ErrLayout, blockSize, kvHeads, headDim)
 	}
-	if dt == shm.BFloat16 && headDim%2 != 0 {
-		return l, fmt.Errorf("%w: a bfloat16 pool packs two dims a word; head dim %d is odd", shm.ErrLayout, headDim)
+	if err := shm.CheckHeadDim(dt, headDim); err != nil {
+		return l, err
 	}
 	per := int64(l.BlockElems()) * 4
 	l.NumBlocks = int(bytes / per)
