@@ -111,6 +111,7 @@ func (c *Local) Reserve(ctx context.Context, appends []blocks.Append) (uint64, *
 	}
 	plan, err := c.e.plan(c.sess, appends)
 	if err != nil {
+		c.e.StepDone(ctx, c.sess, rep.StepID, true) // roll the step back: it never runs
 		return 0, nil, err
 	}
 	return rep.StepID, plan, nil
