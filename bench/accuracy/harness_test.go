@@ -18,11 +18,10 @@ import (
 	"github.com/kvd-project/kvd/internal/proctest"
 )
 
-// TestHarnessEndToEnd draws a few short samples from real held-out Go
-// source, runs them against a real gateway with full KV and with a window
-// small enough to matter, and checks the report.
-func TestHarnessEndToEnd(t *testing.T) {
-	bin := proctest.Build(t, "github.com/kvd-project/kvd/gateway")
+// tinyHeldout writes a tiny model whose split holds out two of Go's
+// packages, and returns its directory, tokenizer and held-out sources.
+func tinyHeldout(t *testing.T) (string, *tokenizer.Tokenizer, []string) {
+	t.Helper()
 	modelDir := filepath.Join(t.TempDir(), "tiny")
 	if err := tinymodel.Write(modelDir, tinymodel.Options{Seed: 1}); err != nil {
 		t.Fatal(err)
@@ -36,6 +35,15 @@ func TestHarnessEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return modelDir, tok, files
+}
+
+// TestHarnessEndToEnd draws a few short samples from real held-out Go
+// source, runs them against a real gateway with full KV and with a window
+// small enough to matter, and checks the report.
+func TestHarnessEndToEnd(t *testing.T) {
+	bin := proctest.Build(t, "github.com/kvd-project/kvd/gateway")
+	modelDir, tok, files := tinyHeldout(t)
 	samples, err := makeSamples(tok, files, []int{192, 320}, 2, 7)
 	if err != nil {
 		t.Fatal(err)

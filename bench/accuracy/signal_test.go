@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kvd-project/kvd/gateway/model/tinymodel"
-	"github.com/kvd-project/kvd/gateway/tokenizer"
 	"github.com/kvd-project/kvd/internal/proctest"
 )
 
@@ -25,19 +23,7 @@ func TestSignalStopsGateways(t *testing.T) {
 	gw := proctest.Build(t, "github.com/kvd-project/kvd/gateway")
 	harness := proctest.Build(t, "github.com/kvd-project/kvd/bench/accuracy")
 	dir := t.TempDir()
-	modelDir := filepath.Join(dir, "tiny")
-	if err := tinymodel.Write(modelDir, tinymodel.Options{Seed: 1}); err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(modelDir, "split.json"), []byte(`{"heldout": ["./strings", "./bufio"]}`), 0o644)
-	tok, err := tokenizer.Load(modelDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files, err := heldoutSources(modelDir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	modelDir, tok, files := tinyHeldout(t)
 	samples, err := makeSamples(tok, files, []int{192, 320}, 50, 7) // more than the run gets through before the signal
 	if err != nil {
 		t.Fatal(err)
