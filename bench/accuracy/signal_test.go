@@ -33,7 +33,7 @@ func TestSignalStopsGateways(t *testing.T) {
 	if err := os.WriteFile(set, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var stderr bytes.Buffer
+	var stderr proctest.Buffer // read while the harness still writes it
 	cmd := exec.Command(harness, "-samples", set, "-gateway", gw, "-model", modelDir, "-kv-memory", "64MiB",
 		"-parallel", "2", "-configs", "0-1", "-raw-out", filepath.Join(dir, "raw.json"))
 	cmd.Stderr = &stderr

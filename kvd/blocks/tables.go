@@ -383,8 +383,8 @@ func (sp *StepPlan) Layer(l int) LayerPlan {
 	bs := int32(sp.blockSize)
 	for i := range tbs {
 		tb := &tbs[i]
-		for i := tb.tokens - tb.last; i < tb.tokens; i++ {
-			p.Slots = append(p.Slots, tb.blocks[int32(i)/bs]*bs+int32(i)%bs)
+		for t := tb.tokens - tb.last; t < tb.tokens; t++ {
+			p.Slots = append(p.Slots, tb.blocks[int32(t)/bs]*bs+int32(t)%bs)
 		}
 		p.Kept = append(p.Kept, int32(tb.last))
 		p.KVLen = append(p.KVLen, int32(tb.tokens))

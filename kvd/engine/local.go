@@ -142,10 +142,10 @@ func (c *Local) Abandon(ids ...uint64) { c.Close(context.Background(), ids...) }
 // Shutdown releases the pool.
 func (c *Local) Shutdown() error { return c.pool.Close() }
 
-// plan starts the client's step plan from the allocator's tables (see
-// blocks.StepPlan for why the tables may be read after the lock is
-// released: until the step is reported done, only closing a sequence
-// touches them, and it only reads its tables).
+// plan starts the client's step plan from the allocator's tables. The
+// plan holds each table's length and block list as they are now
+// (blocks.StepPlan), so the caller builds its layers after the lock is
+// released.
 func (e *Engine) plan(sess Session, appends []blocks.Append) (*blocks.StepPlan, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
