@@ -42,7 +42,16 @@ func TestGPUMatchesCPU(t *testing.T) {
 	// difference up to 0.075. Agreement before divergence is geometric
 	// and 12 prompts are few, so its bound (0.15) stays well under what
 	// kernels that round alike measure; a wrong kernel diverges within a
-	// token or two (0.02-0.04 of 48).
+	// token or two (0.02-0.04 of 48). The fp8 legs run the CPU over an
+	// fp8 pool too, so that both quantize K and V alike: the GPU's kernels
+	// against the CPU's reference, not fp8 against float32. Their bounds
+	// are looser: E4M3 keeps 3 bits of mantissa, so where the GPU's K or V
+	// differs from the CPU's by a bf16 GEMM's rounding, a value near a
+	// rounding boundary lands a whole fp8 step (6-12%) away. On an H200
+	// (bench/results/gpu-g.md, run 10) they agreed on 0.80-0.86 of greedy
+	// tokens, 0.12-0.15 of seeded ones, the largest logprob difference
+	// 0.39-0.46; every kernel they run is checked against the CPU's on the
+	// same pool bytes in kernels' TestGPU* tests.
 	policies := []struct {
 		name, spec, dtype string
 	}{
@@ -54,15 +63,21 @@ func TestGPUMatchesCPU(t *testing.T) {
 		{"snapkv+h2o", "2-7=snapkv:budget=256/h2o:recent=32", "float32"},
 		{"full", "", "auto"},
 		{"snapkv+h2o", "2-7=snapkv:budget=256/h2o:recent=32", "auto"},
+		{"full", "", "fp8"},
+		{"snapkv+h2o", "2-7=snapkv:budget=256/h2o:recent=32", "fp8"},
 	}
 	var report strings.Builder
-	fmt.Fprintf(&report, "| policy | GPU's --kv-cache-dtype | prompts | greedy tokens agreeing before divergence | greedy completions identical | largest logprob difference | seeded sampling (T=0.8, top-p 0.95): tokens agreeing before divergence | first sampled token the same |\n|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&report, "| policy | GPU's --kv-cache-dtype (the CPU's: float32, or fp8 with fp8) | prompts | greedy tokens agreeing before divergence | greedy completions identical | largest logprob difference | seeded sampling (T=0.8, top-p 0.95): tokens agreeing before divergence | first sampled token the same |\n|---|---|---|---|---|---|---|---|\n")
 	for _, p := range policies {
 		var pol []string
 		if p.spec != "" {
 			pol = []string{"--kv-policy", p.spec}
 		}
-		cpu := startStack(t, "embedded", options{model: dir, kvMemory: "512MiB", policy: pol, gateway: []string{"--device", "cpu"}})
+		cpuArgs := []string{"--device", "cpu"}
+		if p.dtype == "fp8" {
+			cpuArgs = append(cpuArgs, "--kv-cache-dtype", "fp8")
+		}
+		cpu := startStack(t, "embedded", options{model: dir, kvMemory: "512MiB", policy: pol, gateway: cpuArgs})
 		gpu := startStack(t, "embedded", options{model: dir, kvMemory: "512MiB", policy: pol, gateway: []string{"--device", "cuda", "--kv-cache-dtype", p.dtype}})
 		if !strings.Contains(gpu.allLogs(), "backend=cuda") {
 			t.Fatalf("the --device cuda gateway did not choose the GPU:\n%s", gpu.allLogs())
@@ -117,7 +132,11 @@ func TestGPUMatchesCPU(t *testing.T) {
 		sRate := float64(sAgree) / float64(sTotal)
 		rate := float64(agree) / float64(total)
 		fmt.Fprintf(&report, "| %s | %s | %d | %.3f (%d of %d) | %d of %d | %.4f | %.3f (%d of %d) | %d of %d |\n", p.name, p.dtype, len(prompts), rate, agree, total, same, len(prompts), maxDiff, sRate, sAgree, sTotal, firstSame, len(prompts))
-		if rate < 0.8 || maxDiff > 0.1 || sRate < 0.15 || firstSame < len(prompts)-2 {
+		minRate, maxLP, minSampled := 0.8, 0.1, 0.15
+		if p.dtype == "fp8" {
+			minRate, maxLP, minSampled = 0.7, 0.6, 0.08
+		}
+		if rate < minRate || maxDiff > maxLP || sRate < minSampled || firstSame < len(prompts)-2 {
 			t.Errorf("%s, %s pool: GPU agrees with the CPU on %.3f of greedy tokens, %.3f of sampled ones (the first of %d of %d prompts), largest logprob difference %.4f",
 				p.name, p.dtype, rate, sRate, firstSame, len(prompts), maxDiff)
 		}

@@ -22,13 +22,20 @@
 // whose values are widened to float32 (exactly) as they are read, so all
 // arithmetic is as over a float32 pool. Rows of a bfloat16 pool are hd/2
 // words long and need only start on a word (4 bytes) for the row kernels.
+// An fp8 pool (shm.FP8E4M3: four E4M3 values a word) likewise has
+// split_paged_fp8_g*, score_paged_fp8_g*, split_paged_v2{,_score}_fp8_g*,
+// score_logits_fp8_g* and flash_paged_mma_fp8_hd* (the tensor-core
+// prefill widens its tiles to bf16 as it stages them; no TF32 variant),
+// its values widened exactly to float32 (or bf16) as they are read; its
+// rows are hd/4 words.
 #include "common.cuh"
 
 #define NT 128    // threads per CTA
 #define TILE 64   // keys per tile
 #define HDMAX 256 // largest head dim (two dims per thread)
 // Paged keys: token j of a table is slot j % bs of block blocks[j / bs].
-// T is how the pool stores K and V (float, or bf16_t packed two a word);
+// T is how the pool stores K and V (float, bf16_t packed two a word, or
+// fp8_t four a word);
 // L's row length is in words (row_words).
 template <class T> struct PagedKV {
     typedef T elem;
@@ -45,7 +52,7 @@ template <class T> struct PagedKV {
 };
 
 // A row's length in the pool's words for head dim hd, K and V stored as T.
-template <class T> __device__ __forceinline__ int row_words(int hd) { return sizeof(T) == 4 ? hd : hd / 2; }
+template <class T> __device__ __forceinline__ int row_words(int hd) { return hd * (int)sizeof(T) / 4; }
 
 // A row's dims d..d+3 and dim d as float32, whatever the row's type. d is
 // a multiple of 4 for ld4, so a bf16 row's two words there are whole; the
@@ -60,8 +67,12 @@ __device__ __forceinline__ float4 ld4(const bf16_t *r, int d) {
     return make_float4(__uint_as_float(a << 16), __uint_as_float(a & 0xffff0000u), __uint_as_float(b << 16),
                        __uint_as_float(b & 0xffff0000u));
 }
+__device__ __forceinline__ float4 ld4(const fp8_t *r, int d) {
+    return fp8x4_to_f32(__ldg(reinterpret_cast<const unsigned *>(r) + (d >> 2)));
+}
 __device__ __forceinline__ float ld1(const float *r, int d) { return r[d]; }
 __device__ __forceinline__ float ld1(const bf16_t *r, int d) { return bf16_to_f32(r[d]); }
+__device__ __forceinline__ float ld1(const fp8_t *r, int d) { return fp8_to_f32(r[d]); }
 
 // Dense keys: token j is row row0 + j of k, v [T, kvh*hd], stored as T
 // (float32, or bf16 for flash_prompt_mma_bf16).
@@ -421,26 +432,50 @@ __device__ __forceinline__ void v2_kdot(float (&dot)[G], const bf16_t *row, cons
     }
 }
 
+// An fp8 row: lane sl's one 16-byte load holds dims 16sl..16sl+15, word i
+// of it dims 16sl+4i..+3, whose queries v2_qslot puts at float4 8i+sl (a
+// quarter warp reads consecutive float4s).
+template <int G, int KL>
+__device__ __forceinline__ void v2_kdot(float (&dot)[G], const fp8_t *row, const float (*qs)[V2_HD], int sl) {
+    static_assert(KL == 8, "fp8 rows: eight lanes a key");
+    const uint4 kw = reinterpret_cast<const uint4 *>(row)[sl];
+    const float4 k0 = fp8x4_to_f32(kw.x), k1 = fp8x4_to_f32(kw.y), k2 = fp8x4_to_f32(kw.z), k3 = fp8x4_to_f32(kw.w);
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        const float4 *qq = reinterpret_cast<const float4 *>(qs[g]) + sl;
+        const float4 a = qq[0], b = qq[8], c = qq[16], d = qq[24];
+        dot[g] = a.x * k0.x + a.y * k0.y + a.z * k0.z + a.w * k0.w + b.x * k1.x + b.y * k1.y + b.z * k1.z +
+                 b.w * k1.w + c.x * k2.x + c.y * k2.y + c.z * k2.z + c.w * k2.w + d.x * k3.x + d.y * k3.y +
+                 d.z * k3.z + d.w * k3.w;
+    }
+}
+
 // Where dim d of a query goes in shared memory: in place for float32
 // rows; for bfloat16 rows with V2_BF16_QPERM, dims 8(sl+KL·i)..+3 (the
 // first float4 lane sl reads for its i-th load) at float4 2KL·i+sl and
 // the next four at 2KL·i+KL+sl, so a quarter warp reads consecutive
-// float4s. (In place, lanes read 32 bytes apart: two-way conflicts.)
+// float4s. (In place, lanes read 32 bytes apart: two-way conflicts.) For
+// fp8 rows, dims 16sl+4i..+3 at float4 8i+sl.
 template <class T, int KL>
 __device__ __forceinline__ int v2_qslot(int d) {
+    if (sizeof(T) == 1) return (8 * ((d / 4) % 4) + d / 16) * 4 + d % 4;
     if (sizeof(T) == 4 || !V2_BF16_QPERM) return d;
     const int u = d / 8, half = (d / 4) % 2, c = d % 4;  // u = sl + KL·i
     return ((2 * KL * (u / KL) + half * KL + u % KL) * 4) + c;
 }
 
 // Lane's four dims 4·lane..+3 of a V row: one 16-byte load of float32s,
-// or one 8-byte load of bfloat16s (words 2·lane and 2·lane+1).
+// one 8-byte load of bfloat16s (words 2·lane and 2·lane+1), or one word
+// of fp8s (word lane).
 __device__ __forceinline__ float4 v2_vrow(const float *row, int lane) {
     return reinterpret_cast<const float4 *>(row)[lane];
 }
 __device__ __forceinline__ float4 v2_vrow(const bf16_t *row, int lane) {
     const uint2 w = reinterpret_cast<const uint2 *>(row)[lane];
     return make_float4(bf_lo(w.x), bf_hi(w.x), bf_lo(w.y), bf_hi(w.y));
+}
+__device__ __forceinline__ float4 v2_vrow(const fp8_t *row, int lane) {
+    return fp8x4_to_f32(reinterpret_cast<const unsigned *>(row)[lane]);
 }
 
 // lg: with SCORE, where the item's logits go for the scoring pass
@@ -454,9 +489,10 @@ __device__ void partial_v2(float *ws, const float *q, int k0, int k1, const Page
     __shared__ float wm[V2_WARPS][G], wl[V2_WARPS][G];
     __shared__ __align__(16) float wacc[V2_WARPS][G][V2_HD];
     // KL lanes a key when the logits are taken: eight for float32 rows
-    // (four 16-byte loads a lane); for bfloat16 rows V2_BF16_KL (eight by
-    // default, two loads a lane; four gives four loads a lane).
-    constexpr int KL = sizeof(T) == 4 ? 8 : V2_BF16_KL, KPI = 32 / KL;
+    // (four 16-byte loads a lane) and fp8 rows (one); for bfloat16 rows
+    // V2_BF16_KL (eight by default, two loads a lane; four gives four
+    // loads a lane).
+    constexpr int KL = sizeof(T) == 2 ? V2_BF16_KL : 8, KPI = 32 / KL;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, sub = lane / KL, sl = lane % KL;
     for (int i = tid; i < G * V2_HD; i += NT) qs[i / V2_HD][v2_qslot<T, KL>(i % V2_HD)] = q[i];
     __syncthreads();
@@ -625,7 +661,7 @@ __device__ void split_paged_v2(float *ws, const float *q, const float *pool, int
 // split_paged_v2 that also leaves a scoring row's logits in lg [items,
 // kvh, lgs, G] (lgs: the most keys an item has), for score_logits: H2O's
 // scores without reading K again (score_paged's pass re-reads it).
-// Instantiated over a bfloat16 pool only (the GPU's default; each
+// Instantiated over bfloat16 and fp8 pools only (the GPU's; each
 // instantiation adds ~100 KB of fat binary).
 template <int G, class T>
 __device__ void split_paged_v2_score(float *ws, float *lg, int lgs, const float *q, const float *pool, int bs, int kvh,
@@ -664,7 +700,7 @@ __device__ void score_logits(float *pool, const float *fin, const float *lg, int
 }
 
 // The group sizes instantiated: 1 to 8 query heads per KV head. The
-// _bf16 kernels are for a bfloat16 pool.
+// _bf16 kernels are for a bfloat16 pool, the _fp8 ones for an fp8 pool.
 #define INSTANTIATE(G)                                                                                                 \
     extern "C" __global__ void __launch_bounds__(NT)                                                                  \
         split_paged_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd, const int *rowinfo,    \
@@ -701,6 +737,35 @@ __device__ void score_logits(float *pool, const float *fin, const float *lg, int
         score_logits_bf16_g##G(float *pool, const float *fin, const float *lg, int lgs, int bs, int kvh,               \
                                const int *rowinfo, const int *items, const int *blocks) {                             \
         score_logits<G, bf16_t>(pool, fin, lg, lgs, bs, kvh, rowinfo, items, blocks);                                 \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
+        split_paged_fp8_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd,                    \
+                             const int *rowinfo, const int *items, const int *blocks, float scale) {                  \
+        split_paged<G, fp8_t>(ws, q, pool, bs, kvh, hd, rowinfo, items, blocks, scale);                               \
+    }                                                                                                                  \
+    extern "C" __global__ void V2_BF16_BOUNDS                                                                         \
+        split_paged_v2_fp8_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd,                 \
+                                const int *rowinfo, const int *items, const int *blocks, float scale, float *out,     \
+                                float *fin, const int *rowsplit, int *count, int H) {                                 \
+        split_paged_v2<G, fp8_t>(ws, q, pool, bs, kvh, rowinfo, items, blocks, scale,                                 \
+                                 V2Combine{out, fin, rowsplit, count, H});                                            \
+    }                                                                                                                  \
+    extern "C" __global__ void V2_BF16_BOUNDS                                                                         \
+        split_paged_v2_score_fp8_g##G(float *ws, float *lg, int lgs, const float *q, const float *pool, int bs,        \
+                                      int kvh, const int *rowinfo, const int *items, const int *blocks, float scale,  \
+                                      float *out, float *fin, const int *rowsplit, int *count, int H) {               \
+        split_paged_v2_score<G, fp8_t>(ws, lg, lgs, q, pool, bs, kvh, rowinfo, items, blocks, scale,                  \
+                                       V2Combine{out, fin, rowsplit, count, H});                                      \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
+        score_logits_fp8_g##G(float *pool, const float *fin, const float *lg, int lgs, int bs, int kvh,                \
+                              const int *rowinfo, const int *items, const int *blocks) {                              \
+        score_logits<G, fp8_t>(pool, fin, lg, lgs, bs, kvh, rowinfo, items, blocks);                                  \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
+        score_paged_fp8_g##G(float *pool, const float *fin, const float *q, int bs, int kvh, int hd,                   \
+                             const int *rowinfo, const int *items, const int *blocks, float scale) {                  \
+        score_paged<G, fp8_t>(pool, fin, q, bs, kvh, hd, rowinfo, items, blocks, scale);                              \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(NT)                                                                  \
         score_paged_g##G(float *pool, const float *fin, const float *q, int bs, int kvh, int hd, const int *rowinfo,   \

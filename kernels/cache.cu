@@ -4,7 +4,8 @@
 //
 // A bfloat16 pool (shm.BFloat16) has its own writers, write_kv_bf16 and
 // scatter_kept_bf16, which take the head dim as the float32 ones do and
-// find a row's words (hd/2) from it. What moves rows or reads scores
+// find a row's words (hd/2) from it; an fp8 pool (shm.FP8E4M3) too,
+// write_kv_fp8 and scatter_kept_fp8 (hd/4 words). What moves rows or reads scores
 // (table_scores_many, evict_*) takes hd as the row's length in words
 // (shm.Layout.RowElems) and serves both dtypes: a packed pair moves as a
 // word, never as a number.
@@ -42,6 +43,23 @@ extern "C" __global__ void write_kv_bf16(float *pool, int bs, int kvh, int hd, c
     if (w == 0) pool[L.score(blk, h, off)] = 0.f;
 }
 
+// write_kv for an fp8 pool (shm.FP8E4M3): thread w rounds dims 4w..4w+3
+// of the head's row to E4M3 and stores them as the row's word w. grid (T,
+// kvh), block hd/4.
+extern "C" __global__ void write_kv_fp8(float *pool, int bs, int kvh, int hd, const float *k /*[T, kvh*hd]*/,
+                                        const float *v /*[T, kvh*hd]*/, const int *slots /*[T]*/) {
+    const PoolLayout L{bs, kvh, hd / 4};
+    const int t = blockIdx.x, h = blockIdx.y, w = threadIdx.x;
+    const int s = slots[t];
+    if (s < 0 || w >= L.hd) return;
+    const int blk = s / L.bs, off = s % L.bs;
+    const i64 src = ((i64)t * L.kvh + h) * hd + 4 * w;
+    unsigned *words = reinterpret_cast<unsigned *>(pool);
+    words[L.k(blk, h, off) + w] = pack_fp8x4(k[src], k[src + 1], k[src + 2], k[src + 3]);
+    words[L.v(blk, h, off) + w] = pack_fp8x4(v[src], v[src + 1], v[src + 2], v[src + 3]);
+    if (w == 0) pool[L.score(blk, h, off)] = 0.f;
+}
+
 // A sparse prefill's kept tokens: head h's i-th kept token is prompt token
 // idx[h, i] (rows row0.. of k and v), written to slots[i] with score
 // raw[h, idx[h, i]]. grid (keep, kvh), block hd.
@@ -75,6 +93,24 @@ extern "C" __global__ void scatter_kept_bf16(float *pool, int bs, int kvh, int h
     unsigned *words = reinterpret_cast<unsigned *>(pool);
     words[L.k(blk, h, off) + w] = pack_bf16(k[src], k[src + 1]);
     words[L.v(blk, h, off) + w] = pack_bf16(v[src], v[src + 1]);
+    if (w == 0) pool[L.score(blk, h, off)] = raw[(i64)h * n + j];
+}
+
+// scatter_kept for an fp8 pool, a word (four dims) a thread as
+// write_kv_fp8. grid (keep, kvh), block hd/4.
+extern "C" __global__ void scatter_kept_fp8(float *pool, int bs, int kvh, int hd, const float *k /*[T, kvh*hd]*/,
+                                            const float *v /*[T, kvh*hd]*/, const float *raw /*[kvh, n]*/,
+                                            const int *idx /*[kvh, keep]*/, const int *slots /*[keep]*/, int row0,
+                                            int n, int keep) {
+    const PoolLayout L{bs, kvh, hd / 4};
+    const int i = blockIdx.x, h = blockIdx.y, w = threadIdx.x;
+    if (w >= L.hd) return;
+    const int j = idx[h * keep + i], s = slots[i];
+    const int blk = s / L.bs, off = s % L.bs;
+    const i64 src = ((i64)(row0 + j) * L.kvh + h) * hd + 4 * w;
+    unsigned *words = reinterpret_cast<unsigned *>(pool);
+    words[L.k(blk, h, off) + w] = pack_fp8x4(k[src], k[src + 1], k[src + 2], k[src + 3]);
+    words[L.v(blk, h, off) + w] = pack_fp8x4(v[src], v[src + 1], v[src + 2], v[src + 3]);
     if (w == 0) pool[L.score(blk, h, off)] = raw[(i64)h * n + j];
 }
 

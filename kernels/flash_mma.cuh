@@ -109,6 +109,8 @@ template <int HD> struct FlashMmaTiles<HD, bf16_t> {
     static constexpr int BN = 64;
     static constexpr int KS = HD + 8;                 // a padded row, in bf16s
     static constexpr int BYTES = 2 * 2 * BN * KS * 2;  // K and V, two buffers each
+    static constexpr bool STAGED = false;              // fragments come from the tiles as they land
+    __device__ void stage(int) const {}
     bf16_t *K, *V;                                    // [2][BN][KS] each
     int koff, voff;                                   // this lane's ldmatrix row
     __device__ FlashMmaTiles(float *smem, int lane)
@@ -143,6 +145,8 @@ template <int HD> struct FlashMmaTiles<HD, float> {
     static constexpr int BN = 32;
     static constexpr int KS = HD + 16, VS = HD + 4;      // padded rows, in words
     static constexpr int BYTES = 2 * BN * (KS + VS) * 4;  // K and V, two buffers each
+    static constexpr bool STAGED = false;
+    __device__ void stage(int) const {}
     float *K, *V;                                        // [2][BN][KS], [2][BN][VS]
     int koff, voff;                                      // this lane's key and dim
     __device__ FlashMmaTiles(float *smem, int lane) : K(smem), V(smem + 2 * BN * KS) {
@@ -164,6 +168,65 @@ template <int HD> struct FlashMmaTiles<HD, float> {
         const float *p = V + (b * BN + k0) * VS + d0 + voff;                        // key k0+2t, dim d0+g
         f[0] = bf16x2(p[0], p[VS]), f[1] = bf16x2(p[8 * VS], p[9 * VS]);            // dim d0+g
         f[2] = bf16x2(p[8], p[VS + 8]), f[3] = bf16x2(p[8 * VS + 8], p[9 * VS + 8]);  // dim d0+8+g
+    }
+};
+
+// fp8 K and V (an fp8 pool, four E4M3 values a word): the raw tile
+// streams in by cp.async as the other kinds' do (two buffers, BN = 64 keys
+// of HD bytes), and once it has landed stage() widens it to bf16 (exact:
+// E4M3's values are all bf16 values) in one buffer laid out as the bf16
+// kind's, whose fragments then come by the same ldmatrix. The widening
+// costs a pass over the tile and a barrier; 67.5 KB at head dim 128:
+// three CTAs an SM on sm_90, as the bf16 kind.
+template <int HD> struct FlashMmaTiles<HD, fp8_t> {
+    static constexpr int BN = 64;
+    static constexpr int KS = HD + 8;                                 // a padded bf16 row
+    static constexpr int BYTES = 2 * BN * KS * 2 + 2 * 2 * BN * HD;  // bf16 K and V, raw K and V two buffers each
+    static constexpr bool STAGED = true;
+    bf16_t *K, *V;  // [BN][KS] each
+    fp8_t *RK, *RV;  // [2][BN][HD] each
+    int koff, voff;
+    __device__ FlashMmaTiles(float *smem, int lane)
+        : K(reinterpret_cast<bf16_t *>(smem)),
+          V(reinterpret_cast<bf16_t *>(smem) + BN * KS),
+          RK(reinterpret_cast<fp8_t *>(smem) + 2 * BN * KS * 2),
+          RV(reinterpret_cast<fp8_t *>(smem) + 2 * BN * KS * 2 + 2 * BN * HD) {
+        koff = ((lane >> 4) * 8 + (lane & 7)) * KS + ((lane >> 3) & 1) * 8;
+        voff = (((lane >> 3) & 1) * 8 + (lane & 7)) * KS + (lane >> 4) * 8;
+    }
+    template <class KV> __device__ void load(const KV &kv, int kb, int kv_end, int b) const {
+        mma_load<BN, HD, HD, HD>(RK + b * BN * HD, RV + b * BN * HD, kv, kb, kv_end);
+    }
+    // Raw buffer b, landed and published by a barrier, widened into the
+    // bf16 tiles: 16 values a thread a pass. The caller's barrier after it
+    // publishes the tiles.
+    __device__ void stage(int b) const {
+        constexpr int CPR = HD / 16;  // 16-byte pieces a row
+        for (int i = threadIdx.x; i < 2 * BN * CPR; i += 128) {
+            const bool isv = i >= BN * CPR;
+            const int j = isv ? i - BN * CPR : i, key = j / CPR, c = (j % CPR) * 16;
+            const uint4 w = *reinterpret_cast<const uint4 *>((isv ? RV : RK) + (b * BN + key) * HD + c);
+            uint4 lo, hi;
+            fp8x4_bf16(lo.x, lo.y, w.x);
+            fp8x4_bf16(lo.z, lo.w, w.y);
+            fp8x4_bf16(hi.x, hi.y, w.z);
+            fp8x4_bf16(hi.z, hi.w, w.w);
+            uint4 *dst = reinterpret_cast<uint4 *>((isv ? V : K) + key * KS + c);
+            dst[0] = lo, dst[1] = hi;
+        }
+    }
+    // Four E4M3 values as two words of bf16 pairs, the lower dim in the low half.
+    static __device__ __forceinline__ void fp8x4_bf16(unsigned &a, unsigned &b, unsigned w) {
+        const float4 f = fp8x4_to_f32(w);
+        a = (__float_as_uint(f.x) >> 16) | (__float_as_uint(f.y) & 0xffff0000u);
+        b = (__float_as_uint(f.z) >> 16) | (__float_as_uint(f.w) & 0xffff0000u);
+    }
+    static __device__ __forceinline__ int qdim(int kk, int t, int hi) { return kk * 16 + 2 * t + hi * 8; }
+    __device__ __forceinline__ void kfrag(unsigned (&f)[4], int, int n0, int kk) const {
+        ldsm4(f, K + n0 * KS + kk * 16 + koff);
+    }
+    __device__ __forceinline__ void vfrag(unsigned (&f)[4], int, int k0, int d0) const {
+        ldsm4t(f, V + k0 * KS + d0 + voff);
     }
 };
 
@@ -213,6 +276,10 @@ __device__ void flash_mma(float *out, const float *q, int H, int h, int row0, in
             cp_async_wait<0>();
         }
         __syncthreads();
+        if (Tiles::STAGED) {  // fp8: widen the landed tile to bf16 first
+            tiles.stage(b);
+            __syncthreads();
+        }
         if (wr < nrows && kb <= warp_last) {  // else no row of this warp sees this tile
             // s[n]: rows g, g+8 by keys kb+8n+2t, +1 (the C layout).
             float s[BN / 8][4];
@@ -304,6 +371,11 @@ struct FlashMMA {
         flash_paged_mma_bf16_hd##HD(float *out, const float *q, const float *pool, int bs, int kvh, int H,            \
                                     const int *tiles, const int *blocks, float scale) {                              \
         flash_paged<FlashMMA, HD, bf16_t>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                           \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(128, FLASH_MMA_CTAS(HD))                                            \
+        flash_paged_mma_fp8_hd##HD(float *out, const float *q, const float *pool, int bs, int kvh, int H,             \
+                                   const int *tiles, const int *blocks, float scale) {                               \
+        flash_paged<FlashMMA, HD, fp8_t>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                            \
     }                                                                                                                 \
     extern "C" __global__ void __launch_bounds__(128, FLASH_MMA_CTAS(HD))                                            \
         flash_prompt_mma_hd##HD(float *out, const float *q, const float *k, const float *v, int kvh, int H, int row0, \

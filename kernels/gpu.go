@@ -32,9 +32,10 @@ var cudaBins embed.FS
 // CUDA is the GPU backend: activations in float32 (but GEMM inputs from
 // AllocLinearInput in bf16), weight matrices in bf16 (GEMMs through
 // cuBLAS, bf16 in, float32 accumulate), the pool's K and V
-// in float32 or bfloat16 as shm.Layout lays them out (kernels that write or
-// read them as numbers have a _bf16 variant for a bfloat16 pool; those
-// that move rows take a row's length in words and serve both), all work
+// in float32, bfloat16 or fp8 (E4M3) as shm.Layout lays them out (kernels
+// that write or read them as numbers have a _bf16 variant for a bfloat16
+// pool and an _fp8 one for an fp8 pool; those that move rows take a row's
+// length in words and serve all three), all work
 // in order on the context's legacy default stream. Device memory for a
 // step's scratch comes from a cache of power-of-two size classes that Free
 // returns to, as PyTorch's allocator.
@@ -84,7 +85,7 @@ type CUDA struct {
 	// every N calls (for developers).
 	evictTiming phases
 	// fusedScore (the default; KVD_SCORE_PAGED=1 turns it off) has
-	// split_paged_v2 over a bfloat16 pool leave a scoring row's logits for
+	// split_paged_v2 over a bfloat16 or fp8 pool leave a scoring row's logits for
 	// H2O's scoring pass (split_paged_v2_score, score_logits) instead of
 	// score_paged reading the layer's K a second time: on an H200 that
 	// second read was 1.4 ms of a 14.8 ms decode step at 26 sparse layers
@@ -236,7 +237,7 @@ func NewCUDA(index int) (*CUDA, error) {
 		for _, k := range []struct {
 			base string
 			dt   shm.DType
-		}{{"flash_paged", shm.Float32}, {"flash_paged", shm.BFloat16}, {"flash_prompt", shm.Float32}, {"flash_prompt", shm.BFloat16}} {
+		}{{"flash_paged", shm.Float32}, {"flash_paged", shm.BFloat16}, {"flash_paged", shm.FP8E4M3}, {"flash_prompt", shm.Float32}, {"flash_prompt", shm.BFloat16}} {
 			for _, mma := range []bool{false, true} {
 				if !flashExists(k.base, k.dt, mma) {
 					continue
@@ -268,10 +269,14 @@ func flashSmem(hd int, dt shm.DType) int {
 // flashMMASmem is the dynamic shared memory of flash_mma.cuh's kernels, as
 // its flash_mma_smem_bytes computes it: K and V tiles, two buffers each,
 // of 64 bfloat16 keys in rows of hd+8 values, or of 32 float32 keys in
-// rows of hd+16 (K) and hd+4 (V) words.
+// rows of hd+16 (K) and hd+4 (V) words; over fp8, one buffer each of 64
+// bf16 keys (the widened tile) and two of 64 raw rows of hd bytes.
 func flashMMASmem(hd int, dt shm.DType) int {
-	if dt == shm.BFloat16 {
+	switch dt {
+	case shm.BFloat16:
 		return 2 * 2 * 64 * (hd + 8) * 2
+	case shm.FP8E4M3:
+		return 2*64*(hd+8)*2 + 2*2*64*hd
 	}
 	return 2 * 32 * ((hd + 16) + (hd + 4)) * 4
 }
@@ -279,35 +284,46 @@ func flashMMASmem(hd int, dt shm.DType) int {
 // flashKernel is the tensor-core prefill kernel that base ("flash_paged"
 // or "flash_prompt") names for K and V stored as dt at head dim hd, the
 // bf16 one of flash_mma.cuh (mma) or the TF32 one, and its dynamic shared
-// memory.
+// memory. An fp8 pool has the bf16 one only, whatever mma says.
 func flashKernel(base string, hd int, dt shm.DType, mma bool) (string, int) {
-	suffix := bf16Suffix(dt)
-	if mma {
+	suffix := kvSuffix(dt)
+	if mma || dt == shm.FP8E4M3 {
 		return fmt.Sprintf("%s_mma%s_hd%d", base, suffix, hd), flashMMASmem(hd, dt)
 	}
 	return fmt.Sprintf("%s%s_hd%d", base, suffix, hd), flashSmem(hd, dt)
 }
 
 // flashExists reports whether base has a tensor-core kernel over K and V
-// stored as dt: a prompt's own bf16 K and V (promptBF16) have only the
-// mma one.
+// stored as dt: a prompt's own bf16 K and V (promptBF16) and an fp8 pool
+// have only the mma one; a prompt's K and V are never fp8.
 func flashExists(base string, dt shm.DType, mma bool) bool {
-	return base != "flash_prompt" || dt == shm.Float32 || mma
+	switch dt {
+	case shm.FP8E4M3:
+		return base == "flash_paged" && mma
+	case shm.BFloat16:
+		return base != "flash_prompt" || mma
+	}
+	return true
 }
 
-// bf16Suffix is what a kernel that reads or writes K and V as numbers adds
-// to its name for K and V stored as dt: "_bf16" for bfloat16.
-func bf16Suffix(dt shm.DType) string {
-	if dt == shm.BFloat16 {
+// kvSuffix is what a kernel that reads or writes K and V as numbers adds
+// to its name for K and V stored as dt: "_bf16" for bfloat16, "_fp8" for
+// fp8 (E4M3).
+func kvSuffix(dt shm.DType) string {
+	switch dt {
+	case shm.BFloat16:
 		return "_bf16"
+	case shm.FP8E4M3:
+		return "_fp8"
 	}
 	return ""
 }
 
 func init() {
 	for g := 1; g <= maxGroup; g++ {
-		for _, k := range []string{"split_paged", "split_paged_bf16", "split_paged_v2", "split_paged_v2_bf16", "score_paged", "score_paged_bf16", "split_prompt", "score_prompt",
-			"split_paged_v2_score_bf16", "score_logits_bf16"} {
+		for _, k := range []string{"split_paged", "split_paged_bf16", "split_paged_fp8", "split_paged_v2", "split_paged_v2_bf16", "split_paged_v2_fp8",
+			"score_paged", "score_paged_bf16", "score_paged_fp8", "split_prompt", "score_prompt",
+			"split_paged_v2_score_bf16", "split_paged_v2_score_fp8", "score_logits_bf16", "score_logits_fp8"} {
 			kernelNames["attention"] = append(kernelNames["attention"], fmt.Sprintf("%s_g%d", k, g))
 		}
 	}
@@ -320,10 +336,10 @@ var kernelNames = map[string][]string{
 		"rmsnorm_bf16out", "add_rmsnorm_bf16out", "silu_mul_bf16out", "gemv_bf16_bf16in",
 	},
 	"sampling": {"sample_rows", "suppress_ids"},
-	"cache":    {"write_kv", "write_kv_bf16", "scatter_kept", "scatter_kept_bf16", "table_scores_many", "evict_gather_many", "evict_scatter_many", "snapkv_select", "evict_many"},
+	"cache":    {"write_kv", "write_kv_bf16", "write_kv_fp8", "scatter_kept", "scatter_kept_bf16", "scatter_kept_fp8", "table_scores_many", "evict_gather_many", "evict_scatter_many", "snapkv_select", "evict_many"},
 	"attention": {
 		"attn_combine", "flash_paged_hd64", "flash_paged_hd128", "flash_paged_bf16_hd64", "flash_paged_bf16_hd128", "flash_prompt_hd64", "flash_prompt_hd128",
-		"flash_paged_mma_hd64", "flash_paged_mma_hd128", "flash_paged_mma_bf16_hd64", "flash_paged_mma_bf16_hd128", "flash_prompt_mma_hd64", "flash_prompt_mma_hd128",
+		"flash_paged_mma_hd64", "flash_paged_mma_hd128", "flash_paged_mma_bf16_hd64", "flash_paged_mma_bf16_hd128", "flash_paged_mma_fp8_hd64", "flash_paged_mma_fp8_hd128", "flash_prompt_mma_hd64", "flash_prompt_mma_hd128",
 		"flash_prompt_mma_bf16_hd64", "flash_prompt_mma_bf16_hd128", "obs_stats", "obs_fin", "obs_votes",
 	},
 }
@@ -943,7 +959,8 @@ func layoutArgs(l shm.Layout) []any {
 }
 
 // headArgs are those of a kernel that writes or reads K and V as numbers:
-// the head dim in place of the row's words (its _bf16 variant halves it).
+// the head dim in place of the row's words (its _bf16 and _fp8 variants
+// halve and quarter it).
 func headArgs(l shm.Layout) []any {
 	return []any{int32(l.BlockSize), int32(l.KVHeads), int32(l.HeadDim)}
 }
@@ -956,9 +973,10 @@ func (c *CUDA) WriteKV(pool *Tensor, l shm.Layout, k, v *Tensor, slots []int32) 
 	}
 	p, class := c.ints(slots)
 	defer c.release(p, class)
-	// A thread a word of the row: a dim, or a bfloat16 pool's pair.
+	// A thread a word of the row: a dim, a bfloat16 pool's pair or an fp8
+	// pool's four.
 	a := append(args(ptr(pool)), headArgs(l)...)
-	c.launch("write_kv"+bf16Suffix(l.DType), cuda.Dim3{X: uint32(len(slots)), Y: uint32(l.KVHeads)}, cuda.Dim3{X: uint32(l.RowElems())}, append(a, ptr(k), ptr(v), p)...)
+	c.launch("write_kv"+kvSuffix(l.DType), cuda.Dim3{X: uint32(len(slots)), Y: uint32(l.KVHeads)}, cuda.Dim3{X: uint32(l.RowElems())}, append(a, ptr(k), ptr(v), p)...)
 }
 
 // checkGroup records an error for a head layout the kernels do not take:
@@ -1019,7 +1037,7 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 
 // v2OK reports whether split_paged_v2 takes a pool of layout l: head dim
 // 128 (a thread a dim when the warps merge, a lane four dims) and rows
-// that start on 16 bytes (16-byte loads), float32 or bfloat16.
+// that start on 16 bytes (16-byte loads), of any dtype.
 func v2OK(l shm.Layout) bool {
 	return l.HeadDim == 128 && l.BlockElems()%4 == 0
 }
@@ -1140,7 +1158,7 @@ func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, gr
 		// GB) scores with score_paged instead, with no buffer.
 		var lg cuda.Ptr
 		lgs := 0
-		if v2 && c.fusedScore && l.DType == shm.BFloat16 && len(scoring) > 0 {
+		if v2 && c.fusedScore && l.DType != shm.Float32 && len(scoring) > 0 {
 			for i := 0; i < len(scoring); i += 4 {
 				lgs = max(lgs, int(scoring[i+2]-scoring[i+1]))
 			}
@@ -1159,20 +1177,20 @@ func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, gr
 		combine := []any{ptr(out), fin, pSplit, counts, int32(heads)}
 		switch {
 		case lg != 0:
-			c.launch(fmt.Sprintf("split_paged_v2_score_bf16_g%d", group), grid(n), block, append([]any{ws, lg, int32(lgs), ptr(q), pool, int32(l.BlockSize), int32(kvh), pInfo, pItems, pBlocks, scale}, combine...)...)
+			c.launch(fmt.Sprintf("split_paged_v2_score%s_g%d", kvSuffix(l.DType), group), grid(n), block, append([]any{ws, lg, int32(lgs), ptr(q), pool, int32(l.BlockSize), int32(kvh), pInfo, pItems, pBlocks, scale}, combine...)...)
 		case v2:
-			c.launch(fmt.Sprintf("split_paged_v2%s_g%d", bf16Suffix(l.DType), group), grid(n), block, append([]any{ws, ptr(q), pool, int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pItems, pBlocks, scale}, combine...)...)
+			c.launch(fmt.Sprintf("split_paged_v2%s_g%d", kvSuffix(l.DType), group), grid(n), block, append([]any{ws, ptr(q), pool, int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pItems, pBlocks, scale}, combine...)...)
 		default:
-			c.launch(fmt.Sprintf("split_paged%s_g%d", bf16Suffix(l.DType), group), grid(n), block, ws, ptr(q), pool, int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pItems, pBlocks, scale)
+			c.launch(fmt.Sprintf("split_paged%s_g%d", kvSuffix(l.DType), group), grid(n), block, ws, ptr(q), pool, int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pItems, pBlocks, scale)
 		}
 		if counts == 0 {
 			c.launch("attn_combine", grid(R), block, ptr(out), fin, ws, pInfo, pSplit, int32(heads), int32(kvh), int32(hd))
 		}
 		switch {
 		case lg != 0:
-			c.launch(fmt.Sprintf("score_logits_bf16_g%d", group), grid(len(scoring)/4), block, pool, fin, lg, int32(lgs), int32(l.BlockSize), int32(kvh), pInfo, pScoring, pBlocks)
+			c.launch(fmt.Sprintf("score_logits%s_g%d", kvSuffix(l.DType), group), grid(len(scoring)/4), block, pool, fin, lg, int32(lgs), int32(l.BlockSize), int32(kvh), pInfo, pScoring, pBlocks)
 		case len(scoring) > 0:
-			c.launch(fmt.Sprintf("score_paged%s_g%d", bf16Suffix(l.DType), group), grid(len(scoring)/4), block, pool, fin, ptr(q), int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pScoring, pBlocks, scale)
+			c.launch(fmt.Sprintf("score_paged%s_g%d", kvSuffix(l.DType), group), grid(len(scoring)/4), block, pool, fin, ptr(q), int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pScoring, pBlocks, scale)
 		}
 		return
 	}
@@ -1369,7 +1387,7 @@ func (c *CUDA) selectOnHost(hs *Tensor, group int, k, v *Tensor, row0, n int, po
 	defer c.release(mp, mc)
 	a := append(args(ptr(pool)), headArgs(l)...)
 	a = append(a, ptr(k), ptr(v), rp, mp, mp+cuda.Ptr(4*len(idx)), int32(row0), int32(n), int32(keep))
-	c.launch("scatter_kept"+bf16Suffix(l.DType), cuda.Dim3{X: uint32(keep), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.RowElems())}, a...)
+	c.launch("scatter_kept"+kvSuffix(l.DType), cuda.Dim3{X: uint32(keep), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.RowElems())}, a...)
 }
 
 // selectOnDevice is SparsePrefill's choice and scatter without the host:
@@ -1421,7 +1439,7 @@ func (c *CUDA) selectOnDevice(hs *Tensor, group int, k, v *Tensor, row0, n int, 
 	defer c.release(sp, spc)
 	a := append(args(ptr(pool)), headArgs(l)...)
 	a = append(a, ptr(k), ptr(v), ptr(raw), idx, sp, int32(row0), int32(n), int32(keep))
-	c.launch("scatter_kept"+bf16Suffix(l.DType), cuda.Dim3{X: uint32(keep), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.RowElems())}, a...)
+	c.launch("scatter_kept"+kvSuffix(l.DType), cuda.Dim3{X: uint32(keep), Y: uint32(kvh)}, cuda.Dim3{X: uint32(l.RowElems())}, a...)
 }
 
 // Evict chooses and compacts on the device (evictOnDevice) unless

@@ -242,13 +242,13 @@ func attnCompositions() map[string][]attnCase {
 }
 
 // dtypes are the pool dtypes every pool kernel is checked with.
-var dtypes = []shm.DType{shm.Float32, shm.BFloat16}
+var dtypes = []shm.DType{shm.Float32, shm.BFloat16, shm.FP8E4M3}
 
 // randomPool fills a pool of l with random K, V and positive scores; a
-// bfloat16 pool's rows are random values rounded and packed as putRow
-// packs them.
+// bfloat16 or fp8 pool's rows are random values rounded and packed as
+// putRow packs them.
 func randomPool(rng *rand.Rand, l shm.Layout) []float32 {
-	if l.DType == shm.BFloat16 {
+	if l.DType != shm.Float32 {
 		p := make([]float32, l.PoolElems())
 		for b := range l.NumBlocks {
 			for h := range l.KVHeads {
@@ -428,7 +428,7 @@ func TestGPUWriteKV(t *testing.T) {
 		for _, c := range []struct {
 			bs int
 			dt shm.DType
-		}{{16, shm.Float32}, {32, shm.Float32}, {16, shm.BFloat16}, {32, shm.BFloat16}} {
+		}{{16, shm.Float32}, {32, shm.Float32}, {16, shm.BFloat16}, {32, shm.BFloat16}, {16, shm.FP8E4M3}, {32, shm.FP8E4M3}} {
 			bs := c.bs
 			l := shm.Layout{NumBlocks: 2 + (T+bs-1)/bs*2, BlockSize: bs, KVHeads: 4, HeadDim: 128, DType: c.dt}
 			perm := rng.Perm((l.NumBlocks - 1) * bs)
@@ -445,7 +445,8 @@ func TestGPUWriteKV(t *testing.T) {
 			cpu.WriteKV(want, l, cpu.FromHost(k, T, 512), cpu.FromHost(v, T, 512), slots)
 			got := g.FromHost(pool, l.PoolElems())
 			g.WriteKV(got, l, g.FromHost(k, T, 512), g.FromHost(v, T, 512), slots)
-			// The same rounding (bfloat16: to nearest even) gives the same bits.
+			// The same rounding (bfloat16 and fp8: to nearest even; fp8
+			// saturated) gives the same bits.
 			if err := g.Err(); err != nil {
 				t.Fatal(err)
 			}
@@ -471,7 +472,7 @@ func TestGPUSparsePrefill(t *testing.T) {
 	}
 	// A bfloat16 pool only changes how the kept tokens are written
 	// (scatter_kept_bf16): the prompt's attention reads its own K and V.
-	geoms := []geom{{4, 128, 16, shm.Float32}, {1, 64, 32, shm.Float32}, {8, 64, 16, shm.Float32}, {4, 128, 16, shm.BFloat16}, {1, 64, 32, shm.BFloat16}}
+	geoms := []geom{{4, 128, 16, shm.Float32}, {1, 64, 32, shm.Float32}, {8, 64, 16, shm.Float32}, {4, 128, 16, shm.BFloat16}, {1, 64, 32, shm.BFloat16}, {4, 128, 16, shm.FP8E4M3}, {8, 64, 32, shm.FP8E4M3}}
 	mmaRuns, runs := 0, 0
 	for _, n := range seqLens() {
 		if n < 2 {
@@ -578,8 +579,13 @@ func TestGPUSelectOnDevice(t *testing.T) {
 		}
 		for _, group := range []int{1, 4} {
 			for name, sel := range sels {
-				for _, ties := range []bool{false, true} {
-					dt := dtypes[group%2] // float32 at group 4, bfloat16 (scatter_kept_bf16) at 1
+				for ti, ties := range []bool{false, true} {
+					// float32 at group 4; at group 1 bfloat16
+					// (scatter_kept_bf16) without ties, fp8 with them
+					dt := dtypes[group%2]
+					if dt == shm.BFloat16 && ti == 1 {
+						dt = shm.FP8E4M3
+					}
 					const kvh, hd, bs, row0 = 2, 64, 16, 3
 					heads := kvh * group
 					sel.Keep = min(n, max(sel.ObsWindow+sel.Sinks+1, n/3))
@@ -619,7 +625,7 @@ func TestGPUEvict(t *testing.T) {
 		for _, c := range []struct {
 			bs, hd int
 			dt     shm.DType
-		}{{16, 64, shm.Float32}, {32, 128, shm.Float32}, {16, 128, shm.BFloat16}, {32, 256, shm.BFloat16}} {
+		}{{16, 64, shm.Float32}, {32, 128, shm.Float32}, {16, 128, shm.BFloat16}, {32, 256, shm.BFloat16}, {16, 128, shm.FP8E4M3}} {
 			bs := c.bs
 			nb := (tokens + bs - 1) / bs
 			l := shm.Layout{NumBlocks: nb + 5, BlockSize: bs, KVHeads: 4, HeadDim: c.hd, DType: c.dt}
@@ -657,7 +663,7 @@ func TestGPUEvictOnDevice(t *testing.T) {
 	for _, geo := range []struct {
 		bs, kvh, hd int
 		dt          shm.DType
-	}{{16, 8, 128, shm.Float32}, {32, 2, 64, shm.Float32}, {16, 4, 96, shm.Float32}, {16, 8, 128, shm.BFloat16}, {16, 4, 96, shm.BFloat16}, {16, 2, 256, shm.BFloat16}} {
+	}{{16, 8, 128, shm.Float32}, {32, 2, 64, shm.Float32}, {16, 4, 96, shm.Float32}, {16, 8, 128, shm.BFloat16}, {16, 4, 96, shm.BFloat16}, {16, 2, 256, shm.BFloat16}, {16, 8, 128, shm.FP8E4M3}, {32, 4, 96, shm.FP8E4M3}} {
 		for _, ties := range []bool{false, true} {
 			l := shm.Layout{NumBlocks: 600, BlockSize: geo.bs, KVHeads: geo.kvh, HeadDim: geo.hd, DType: geo.dt}
 			ids := rng.Perm(l.NumBlocks - 1)
@@ -825,6 +831,9 @@ func BenchmarkGPUAttention(b *testing.B) {
 		// A sparse layer's decode at the 26 / 1024 preset: ~1100 kept
 		// tokens, every row scoring (the fused pass over bfloat16).
 		{"decode-32x1100-bf16-h2o", 32, 1, shm.BFloat16, 1100, true},
+		// An fp8 pool: a quarter of float32's bytes.
+		{"prefill-1x5000-fp8", 1, 5000, shm.FP8E4M3, 5000, false}, {"decode-32x5000-fp8", 32, 1, shm.FP8E4M3, 5000, false},
+		{"decode-32x1100-fp8-h2o", 32, 1, shm.FP8E4M3, 1100, true},
 	} {
 		if only := os.Getenv("KVD_BENCH_ONLY"); only != "" && !strings.Contains(c.name, only) {
 			continue // (making a case's pool takes seconds)

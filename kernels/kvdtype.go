@@ -1,7 +1,6 @@
 package kernels
 
 import (
-	"fmt"
 	"math"
 	"unsafe"
 
@@ -132,13 +131,4 @@ func row(buf, pool []float32, off int, dt shm.DType) []float32 {
 	}
 	getRow(buf, pool[off:], dt)
 	return buf
-}
-
-// CheckPoolDType refuses a pool dtype that backend b has no kernels for:
-// an fp8 pool runs on the CPU backend only so far.
-func CheckPoolDType(b Backend, dt shm.DType) error {
-	if dt == shm.FP8E4M3 && b.Name() == DeviceCUDA {
-		return fmt.Errorf("%w: an fp8 KV cache runs on the CPU backend only so far (the CUDA kernels that write and read it are not written yet): use bfloat16 (auto) on a GPU", shm.ErrLayout)
-	}
-	return nil
 }

@@ -40,7 +40,7 @@ func main() {
 	decode := flag.Int("decode", 64, "decode steps")
 	chunk := flag.Int("max-num-batched-tokens", 8192, "prefill tokens per step")
 	profile := flag.String("cpuprofile", "", "write a CPU profile of the decode steps here")
-	dtype := flag.String("kv-cache-dtype", "auto", "the pool's K and V: auto (bfloat16 on a GPU), float32, bfloat16 or fp8 (the CPU backend only)")
+	dtype := flag.String("kv-cache-dtype", "auto", "the pool's K and V: auto (bfloat16 on a GPU), float32, bfloat16 or fp8 (E4M3)")
 	sparseLayers := flag.Int("sparse-layers", 0, "the last N layers sparse (SnapKV prompt selection, H2O decode), as the gateway's flag")
 	window := flag.Int("window", 1024, "tokens a sparse layer keeps, with --sparse-layers")
 	flag.IntVar(&kernelProfile, "kernel-profile", 0, "on CUDA, profile the prefill and this many more decode steps kernel by kernel")

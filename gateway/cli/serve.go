@@ -39,7 +39,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	embedded := fs.Bool("embedded", false, "run kvd's engine in this process instead of talking to a kvd daemon")
 	kvMem := fs.String("kv-memory", "0.1", "embedded mode: KV pool size in bytes (512MiB, 4GiB) or a fraction of available memory (on a GPU: of what the weights and the largest step's activations leave, a --max-model-len prompt included)")
 	blockSize := fs.Int("block-size", 16, "embedded mode: tokens per KV layer-block")
-	kvType := fs.String("kv-cache-dtype", "auto", "embedded mode: how the pool holds K and V: float32, bfloat16 (half the bytes; rounded to nearest even), fp8 (fp8_e4m3: a quarter of float32's bytes, saturated at ±448; CPU backend only so far) or auto (bfloat16 on a GPU, as the model's weights; float32 on the CPU); a sidecar's pool is kvd's (kvd serve --kv-cache-dtype)")
+	kvType := fs.String("kv-cache-dtype", "auto", "embedded mode: how the pool holds K and V: float32, bfloat16 (half the bytes; rounded to nearest even), fp8 (fp8_e4m3: a quarter of float32's bytes, rounded to nearest even and saturated at ±448) or auto (bfloat16 on a GPU, as the model's weights; float32 on the CPU); a sidecar's pool is kvd's (kvd serve --kv-cache-dtype)")
 	kvPolicy := fs.String("kv-policy", "", "embedded mode: per-layer sparsity (see kvd serve -h)")
 	sparseLayers := fs.Int("sparse-layers", 0, "embedded mode: the seed's preset, the last N layers sparse")
 	window := fs.Int("window", 1024, "embedded mode: tokens the --sparse-layers keep")
@@ -126,9 +126,6 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("%w: --kv-memory: %v", ErrUsage, err)
 		}
 		dt, err := shm.ResolveDType(*kvType, b.Name() == kernels.DeviceCUDA, c.HeadDim)
-		if err == nil {
-			err = kernels.CheckPoolDType(b, dt)
-		}
 		if err != nil {
 			return fmt.Errorf("%w: --kv-cache-dtype: %v", ErrUsage, err)
 		}

@@ -40,7 +40,7 @@ func serve(args []string, out io.Writer) error {
 	layers := fs.Int("layers", 0, "decoder layers (instead of --model)")
 	kvHeads := fs.Int("kv-heads", 0, "KV heads (instead of --model)")
 	headDim := fs.Int("head-dim", 0, "head dimension (instead of --model)")
-	dtype := fs.String("kv-cache-dtype", "auto", "how the pool holds K and V: float32, bfloat16 (half the bytes a token; rounded to nearest even), fp8 (fp8_e4m3: a quarter of float32's bytes, saturated at ±448; CPU pool only so far) or auto (bfloat16 on a GPU, as the model's weights; float32 on the CPU)")
+	dtype := fs.String("kv-cache-dtype", "auto", "how the pool holds K and V: float32, bfloat16 (half the bytes a token; rounded to nearest even), fp8 (fp8_e4m3: a quarter of float32's bytes, rounded to nearest even and saturated at ±448) or auto (bfloat16 on a GPU, as the model's weights; float32 on the CPU)")
 	kvPolicy := fs.String("kv-policy", "", "per-layer sparsity, e.g. \"0-1=full;2-31=snapkv:budget=1024/h2o:recent=32\" (default: every layer full)")
 	sparseLayers := fs.Int("sparse-layers", 0, "the seed's preset: the last N layers keep a SnapKV window of --window tokens, held by H2O while decoding")
 	window := fs.Int("window", 1024, "tokens the --sparse-layers keep")
@@ -92,9 +92,6 @@ func serve(args []string, out io.Writer) error {
 	}
 	log.Info("backend chosen", "backend", b.Name(), "why", why)
 	kvType, err := shm.ResolveDType(*dtype, b.Name() == kernels.DeviceCUDA, g.headDim)
-	if err == nil {
-		err = kernels.CheckPoolDType(b, kvType)
-	}
 	if err != nil {
 		return fmt.Errorf("%w: --kv-cache-dtype: %v", ErrUsage, err)
 	}

@@ -79,9 +79,6 @@ func NewDevice(b kernels.Backend, l shm.Layout) (*Device, error) {
 	if err := l.Validate(); err != nil {
 		return nil, err
 	}
-	if err := kernels.CheckPoolDType(b, l.DType); err != nil {
-		return nil, err
-	}
 	var t *kernels.Tensor
 	if e, ok := b.(interface{ AllocExact(...int) *kernels.Tensor }); ok {
 		t = e.AllocExact(l.PoolElems()) // not rounded up to a size class
@@ -108,9 +105,6 @@ func NewShared(b kernels.Backend, l shm.Layout, byFD bool) (*Device, error) {
 		return nil, fmt.Errorf("the %s backend cannot share memory with other processes", b.Name())
 	}
 	if err := l.Validate(); err != nil {
-		return nil, err
-	}
-	if err := kernels.CheckPoolDType(b, l.DType); err != nil {
 		return nil, err
 	}
 	d := &Device{layout: l, b: b, fd: -1}
