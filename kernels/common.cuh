@@ -27,8 +27,10 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
 // ---- FP8 E4M3 (shm.FP8E4M3: OCP's, as kernels/kvdtype.go's toE4M3 and
 // e4m3): bias 7, subnormals in steps of 2^-9, ±448 the largest, 0x7f and
 // 0xff NaN. An fp8 pool keeps four a 32-bit word, dim 4w+i in byte i of
-// word w. sm_89 and later convert in hardware (cvt ... e4m3x2); the sm_80
-// build does the same by bit arithmetic.
+// word w. Code built for sm_89 and later converts in hardware (cvt ...
+// e4m3x2): with make kernels' targets, the sm_90 machine code; the sm_80
+// code and the compute_80 PTX (what an sm_89 or newer card JITs) do the
+// same by bit arithmetic.
 typedef unsigned char fp8_t;
 
 // An E4M3 byte's value: its seven bits placed as a float32's exponent and

@@ -95,8 +95,9 @@ __device__ __forceinline__ void mma_load(T *K, T *V, const KV &kv, int kb, int k
 // of the two dims that lane t's A register (hi: the upper k half, a[2] and
 // a[3]) holds at k-step kk; kfrag reads K by the same map, so any
 // permutation of the dims within a k-step gives the same dot products. BN
-// keys a tile: both kinds stage 512·HD bytes of K and V before padding
-// (two buffers), 70 KB at head dim 128: three CTAs an SM on sm_90.
+// keys a tile: the float32 and bf16 kinds stage 512·HD bytes of K and V
+// before padding (two buffers), 70 KB at head dim 128: three CTAs an SM
+// on sm_90 (the fp8 kind, below, 66 KiB).
 template <int HD, class T> struct FlashMmaTiles;
 
 // bfloat16 K and V, staged as the pool has them: BN = 64 keys a tile (half
@@ -176,7 +177,7 @@ template <int HD> struct FlashMmaTiles<HD, float> {
 // of HD bytes), and once it has landed stage() widens it to bf16 (exact:
 // E4M3's values are all bf16 values) in one buffer laid out as the bf16
 // kind's, whose fragments then come by the same ldmatrix. The widening
-// costs a pass over the tile and a barrier; 67.5 KB at head dim 128:
+// costs a pass over the tile and a barrier; 66 KiB at head dim 128:
 // three CTAs an SM on sm_90, as the bf16 kind.
 template <int HD> struct FlashMmaTiles<HD, fp8_t> {
     static constexpr int BN = 64;
