@@ -464,6 +464,77 @@ __device__ __forceinline__ int v2_qslot(int d) {
     return ((2 * KL * (u / KL) + half * KL + u % KL) * 4) + c;
 }
 
+// The logits with the group's queries in registers (V2_QREG, G <= 4,
+// eight lanes a key): lane sl of a key's eight multiplies the same 16
+// dims of every key it takes, so it holds those dims of each query head,
+// qr[g][i] for dim v2_qdim<T>(sl, i), and reads no shared memory. With
+// the queries in shared memory, each key's logits read 2 KB of them at G
+// = 4 whatever K's dtype: ncu found the bf16 kernel bound by L1 and
+// shared memory (L1/TEX 82% of peak, DRAM 51%; H200, 32 × 5000), and
+// fp8 K and V, half the bytes, ran only 10% faster. On an H200 (run 10,
+// call O) the registers took bfloat16 decode at 32 × 5000 from 243.8 to
+// 228.5 us a layer and a scoring layer at 32 × 1100 from 116.4 to 100.0;
+// over fp8, ptxas kept the kernel to 128 registers and spilled (360 against
+// 210 us), and capped at three CTAs an SM it ran decode faster (193) but
+// the scoring layer slower (89.6 against 75.7): fp8 keeps Q in shared
+// memory.
+#ifndef V2_QREG
+#define V2_QREG 1
+#endif
+// Dim i < 16 of lane sl's slice: float32 rows dims 4(sl+8j)..+3 (j < 4),
+// bfloat16 rows 8(sl+8j)..+7 (j < 2), fp8 rows 16sl..16sl+15: as v2_kdot
+// reads K.
+template <class T> __device__ __forceinline__ int v2_qdim(int sl, int i) {
+    if (sizeof(T) == 4) return 4 * (sl + 8 * (i / 4)) + i % 4;
+    if (sizeof(T) == 2) return 8 * (sl + 8 * (i / 8)) + i % 8;
+    return 16 * sl + i;
+}
+template <int G>
+__device__ __forceinline__ void v2_kdot_r(float (&dot)[G], const float *row, const float (&qr)[G][16], int sl) {
+    const float4 *kr = reinterpret_cast<const float4 *>(row);
+    float4 kk[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) kk[j] = kr[sl + 8 * j];
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        float d = 0;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            d += qr[g][4 * j] * kk[j].x + qr[g][4 * j + 1] * kk[j].y + qr[g][4 * j + 2] * kk[j].z + qr[g][4 * j + 3] * kk[j].w;
+        dot[g] = d;
+    }
+}
+template <int G>
+__device__ __forceinline__ void v2_kdot_r(float (&dot)[G], const bf16_t *row, const float (&qr)[G][16], int sl) {
+    const uint4 *kr = reinterpret_cast<const uint4 *>(row);
+    uint4 kk[2];
+#pragma unroll
+    for (int j = 0; j < 2; j++) kk[j] = kr[sl + 8 * j];
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        float d = 0;
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            const float *a = &qr[g][8 * j];
+            d += a[0] * bf_lo(kk[j].x) + a[1] * bf_hi(kk[j].x) + a[2] * bf_lo(kk[j].y) + a[3] * bf_hi(kk[j].y) +
+                 a[4] * bf_lo(kk[j].z) + a[5] * bf_hi(kk[j].z) + a[6] * bf_lo(kk[j].w) + a[7] * bf_hi(kk[j].w);
+        }
+        dot[g] = d;
+    }
+}
+template <int G>
+__device__ __forceinline__ void v2_kdot_r(float (&dot)[G], const fp8_t *row, const float (&qr)[G][16], int sl) {
+    const uint4 kw = reinterpret_cast<const uint4 *>(row)[sl];
+    const float4 k0 = fp8x4_to_f32(kw.x), k1 = fp8x4_to_f32(kw.y), k2 = fp8x4_to_f32(kw.z), k3 = fp8x4_to_f32(kw.w);
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        const float *a = qr[g];
+        dot[g] = a[0] * k0.x + a[1] * k0.y + a[2] * k0.z + a[3] * k0.w + a[4] * k1.x + a[5] * k1.y + a[6] * k1.z +
+                 a[7] * k1.w + a[8] * k2.x + a[9] * k2.y + a[10] * k2.z + a[11] * k2.w + a[12] * k3.x + a[13] * k3.y +
+                 a[14] * k3.z + a[15] * k3.w;
+    }
+}
+
 // Lane's four dims 4·lane..+3 of a V row: one 16-byte load of float32s,
 // one 8-byte load of bfloat16s (words 2·lane and 2·lane+1), or one word
 // of fp8s (word lane).
@@ -494,8 +565,17 @@ __device__ void partial_v2(float *ws, const float *q, int k0, int k1, const Page
     // loads a lane).
     constexpr int KL = sizeof(T) == 2 ? V2_BF16_KL : 8, KPI = 32 / KL;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, sub = lane / KL, sl = lane % KL;
-    for (int i = tid; i < G * V2_HD; i += NT) qs[i / V2_HD][v2_qslot<T, KL>(i % V2_HD)] = q[i];
-    __syncthreads();
+    constexpr bool QREG = V2_QREG && G <= 4 && KL == 8 && sizeof(T) != 1;
+    float qr[G][16];  // unused (and so not allocated) unless QREG
+    if (QREG) {
+#pragma unroll
+        for (int g = 0; g < G; g++)
+#pragma unroll
+            for (int i = 0; i < 16; i++) qr[g][i] = __ldg(q + g * V2_HD + v2_qdim<T>(sl, i));
+    } else {
+        for (int i = tid; i < G * V2_HD; i += NT) qs[i / V2_HD][v2_qslot<T, KL>(i % V2_HD)] = q[i];
+        __syncthreads();
+    }
     float m[G], l[G];
     float4 acc[G];
 #pragma unroll
@@ -512,7 +592,11 @@ __device__ void partial_v2(float *ws, const float *q, int k0, int k1, const Page
         for (int p = 0; p < V2_CHUNK / KPI; p++) {
             const int j = p * KPI + sub;
             float dot[G];
-            v2_kdot<G, KL>(dot, reinterpret_cast<const T *>(kv.pool + __shfl_sync(0xffffffffu, koff, j)), qs, sl);
+            const T *krow = reinterpret_cast<const T *>(kv.pool + __shfl_sync(0xffffffffu, koff, j));
+            if (QREG)
+                v2_kdot_r<G>(dot, krow, qr, sl);
+            else
+                v2_kdot<G, KL>(dot, krow, qs, sl);
 #pragma unroll
             for (int g = 0; g < G; g++) {
                 float s = dot[g];
