@@ -464,8 +464,8 @@ __device__ __forceinline__ int v2_qslot(int d) {
     return ((2 * KL * (u / KL) + half * KL + u % KL) * 4) + c;
 }
 
-// The logits with the group's queries in registers (V2_QREG, G <= 4,
-// eight lanes a key): lane sl of a key's eight multiplies the same 16
+// The logits with the group's queries in registers (V2_QREG; bfloat16
+// rows, G <= 4, eight lanes a key): lane sl of a key's eight multiplies the same 16
 // dims of every key it takes, so it holds those dims of each query head,
 // qr[g][i] for dim v2_qdim<T>(sl, i), and reads no shared memory. With
 // the queries in shared memory, each key's logits read 2 KB of them at G
@@ -476,14 +476,15 @@ __device__ __forceinline__ int v2_qslot(int d) {
 // 228.5 us a layer and a scoring layer at 32 × 1100 from 116.4 to 100.0;
 // over fp8, ptxas kept the kernel to 128 registers and spilled (360 against
 // 210 us), and capped at three CTAs an SM it ran decode faster (193) but
-// the scoring layer slower (89.6 against 75.7): fp8 keeps Q in shared
-// memory.
+// the scoring layer slower (89.6 against 75.7); over float32 it gained
+// nothing (364.7 against 359.7). Only bfloat16 rows hold Q in registers.
 #ifndef V2_QREG
 #define V2_QREG 1
 #endif
 // Dim i < 16 of lane sl's slice: float32 rows dims 4(sl+8j)..+3 (j < 4),
 // bfloat16 rows 8(sl+8j)..+7 (j < 2), fp8 rows 16sl..16sl+15: as v2_kdot
-// reads K.
+// reads K. The float32 and fp8 forms are the variants measured above:
+// widening QREG's condition times them again.
 template <class T> __device__ __forceinline__ int v2_qdim(int sl, int i) {
     if (sizeof(T) == 4) return 4 * (sl + 8 * (i / 4)) + i % 4;
     if (sizeof(T) == 2) return 8 * (sl + 8 * (i / 8)) + i % 8;
@@ -565,7 +566,7 @@ __device__ void partial_v2(float *ws, const float *q, int k0, int k1, const Page
     // loads a lane).
     constexpr int KL = sizeof(T) == 2 ? V2_BF16_KL : 8, KPI = 32 / KL;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, sub = lane / KL, sl = lane % KL;
-    constexpr bool QREG = V2_QREG && G <= 4 && KL == 8 && sizeof(T) != 1;
+    constexpr bool QREG = V2_QREG && G <= 4 && KL == 8 && sizeof(T) == 2;
     float qr[G][16];  // unused (and so not allocated) unless QREG
     if (QREG) {
 #pragma unroll
