@@ -319,11 +319,21 @@ func kvSuffix(dt shm.DType) string {
 	return ""
 }
 
+// The row kernels, a group size each, named as splitRows launches them:
+// those over the pool for each pool dtype (kvSuffix), the fused scoring
+// pass's for the packed ones, those over a prompt's float32 K and V once.
 func init() {
+	var bases []string
+	for _, dt := range []shm.DType{shm.Float32, shm.BFloat16, shm.FP8E4M3} {
+		sfx := kvSuffix(dt)
+		bases = append(bases, "split_paged"+sfx, "split_paged_v2"+sfx, "score_paged"+sfx)
+		if dt != shm.Float32 {
+			bases = append(bases, "split_paged_v2_score"+sfx, "score_logits"+sfx)
+		}
+	}
+	bases = append(bases, "split_prompt", "score_prompt")
 	for g := 1; g <= maxGroup; g++ {
-		for _, k := range []string{"split_paged", "split_paged_bf16", "split_paged_fp8", "split_paged_v2", "split_paged_v2_bf16", "split_paged_v2_fp8",
-			"score_paged", "score_paged_bf16", "score_paged_fp8", "split_prompt", "score_prompt",
-			"split_paged_v2_score_bf16", "split_paged_v2_score_fp8", "score_logits_bf16", "score_logits_fp8"} {
+		for _, k := range bases {
 			kernelNames["attention"] = append(kernelNames["attention"], fmt.Sprintf("%s_g%d", k, g))
 		}
 	}
