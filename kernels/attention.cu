@@ -467,7 +467,7 @@ __device__ __forceinline__ int v2_qslot(int d) {
 // The logits with the group's queries in registers (V2_QREG; bfloat16
 // rows, G <= 4, eight lanes a key): lane sl of a key's eight multiplies the same 16
 // dims of every key it takes, so it holds those dims of each query head,
-// qr[g][i] for dim v2_qdim<T>(sl, i), and reads no shared memory. With
+// qr[g][i] for dim v2_qdim(sl, i), and reads no shared memory. With
 // the queries in shared memory, each key's logits read 2 KB of them at G
 // = 4 whatever K's dtype: ncu found the bf16 kernel bound by L1 and
 // shared memory (L1/TEX 82% of peak, DRAM 51%; H200, 32 × 5000), and
@@ -481,30 +481,11 @@ __device__ __forceinline__ int v2_qslot(int d) {
 #ifndef V2_QREG
 #define V2_QREG 1
 #endif
-// Dim i < 16 of lane sl's slice: float32 rows dims 4(sl+8j)..+3 (j < 4),
-// bfloat16 rows 8(sl+8j)..+7 (j < 2), fp8 rows 16sl..16sl+15: as v2_kdot
-// reads K. The float32 and fp8 forms are the variants measured above:
-// widening QREG's condition times them again.
-template <class T> __device__ __forceinline__ int v2_qdim(int sl, int i) {
-    if (sizeof(T) == 4) return 4 * (sl + 8 * (i / 4)) + i % 4;
-    if (sizeof(T) == 2) return 8 * (sl + 8 * (i / 8)) + i % 8;
-    return 16 * sl + i;
-}
-template <int G>
-__device__ __forceinline__ void v2_kdot_r(float (&dot)[G], const float *row, const float (&qr)[G][16], int sl) {
-    const float4 *kr = reinterpret_cast<const float4 *>(row);
-    float4 kk[4];
-#pragma unroll
-    for (int j = 0; j < 4; j++) kk[j] = kr[sl + 8 * j];
-#pragma unroll
-    for (int g = 0; g < G; g++) {
-        float d = 0;
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-            d += qr[g][4 * j] * kk[j].x + qr[g][4 * j + 1] * kk[j].y + qr[g][4 * j + 2] * kk[j].z + qr[g][4 * j + 3] * kk[j].w;
-        dot[g] = d;
-    }
-}
+// Lane sl's 16 dims of a bfloat16 row, as v2_kdot reads K: dims
+// 8(sl+8j)..+7, j < 2; qr[g][i] holds query head g's dim
+// 8(sl+8(i/8)) + i%8. (2e1a599 has the float32 and fp8 forms measured
+// above.)
+__device__ __forceinline__ int v2_qdim(int sl, int i) { return 8 * (sl + 8 * (i / 8)) + i % 8; }
 template <int G>
 __device__ __forceinline__ void v2_kdot_r(float (&dot)[G], const bf16_t *row, const float (&qr)[G][16], int sl) {
     const uint4 *kr = reinterpret_cast<const uint4 *>(row);
@@ -521,18 +502,6 @@ __device__ __forceinline__ void v2_kdot_r(float (&dot)[G], const bf16_t *row, co
                  a[4] * bf_lo(kk[j].z) + a[5] * bf_hi(kk[j].z) + a[6] * bf_lo(kk[j].w) + a[7] * bf_hi(kk[j].w);
         }
         dot[g] = d;
-    }
-}
-template <int G>
-__device__ __forceinline__ void v2_kdot_r(float (&dot)[G], const fp8_t *row, const float (&qr)[G][16], int sl) {
-    const uint4 kw = reinterpret_cast<const uint4 *>(row)[sl];
-    const float4 k0 = fp8x4_to_f32(kw.x), k1 = fp8x4_to_f32(kw.y), k2 = fp8x4_to_f32(kw.z), k3 = fp8x4_to_f32(kw.w);
-#pragma unroll
-    for (int g = 0; g < G; g++) {
-        const float *a = qr[g];
-        dot[g] = a[0] * k0.x + a[1] * k0.y + a[2] * k0.z + a[3] * k0.w + a[4] * k1.x + a[5] * k1.y + a[6] * k1.z +
-                 a[7] * k1.w + a[8] * k2.x + a[9] * k2.y + a[10] * k2.z + a[11] * k2.w + a[12] * k3.x + a[13] * k3.y +
-                 a[14] * k3.z + a[15] * k3.w;
     }
 }
 
@@ -568,11 +537,11 @@ __device__ void partial_v2(float *ws, const float *q, int k0, int k1, const Page
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, sub = lane / KL, sl = lane % KL;
     constexpr bool QREG = V2_QREG && G <= 4 && KL == 8 && sizeof(T) == 2;
     float qr[G][16];  // unused (and so not allocated) unless QREG
-    if (QREG) {
+    if constexpr (QREG) {
 #pragma unroll
         for (int g = 0; g < G; g++)
 #pragma unroll
-            for (int i = 0; i < 16; i++) qr[g][i] = __ldg(q + g * V2_HD + v2_qdim<T>(sl, i));
+            for (int i = 0; i < 16; i++) qr[g][i] = __ldg(q + g * V2_HD + v2_qdim(sl, i));
     } else {
         for (int i = tid; i < G * V2_HD; i += NT) qs[i / V2_HD][v2_qslot<T, KL>(i % V2_HD)] = q[i];
         __syncthreads();
@@ -594,7 +563,7 @@ __device__ void partial_v2(float *ws, const float *q, int k0, int k1, const Page
             const int j = p * KPI + sub;
             float dot[G];
             const T *krow = reinterpret_cast<const T *>(kv.pool + __shfl_sync(0xffffffffu, koff, j));
-            if (QREG)
+            if constexpr (QREG)
                 v2_kdot_r<G>(dot, krow, qr, sl);
             else
                 v2_kdot<G, KL>(dot, krow, qs, sl);
@@ -784,84 +753,51 @@ __device__ void score_logits(float *pool, const float *fin, const float *lg, int
     }
 }
 
-// The group sizes instantiated: 1 to 8 query heads per KV head. The
-// _bf16 kernels are for a bfloat16 pool, the _fp8 ones for an fp8 pool.
+// The kernels over the pool for K and V stored as T, named with SFX
+// (gpu.go's kvSuffix); V2B is split_paged_v2's launch bounds.
+#define INSTANTIATE_POOL(G, SFX, T, V2B)                                                                               \
+    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
+        split_paged##SFX##_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd,                 \
+                                const int *rowinfo, const int *items, const int *blocks, float scale) {               \
+        split_paged<G, T>(ws, q, pool, bs, kvh, hd, rowinfo, items, blocks, scale);                                   \
+    }                                                                                                                  \
+    extern "C" __global__ void V2B split_paged_v2##SFX##_g##G(                                                        \
+        float *ws, const float *q, const float *pool, int bs, int kvh, int hd, const int *rowinfo, const int *items,   \
+        const int *blocks, float scale, float *out, float *fin, const int *rowsplit, int *count, int H) {             \
+        split_paged_v2<G, T>(ws, q, pool, bs, kvh, rowinfo, items, blocks, scale,                                     \
+                             V2Combine{out, fin, rowsplit, count, H});                                                \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
+        score_paged##SFX##_g##G(float *pool, const float *fin, const float *q, int bs, int kvh, int hd,                \
+                                const int *rowinfo, const int *items, const int *blocks, float scale) {               \
+        score_paged<G, T>(pool, fin, q, bs, kvh, hd, rowinfo, items, blocks, scale);                                  \
+    }
+
+// The fused scoring pass's kernels (split_paged_v2_score, score_logits),
+// over bfloat16 and fp8 pools.
+#define INSTANTIATE_FUSED(G, SFX, T)                                                                                   \
+    extern "C" __global__ void V2_BF16_BOUNDS split_paged_v2_score##SFX##_g##G(                                       \
+        float *ws, float *lg, int lgs, const float *q, const float *pool, int bs, int kvh, const int *rowinfo,         \
+        const int *items, const int *blocks, float scale, float *out, float *fin, const int *rowsplit, int *count,    \
+        int H) {                                                                                                       \
+        split_paged_v2_score<G, T>(ws, lg, lgs, q, pool, bs, kvh, rowinfo, items, blocks, scale,                      \
+                                   V2Combine{out, fin, rowsplit, count, H});                                          \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
+        score_logits##SFX##_g##G(float *pool, const float *fin, const float *lg, int lgs, int bs, int kvh,             \
+                                 const int *rowinfo, const int *items, const int *blocks) {                           \
+        score_logits<G, T>(pool, fin, lg, lgs, bs, kvh, rowinfo, items, blocks);                                      \
+    }
+
+// The group sizes instantiated: 1 to 8 query heads per KV head. Over the
+// pool: float32 (no suffix), bfloat16 (_bf16) and fp8 (_fp8) pools; over
+// a prompt's own float32 K and V: split_prompt, score_prompt.
 #define INSTANTIATE(G)                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
-        split_paged_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd, const int *rowinfo,    \
-                         const int *items, const int *blocks, float scale) {                                          \
-        split_paged<G, float>(ws, q, pool, bs, kvh, hd, rowinfo, items, blocks, scale);                               \
-    }                                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
-        split_paged_bf16_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd,                   \
-                              const int *rowinfo, const int *items, const int *blocks, float scale) {                 \
-        split_paged<G, bf16_t>(ws, q, pool, bs, kvh, hd, rowinfo, items, blocks, scale);                              \
-    }                                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
-        split_paged_v2_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd,                     \
-                            const int *rowinfo, const int *items, const int *blocks, float scale, float *out,         \
-                            float *fin, const int *rowsplit, int *count, int H) {                                     \
-        split_paged_v2<G, float>(ws, q, pool, bs, kvh, rowinfo, items, blocks, scale,                                 \
-                                 V2Combine{out, fin, rowsplit, count, H});                                            \
-    }                                                                                                                  \
-    extern "C" __global__ void V2_BF16_BOUNDS                                                                         \
-        split_paged_v2_bf16_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd,                \
-                                 const int *rowinfo, const int *items, const int *blocks, float scale, float *out,    \
-                                 float *fin, const int *rowsplit, int *count, int H) {                                \
-        split_paged_v2<G, bf16_t>(ws, q, pool, bs, kvh, rowinfo, items, blocks, scale,                                \
-                                  V2Combine{out, fin, rowsplit, count, H});                                           \
-    }                                                                                                                  \
-    extern "C" __global__ void V2_BF16_BOUNDS                                                                         \
-        split_paged_v2_score_bf16_g##G(float *ws, float *lg, int lgs, const float *q, const float *pool, int bs,       \
-                                       int kvh, const int *rowinfo, const int *items, const int *blocks,              \
-                                       float scale, float *out, float *fin, const int *rowsplit, int *count, int H) { \
-        split_paged_v2_score<G, bf16_t>(ws, lg, lgs, q, pool, bs, kvh, rowinfo, items, blocks, scale,                 \
-                                        V2Combine{out, fin, rowsplit, count, H});                                     \
-    }                                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
-        score_logits_bf16_g##G(float *pool, const float *fin, const float *lg, int lgs, int bs, int kvh,               \
-                               const int *rowinfo, const int *items, const int *blocks) {                             \
-        score_logits<G, bf16_t>(pool, fin, lg, lgs, bs, kvh, rowinfo, items, blocks);                                 \
-    }                                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
-        split_paged_fp8_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd,                    \
-                             const int *rowinfo, const int *items, const int *blocks, float scale) {                  \
-        split_paged<G, fp8_t>(ws, q, pool, bs, kvh, hd, rowinfo, items, blocks, scale);                               \
-    }                                                                                                                  \
-    extern "C" __global__ void V2_BF16_BOUNDS                                                                         \
-        split_paged_v2_fp8_g##G(float *ws, const float *q, const float *pool, int bs, int kvh, int hd,                 \
-                                const int *rowinfo, const int *items, const int *blocks, float scale, float *out,     \
-                                float *fin, const int *rowsplit, int *count, int H) {                                 \
-        split_paged_v2<G, fp8_t>(ws, q, pool, bs, kvh, rowinfo, items, blocks, scale,                                 \
-                                 V2Combine{out, fin, rowsplit, count, H});                                            \
-    }                                                                                                                  \
-    extern "C" __global__ void V2_BF16_BOUNDS                                                                         \
-        split_paged_v2_score_fp8_g##G(float *ws, float *lg, int lgs, const float *q, const float *pool, int bs,        \
-                                      int kvh, const int *rowinfo, const int *items, const int *blocks, float scale,  \
-                                      float *out, float *fin, const int *rowsplit, int *count, int H) {               \
-        split_paged_v2_score<G, fp8_t>(ws, lg, lgs, q, pool, bs, kvh, rowinfo, items, blocks, scale,                  \
-                                       V2Combine{out, fin, rowsplit, count, H});                                      \
-    }                                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
-        score_logits_fp8_g##G(float *pool, const float *fin, const float *lg, int lgs, int bs, int kvh,                \
-                              const int *rowinfo, const int *items, const int *blocks) {                              \
-        score_logits<G, fp8_t>(pool, fin, lg, lgs, bs, kvh, rowinfo, items, blocks);                                  \
-    }                                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
-        score_paged_fp8_g##G(float *pool, const float *fin, const float *q, int bs, int kvh, int hd,                   \
-                             const int *rowinfo, const int *items, const int *blocks, float scale) {                  \
-        score_paged<G, fp8_t>(pool, fin, q, bs, kvh, hd, rowinfo, items, blocks, scale);                              \
-    }                                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
-        score_paged_g##G(float *pool, const float *fin, const float *q, int bs, int kvh, int hd, const int *rowinfo,   \
-                         const int *items, const int *blocks, float scale) {                                          \
-        score_paged<G, float>(pool, fin, q, bs, kvh, hd, rowinfo, items, blocks, scale);                              \
-    }                                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(NT)                                                                  \
-        score_paged_bf16_g##G(float *pool, const float *fin, const float *q, int bs, int kvh, int hd,                  \
-                              const int *rowinfo, const int *items, const int *blocks, float scale) {                 \
-        score_paged<G, bf16_t>(pool, fin, q, bs, kvh, hd, rowinfo, items, blocks, scale);                             \
-    }                                                                                                                  \
+    INSTANTIATE_POOL(G, , float, __launch_bounds__(NT))                                                               \
+    INSTANTIATE_POOL(G, _bf16, bf16_t, V2_BF16_BOUNDS)                                                                \
+    INSTANTIATE_POOL(G, _fp8, fp8_t, V2_BF16_BOUNDS)                                                                  \
+    INSTANTIATE_FUSED(G, _bf16, bf16_t)                                                                               \
+    INSTANTIATE_FUSED(G, _fp8, fp8_t)                                                                                 \
     extern "C" __global__ void __launch_bounds__(NT)                                                                  \
         split_prompt_g##G(float *ws, const float *q, const float *k, const float *v, int kvh, int hd, int row0,        \
                           const int *rowinfo, const int *items, float scale) {                                        \

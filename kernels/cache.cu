@@ -2,117 +2,76 @@
 // (shm.Layout): reshape_and_cache, the scatter of a sparse prefill's kept
 // tokens, and eviction's compaction. A slot is block*bs + offset.
 //
-// A bfloat16 pool (shm.BFloat16) has its own writers, write_kv_bf16 and
-// scatter_kept_bf16, which take the head dim as the float32 ones do and
-// find a row's words (hd/2) from it; an fp8 pool (shm.FP8E4M3) too,
-// write_kv_fp8 and scatter_kept_fp8 (hd/4 words). What moves rows or reads scores
-// (table_scores_many, evict_*) takes hd as the row's length in words
-// (shm.Layout.RowElems) and serves both dtypes: a packed pair moves as a
-// word, never as a number.
+// The writers (write_kv, scatter_kept) take the head dim and have a
+// variant for each pool dtype, one template each: float32, bfloat16
+// (_bf16, hd/2 words a row) and fp8 (_fp8, hd/4). What moves rows or
+// reads scores (table_scores_many, evict_*) takes hd as the row's length
+// in words (shm.Layout.RowElems) and serves every dtype: packed values
+// move as words, never as numbers.
 #include "common.cuh"
 
+// Word w of a row whose values are x (x[0] the row's dim VPW·w), as a
+// pool of VPW values a word keeps it: a float32's bits, two bfloat16s
+// (pack_bf16) or four E4M3s (pack_fp8x4).
+template <int VPW> __device__ __forceinline__ unsigned pack_word(const float *x);
+template <> __device__ __forceinline__ unsigned pack_word<1>(const float *x) { return __float_as_uint(x[0]); }
+template <> __device__ __forceinline__ unsigned pack_word<2>(const float *x) { return pack_bf16(x[0], x[1]); }
+template <> __device__ __forceinline__ unsigned pack_word<4>(const float *x) {
+    return pack_fp8x4(x[0], x[1], x[2], x[3]);
+}
+
 // Stores k, v [T, kvh*hd] at slots[t] and zeroes their scores; a negative
-// slot skips the token. grid (T, kvh), block hd.
-extern "C" __global__ void write_kv(float *pool, int bs, int kvh, int hd, const float *k /*[T, kvh*hd]*/,
-                                    const float *v /*[T, kvh*hd]*/, const int *slots /*[T]*/) {
-    const PoolLayout L{bs, kvh, hd};
-    const int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
-    const int s = slots[t];
-    if (s < 0 || d >= L.hd) return;
-    const int blk = s / L.bs, off = s % L.bs;
-    const i64 src = ((i64)t * L.kvh + h) * L.hd + d;
-    pool[L.k(blk, h, off) + d] = k[src];
-    pool[L.v(blk, h, off) + d] = v[src];
-    if (d == 0) pool[L.score(blk, h, off)] = 0.f;
-}
-
-// write_kv for a bfloat16 pool: thread w rounds dims 2w and 2w+1 of the
-// head's row and stores them as the row's word w. grid (T, kvh), block
-// hd/2.
-extern "C" __global__ void write_kv_bf16(float *pool, int bs, int kvh, int hd, const float *k /*[T, kvh*hd]*/,
-                                         const float *v /*[T, kvh*hd]*/, const int *slots /*[T]*/) {
-    const PoolLayout L{bs, kvh, hd / 2};
+// slot skips the token. Thread w writes the row's word w, VPW values of a
+// pool of that dtype. grid (T, kvh), block hd/VPW.
+template <int VPW>
+__device__ void write_kv_t(float *pool, int bs, int kvh, int hd, const float *k, const float *v, const int *slots) {
+    const PoolLayout L{bs, kvh, hd / VPW};
     const int t = blockIdx.x, h = blockIdx.y, w = threadIdx.x;
     const int s = slots[t];
     if (s < 0 || w >= L.hd) return;
     const int blk = s / L.bs, off = s % L.bs;
-    const i64 src = ((i64)t * L.kvh + h) * hd + 2 * w;
+    const i64 src = ((i64)t * L.kvh + h) * hd + VPW * w;
     unsigned *words = reinterpret_cast<unsigned *>(pool);
-    words[L.k(blk, h, off) + w] = pack_bf16(k[src], k[src + 1]);
-    words[L.v(blk, h, off) + w] = pack_bf16(v[src], v[src + 1]);
-    if (w == 0) pool[L.score(blk, h, off)] = 0.f;
-}
-
-// write_kv for an fp8 pool (shm.FP8E4M3): thread w rounds dims 4w..4w+3
-// of the head's row to E4M3 and stores them as the row's word w. grid (T,
-// kvh), block hd/4.
-extern "C" __global__ void write_kv_fp8(float *pool, int bs, int kvh, int hd, const float *k /*[T, kvh*hd]*/,
-                                        const float *v /*[T, kvh*hd]*/, const int *slots /*[T]*/) {
-    const PoolLayout L{bs, kvh, hd / 4};
-    const int t = blockIdx.x, h = blockIdx.y, w = threadIdx.x;
-    const int s = slots[t];
-    if (s < 0 || w >= L.hd) return;
-    const int blk = s / L.bs, off = s % L.bs;
-    const i64 src = ((i64)t * L.kvh + h) * hd + 4 * w;
-    unsigned *words = reinterpret_cast<unsigned *>(pool);
-    words[L.k(blk, h, off) + w] = pack_fp8x4(k[src], k[src + 1], k[src + 2], k[src + 3]);
-    words[L.v(blk, h, off) + w] = pack_fp8x4(v[src], v[src + 1], v[src + 2], v[src + 3]);
+    words[L.k(blk, h, off) + w] = pack_word<VPW>(k + src);
+    words[L.v(blk, h, off) + w] = pack_word<VPW>(v + src);
     if (w == 0) pool[L.score(blk, h, off)] = 0.f;
 }
 
 // A sparse prefill's kept tokens: head h's i-th kept token is prompt token
 // idx[h, i] (rows row0.. of k and v), written to slots[i] with score
-// raw[h, idx[h, i]]. grid (keep, kvh), block hd.
-extern "C" __global__ void scatter_kept(float *pool, int bs, int kvh, int hd, const float *k /*[T, kvh*hd]*/,
-                                        const float *v /*[T, kvh*hd]*/, const float *raw /*[kvh, n]*/,
-                                        const int *idx /*[kvh, keep]*/, const int *slots /*[keep]*/, int row0, int n,
-                                        int keep) {
-    const PoolLayout L{bs, kvh, hd};
-    const int i = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
-    if (d >= L.hd) return;
-    const int j = idx[h * keep + i], s = slots[i];
-    const int blk = s / L.bs, off = s % L.bs;
-    const i64 src = ((i64)(row0 + j) * L.kvh + h) * L.hd + d;
-    pool[L.k(blk, h, off) + d] = k[src];
-    pool[L.v(blk, h, off) + d] = v[src];
-    if (d == 0) pool[L.score(blk, h, off)] = raw[(i64)h * n + j];
-}
-
-// scatter_kept for a bfloat16 pool, a word (two dims) a thread as
-// write_kv_bf16. grid (keep, kvh), block hd/2.
-extern "C" __global__ void scatter_kept_bf16(float *pool, int bs, int kvh, int hd, const float *k /*[T, kvh*hd]*/,
-                                             const float *v /*[T, kvh*hd]*/, const float *raw /*[kvh, n]*/,
-                                             const int *idx /*[kvh, keep]*/, const int *slots /*[keep]*/, int row0,
-                                             int n, int keep) {
-    const PoolLayout L{bs, kvh, hd / 2};
+// raw[h, idx[h, i]], a word a thread as write_kv_t. grid (keep, kvh),
+// block hd/VPW.
+template <int VPW>
+__device__ void scatter_kept_t(float *pool, int bs, int kvh, int hd, const float *k, const float *v, const float *raw,
+                               const int *idx, const int *slots, int row0, int n, int keep) {
+    const PoolLayout L{bs, kvh, hd / VPW};
     const int i = blockIdx.x, h = blockIdx.y, w = threadIdx.x;
     if (w >= L.hd) return;
     const int j = idx[h * keep + i], s = slots[i];
     const int blk = s / L.bs, off = s % L.bs;
-    const i64 src = ((i64)(row0 + j) * L.kvh + h) * hd + 2 * w;
+    const i64 src = ((i64)(row0 + j) * L.kvh + h) * hd + VPW * w;
     unsigned *words = reinterpret_cast<unsigned *>(pool);
-    words[L.k(blk, h, off) + w] = pack_bf16(k[src], k[src + 1]);
-    words[L.v(blk, h, off) + w] = pack_bf16(v[src], v[src + 1]);
+    words[L.k(blk, h, off) + w] = pack_word<VPW>(k + src);
+    words[L.v(blk, h, off) + w] = pack_word<VPW>(v + src);
     if (w == 0) pool[L.score(blk, h, off)] = raw[(i64)h * n + j];
 }
 
-// scatter_kept for an fp8 pool, a word (four dims) a thread as
-// write_kv_fp8. grid (keep, kvh), block hd/4.
-extern "C" __global__ void scatter_kept_fp8(float *pool, int bs, int kvh, int hd, const float *k /*[T, kvh*hd]*/,
-                                            const float *v /*[T, kvh*hd]*/, const float *raw /*[kvh, n]*/,
-                                            const int *idx /*[kvh, keep]*/, const int *slots /*[keep]*/, int row0,
-                                            int n, int keep) {
-    const PoolLayout L{bs, kvh, hd / 4};
-    const int i = blockIdx.x, h = blockIdx.y, w = threadIdx.x;
-    if (w >= L.hd) return;
-    const int j = idx[h * keep + i], s = slots[i];
-    const int blk = s / L.bs, off = s % L.bs;
-    const i64 src = ((i64)(row0 + j) * L.kvh + h) * hd + 4 * w;
-    unsigned *words = reinterpret_cast<unsigned *>(pool);
-    words[L.k(blk, h, off) + w] = pack_fp8x4(k[src], k[src + 1], k[src + 2], k[src + 3]);
-    words[L.v(blk, h, off) + w] = pack_fp8x4(v[src], v[src + 1], v[src + 2], v[src + 3]);
-    if (w == 0) pool[L.score(blk, h, off)] = raw[(i64)h * n + j];
-}
+// The entry points: float32 (a value a word), bfloat16 (_bf16, two) and
+// fp8 (_fp8, four) pools.
+#define INSTANTIATE_WRITERS(SFX, VPW)                                                                                 \
+    extern "C" __global__ void write_kv##SFX(float *pool, int bs, int kvh, int hd, const float *k /*[T, kvh*hd]*/,    \
+                                             const float *v /*[T, kvh*hd]*/, const int *slots /*[T]*/) {            \
+        write_kv_t<VPW>(pool, bs, kvh, hd, k, v, slots);                                                             \
+    }                                                                                                                 \
+    extern "C" __global__ void scatter_kept##SFX(float *pool, int bs, int kvh, int hd, const float *k,                \
+                                                 const float *v, const float *raw /*[kvh, n]*/,                       \
+                                                 const int *idx /*[kvh, keep]*/, const int *slots /*[keep]*/,        \
+                                                 int row0, int n, int keep) {                                        \
+        scatter_kept_t<VPW>(pool, bs, kvh, hd, k, v, raw, idx, slots, row0, n, keep);                                \
+    }
+INSTANTIATE_WRITERS(, 1)
+INSTANTIATE_WRITERS(_bf16, 2)
+INSTANTIATE_WRITERS(_fp8, 4)
 
 // ---- Eviction of many tables in one go ------------------------------------
 // A decode step evicts from tens of tables; these kernels take them all in
