@@ -1279,3 +1279,7 @@ INSTANTIATE_FLASH(128)
 // The bf16 m16n8k16 prefill kernels (the default; KVD_FLASH_TF32=1 in the
 // gateway's environment runs flash above instead), over the helpers above.
 #include "flash_mma.cuh"
+
+// Decode rows over a bfloat16 or fp8 pool on the tensor cores, over
+// split_paged_v2's items and merge and flash_mma.cuh's helpers.
+#include "decode_mma.cuh"

@@ -117,8 +117,16 @@ type CUDA struct {
 	// 8). counts is the zeroed [rows, kvh] the CTAs count their items in;
 	// each row's last CTA zeroes its count again.
 	ownCombine bool
-	counts     cuda.Ptr
-	countsN    int
+	// decodeMMA (the default; KVD_DECODE_MMA=0 turns it off) runs
+	// split_paged_v2's rows over a bfloat16 or fp8 pool on the tensor
+	// cores instead (split_paged_mma, decode_mma.cuh): the same items,
+	// partials and merge, each warp's chunk of 32 keys as mma.sync tiles
+	// with the queries and probabilities in registers. split_paged_v2 was
+	// bound by L1 and issue, not DRAM (run 10's ncu), so fp8 K and V, half
+	// the bytes, ran only 10% faster than bfloat16.
+	decodeMMA bool
+	counts    cuda.Ptr
+	countsN   int
 	// prof, while StartProfile has it on (profOn), times every kernel
 	// (profile.go).
 	prof   *kernelProfile
@@ -187,6 +195,7 @@ func NewCUDA(index int) (*CUDA, error) {
 	c.promptBF16 = os.Getenv("KVD_PROMPT_F32") != "1"
 	c.obsTiles = os.Getenv("KVD_OBS_SPLIT") != "1"
 	c.ownCombine = os.Getenv("KVD_ATTN_COMBINE") != "1"
+	c.decodeMMA = os.Getenv("KVD_DECODE_MMA") != "0"
 	if c.ctx, err = drv.Context(c.dev); err != nil {
 		drv.Close()
 		return nil, err
@@ -328,7 +337,7 @@ func init() {
 		sfx := kvSuffix(dt)
 		bases = append(bases, "split_paged"+sfx, "split_paged_v2"+sfx, "score_paged"+sfx)
 		if dt != shm.Float32 {
-			bases = append(bases, "split_paged_v2_score"+sfx, "score_logits"+sfx)
+			bases = append(bases, "split_paged_v2_score"+sfx, "score_logits"+sfx, "split_paged_mma"+sfx, "split_paged_mma_score"+sfx)
 		}
 	}
 	bases = append(bases, "split_prompt", "score_prompt")
@@ -1185,11 +1194,17 @@ func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, gr
 			counts = c.combineCounts(R * kvh)
 		}
 		combine := []any{ptr(out), fin, pSplit, counts, int32(heads)}
+		// split_paged_mma takes split_paged_v2's parameters (and its
+		// _score form split_paged_v2_score's) over the packed pools.
+		v2name := "split_paged_v2"
+		if c.decodeMMA && l.DType != shm.Float32 {
+			v2name = "split_paged_mma"
+		}
 		switch {
 		case lg != 0:
-			c.launch(fmt.Sprintf("split_paged_v2_score%s_g%d", kvSuffix(l.DType), group), grid(n), block, append([]any{ws, lg, int32(lgs), ptr(q), pool, int32(l.BlockSize), int32(kvh), pInfo, pItems, pBlocks, scale}, combine...)...)
+			c.launch(fmt.Sprintf("%s_score%s_g%d", v2name, kvSuffix(l.DType), group), grid(n), block, append([]any{ws, lg, int32(lgs), ptr(q), pool, int32(l.BlockSize), int32(kvh), pInfo, pItems, pBlocks, scale}, combine...)...)
 		case v2:
-			c.launch(fmt.Sprintf("split_paged_v2%s_g%d", kvSuffix(l.DType), group), grid(n), block, append([]any{ws, ptr(q), pool, int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pItems, pBlocks, scale}, combine...)...)
+			c.launch(fmt.Sprintf("%s%s_g%d", v2name, kvSuffix(l.DType), group), grid(n), block, append([]any{ws, ptr(q), pool, int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pItems, pBlocks, scale}, combine...)...)
 		default:
 			c.launch(fmt.Sprintf("split_paged%s_g%d", kvSuffix(l.DType), group), grid(n), block, ws, ptr(q), pool, int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pItems, pBlocks, scale)
 		}
