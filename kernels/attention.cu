@@ -1251,7 +1251,10 @@ __device__ void flash_paged(float *out, const float *q, const float *pool, int b
 template <class Core, int HD, class T = float>
 __device__ void flash_prompt(float *out, const float *q, const T *k, const T *v, int kvh, int H, int row0, int nrows,
                              float scale) {
-    const int h = blockIdx.y, group = H / kvh, r0 = blockIdx.x * FLASH_BM;
+    // The last rows first: a tile's work grows with its rows' positions,
+    // and the heaviest tiles left for the last wave leave SMs idle (as
+    // gpu.go orders the pool kernel's tiles).
+    const int h = blockIdx.y, group = H / kvh, r0 = (gridDim.x - 1 - blockIdx.x) * FLASH_BM;
     const DenseKVT<T> kv{k, v, kvh, HD, row0, h / group};
     Core::template run<HD>(out, q, H, h, row0 + r0, min(FLASH_BM, nrows - r0), r0, kv, scale);
 }

@@ -57,6 +57,7 @@ __device__ __forceinline__ void mma_top(float &c0, float &c1, unsigned a0, unsig
             "{%0,%1,%9,%9};\n"
             : "+f"(c0), "+f"(c1), "=f"(d2), "=f"(d3)
             : "r"(a0), "r"(0u), "r"(a2), "r"(b0), "r"(b1), "f"(0.f));
+    (void)d2, (void)d3;  // rows 8..15: zeros, dropped
 }
 
 // lo and hi rounded to f16 (nearest even), lo in the low half.
@@ -286,25 +287,34 @@ __device__ void split_paged_mma(float *ws, float *lg, int lgs, const float *q, c
     if (c.count != nullptr) v2_combine<G>(c, ws, rowinfo, it[0], kvh);
 }
 
-// Launch bounds: -DDMMA_MINB=n caps registers for n CTAs an SM (variants
-// timed on a card with KVD_CUDABIN_DIR).
-#ifdef DMMA_MINB
-#define DMMA_BOUNDS __launch_bounds__(NT, DMMA_MINB)
+// Launch bounds over fp8: registers capped for DMMA_FP8_MINB CTAs an SM
+// (-D overrides it to time variants with KVD_CUDABIN_DIR). ptxas gives
+// the fp8 kernel 178 registers uncapped (two CTAs an SM); capped at three
+// (168) it spills 32 bytes and still ran faster on an H200 (run 11, call
+// R, nvcc 11.8's build): decode over fp8 at 128 × 5000 408.3 against
+// 446.6 us a layer, 32 × 5000 127.4 against 152.0, a scoring layer at 32 ×
+// 1100 69.9 against 78.1. Over bfloat16 (238 registers) the cap spilled
+// 428 bytes and ran slower (call Q): it stays uncapped.
+#ifndef DMMA_FP8_MINB
+#define DMMA_FP8_MINB 3
+#endif
+#if DMMA_FP8_MINB > 0
+#define DMMA_FP8_BOUNDS __launch_bounds__(NT, DMMA_FP8_MINB)
 #else
-#define DMMA_BOUNDS __launch_bounds__(NT)
+#define DMMA_FP8_BOUNDS __launch_bounds__(NT)
 #endif
 
 // Entry points, named as gpu.go's splitRows launches them: split_paged_mma
 // takes split_paged_v2's parameters, split_paged_mma_score those of
 // split_paged_v2_score.
-#define INSTANTIATE_DECODE_MMA(G, SFX, T)                                                                              \
-    extern "C" __global__ void DMMA_BOUNDS split_paged_mma##SFX##_g##G(                                                \
+#define INSTANTIATE_DECODE_MMA(G, SFX, T, B)                                                                           \
+    extern "C" __global__ void B split_paged_mma##SFX##_g##G(                                                          \
         float *ws, const float *q, const float *pool, int bs, int kvh, int hd, const int *rowinfo, const int *items,   \
         const int *blocks, float scale, float *out, float *fin, const int *rowsplit, int *count, int H) {              \
         split_paged_mma<G, T, false>(ws, nullptr, 0, q, pool, bs, kvh, rowinfo, items, blocks, scale,                  \
                                      V2Combine{out, fin, rowsplit, count, H});                                         \
     }                                                                                                                  \
-    extern "C" __global__ void DMMA_BOUNDS split_paged_mma_score##SFX##_g##G(                                          \
+    extern "C" __global__ void B split_paged_mma_score##SFX##_g##G(                                                    \
         float *ws, float *lg, int lgs, const float *q, const float *pool, int bs, int kvh, const int *rowinfo,         \
         const int *items, const int *blocks, float scale, float *out, float *fin, const int *rowsplit, int *count,     \
         int H) {                                                                                                       \
@@ -312,8 +322,8 @@ __device__ void split_paged_mma(float *ws, float *lg, int lgs, const float *q, c
                                     V2Combine{out, fin, rowsplit, count, H});                                          \
     }
 #define INSTANTIATE_DECODE_MMA_G(G)                                                                                    \
-    INSTANTIATE_DECODE_MMA(G, _bf16, bf16_t)                                                                           \
-    INSTANTIATE_DECODE_MMA(G, _fp8, fp8_t)
+    INSTANTIATE_DECODE_MMA(G, _bf16, bf16_t, __launch_bounds__(NT))                                                    \
+    INSTANTIATE_DECODE_MMA(G, _fp8, fp8_t, DMMA_FP8_BOUNDS)
 INSTANTIATE_DECODE_MMA_G(1)
 INSTANTIATE_DECODE_MMA_G(2)
 INSTANTIATE_DECODE_MMA_G(3)

@@ -11,6 +11,7 @@ import (
 	"math/bits"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -125,8 +126,11 @@ type CUDA struct {
 	// bound by L1 and issue, not DRAM (run 10's ncu), so fp8 K and V, half
 	// the bytes, ran only 10% faster than bfloat16.
 	decodeMMA bool
-	counts    cuda.Ptr
-	countsN   int
+	// flashLightFirst (KVD_FLASH_ROW_ORDER=1; for A/B runs) launches
+	// flash_paged's tiles in row order instead of heaviestFirst's.
+	flashLightFirst bool
+	counts          cuda.Ptr
+	countsN         int
 	// prof, while StartProfile has it on (profOn), times every kernel
 	// (profile.go).
 	prof   *kernelProfile
@@ -196,6 +200,7 @@ func NewCUDA(index int) (*CUDA, error) {
 	c.obsTiles = os.Getenv("KVD_OBS_SPLIT") != "1"
 	c.ownCombine = os.Getenv("KVD_ATTN_COMBINE") != "1"
 	c.decodeMMA = os.Getenv("KVD_DECODE_MMA") != "0"
+	c.flashLightFirst = os.Getenv("KVD_FLASH_ROW_ORDER") == "1"
 	if c.ctx, err = drv.Context(c.dev); err != nil {
 		drv.Close()
 		return nil, err
@@ -1041,6 +1046,9 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 	}
 	heads := q.Cols() / l.HeadDim
 	if len(tiles) > 0 {
+		if !c.flashLightFirst {
+			heaviestFirst(tiles)
+		}
 		meta := append(append([]int32(nil), b.Blocks...), tiles...)
 		p, class := c.ints(meta)
 		defer c.release(p, class)
@@ -1052,6 +1060,23 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 		return
 	}
 	c.splitRows(&w, out, q, heads, l, group, b.Blocks, splitSrc{pool: ptr(pool)}, scale)
+}
+
+// heaviestFirst orders flash_paged's tiles [n, 4] (first row, rows,
+// position of the first row, table) by the keys their last row sees, most
+// first: a tile's work grows with its position, and in row order a long
+// prompt's heaviest tiles came last, in a last wave that left SMs idle.
+// The order of the launch's CTAs is the only change: each tile's output
+// is the same.
+func heaviestFirst(tiles []int32) {
+	t := make([][4]int32, len(tiles)/4)
+	for i := range t {
+		copy(t[i][:], tiles[4*i:])
+	}
+	slices.SortStableFunc(t, func(a, b [4]int32) int { return int(b[2]+b[1]) - int(a[2]+a[1]) })
+	for i := range t {
+		copy(tiles[4*i:], t[i][:])
+	}
 }
 
 // v2OK reports whether split_paged_v2 takes a pool of layout l: head dim
