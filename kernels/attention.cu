@@ -519,6 +519,31 @@ __device__ __forceinline__ float4 v2_vrow(const fp8_t *row, int lane) {
     return fp8x4_to_f32(reinterpret_cast<const unsigned *>(row)[lane]);
 }
 
+// The item's partial in ws from the warps' (after the barrier that
+// publishes them): each warp's max and sum per head (wm, wl) and its
+// weighted values, dim d of head g at wacc[w][g][d + skew(d)], merged by
+// thread d (NT == V2_HD). A warp that had no chunk has max -inf and weighs
+// 0 (an item has at least one key, so M is finite).
+template <int G, int WS, int SKEW = 0>
+__device__ __forceinline__ void v2_merge_warps(float *ws, const float (&wm)[V2_WARPS][G], const float (&wl)[V2_WARPS][G],
+                                               const float (&wacc)[V2_WARPS][G][WS], int tid) {
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < V2_WARPS; w++) M = fmaxf(M, wm[w][g]);
+        float L = 0, a = 0;
+#pragma unroll
+        for (int w = 0; w < V2_WARPS; w++) {
+            const float f = wm[w][g] == -INFINITY ? 0.f : expf(wm[w][g] - M);
+            L += wl[w][g] * f;
+            a += wacc[w][g][tid + (SKEW ? tid / SKEW : 0)] * f;
+        }
+        ws[2 * G + g * V2_HD + tid] = a;  // NT == V2_HD: a thread a dim
+        if (tid == 0) ws[g] = M, ws[G + g] = L;
+    }
+}
+
 // lg: with SCORE, where the item's logits go for the scoring pass
 // (score_logits): lg[key·G + g], scaled (the caller offsets lg by -k0·G);
 // null for a row that does not score.
@@ -625,21 +650,7 @@ __device__ void partial_v2(float *ws, const float *q, int k0, int k1, const Page
 #pragma unroll
     for (int g = 0; g < G; g++) reinterpret_cast<float4 *>(wacc[warp][g])[lane] = acc[g];
     __syncthreads();
-#pragma unroll
-    for (int g = 0; g < G; g++) {
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < V2_WARPS; w++) M = fmaxf(M, wm[w][g]);
-        float L = 0, a = 0;
-#pragma unroll
-        for (int w = 0; w < V2_WARPS; w++) {
-            const float f = wm[w][g] == -INFINITY ? 0.f : expf(wm[w][g] - M);
-            L += wl[w][g] * f;
-            a += wacc[w][g][tid] * f;
-        }
-        ws[2 * G + g * V2_HD + tid] = a;  // NT == V2_HD: a thread a dim
-        if (tid == 0) ws[g] = M, ws[G + g] = L;
-    }
+    v2_merge_warps<G>(ws, wm, wl, wacc, tid);
 }
 
 // What split_paged_v2 needs to merge a row's items itself (count set), as

@@ -242,8 +242,7 @@ __device__ void partial_mma(float *ws, const float *q, int k0, int k1, const Pag
                 for (int i = 0; i < 4; i++) mma_top<D::F16>(o[4 * w + i][0], o[4 * w + i][1], pa[mm][0], pa[mm][1], lo[i], hi[i]);
             }
     }
-    // Merge the warps' partials as partial_v2 does; a warp that had no
-    // chunk has max -inf and weighs 0.
+    // Merge the warps' partials as partial_v2 does (v2_merge_warps).
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
     if (g < G) {
@@ -257,21 +256,7 @@ __device__ void partial_mma(float *ws, const float *q, int k0, int k1, const Pag
             }
     }
     __syncthreads();
-#pragma unroll
-    for (int gg = 0; gg < G; gg++) {
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < V2_WARPS; w++) M = fmaxf(M, wm[w][gg]);
-        float L = 0, a = 0;
-#pragma unroll
-        for (int w = 0; w < V2_WARPS; w++) {
-            const float f = wm[w][gg] == -INFINITY ? 0.f : expf(wm[w][gg] - M);
-            L += wl[w][gg] * f;
-            a += wacc[w][gg][tid + tid / 32] * f;
-        }
-        ws[2 * G + gg * V2_HD + tid] = a;  // NT == V2_HD: a thread a dim
-        if (tid == 0) ws[gg] = M, ws[G + gg] = L;
-    }
+    v2_merge_warps<G, V2_HD + V2_HD / 32, 32>(ws, wm, wl, wacc, tid);
 }
 
 template <int G, class T, bool SCORE>
