@@ -11,7 +11,8 @@
 // slots, not DRAM (run 10: L1/TEX 82%, DRAM 51%), and fp8 K and V, half of
 // bfloat16's bytes, ran only 10% faster. Here a warp's 32 keys are 4 + 2
 // mma a k-step of 16: the queries live in registers as A fragments (16
-// registers a lane), K and V are loaded straight from global memory into
+// registers a lane, and ptxas gives each mma's zero rows registers of
+// their own), K and V are loaded straight from global memory into
 // B fragments, and the probabilities go from the logits' accumulators to
 // the values' A fragments without leaving the registers.
 //
@@ -34,8 +35,8 @@
 // The output accumulator of n-tile j, c[0] and c[1], is then head g's dims
 // 16(2t)+j and 16(2t+1)+j.
 //
-// Precision: over fp8 the mma is f16 (E4M3 widens to f16 exactly in one
-// cvt a pair), the queries scaled by scale·log2(e) and rounded to f16 (11
+// Precision: over fp8 the mma is f16 (E4M3 widens to f16 exactly: one
+// cvt a pair on sm_89 and later, bit arithmetic on sm_80), the queries scaled by scale·log2(e) and rounded to f16 (11
 // bits of mantissa), the probabilities to f16; over bfloat16 it is bf16,
 // queries and probabilities rounded to bf16, as the prompt's tensor-core
 // kernels and vLLM's and HF's bf16 attention do. Accumulation, the
@@ -57,7 +58,7 @@ __device__ __forceinline__ void mma_top(float &c0, float &c1, unsigned a0, unsig
             "{%0,%1,%9,%9};\n"
             : "+f"(c0), "+f"(c1), "=f"(d2), "=f"(d3)
             : "r"(a0), "r"(0u), "r"(a2), "r"(b0), "r"(b1), "f"(0.f));
-    (void)d2, (void)d3;  // rows 8..15: zeros, dropped
+    // d2, d3: rows 8..15, zeros, dropped (nvcc warns that they are unused).
 }
 
 // lo and hi rounded to f16 (nearest even), lo in the low half.

@@ -124,7 +124,8 @@ type CUDA struct {
 	// partials and merge, each warp's chunk of 32 keys as mma.sync tiles
 	// with the queries and probabilities in registers. split_paged_v2 was
 	// bound by L1 and issue, not DRAM (run 10's ncu), so fp8 K and V, half
-	// the bytes, ran only 10% faster than bfloat16.
+	// the bytes, ran only 10% faster than bfloat16. It takes
+	// split_paged_v2's rows, so KVD_ATTN_V1=1 turns it off too.
 	decodeMMA bool
 	// flashLightFirst (KVD_FLASH_ROW_ORDER=1; for A/B runs) launches
 	// flash_paged's tiles in row order instead of heaviestFirst's.

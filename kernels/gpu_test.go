@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"unsafe"
@@ -282,13 +283,32 @@ func splitPool(p []float32, l shm.Layout) (kv, scores []float32) {
 	return kv, scores
 }
 
+// testGroups are the query heads per KV head TestGPUAttention takes: 1,
+// 4 and 8, or those KVD_GPU_GROUPS lists ("3,7": the groups of
+// Llama-3.2-3B and Qwen2.5-7B, run on a card without the rest).
+func testGroups() []int {
+	env := os.Getenv("KVD_GPU_GROUPS")
+	if env == "" {
+		return []int{1, 4, 8}
+	}
+	var gs []int
+	for _, f := range strings.Split(env, ",") {
+		g, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || g < 1 || g > maxGroup {
+			panic(fmt.Sprintf("KVD_GPU_GROUPS=%q: want group sizes from 1 to %d, comma-separated", env, maxGroup))
+		}
+		gs = append(gs, g)
+	}
+	return gs
+}
+
 func TestGPUAttention(t *testing.T) {
 	g, cpu := newGPU(t), NewCPU()
 	rng := rand.New(rand.NewPCG(5, 6))
 	const kvh = 2
 	for name, cases := range attnCompositions() {
 		for _, hd := range []int{64, 128} {
-			for _, group := range []int{1, 4, 8} {
+			for _, group := range testGroups() {
 				for _, bs := range []int{16, 32} {
 					for _, dt := range dtypes {
 						testGPUAttention(t, g, cpu, rng, cases, fmt.Sprintf("%s/hd=%d/group=%d/bs=%d/%v", name, hd, group, bs, dt), kvh, hd, group, bs, dt)
