@@ -260,19 +260,6 @@ __device__ void partial_mma(float *ws, const float *q, int k0, int k1, const Pag
     v2_merge_warps<G, V2_HD + V2_HD / 32, 32>(ws, wm, wl, wacc, tid);
 }
 
-template <int G, class T, bool SCORE>
-__device__ void split_paged_mma(float *ws, float *lg, int lgs, const float *q, const float *pool, int bs, int kvh,
-                                const int *rowinfo, const int *items, const int *blocks, float scale,
-                                const V2Combine &c) {
-    const int *it = items + 4 * blockIdx.x, *ri = rowinfo + 4 * it[0];
-    const int h = blockIdx.y;
-    const PagedKV<T> kv{pool, PoolLayout{bs, kvh, row_words<T>(V2_HD)}, blocks + ri[2], h};
-    float *mine = SCORE && ri[3] ? lg + (((i64)it[3] * kvh + h) * lgs - it[1]) * G : nullptr;
-    partial_mma<G, T, SCORE>(ws + ((i64)it[3] * kvh + h) * (2 * G + G * V2_HD),
-                             q + ((i64)ri[0] * kvh + h) * G * V2_HD, it[1], it[2], kv, scale, mine);
-    if (c.count != nullptr) v2_combine<G>(c, ws, rowinfo, it[0], kvh);
-}
-
 // Launch bounds over fp8: registers capped for DMMA_FP8_MINB CTAs an SM
 // (-D overrides it to time variants with KVD_CUDABIN_DIR). ptxas gives
 // the fp8 kernel 178 registers uncapped (two CTAs an SM); capped at three
@@ -297,14 +284,14 @@ __device__ void split_paged_mma(float *ws, float *lg, int lgs, const float *q, c
     extern "C" __global__ void B split_paged_mma##SFX##_g##G(                                                          \
         float *ws, const float *q, const float *pool, int bs, int kvh, int hd, const int *rowinfo, const int *items,   \
         const int *blocks, float scale, float *out, float *fin, const int *rowsplit, int *count, int H) {              \
-        split_paged_mma<G, T, false>(ws, nullptr, 0, q, pool, bs, kvh, rowinfo, items, blocks, scale,                  \
+        split_paged_item<G, T, false, true>(ws, nullptr, 0, q, pool, bs, kvh, rowinfo, items, blocks, scale,           \
                                      V2Combine{out, fin, rowsplit, count, H});                                         \
     }                                                                                                                  \
     extern "C" __global__ void B split_paged_mma_score##SFX##_g##G(                                                    \
         float *ws, float *lg, int lgs, const float *q, const float *pool, int bs, int kvh, const int *rowinfo,         \
         const int *items, const int *blocks, float scale, float *out, float *fin, const int *rowsplit, int *count,     \
         int H) {                                                                                                       \
-        split_paged_mma<G, T, true>(ws, lg, lgs, q, pool, bs, kvh, rowinfo, items, blocks, scale,                      \
+        split_paged_item<G, T, true, true>(ws, lg, lgs, q, pool, bs, kvh, rowinfo, items, blocks, scale,               \
                                     V2Combine{out, fin, rowsplit, count, H});                                          \
     }
 #define INSTANTIATE_DECODE_MMA_G(G)                                                                                    \
