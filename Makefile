@@ -9,6 +9,8 @@ PROMPT  ?= // Max returns the larger of x and y.\nfunc Max(x, y int) int {
 # The CUDA kernels: one fat binary per .cu family, machine code for sm_80
 # (A100) and sm_90 (H100/H200) plus compute_80 PTX for newer cards, built
 # by a pinned nvcc (Debian 12's CUDA 11.8: any driver from 520 on runs it).
+# attention_sm90a.cu's wgmma kernels are PTX marked for sm_90a, which the
+# driver compiles on an H100 or H200 (11.8's ptxas cannot assemble wgmma).
 NVCC         ?= nvcc
 NVCC_VERSION := 11.8
 CUDA_GENCODE := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=compute_80
@@ -47,6 +49,11 @@ lint: ## gofmt and vet
 kernels: ## rebuild kernels/cudabin from kernels/*.cu with the pinned nvcc (no GPU needed; make cuda-toolchain installs it)
 	@$(NVCC) --version | grep -q 'release $(NVCC_VERSION)' || { echo "make kernels wants nvcc $(NVCC_VERSION) (make cuda-toolchain installs it); found: $$($(NVCC) --version 2>&1 | tail -1)"; exit 1; }
 	@for f in $(CUDA_FAMILIES); do echo "nvcc $$f.cu"; $(NVCC) -fatbin -O3 $(CUDA_GENCODE) -o kernels/cudabin/$$f.fatbin kernels/$$f.cu || exit 1; done
+	@echo "nvcc attention_sm90a.cu (PTX, marked for sm_90a)"
+	@$(NVCC) -ptx -O3 -arch=compute_90 -o kernels/cudabin/attention_sm90a.ptx.tmp kernels/attention_sm90a.cu
+	@sed -e 's/^\.version 7\.8$$/.version 8.0/' -e 's/^\.target sm_90$$/.target sm_90a/' kernels/cudabin/attention_sm90a.ptx.tmp > kernels/cudabin/attention_sm90a.ptx
+	@rm kernels/cudabin/attention_sm90a.ptx.tmp
+	@grep -qx '.target sm_90a' kernels/cudabin/attention_sm90a.ptx || { echo "attention_sm90a.ptx: no .target sm_90a after sed"; exit 1; }
 	cat kernels/*.cuh kernels/*.cu | sha256sum | cut -d' ' -f1 > kernels/cudabin/SOURCES.sha256
 
 cuda-toolchain: ## install the nvcc that make kernels is pinned to (Debian's nvidia-cuda-toolkit 11.8)

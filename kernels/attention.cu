@@ -29,30 +29,11 @@
 // its values widened exactly to float32 (or bf16) as they are read; its
 // rows are hd/4 words.
 #include "common.cuh"
+#include "flash.cuh"
 
 #define NT 128    // threads per CTA
 #define TILE 64   // keys per tile
 #define HDMAX 256 // largest head dim (two dims per thread)
-// Paged keys: token j of a table is slot j % bs of block blocks[j / bs].
-// T is how the pool stores K and V (float, bf16_t packed two a word, or
-// fp8_t four a word);
-// L's row length is in words (row_words).
-template <class T> struct PagedKV {
-    typedef T elem;
-    const float *pool;
-    PoolLayout L;
-    const int *blocks;
-    int h;
-    __device__ const T *key(int j) const {
-        return reinterpret_cast<const T *>(pool + L.k(blocks[j / L.bs], h, j % L.bs));
-    }
-    __device__ const T *val(int j) const {
-        return reinterpret_cast<const T *>(pool + L.v(blocks[j / L.bs], h, j % L.bs));
-    }
-};
-
-// A row's length in the pool's words for head dim hd, K and V stored as T.
-template <class T> __device__ __forceinline__ int row_words(int hd) { return hd * (int)sizeof(T) / 4; }
 
 // A row's dims d..d+3 and dim d as float32, whatever the row's type. d is
 // a multiple of 4 for ld4, so a bf16 row's two words there are whole; the
@@ -73,17 +54,6 @@ __device__ __forceinline__ float4 ld4(const fp8_t *r, int d) {
 __device__ __forceinline__ float ld1(const float *r, int d) { return r[d]; }
 __device__ __forceinline__ float ld1(const bf16_t *r, int d) { return bf16_to_f32(r[d]); }
 __device__ __forceinline__ float ld1(const fp8_t *r, int d) { return fp8_to_f32(r[d]); }
-
-// Dense keys: token j is row row0 + j of k, v [T, kvh*hd], stored as T
-// (float32, or bf16 for flash_prompt_mma_bf16).
-template <class T> struct DenseKVT {
-    typedef T elem;
-    const T *k, *v;
-    int kvh, hd, row0, h;
-    __device__ const T *key(int j) const { return k + ((i64)(row0 + j) * kvh + h) * hd; }
-    __device__ const T *val(int j) const { return v + ((i64)(row0 + j) * kvh + h) * hd; }
-};
-typedef DenseKVT<float> DenseKV;
 
 // A pool score: the group's probabilities summed, added to token j's score.
 template <int G> struct PoolScore {
@@ -981,7 +951,6 @@ extern "C" __global__ void __launch_bounds__(NT)
 // flash_mma.cuh's bf16 variant of this kernel (1.9× faster on an H200);
 // this one runs with KVD_FLASH_TF32=1.
 
-#define FLASH_BM 64
 #define FLASH_BN 32
 // Launched with flash_smem_bytes<HD, T>() of dynamic shared memory.
 
@@ -999,13 +968,6 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const unsigned (&a)[4], 
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // How flash keeps K and V tiles of type T (as the pool or prompt stores
 // them) in shared memory, double-buffered with rows padded for
@@ -1079,58 +1041,6 @@ template <int HD> struct FlashTiles<HD, bf16_t> {
 // tiles and each warp's P.
 template <int HD, class T> constexpr int flash_smem_bytes() {
     return (FlashTiles<HD, T>::WORDS + 4 * 16 * (FLASH_BN + 4)) * 4;
-}
-
-// The online softmax of flash and flash_mma (flash_mma.cuh), for a warp's
-// rows g (i = 0) and g+8 (i = 1). flash_max takes mx, this lane's maxima of
-// a tile's logits, to the rows' maxima over the tile and the running max m
-// (updated); mu is what the tile's logits lose before exp2 (0 for a row
-// that has seen nothing yet) and alpha what the earlier sums and outputs
-// are scaled by.
-__device__ __forceinline__ void flash_max(float (&mx)[2], float (&m)[2], float (&mu)[2], float (&alpha)[2]) {
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-        const float mn = fmaxf(m[i], mx[i]);
-        mu[i] = mn == -INFINITY ? 0.f : mn;  // a row that has seen nothing yet
-        alpha[i] = exp2f(m[i] - mu[i]);
-        m[i] = mn;
-    }
-}
-
-// flash_sum adds sum, this lane's part of the tile's exp2s, to the rows'
-// running sums l, and scales the outputs o [HD/8][4] (C layout) by alpha.
-template <int NO>
-__device__ __forceinline__ void flash_sum(float (&sum)[2], const float (&alpha)[2], float (&l)[2], float (&o)[NO][4]) {
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 1);
-        sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 2);
-        l[i] = l[i] * alpha[i] + sum[i];
-    }
-#pragma unroll
-    for (int n = 0; n < NO; n++)
-        o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
-}
-
-// flash_store writes the warp's rows wr+g and wr+g+8 (those below nrows)
-// of o / l to out [T, H*HD], head h, the tile's first row at row0.
-template <int HD>
-__device__ __forceinline__ void flash_store(float *out, const float (&o)[HD / 8][4], const float (&l)[2], int H, int h,
-                                            int row0, int nrows, int wr, int g, int t) {
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const int r = wr + g + i * 8;
-        if (r >= nrows) continue;
-        const float inv = 1.f / l[i];
-        float *dst = out + ((i64)(row0 + r) * H + h) * HD;
-#pragma unroll
-        for (int n = 0; n < HD / 8; n++) {
-            dst[n * 8 + 2 * t] = o[n][2 * i] * inv;
-            dst[n * 8 + 2 * t + 1] = o[n][2 * i + 1] * inv;
-        }
-    }
 }
 
 // One tile: query rows row0..row0+nrows of q [T, H*HD] (head h), the first
@@ -1243,34 +1153,6 @@ struct FlashTF32 {
     }
 };
 
-// Prefill rows over the pool, its K and V stored as T. tiles [ntiles, 4]:
-// first row, rows, the first row's position, and where its sequence's
-// table starts in blocks. Rows must start on 16 bytes (cp.async): a
-// BlockElems that is a multiple of 4 words. grid (ntiles, H), block 128.
-template <class Core, int HD, class T>
-__device__ void flash_paged(float *out, const float *q, const float *pool, int bs, int kvh, int H,
-                            const int *tiles /*[ntiles, 4]*/, const int *blocks, float scale) {
-    const int *tl = tiles + 4 * blockIdx.x;
-    const int h = blockIdx.y, group = H / kvh;
-    const PagedKV<T> kv{pool, PoolLayout{bs, kvh, row_words<T>(HD)}, blocks + tl[3], h / group};
-    Core::template run<HD>(out, q, H, h, tl[0], tl[1], tl[2], kv, scale);
-}
-
-// A sparse layer's prompt rows 0..nrows of row0..row0+n (all of them, or
-// those before the observation window when the window votes on the split
-// kernels) over the prompt's own K and V. grid (ceil(nrows /
-// FLASH_BM), H), block 128.
-template <class Core, int HD, class T = float>
-__device__ void flash_prompt(float *out, const float *q, const T *k, const T *v, int kvh, int H, int row0, int nrows,
-                             float scale) {
-    // The last rows first: a tile's work grows with its rows' positions,
-    // and the heaviest tiles left for the last wave leave SMs idle (as
-    // gpu.go orders the pool kernel's tiles).
-    const int h = blockIdx.y, group = H / kvh, r0 = (gridDim.x - 1 - blockIdx.x) * FLASH_BM;
-    const DenseKVT<T> kv{k, v, kvh, HD, row0, h / group};
-    Core::template run<HD>(out, q, H, h, row0 + r0, min(FLASH_BM, nrows - r0), r0, kv, scale);
-}
-
 #define INSTANTIATE_FLASH(HD)                                                                                         \
     extern "C" __global__ void __launch_bounds__(128) flash_paged_hd##HD(float *out, const float *q,                 \
                                                                          const float *pool, int bs, int kvh, int H,  \
@@ -1294,6 +1176,45 @@ INSTANTIATE_FLASH(128)
 // The bf16 m16n8k16 prefill kernels (the default; KVD_FLASH_TF32=1 in the
 // gateway's environment runs flash above instead), over the helpers above.
 #include "flash_mma.cuh"
+
+// Three CTAs an SM at head dim 128 (an H100's or H200's shared memory
+// holds three, an A100's two: 168 registers), four at 64 (128
+// registers); ptxas fits both without spills.
+#ifndef FLASH_MMA_CTAS128
+#define FLASH_MMA_CTAS128 3
+#endif
+#define FLASH_MMA_CTAS(HD) ((HD) == 64 ? 4 : FLASH_MMA_CTAS128)
+
+#define INSTANTIATE_FLASH_MMA(HD)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(128, FLASH_MMA_CTAS(HD))                                            \
+        flash_paged_mma_hd##HD(float *out, const float *q, const float *pool, int bs, int kvh, int H,                 \
+                               const int *tiles, const int *blocks, float scale) {                                   \
+        flash_paged<FlashMMA, HD, float>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                            \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(128, FLASH_MMA_CTAS(HD))                                            \
+        flash_paged_mma_bf16_hd##HD(float *out, const float *q, const float *pool, int bs, int kvh, int H,            \
+                                    const int *tiles, const int *blocks, float scale) {                              \
+        flash_paged<FlashMMA, HD, bf16_t>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                           \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(128, FLASH_MMA_CTAS(HD))                                            \
+        flash_paged_mma_fp8_hd##HD(float *out, const float *q, const float *pool, int bs, int kvh, int H,             \
+                                   const int *tiles, const int *blocks, float scale) {                               \
+        flash_paged<FlashMMA, HD, fp8_t>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                            \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(128, FLASH_MMA_CTAS(HD))                                            \
+        flash_prompt_mma_hd##HD(float *out, const float *q, const float *k, const float *v, int kvh, int H, int row0, \
+                                int nrows, float scale) {                                                            \
+        flash_prompt<FlashMMA, HD>(out, q, k, v, kvh, H, row0, nrows, scale);                                        \
+    }                                                                                                                 \
+    /* The prompt's K and V rounded to bf16 first (the values the kernel  */                                         \
+    /* above rounds them to as it reads them): bf16 tiles, as the pool's. */                                         \
+    extern "C" __global__ void __launch_bounds__(128, FLASH_MMA_CTAS(HD))                                            \
+        flash_prompt_mma_bf16_hd##HD(float *out, const float *q, const bf16_t *k, const bf16_t *v, int kvh, int H,    \
+                                     int row0, int nrows, float scale) {                                             \
+        flash_prompt<FlashMMA, HD, bf16_t>(out, q, k, v, kvh, H, row0, nrows, scale);                                \
+    }
+INSTANTIATE_FLASH_MMA(64)
+INSTANTIATE_FLASH_MMA(128)
 
 // Decode rows over a bfloat16 or fp8 pool on the tensor cores, over
 // split_paged_v2's items and merge and flash_mma.cuh's helpers.

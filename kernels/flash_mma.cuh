@@ -5,10 +5,10 @@
 // accumulate) instead of TF32 m16n8k8: half the mma instructions for the
 // same work, and P never leaves the registers. Q (scaled), K, V and P are
 // rounded to bf16 (nearest even) as they become fragments; exact for a
-// bfloat16 pool's K and V. Meant for the end of attention.cu, whose
-// cp.async helpers, PagedKV, DenseKV, row_words, FLASH_BM, online softmax
-// (flash_max, flash_sum, flash_store) and entry wrappers (flash_paged,
-// flash_prompt) it uses. On
+// bfloat16 pool's K and V. Over flash.cuh's cp.async helpers, PagedKV,
+// DenseKV, row_words, FLASH_BM, online softmax (flash_max, flash_sum,
+// flash_store) and entry wrappers (flash_paged, flash_prompt); the kernels
+// are instantiated at the end of attention.cu. On
 // an H200 (BenchmarkGPUAttention, a 5000-token prompt, 32 heads of 128):
 // 104 TFLOP/s over a float32 pool and 167 over a bfloat16 one, against
 // flash's 54 and 57.
@@ -35,31 +35,6 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned (&a)[4], 
         "{%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// 2^x for the probabilities: the bare ex2.approx.ftz (relative error
-// ~2^-22, far under P's bf16 rounding; results below 2^-126 flush to 0,
-// beside a row's largest term, 1). exp2f (-DFLASH_PRECISE_EXP2) spends
-// several instructions more on each, and this kernel is latency bound:
-// on an H200 (run 11, call U, nvcc 11.8's sm_90 code) a 5000-token prompt
-// took 1168.2 against 1210.7 µs a layer over bfloat16 and 1343.5 against
-// 1379.4 over fp8 (two runs each).
-__device__ __forceinline__ float flash_exp2(float x) {
-#ifdef FLASH_PRECISE_EXP2
-    return exp2f(x);
-#else
-    float r;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
-    return r;
-#endif
-}
-
-// lo and hi rounded to bf16 (nearest even), lo in the low half. cvt puts
-// its first source in the high half.
-__device__ __forceinline__ unsigned bf16x2(float lo, float hi) {
-    unsigned r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
 }
 
 // Four 8×8 matrices of 16-bit values from shared memory, matrix i to r[i]:
@@ -373,42 +348,3 @@ struct FlashMMA {
         flash_mma<HD>(out, q, H, h, row0, nrows, qpos0, kv, scale);
     }
 };
-
-// Three CTAs an SM at head dim 128 (an H100's or H200's shared memory
-// holds three, an A100's two: 168 registers), four at 64 (128
-// registers); ptxas fits both without spills.
-#ifndef FLASH_MMA_CTAS128
-#define FLASH_MMA_CTAS128 3
-#endif
-#define FLASH_MMA_CTAS(HD) ((HD) == 64 ? 4 : FLASH_MMA_CTAS128)
-
-#define INSTANTIATE_FLASH_MMA(HD)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(128, FLASH_MMA_CTAS(HD))                                            \
-        flash_paged_mma_hd##HD(float *out, const float *q, const float *pool, int bs, int kvh, int H,                 \
-                               const int *tiles, const int *blocks, float scale) {                                   \
-        flash_paged<FlashMMA, HD, float>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                            \
-    }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(128, FLASH_MMA_CTAS(HD))                                            \
-        flash_paged_mma_bf16_hd##HD(float *out, const float *q, const float *pool, int bs, int kvh, int H,            \
-                                    const int *tiles, const int *blocks, float scale) {                              \
-        flash_paged<FlashMMA, HD, bf16_t>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                           \
-    }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(128, FLASH_MMA_CTAS(HD))                                            \
-        flash_paged_mma_fp8_hd##HD(float *out, const float *q, const float *pool, int bs, int kvh, int H,             \
-                                   const int *tiles, const int *blocks, float scale) {                               \
-        flash_paged<FlashMMA, HD, fp8_t>(out, q, pool, bs, kvh, H, tiles, blocks, scale);                            \
-    }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(128, FLASH_MMA_CTAS(HD))                                            \
-        flash_prompt_mma_hd##HD(float *out, const float *q, const float *k, const float *v, int kvh, int H, int row0, \
-                                int nrows, float scale) {                                                            \
-        flash_prompt<FlashMMA, HD>(out, q, k, v, kvh, H, row0, nrows, scale);                                        \
-    }                                                                                                                 \
-    /* The prompt's K and V rounded to bf16 first (the values the kernel  */                                         \
-    /* above rounds them to as it reads them): bf16 tiles, as the pool's. */                                         \
-    extern "C" __global__ void __launch_bounds__(128, FLASH_MMA_CTAS(HD))                                            \
-        flash_prompt_mma_bf16_hd##HD(float *out, const float *q, const bf16_t *k, const bf16_t *v, int kvh, int H,    \
-                                     int row0, int nrows, float scale) {                                             \
-        flash_prompt<FlashMMA, HD, bf16_t>(out, q, k, v, kvh, H, row0, nrows, scale);                                \
-    }
-INSTANTIATE_FLASH_MMA(64)
-INSTANTIATE_FLASH_MMA(128)

@@ -27,7 +27,7 @@ import (
 // with machine code for sm_80 and sm_90 and PTX the driver compiles for
 // anything newer.
 //
-//go:embed cudabin/*.fatbin
+//go:embed cudabin/*.fatbin cudabin/*.ptx
 var cudaBins embed.FS
 
 // CUDA is the GPU backend: activations in float32 (but GEMM inputs from
@@ -130,8 +130,15 @@ type CUDA struct {
 	// flashLightFirst (KVD_FLASH_ROW_ORDER=1; for A/B runs) launches
 	// flash_paged's tiles in row order instead of heaviestFirst's.
 	flashLightFirst bool
-	counts          cuda.Ptr
-	countsN         int
+	// flashWGMMA (the default on sm_90, an H100 or H200; KVD_FLASH_WGMMA=0
+	// turns it off) runs the prefill kernels over bf16 and fp8 tiles on
+	// Hopper's warpgroup tensor cores (flash_wgmma.cuh, the PTX of
+	// attention_sm90a.cu that the driver compiles when the kernels load)
+	// instead of flash_mma's mma.sync.
+	flashWGMMA bool
+	wgmmaErr   error // why an sm_90 card runs without them
+	counts     cuda.Ptr
+	countsN    int
 	// prof, while StartProfile has it on (profOn), times every kernel
 	// (profile.go).
 	prof   *kernelProfile
@@ -225,6 +232,9 @@ func NewCUDA(index int) (*CUDA, error) {
 	// the Go binaries.
 	override := os.Getenv("KVD_CUDABIN_DIR")
 	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".fatbin") {
+			continue
+		}
 		img, err := cudaBins.ReadFile("cudabin/" + e.Name())
 		if override != "" {
 			if b, err2 := os.ReadFile(filepath.Join(override, e.Name())); err2 == nil {
@@ -248,6 +258,14 @@ func NewCUDA(index int) (*CUDA, error) {
 			}
 		}
 	}
+	if c.dev.Major == 9 && c.dev.Minor == 0 && os.Getenv("KVD_FLASH_WGMMA") != "0" {
+		// A driver too old for PTX ISA 8.0 (before 525) cannot compile
+		// them: the mma.sync kernels serve instead.
+		if c.wgmmaErr = c.loadSM90a(override); c.wgmmaErr != nil {
+			slog.Warn("prefill attention without wgmma", "err", c.wgmmaErr)
+		}
+		c.flashWGMMA = c.wgmmaErr == nil
+	}
 	for _, hd := range []int{64, 128} {
 		for _, k := range []struct {
 			base string
@@ -263,9 +281,98 @@ func NewCUDA(index int) (*CUDA, error) {
 					return nil, err
 				}
 			}
+			if c.flashWGMMA && wgmmaExists(k.base, k.dt) {
+				name, smem := wgmmaKernel(k.base, hd, k.dt)
+				if err := c.fns[name].SetMaxDynamicShared(smem); err != nil {
+					c.Close()
+					return nil, err
+				}
+			}
 		}
 	}
 	return c, nil
+}
+
+// loadSM90a loads attention_sm90a.ptx's wgmma kernels (from dir instead
+// when it has the file: KVD_CUDABIN_DIR), which the driver compiles for
+// the card here.
+func (c *CUDA) loadSM90a(dir string) error {
+	const file = "attention_sm90a.ptx"
+	img, err := cudaBins.ReadFile("cudabin/" + file)
+	if err != nil {
+		return err
+	}
+	if dir != "" {
+		if b, err := os.ReadFile(filepath.Join(dir, file)); err == nil {
+			img = b
+			slog.Info("kernels from KVD_CUDABIN_DIR", "file", filepath.Join(dir, file))
+		}
+	}
+	start := time.Now()
+	m, err := c.ctx.LoadModule(img)
+	if err != nil {
+		return fmt.Errorf("compiling the wgmma kernels (%s) on %s: %w", file, c.dev, err)
+	}
+	slog.Debug("wgmma kernels compiled by the driver", "file", file, "took", time.Since(start))
+	for _, name := range sm90aKernels {
+		if c.fns[name], err = m.Function(name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// wgmmaBufs is flash_wgmma.cuh's FLASH_WGMMA_BUFS, the K and V buffers in
+// flight; KVD_WGMMA_BUFS sizes the shared memory for a variant built with
+// another (for developers, with KVD_CUDABIN_DIR).
+var wgmmaBufs = 2
+
+func init() {
+	if n, err := strconv.Atoi(os.Getenv("KVD_WGMMA_BUFS")); err == nil && n >= 2 && n <= 4 {
+		wgmmaBufs = n
+	}
+}
+
+// sm90aKernels are attention_sm90a.cu's entry points.
+var sm90aKernels = []string{
+	"flash_paged_wgmma_bf16_hd64", "flash_paged_wgmma_bf16_hd128", "flash_paged_wgmma_fp8_hd64", "flash_paged_wgmma_fp8_hd128",
+	"flash_prompt_wgmma_bf16_hd64", "flash_prompt_wgmma_bf16_hd128",
+}
+
+// wgmmaExists reports whether base has a wgmma kernel over K and V stored
+// as dt: the pool's bf16 and fp8, a prompt's bf16 copies.
+func wgmmaExists(base string, dt shm.DType) bool {
+	switch dt {
+	case shm.BFloat16:
+		return true
+	case shm.FP8E4M3:
+		return base == "flash_paged"
+	}
+	return false
+}
+
+// wgmmaKernel is base's wgmma kernel for K and V stored as dt at head dim
+// hd and its dynamic shared memory, as flash_wgmma.cuh's
+// flash_wgmma_smem_bytes computes it: 64-key tiles of bf16 K and V (two
+// buffers each, or one beside two of raw fp8 rows) and 1 KiB to align
+// them on 1024 bytes.
+func wgmmaKernel(base string, hd int, dt shm.DType) (string, int) {
+	tile := 64 * hd * 2
+	smem := wgmmaBufs*2*tile + 1024
+	if dt == shm.FP8E4M3 {
+		smem = 2*tile + wgmmaBufs*2*64*hd + 1024
+	}
+	return fmt.Sprintf("%s_wgmma%s_hd%d", base, kvSuffix(dt), hd), smem
+}
+
+// prefillKernel is the kernel and dynamic shared memory that c runs base
+// with over K and V stored as dt: wgmma's where it has them, else
+// flashKernel's (mma: the tensor-core one).
+func (c *CUDA) prefillKernel(base string, hd int, dt shm.DType, mma bool) (string, int) {
+	if c.flashWGMMA && mma && wgmmaExists(base, dt) {
+		return wgmmaKernel(base, hd, dt)
+	}
+	return flashKernel(base, hd, dt, mma)
 }
 
 // flashSmem is the dynamic shared memory of the tensor-core kernel for head
@@ -1053,7 +1160,7 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 		meta := append(append([]int32(nil), b.Blocks...), tiles...)
 		p, class := c.ints(meta)
 		defer c.release(p, class)
-		name, smem := flashKernel("flash_paged", l.HeadDim, l.DType, c.flashMMA)
+		name, smem := c.prefillKernel("flash_paged", l.HeadDim, l.DType, c.flashMMA || l.DType == shm.FP8E4M3)
 		c.launchShared(name, cuda.Dim3{X: uint32(len(tiles) / 4), Y: uint32(heads)}, cuda.Dim3{X: 128}, smem,
 			ptr(out), ptr(q), ptr(pool), int32(l.BlockSize), int32(l.KVHeads), int32(heads), p+cuda.Ptr(4*len(b.Blocks)), p, scale)
 	}
@@ -1326,7 +1433,7 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 			c.launch("to_bf16", cuda.Dim3{X: gridFor(n16)}, cuda.Dim3{X: 256}, kb, ptr(k)+off, int64(n16))
 			c.launch("to_bf16", cuda.Dim3{X: gridFor(n16)}, cuda.Dim3{X: 256}, vb, ptr(v)+off, int64(n16))
 			back := cuda.Ptr(2 * row0 * rowElems) // so that row row0 is the buffers' first
-			name, smem := flashKernel("flash_prompt", l.HeadDim, shm.BFloat16, true)
+			name, smem := c.prefillKernel("flash_prompt", l.HeadDim, shm.BFloat16, true)
 			c.launchShared(name, grid, block, smem, ptr(out), ptr(q), kb-back, vb-back, int32(kvh), int32(heads), int32(row0), int32(flashN), scale)
 		} else {
 			name, smem := flashKernel("flash_prompt", l.HeadDim, shm.Float32, c.flashMMA)

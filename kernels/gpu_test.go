@@ -304,12 +304,20 @@ func testGroups() []int {
 
 func TestGPUAttention(t *testing.T) {
 	g, cpu := newGPU(t), NewCPU()
+	if g.dev.Major == 9 && g.dev.Minor == 0 && os.Getenv("KVD_FLASH_WGMMA") != "0" && !g.flashWGMMA {
+		t.Fatalf("%s: the wgmma prefill kernels did not load: %v", g.dev, g.wgmmaErr)
+	}
 	rng := rand.New(rand.NewPCG(5, 6))
 	const kvh = 2
 	for name, cases := range attnCompositions() {
 		for _, hd := range []int{64, 128} {
 			for _, group := range testGroups() {
-				for _, bs := range []int{16, 32} {
+				// 12: a block size that the wgmma loaders' runs of 8 keys
+				// cross (kv_run's row-by-row path).
+				for _, bs := range []int{16, 32, 12} {
+					if bs == 12 && group != 4 {
+						continue
+					}
 					for _, dt := range dtypes {
 						testGPUAttention(t, g, cpu, rng, cases, fmt.Sprintf("%s/hd=%d/group=%d/bs=%d/%v", name, hd, group, bs, dt), kvh, hd, group, bs, dt)
 					}
@@ -356,7 +364,7 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 	wantPool := cpu.FromHost(slices.Clone(pool), l.PoolElems())
 	want := cpu.Alloc(T, heads*hd)
 	cpu.Attention(want, cpu.FromHost(q, T, heads*hd), wantPool, l, b, scale)
-	v2, mma, per, perV2, fused, own, dmma := g.attnV2, g.flashMMA, splitPerSM, splitPerSMV2, g.fusedScore, g.ownCombine, g.decodeMMA
+	v2, mma, per, perV2, fused, own, dmma, wg := g.attnV2, g.flashMMA, splitPerSM, splitPerSMV2, g.fusedScore, g.ownCombine, g.decodeMMA, g.flashWGMMA
 	// split_paged, and split_paged_v2 where it applies (head dim 128),
 	// at the default 4 items per SM, also in long items (one per SM:
 	// several chunks a warp) and short ones (8 per SM), and with
@@ -364,7 +372,8 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 	// rows itself (the default) and in attn_combine (own=false); the TF32
 	// tensor-core kernel, and the bf16 one (mma) at every head dim; the
 	// same items on the tensor cores over a packed pool (dmma:
-	// split_paged_mma).
+	// split_paged_mma). On an H100 or H200 the bf16 and fp8 pools' prompt
+	// rows run on the wgmma kernel (flash_wgmma.cuh) unless wg is false.
 	for _, run := range []struct {
 		v2    bool
 		per   int
@@ -372,15 +381,17 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 		fused bool
 		own   bool
 		dmma  bool
-	}{{false, 8, false, false, true, false}, {true, 8, false, false, true, false}, {true, 4, false, false, true, false}, {true, 4, false, false, false, false}, {true, 1, false, false, true, false},
-		{true, 8, false, true, true, false}, {true, 4, false, true, true, false}, {true, 4, false, true, false, false}, {true, 1, false, true, true, false}, {false, 8, true, false, true, false},
-		{true, 8, false, false, true, true}, {true, 4, false, false, false, true}, {true, 1, false, false, true, true},
-		{true, 8, false, true, true, true}, {true, 4, false, true, true, true}, {true, 4, false, true, false, true}, {true, 1, false, true, true, true}} {
-		if run.v2 && !v2OK(l) || run.dmma && dt == shm.Float32 {
+		wg    bool
+	}{{false, 8, false, false, true, false, false}, {true, 8, false, false, true, false, false}, {true, 4, false, false, true, false, false}, {true, 4, false, false, false, false, false}, {true, 1, false, false, true, false, false},
+		{true, 8, false, true, true, false, false}, {true, 4, false, true, true, false, false}, {true, 4, false, true, false, false, false}, {true, 1, false, true, true, false, false}, {false, 8, true, false, true, false, false},
+		{false, 8, true, false, true, false, true},
+		{true, 8, false, false, true, true, false}, {true, 4, false, false, false, true, false}, {true, 1, false, false, true, true, false},
+		{true, 8, false, true, true, true, true}, {true, 4, false, true, true, true, false}, {true, 4, false, true, false, true, false}, {true, 1, false, true, true, true, false}} {
+		if run.v2 && !v2OK(l) || run.dmma && dt == shm.Float32 || run.wg && (!wg || dt == shm.Float32) {
 			continue
 		}
-		label := fmt.Sprintf("%s/v2=%v/split%d/mma=%v/fused=%v/own=%v/dmma=%v", label, run.v2, run.per, run.mma, run.fused, run.own, run.dmma)
-		g.attnV2, splitPerSM, splitPerSMV2, g.flashMMA, g.fusedScore, g.ownCombine, g.decodeMMA = run.v2, run.per, run.per, run.mma, run.fused, run.own, run.dmma
+		label := fmt.Sprintf("%s/v2=%v/split%d/mma=%v/fused=%v/own=%v/dmma=%v/wgmma=%v", label, run.v2, run.per, run.mma, run.fused, run.own, run.dmma, run.wg)
+		g.attnV2, splitPerSM, splitPerSMV2, g.flashMMA, g.fusedScore, g.ownCombine, g.decodeMMA, g.flashWGMMA = run.v2, run.per, run.per, run.mma, run.fused, run.own, run.dmma, run.wg
 		gotPool := g.FromHost(pool, l.PoolElems())
 		got := g.poisoned(T, heads*hd)
 		g.Attention(got, g.FromHost(q, T, heads*hd), gotPool, l, b, scale)
@@ -426,7 +437,7 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 		check(t, label+" scores", gsc, wsc, scoreTol)
 		g.checkCountsZero(t, label)
 	}
-	g.attnV2, splitPerSM, splitPerSMV2, g.flashMMA, g.fusedScore, g.ownCombine, g.decodeMMA = v2, per, perV2, mma, fused, own, dmma
+	g.attnV2, splitPerSM, splitPerSMV2, g.flashMMA, g.fusedScore, g.ownCombine, g.decodeMMA, g.flashWGMMA = v2, per, perV2, mma, fused, own, dmma, wg
 }
 
 // checkCountsZero fails unless every count split_paged_v2's own combine
@@ -512,7 +523,10 @@ func TestGPUWriteKV(t *testing.T) {
 
 func TestGPUSparsePrefill(t *testing.T) {
 	g, cpu := newGPU(t), NewCPU()
-	defer func(mma, p16, obs bool) { g.flashMMA, g.promptBF16, g.obsTiles = mma, p16, obs }(g.flashMMA, g.promptBF16, g.obsTiles)
+	defer func(mma, p16, obs, wg bool) {
+		g.flashMMA, g.promptBF16, g.obsTiles, g.flashWGMMA = mma, p16, obs, wg
+	}(g.flashMMA, g.promptBF16, g.obsTiles, g.flashWGMMA)
+	wg := g.flashWGMMA
 	rng := rand.New(rand.NewPCG(9, 10))
 	sels := map[string]Selection{
 		"window":         {Sinks: 4, ObsWindow: 32},
@@ -567,8 +581,11 @@ func TestGPUSparsePrefill(t *testing.T) {
 				// the split kernels.
 				runs++
 				g.obsTiles = runs%3 != 0
+				// On an H100 or H200, the prompt's bf16 copies on the wgmma
+				// kernel every other run that has them.
+				g.flashWGMMA = wg && runs%2 == 0
 				g.SparsePrefill(got, gq, gk, gv, row0, n, gotPool, l, slots, sel, scale)
-				label := fmt.Sprintf("n=%d/%s/group=%d/hd=%d/bs=%d/%v/mma=%v/promptbf16=%v/obstiles=%v", n, name, group, hd, bs, ge.dt, g.flashMMA, g.promptBF16, g.obsTiles)
+				label := fmt.Sprintf("n=%d/%s/group=%d/hd=%d/bs=%d/%v/mma=%v/promptbf16=%v/obstiles=%v/wgmma=%v", n, name, group, hd, bs, ge.dt, g.flashMMA, g.promptBF16, g.obsTiles, g.flashWGMMA)
 				tol := 2e-5
 				flashN := n - sel.ObsWindow
 				if g.obsTiles && sel.ObsWindow > 0 {
@@ -872,7 +889,7 @@ func BenchmarkGPUAttention(b *testing.B) {
 	g := newGPU(b)
 	rng := rand.New(rand.NewPCG(3, 3))
 	const heads, kvh, hd, bs = 32, 8, 128, 16
-	per, perV2, v2, mma, dmma := splitPerSM, splitPerSMV2, g.attnV2, g.flashMMA, g.decodeMMA
+	per, perV2, v2, mma, dmma, wg := splitPerSM, splitPerSMV2, g.attnV2, g.flashMMA, g.decodeMMA, g.flashWGMMA
 	for _, c := range []struct {
 		name       string
 		seqs, rows int
@@ -924,23 +941,26 @@ func BenchmarkGPUAttention(b *testing.B) {
 			b.ResetTimer()
 		}
 		for _, run := range []struct {
-			per           int
-			v2, mma, dmma bool
-		}{{2, false, false, false}, {8, false, false, false}, {16, false, false, false}, {2, true, false, false}, {4, true, false, false}, {8, true, false, false}, {16, true, false, false}, {32, true, false, false}, {8, false, true, false},
-			{2, true, false, true}, {4, true, false, true}, {8, true, false, true}} {
-			if c.rows > 1 && (run.per != 8 || run.v2) || c.rows == 1 && run.mma {
+			per               int
+			v2, mma, dmma, wg bool
+		}{{2, false, false, false, false}, {8, false, false, false, false}, {16, false, false, false, false}, {2, true, false, false, false}, {4, true, false, false, false}, {8, true, false, false, false}, {16, true, false, false, false}, {32, true, false, false, false}, {8, false, true, false, false},
+			{8, false, true, false, true}, {2, true, false, true, false}, {4, true, false, true, false}, {8, true, false, true, false}} {
+			if c.rows > 1 && (run.per != 8 || run.v2) || c.rows == 1 && (run.mma || run.wg) {
 				continue // the prompt's rows do not split; decode rows do not run on the prompt's tensor-core kernel
 			}
-			if run.v2 && !v2OK(l) || run.dmma && c.dt == shm.Float32 {
-				continue // head dim 128 only; split_paged_mma over packed pools only
+			if run.v2 && !v2OK(l) || run.dmma && c.dt == shm.Float32 || run.wg && (!wg || c.dt == shm.Float32) {
+				continue // head dim 128 only; split_paged_mma over packed pools only; wgmma on sm_90 over packed pools
 			}
-			splitPerSM, splitPerSMV2, g.attnV2, g.flashMMA, g.decodeMMA = run.per, run.per, run.v2, run.mma, run.dmma
+			splitPerSM, splitPerSMV2, g.attnV2, g.flashMMA, g.decodeMMA, g.flashWGMMA = run.per, run.per, run.v2, run.mma, run.dmma, run.wg
 			name := fmt.Sprintf("%s/split%d", c.name, run.per)
 			if run.v2 {
 				name += "/v2"
 			}
 			if run.mma {
 				name += "/mma"
+			}
+			if run.wg {
+				name += "/wgmma"
 			}
 			if run.dmma {
 				name += "/dmma"
@@ -961,7 +981,7 @@ func BenchmarkGPUAttention(b *testing.B) {
 				b.ReportMetric(keys*2*kvh*float64(4*l.RowElems())/s/1e9, "KV-GB/s")
 			})
 		}
-		splitPerSM, splitPerSMV2, g.attnV2, g.flashMMA, g.decodeMMA = per, perV2, v2, mma, dmma
+		splitPerSM, splitPerSMV2, g.attnV2, g.flashMMA, g.decodeMMA, g.flashWGMMA = per, perV2, v2, mma, dmma, wg
 		if pool != nil {
 			g.Free(pool)
 			g.Free(q)

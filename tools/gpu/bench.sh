@@ -9,7 +9,8 @@
 #   floor    the decode step against its floor (bytes read / copy bandwidth);
 #   hf       HF transformers on the same card and workload (tools/hf/bench.py);
 #   accuracy issue E's accuracy table on the GPU, full sample counts;
-#   wide     full KV and 26/1024 at concurrency WIDE (default 64);
+#   wide     full KV and 26/1024 at concurrency WIDE (default 64), WIDE_N
+#            requests (default WIDE);
 #   slo      the most tokens/s with p99 TTFT under 2 s (serve -search);
 #   bf16     a bfloat16 pool: full KV and 26/1024, uncapped and capped;
 #   ipc, select, evict, attn, mma, fused  diagnostics and trials (see each below).
@@ -166,8 +167,13 @@ for part in $PARTS; do
 	wide)
 		# Full KV and the 26-layer / 1024 preset with WIDE requests at
 		# once (default 64): the pool holds more than C=32 sequences.
-		one "full-sidecar-c${WIDE:-64}" sidecar "$KV" "${WIDE:-64}" "${WIDE:-64}"
-		one "grid-26-1024-c${WIDE:-64}" sidecar "$KV" "${WIDE:-64}" "${WIDE:-64}" --sparse-layers 26 --window 1024
+		# WIDE_N requests in all (default WIDE: one wave); more than WIDE
+		# measures the steady state, where new prompts fill the places of
+		# finished requests instead of the batch draining at the end.
+		wn=${WIDE_N:-${WIDE:-64}} sfx=""
+		[ "$wn" != "${WIDE:-64}" ] && sfx="-n$wn"
+		one "full-sidecar-c${WIDE:-64}$sfx" sidecar "$KV" "${WIDE:-64}" "$wn"
+		one "grid-26-1024-c${WIDE:-64}$sfx" sidecar "$KV" "${WIDE:-64}" "$wn" --sparse-layers 26 --window 1024
 		;;
 	ipc)
 		# The sidecar's decode against embedded: the pool shared as a VMM
