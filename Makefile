@@ -53,7 +53,7 @@ kernels: ## rebuild kernels/cudabin from kernels/*.cu with the pinned nvcc (no G
 	@$(NVCC) -ptx -O3 -arch=compute_90 -o kernels/cudabin/attention_sm90a.ptx.tmp kernels/attention_sm90a.cu
 	@sed -e 's/^\.version 7\.8$$/.version 8.0/' -e 's/^\.target sm_90$$/.target sm_90a/' kernels/cudabin/attention_sm90a.ptx.tmp > kernels/cudabin/attention_sm90a.ptx
 	@rm kernels/cudabin/attention_sm90a.ptx.tmp
-	@grep -qx '.target sm_90a' kernels/cudabin/attention_sm90a.ptx || { echo "attention_sm90a.ptx: no .target sm_90a after sed"; exit 1; }
+	@grep -qx '.target sm_90a' kernels/cudabin/attention_sm90a.ptx && grep -qx '.version 8.0' kernels/cudabin/attention_sm90a.ptx || { echo "attention_sm90a.ptx: no .version 8.0 / .target sm_90a after sed"; exit 1; }
 	cat kernels/*.cuh kernels/*.cu | sha256sum | cut -d' ' -f1 > kernels/cudabin/SOURCES.sha256
 
 cuda-toolchain: ## install the nvcc that make kernels is pinned to (Debian's nvidia-cuda-toolkit 11.8)

@@ -9,8 +9,9 @@
 #include "flash_mma.cuh"
 #include "flash_wgmma.cuh"
 
-// Three CTAs an SM at head dim 128 (65 KiB of shared memory each; ~170
-// registers), four at 64.
+// Three CTAs an SM at head dim 128 (65 KiB of shared memory each; at most
+// 168 registers, 155-160 as the card's ptxas built them in run 12, call
+// BB), four at 64.
 #ifndef FLASH_WGMMA_CTAS128
 #define FLASH_WGMMA_CTAS128 3
 #endif

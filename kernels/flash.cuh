@@ -74,7 +74,8 @@ __device__ __forceinline__ unsigned bf16x2(float lo, float hi) {
     return r;
 }
 
-// The online softmax of flash and flash_mma (flash_mma.cuh), for a warp's
+// The online softmax of flash, flash_mma and flash_wgmma (flash_max; the
+// last keeps its own sums), for a warp's
 // rows g (i = 0) and g+8 (i = 1). flash_max takes mx, this lane's maxima of
 // a tile's logits, to the rows' maxima over the tile and the running max m
 // (updated); mu is what the tile's logits lose before exp2 (0 for a row

@@ -339,7 +339,7 @@ __device__ void flash_mma(float *out, const float *q, int H, int h, int row0, in
     flash_store<HD>(out, o, l, H, h, row0, nrows, wr, g, t);
 }
 
-// The core that attention.cu's flash_paged and flash_prompt run for the
+// The core that flash.cuh's flash_paged and flash_prompt run for the
 // entry points below: the same tiles and grids as flash's.
 struct FlashMMA {
     template <int HD, class KV>

@@ -6,8 +6,8 @@
 // wgmma m64n64k16 and P·V is 4 wgmma m64n<HD>k16, with Q and P as A from
 // registers (the mma.sync A layout, so Q's and P's fragments are built as
 // flash_mma builds them) and K and V read by the tensor cores from shared
-// memory through descriptors: no ldmatrix, a few instructions a tile where
-// flash_mma issues 128 mma and 64 ldmatrix a warp.
+// memory through descriptors: no ldmatrix, 12 wgmma a tile at head dim
+// 128 where flash_mma issues 128 mma and 64 ldmatrix a warp.
 //
 // Shared memory: K and V tiles of 64 keys in wgmma's 128-byte swizzled
 // layout. A tile is HD/64 column blocks of 64 dims (128 bytes a key); key
@@ -41,38 +41,27 @@
 
 // d (+)= a·B for one wgmma: a, this warp's 16 rows of A (bf16 pairs in
 // the mma.sync m16n8k16 A layout), B in shared memory by its descriptor
-// (_t: MN-major, transposed); d is the m64nN C layout, n-tiles of 8
-// columns as mma.sync's; d is overwritten when scale_d is 0.
+// (K-major, or MN-major with TNSP = 1: transposed); d is the m64nN C
+// layout, n-tiles of 8 columns as mma.sync's; d is overwritten when
+// scale_d is 0.
+template <int TNSP>
 __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[8][4], const unsigned (&a)[4], unsigned long long desc,
-                                         int scale_d) {
+                                                int scale_d) {
     asm volatile(
         "{\n .reg .pred p;\n setp.ne.b32 p, %37, 0;\n"
         " wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
         : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
           "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
           "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
           "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d), "n"(TNSP));
 }
-__device__ __forceinline__ void wgmma_m64n64k16_t(float (&d)[8][4], const unsigned (&a)[4], unsigned long long desc,
-                                         int scale_d) {
-    asm volatile(
-        "{\n .reg .pred p;\n setp.ne.b32 p, %37, 0;\n"
-        " wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
-          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
-          "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
-}
-__device__ __forceinline__ void wgmma_m64n128k16_t(float (&d)[16][4], const unsigned (&a)[4], unsigned long long desc,
-                                         int scale_d) {
+template <int TNSP>
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[16][4], const unsigned (&a)[4], unsigned long long desc,
+                                                 int scale_d) {
     asm volatile(
         "{\n .reg .pred p;\n setp.ne.b32 p, %69, 0;\n"
         " wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
@@ -80,7 +69,7 @@ __device__ __forceinline__ void wgmma_m64n128k16_t(float (&d)[16][4], const unsi
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
         "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
         "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-        "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+        "{%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
         : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
           "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
           "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
@@ -89,7 +78,7 @@ __device__ __forceinline__ void wgmma_m64n128k16_t(float (&d)[16][4], const unsi
           "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
           "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
           "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d), "n"(TNSP));
 }
 
 // wgmma's three barriers on the register side.
@@ -122,10 +111,10 @@ template <int BN> __device__ __forceinline__ int wg_swz(int n, int c) {
 // P·V's m64n<HD>k16, transposed B.
 template <int HD> __device__ __forceinline__ void wgmma_pv(float (&o)[HD / 8][4], const unsigned (&a)[4], unsigned long long d);
 template <> __device__ __forceinline__ void wgmma_pv<64>(float (&o)[8][4], const unsigned (&a)[4], unsigned long long d) {
-    wgmma_m64n64k16_t(o, a, d, 1);
+    wgmma_m64n64k16<1>(o, a, d, 1);
 }
 template <> __device__ __forceinline__ void wgmma_pv<128>(float (&o)[16][4], const unsigned (&a)[4], unsigned long long d) {
-    wgmma_m64n128k16_t(o, a, d, 1);
+    wgmma_m64n128k16<1>(o, a, d, 1);
 }
 
 // The K and V rows of a thread's run of R consecutive keys j..j+R-1 for
@@ -169,10 +158,11 @@ __device__ __forceinline__ void kv_run(const DenseKVT<T> &kv, int j, int kv_end,
     }
 }
 
-// How flash_wgmma stages K and V of type T: the swizzled bf16 tiles, two
-// buffers (bf16: the pool's rows land there by cp.async) or one (fp8: the
-// raw rows land in two buffers of their own, and stage() widens the
-// landed one, as flash_mma's fp8 tiles do). base is 1024-byte aligned.
+// How flash_wgmma stages K and V of type T: the swizzled bf16 tiles,
+// FLASH_WGMMA_BUFS buffers (bf16: the pool's rows land there by cp.async)
+// or one (fp8: the raw rows land in FLASH_WGMMA_BUFS buffers of their
+// own, and stage() widens the landed one, as flash_mma's fp8 tiles do).
+// base is 1024-byte aligned.
 template <int HD, class T> struct WgTiles;
 
 template <int HD> struct WgTiles<HD, bf16_t> {
@@ -183,8 +173,9 @@ template <int HD> struct WgTiles<HD, bf16_t> {
     __device__ explicit WgTiles(char *b) : base(b) {}
     __device__ char *K(int b) const { return base + b * 2 * TILE; }
     __device__ char *V(int b) const { return base + b * 2 * TILE + TILE; }
-    // A thread copies chunk c of R consecutive keys (a run: kv_run); the
-    // warp's 32 lanes read two runs' rows whole.
+    // A thread copies chunk c of R consecutive keys (a run: kv_run); at
+    // head dim 128 the warp's 32 lanes read two runs' rows whole (four
+    // runs' at 64).
     template <class KV> __device__ void load(const KV &kv, int kb, int kv_end, int b) const {
         constexpr int CPR = HD / 8, R = BN * CPR / 128;  // 16-byte chunks a row; keys a thread
         const int c = threadIdx.x % CPR, k0 = threadIdx.x / CPR * R;
@@ -304,7 +295,7 @@ __device__ void flash_wgmma(float *out, const float *q, int H, int h, int row0, 
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++)
-            wgmma_m64n64k16(s, qa[kk], wgmma_desc(kaddr + (kk >> 2) * (BN * 128) + (kk & 3) * 32, 16, 1024), kk > 0);
+            wgmma_m64n64k16<0>(s, qa[kk], wgmma_desc(kaddr + (kk >> 2) * (BN * 128) + (kk & 3) * 32, 16, 1024), kk > 0);
         wgmma_commit();
         wgmma_wait0();
         wgmma_hold(s);
@@ -338,7 +329,9 @@ __device__ void flash_wgmma(float *out, const float *q, int H, int h, int row0, 
         // The running sums stay this lane's own (its columns of the rows),
         // summed over the row's four lanes at the end; the outputs are
         // rescaled only when a row's max moved (alpha is exactly 1
-        // otherwise), which past a row's first tiles is seldom.
+        // otherwise), which past a row's first tiles is seldom. (Rows past
+        // nrows, in a sequence's last tile, keep m = -inf and alpha = 0:
+        // their warp rescales at every tile, zeros, at no harm but time.)
         l[0] = l[0] * alpha[0] + sum[0];
         l[1] = l[1] * alpha[1] + sum[1];
         if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {

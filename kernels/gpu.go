@@ -316,6 +316,7 @@ func (c *CUDA) loadSM90a(dir string) error {
 	slog.Debug("wgmma kernels compiled by the driver", "file", file, "took", time.Since(start))
 	for _, name := range sm90aKernels {
 		if c.fns[name], err = m.Function(name); err != nil {
+			m.Unload()
 			return err
 		}
 	}
@@ -324,7 +325,8 @@ func (c *CUDA) loadSM90a(dir string) error {
 
 // wgmmaBufs is flash_wgmma.cuh's FLASH_WGMMA_BUFS, the K and V buffers in
 // flight; KVD_WGMMA_BUFS sizes the shared memory for a variant built with
-// another (for developers, with KVD_CUDABIN_DIR).
+// another (for developers, with KVD_CUDABIN_DIR: the two must agree, or
+// such a variant reads past its shared memory).
 var wgmmaBufs = 2
 
 func init() {
@@ -353,9 +355,9 @@ func wgmmaExists(base string, dt shm.DType) bool {
 
 // wgmmaKernel is base's wgmma kernel for K and V stored as dt at head dim
 // hd and its dynamic shared memory, as flash_wgmma.cuh's
-// flash_wgmma_smem_bytes computes it: 64-key tiles of bf16 K and V (two
-// buffers each, or one beside two of raw fp8 rows) and 1 KiB to align
-// them on 1024 bytes.
+// flash_wgmma_smem_bytes computes it: 64-key tiles of bf16 K and V
+// (wgmmaBufs buffers each, or one beside wgmmaBufs of raw fp8 rows) and 1
+// KiB to align them on 1024 bytes.
 func wgmmaKernel(base string, hd int, dt shm.DType) (string, int) {
 	tile := 64 * hd * 2
 	smem := wgmmaBufs*2*tile + 1024

@@ -312,10 +312,12 @@ func TestGPUAttention(t *testing.T) {
 	for name, cases := range attnCompositions() {
 		for _, hd := range []int{64, 128} {
 			for _, group := range testGroups() {
-				// 12: a block size that the wgmma loaders' runs of 8 keys
-				// cross (kv_run's row-by-row path).
-				for _, bs := range []int{16, 32, 12} {
-					if bs == 12 && group != 4 {
+				// 12 and 6: block sizes that the wgmma loaders' runs of 8
+				// keys (bf16 at head dim 128) and of 4 (bf16 at 64, fp8 at
+				// 128) cross: kv_run's row-by-row path. (fp8's runs of 2
+				// at head dim 64 cross only odd block sizes.)
+				for _, bs := range []int{16, 32, 12, 6} {
+					if bs < 16 && group != 4 {
 						continue
 					}
 					for _, dt := range dtypes {
