@@ -41,3 +41,27 @@ func TestKernelsBuiltFromSources(t *testing.T) {
 		}
 	}
 }
+
+// TestSM90aPTX checks what the driver will be given on an H100 or H200:
+// PTX marked for sm_90a (make kernels' sed) with every entry point that
+// loadSM90a looks up.
+func TestSM90aPTX(t *testing.T) {
+	b, err := os.ReadFile("cudabin/attention_sm90a.ptx")
+	if err != nil {
+		t.Fatalf("%v: run make kernels", err)
+	}
+	lines := map[string]bool{}
+	for _, l := range strings.Split(string(b), "\n") {
+		lines[strings.TrimSpace(l)] = true
+	}
+	for _, want := range []string{".version 8.0", ".target sm_90a"} {
+		if !lines[want] {
+			t.Errorf("attention_sm90a.ptx has no %q line", want)
+		}
+	}
+	for _, name := range sm90aKernels {
+		if !bytes.Contains(b, []byte(".visible .entry "+name+"(")) {
+			t.Errorf("attention_sm90a.ptx has no entry point %s", name)
+		}
+	}
+}
