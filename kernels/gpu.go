@@ -368,10 +368,11 @@ func wgmmaKernel(base string, hd int, dt shm.DType) (string, int) {
 }
 
 // prefillKernel is the kernel and dynamic shared memory that c runs base
-// with over K and V stored as dt: wgmma's where it has them, else
-// flashKernel's (mma: the tensor-core one).
+// with over K and V stored as dt: wgmma's where it has them and a
+// tensor-core kernel would run (mma, or an fp8 pool, which has no other),
+// else flashKernel's.
 func (c *CUDA) prefillKernel(base string, hd int, dt shm.DType, mma bool) (string, int) {
-	if c.flashWGMMA && mma && wgmmaExists(base, dt) {
+	if c.flashWGMMA && (mma || dt == shm.FP8E4M3) && wgmmaExists(base, dt) {
 		return wgmmaKernel(base, hd, dt)
 	}
 	return flashKernel(base, hd, dt, mma)
@@ -1162,7 +1163,7 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 		meta := append(append([]int32(nil), b.Blocks...), tiles...)
 		p, class := c.ints(meta)
 		defer c.release(p, class)
-		name, smem := c.prefillKernel("flash_paged", l.HeadDim, l.DType, c.flashMMA || l.DType == shm.FP8E4M3)
+		name, smem := c.prefillKernel("flash_paged", l.HeadDim, l.DType, c.flashMMA)
 		c.launchShared(name, cuda.Dim3{X: uint32(len(tiles) / 4), Y: uint32(heads)}, cuda.Dim3{X: 128}, smem,
 			ptr(out), ptr(q), ptr(pool), int32(l.BlockSize), int32(l.KVHeads), int32(heads), p+cuda.Ptr(4*len(b.Blocks)), p, scale)
 	}
