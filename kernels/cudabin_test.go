@@ -59,7 +59,10 @@ func TestSM90aPTX(t *testing.T) {
 			t.Errorf("attention_sm90a.ptx has no %q line", want)
 		}
 	}
-	for _, name := range sm90aKernels {
+	if n := len(sm90aKernels()); n != 6 {
+		t.Errorf("sm90aKernels: %d names, attention_sm90a.cu has 6 entry points", n)
+	}
+	for _, name := range sm90aKernels() {
 		if !bytes.Contains(b, []byte(".visible .entry "+name+"(")) {
 			t.Errorf("attention_sm90a.ptx has no entry point %s", name)
 		}

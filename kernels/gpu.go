@@ -235,13 +235,7 @@ func NewCUDA(index int) (*CUDA, error) {
 		if !strings.HasSuffix(e.Name(), ".fatbin") {
 			continue
 		}
-		img, err := cudaBins.ReadFile("cudabin/" + e.Name())
-		if override != "" {
-			if b, err2 := os.ReadFile(filepath.Join(override, e.Name())); err2 == nil {
-				img = b
-				slog.Info("kernels from KVD_CUDABIN_DIR", "file", filepath.Join(override, e.Name()))
-			}
-		}
+		img, err := kernelImage(e.Name(), override)
 		if err != nil {
 			c.Close()
 			return nil, err
@@ -293,20 +287,26 @@ func NewCUDA(index int) (*CUDA, error) {
 	return c, nil
 }
 
+// kernelImage is the embedded cudabin/file, or override's file of that
+// name where override (KVD_CUDABIN_DIR) is set and has one.
+func kernelImage(file, override string) ([]byte, error) {
+	if override != "" {
+		if b, err := os.ReadFile(filepath.Join(override, file)); err == nil {
+			slog.Info("kernels from KVD_CUDABIN_DIR", "file", filepath.Join(override, file))
+			return b, nil
+		}
+	}
+	return cudaBins.ReadFile("cudabin/" + file)
+}
+
 // loadSM90a loads attention_sm90a.ptx's wgmma kernels (from dir instead
 // when it has the file: KVD_CUDABIN_DIR), which the driver compiles for
 // the card here.
 func (c *CUDA) loadSM90a(dir string) error {
 	const file = "attention_sm90a.ptx"
-	img, err := cudaBins.ReadFile("cudabin/" + file)
+	img, err := kernelImage(file, dir)
 	if err != nil {
 		return err
-	}
-	if dir != "" {
-		if b, err := os.ReadFile(filepath.Join(dir, file)); err == nil {
-			img = b
-			slog.Info("kernels from KVD_CUDABIN_DIR", "file", filepath.Join(dir, file))
-		}
 	}
 	start := time.Now()
 	m, err := c.ctx.LoadModule(img)
@@ -314,7 +314,7 @@ func (c *CUDA) loadSM90a(dir string) error {
 		return fmt.Errorf("compiling the wgmma kernels (%s) on %s: %w", file, c.dev, err)
 	}
 	slog.Debug("wgmma kernels compiled by the driver", "file", file, "took", time.Since(start))
-	for _, name := range sm90aKernels {
+	for _, name := range sm90aKernels() {
 		if c.fns[name], err = m.Function(name); err != nil {
 			m.Unload()
 			return err
@@ -335,10 +335,21 @@ func init() {
 	}
 }
 
-// sm90aKernels are attention_sm90a.cu's entry points.
-var sm90aKernels = []string{
-	"flash_paged_wgmma_bf16_hd64", "flash_paged_wgmma_bf16_hd128", "flash_paged_wgmma_fp8_hd64", "flash_paged_wgmma_fp8_hd128",
-	"flash_prompt_wgmma_bf16_hd64", "flash_prompt_wgmma_bf16_hd128",
+// sm90aKernels are attention_sm90a.cu's entry points: a wgmma kernel for
+// every base and dtype wgmmaExists names, at head dims 64 and 128.
+func sm90aKernels() []string {
+	var names []string
+	for _, base := range []string{"flash_paged", "flash_prompt"} {
+		for _, dt := range []shm.DType{shm.BFloat16, shm.FP8E4M3} {
+			for _, hd := range []int{64, 128} {
+				if wgmmaExists(base, dt) {
+					name, _ := wgmmaKernel(base, hd, dt)
+					names = append(names, name)
+				}
+			}
+		}
+	}
+	return names
 }
 
 // wgmmaExists reports whether base has a wgmma kernel over K and V stored
