@@ -94,8 +94,10 @@ func TestGPUSidecar(t *testing.T) {
 			}
 			agree, total = agree+n, total+len(want[i])
 		}
-		if rate := float64(agree) / float64(total); rate < 0.9 {
-			t.Errorf("%s: concurrent sidecar requests agree with sequential embedded ones on %.3f of tokens", p.name, rate)
+		rate := float64(agree) / float64(total)
+		t.Logf("%s: concurrent sidecar requests agree with sequential embedded ones on %.3f of tokens", p.name, rate)
+		if rate < 0.9 {
+			t.Errorf("%s: concurrent sidecar requests agree with sequential embedded ones on %.3f of tokens, under 0.9", p.name, rate)
 		}
 		st := kvdStatus(t, side)
 		if st.PoolKind != "cuda" || st.GPU == nil || st.GPU.MemoryUsedBytes == 0 || st.GPU.TemperatureC <= 0 || st.GPU.Error != "" {

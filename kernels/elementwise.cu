@@ -149,10 +149,18 @@ extern "C" __global__ void rmsnorm_bf16out(bf16_t *out /*[T, D]*/, const float *
     rmsnorm_rows(out, x, w, D, eps);
 }
 
-// out[n] = bf16(x[n]): a GEMM's activation operand. Grid-stride.
+// out[n] = bf16(x[n]): a GEMM's activation operand. Grid-stride, four
+// elements a thread (a 16-byte load, an 8-byte store) where x and out are
+// aligned for it: one a thread ran at a third of the copy rate (1.5 TB/s
+// on an H200, run 11's profile); the last n % 4 one a thread.
 extern "C" __global__ void to_bf16(bf16_t *out /*[n]*/, const float *x /*[n]*/, i64 n) {
-    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
-        out[i] = f32_to_bf16(x[i]);
+    const i64 first = blockIdx.x * (i64)blockDim.x + threadIdx.x, stride = (i64)gridDim.x * blockDim.x;
+    i64 done = 0;
+    if (aligned(x, 16) && aligned(out, 8)) {
+        done = n / 4 * 4;
+        for (i64 i = first; 4 * i < done; i += stride) put4(out + 4 * i, ld4(x + 4 * i));
+    }
+    for (i64 i = done + first; i < n; i += stride) out[i] = f32_to_bf16(x[i]);
 }
 
 // Rotates each head of x in place by pos[t]·inv_freq[i], pairing element i

@@ -232,6 +232,7 @@ type Runner struct {
 	kv     KV
 	pos    map[uint64]int // tokens seen, which is the next position
 	timing *stepTiming    // KVD_STEP_TIMING=N: where each step's time goes, every N steps
+	prof   *stepProfile   // KVD_KERNEL_PROFILE=FROM:N: N steps' kernels
 }
 
 // stepTiming sums, for developers, where decode steps' time goes: kvd's
@@ -260,6 +261,54 @@ func (t *stepTiming) add(seqs, rows int, reserve, forward, done time.Duration) {
 	}
 }
 
+// stepProfile is KVD_KERNEL_PROFILE=FROM:N, for developers: the runner's
+// steps FROM..FROM+N-1 (counting every step, prompts' too) timed kernel by
+// kernel on a backend that can (CUDA's kernels.Profile), the table written
+// to stderr. A served run's steady state, mixed prompt chunks and decodes,
+// is what bench/forward's --kernel-profile does not see.
+type stepProfile struct {
+	from, n, step int
+	rows, seqs    int
+	start         time.Time
+	busy          time.Duration // the steps' own time, host work included
+}
+
+type profiler interface {
+	StartProfile()
+	StopProfile() (kernels.Profile, error)
+}
+
+func (p *stepProfile) before(b kernels.Backend) {
+	if pr, ok := b.(profiler); ok && p.step == p.from {
+		pr.StartProfile()
+		p.start = time.Now()
+	}
+}
+
+func (p *stepProfile) after(b kernels.Backend, seqs, rows int, took time.Duration) {
+	pr, ok := b.(profiler)
+	if !ok || p.step < p.from || p.step >= p.from+p.n {
+		p.step++
+		return
+	}
+	p.step++
+	p.rows += rows
+	p.seqs += seqs
+	p.busy += took
+	if p.step < p.from+p.n {
+		return
+	}
+	wall := time.Since(p.start)
+	prof, err := pr.StopProfile()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "kernel profile: %v\n", err)
+		return
+	}
+	fmt.Fprintf(os.Stderr, "kernel profile: steps %d..%d, %.1f rows and %.1f sequences a step, %.3f ms a step of wall time (%.3f in StepSample)\n%s",
+		p.from, p.from+p.n-1, float64(p.rows)/float64(p.n), float64(p.seqs)/float64(p.n),
+		wall.Seconds()*1e3/float64(p.n), p.busy.Seconds()*1e3/float64(p.n), prof.Markdown(p.n))
+}
+
 // New returns a runner of m over kv. The pool's geometry must match m.
 func New(m *model.Model, kv KV) (*Runner, error) {
 	c, l := m.Config, kv.Layout()
@@ -277,6 +326,13 @@ func New(m *model.Model, kv KV) (*Runner, error) {
 	if n, err := strconv.Atoi(os.Getenv("KVD_STEP_TIMING")); err == nil && n > 0 {
 		r.timing = &stepTiming{every: n}
 	}
+	if v := os.Getenv("KVD_KERNEL_PROFILE"); v != "" {
+		var p stepProfile
+		if _, err := fmt.Sscanf(v, "%d:%d", &p.from, &p.n); err != nil || p.from < 0 || p.n <= 0 {
+			return nil, fmt.Errorf("KVD_KERNEL_PROFILE=%q: want FROM:N, the first step to profile and how many", v)
+		}
+		r.prof = &p
+	}
 	return r, nil
 }
 
@@ -292,7 +348,12 @@ func NewEmbedded(m *model.Model, numBlocks, blockSize int, spec policy.Spec) (*R
 	if err != nil {
 		return nil, err
 	}
-	return New(m, kv)
+	r, err := New(m, kv)
+	if err != nil {
+		kv.Shutdown() // the pool (a device pool's GPU memory) goes back
+		return nil, err
+	}
+	return r, nil
 }
 
 // BlocksFor returns how many layer-blocks hold n tokens of context in every
@@ -435,6 +496,9 @@ func (r *Runner) StepSample(ctx context.Context, work []Work) (logits [][]float3
 			draws.Params = append(draws.Params, *w.Draw)
 		}
 	}
+	if r.prof != nil {
+		r.prof.before(r.m.Backend())
+	}
 	t0 := time.Now()
 	id, plan, err := r.kv.Reserve(ctx, appends)
 	if err != nil {
@@ -464,6 +528,9 @@ func (r *Runner) StepSample(ctx context.Context, work []Work) (logits [][]float3
 	}
 	if r.timing != nil {
 		r.timing.add(len(work), int(row), t1.Sub(t0), t2.Sub(t1), time.Since(t2))
+	}
+	if r.prof != nil {
+		r.prof.after(b, len(work), int(row), time.Since(t0))
 	}
 	v := r.m.Config.VocabSize
 	logits = make([][]float32, len(work))

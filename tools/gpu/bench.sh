@@ -45,6 +45,9 @@ GRID_WINDOWS=${GRID_WINDOWS:-1536 1280 1024}
 KV_DTYPE=${KV_DTYPE:-float32}
 mkdir -p "$OUT/logs"
 export KVD_STEP_TIMING=${KVD_STEP_TIMING:-100}
+# KVD_KERNEL_PROFILE=FROM:N, when set, reaches every gateway started here:
+# steps FROM..FROM+N-1 of each served run profiled kernel by kernel, the
+# table in logs/NAME.gateway.log.
 if command -v go >/dev/null && [ -z "${BIN:-}" ]; then
 	tools/gpu/build.sh >/dev/null
 fi
