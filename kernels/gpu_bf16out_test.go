@@ -249,40 +249,43 @@ func abs(x int) int {
 
 // TestGPUToBF16 checks to_bf16, Linear's rounding of a float32 operand,
 // against toBF16 bit for bit: lengths that leave 0 to 3 elements past the
-// four a thread takes, and x and out at offsets that break the 16- and
-// 8-byte alignment of the vector path (the scalar path then takes all),
-// with nothing written past the n elements.
+// four a thread takes, x and out at offsets that break the 16- and 8-byte
+// alignment of the vector path (the scalar path then takes all), the grid
+// Linear launches and one of three blocks (every thread strides over many
+// fours), with nothing written before or past the n elements.
 func TestGPUToBF16(t *testing.T) {
 	g := newGPU(t)
 	rng := rand.New(rand.NewPCG(7, 1))
-	for _, n := range []int{1, 3, 4, 5, 17, 1000, 4099, 300001} {
+	for _, n := range []int{1, 3, 4, 5, 6, 17, 1000, 4098, 4099, 300001} {
 		for _, xoff := range []int{0, 1, 2} {
 			for _, ooff := range []int{0, 1, 4} {
-				src := randn(rng, n+xoff)
-				for i := 0; i < len(src); i += 7 {
-					src[i] = math.Float32frombits(math.Float32bits(src[i])&^0xffff | 0x8000) // a tie: to even
-				}
-				x := g.FromHost(src, len(src))
-				cols := n + ooff + 3
-				out := g.poisonedLinearInput(1, cols)
-				g.launch("to_bf16", cuda.Dim3{X: gridFor((n + 3) / 4)}, cuda.Dim3{X: 256}, ptr(out)+cuda.Ptr(2*ooff), ptr(x)+cuda.Ptr(4*xoff), int64(n))
-				got := g.host(t, out)
-				bad := 0
-				for i, v := range got {
-					in := i >= ooff && i < ooff+n
-					want := uint32(0xffff) << 16 // the poison, widened
-					if in {
-						want = uint32(toBF16(src[xoff+i-ooff])) << 16
+				for _, grid := range []uint32{gridFor((n + 3) / 4), 3} {
+					src := randn(rng, n+xoff)
+					for i := 0; i < len(src); i += 7 {
+						src[i] = math.Float32frombits(math.Float32bits(src[i])&^0xffff | 0x8000) // a tie: to even
 					}
-					if b := math.Float32bits(v); b != want {
-						if bad < 3 {
-							t.Errorf("n %d, x at +%d, out at +%d: element %d is %#08x, want %#08x (in range %v)", n, xoff, ooff, i, b, want, in)
+					x := g.FromHost(src, len(src))
+					cols := n + ooff + 3
+					out := g.poisonedLinearInput(1, cols)
+					g.launch("to_bf16", cuda.Dim3{X: grid}, cuda.Dim3{X: 256}, ptr(out)+cuda.Ptr(2*ooff), ptr(x)+cuda.Ptr(4*xoff), int64(n))
+					got := g.host(t, out)
+					bad := 0
+					for i, v := range got {
+						in := i >= ooff && i < ooff+n
+						want := uint32(0xffff) << 16 // the poison, widened
+						if in {
+							want = uint32(toBF16(src[xoff+i-ooff])) << 16
 						}
-						bad++
+						if b := math.Float32bits(v); b != want {
+							if bad < 3 {
+								t.Errorf("n %d, x at +%d, out at +%d, grid %d: element %d is %#08x, want %#08x (in range %v)", n, xoff, ooff, grid, i, b, want, in)
+							}
+							bad++
+						}
 					}
+					g.Free(x)
+					g.Free(out)
 				}
-				g.Free(x)
-				g.Free(out)
 			}
 		}
 	}

@@ -9,9 +9,12 @@ package runner
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -264,13 +267,18 @@ func (t *stepTiming) add(seqs, rows int, reserve, forward, done time.Duration) {
 // stepProfile is KVD_KERNEL_PROFILE=FROM:N, for developers: the runner's
 // steps FROM..FROM+N-1 (counting every step, prompts' too) timed kernel by
 // kernel on a backend that can (CUDA's kernels.Profile), the table written
-// to stderr. A served run's steady state, mixed prompt chunks and decodes,
-// is what bench/forward's --kernel-profile does not see.
+// to out (stderr). A served run's steady state, mixed prompt chunks and
+// decodes, is what bench/forward's --kernel-profile does not see. The
+// profile stops before the last step reports done, so an embedded pool's
+// eviction between steps (launched from another goroutine) is not in it;
+// a step that fails inside the window abandons the profile.
 type stepProfile struct {
 	from, n, step int
+	on            bool
 	rows, seqs    int
 	start         time.Time
 	busy          time.Duration // the steps' own time, host work included
+	out           io.Writer
 }
 
 type profiler interface {
@@ -278,20 +286,32 @@ type profiler interface {
 	StopProfile() (kernels.Profile, error)
 }
 
+// parseStepProfile reads KVD_KERNEL_PROFILE's FROM:N.
+func parseStepProfile(v string) (*stepProfile, error) {
+	f, n, ok := strings.Cut(v, ":")
+	from, err1 := strconv.Atoi(f)
+	steps, err2 := strconv.Atoi(n)
+	if !ok || err1 != nil || err2 != nil || from < 0 || steps <= 0 {
+		return nil, fmt.Errorf("KVD_KERNEL_PROFILE=%q: want FROM:N, the first step to profile (0 on) and how many (1 on)", v)
+	}
+	return &stepProfile{from: from, n: steps, out: os.Stderr}, nil
+}
+
 func (p *stepProfile) before(b kernels.Backend) {
-	if pr, ok := b.(profiler); ok && p.step == p.from {
+	if pr, ok := b.(profiler); ok && p.step == p.from && !p.on {
 		pr.StartProfile()
-		p.start = time.Now()
+		p.on, p.start = true, time.Now()
+		p.rows, p.seqs, p.busy = 0, 0, 0
 	}
 }
 
+// after counts a step that ran; the window's last stops the profile and
+// prints it.
 func (p *stepProfile) after(b kernels.Backend, seqs, rows int, took time.Duration) {
-	pr, ok := b.(profiler)
-	if !ok || p.step < p.from || p.step >= p.from+p.n {
-		p.step++
+	p.step++
+	if !p.on {
 		return
 	}
-	p.step++
 	p.rows += rows
 	p.seqs += seqs
 	p.busy += took
@@ -299,14 +319,26 @@ func (p *stepProfile) after(b kernels.Backend, seqs, rows int, took time.Duratio
 		return
 	}
 	wall := time.Since(p.start)
-	prof, err := pr.StopProfile()
+	p.on = false
+	prof, err := b.(profiler).StopProfile()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "kernel profile: %v\n", err)
+		fmt.Fprintf(p.out, "kernel profile: %v\n", err)
 		return
 	}
-	fmt.Fprintf(os.Stderr, "kernel profile: steps %d..%d, %.1f rows and %.1f sequences a step, %.3f ms a step of wall time (%.3f in StepSample)\n%s",
+	fmt.Fprintf(p.out, "kernel profile: steps %d..%d, %.1f rows and %.1f sequences a step, %.3f ms a step of wall time (%.3f in StepSample)\n%s",
 		p.from, p.from+p.n-1, float64(p.rows)/float64(p.n), float64(p.seqs)/float64(p.n),
 		wall.Seconds()*1e3/float64(p.n), p.busy.Seconds()*1e3/float64(p.n), prof.Markdown(p.n))
+}
+
+// abandon stops a running profile without printing its table: a step of
+// the window failed, or the runner is shutting down.
+func (p *stepProfile) abandon(b kernels.Backend, why error) {
+	if !p.on {
+		return
+	}
+	p.on = false
+	b.(profiler).StopProfile()
+	fmt.Fprintf(p.out, "kernel profile: abandoned at step %d: %v\n", p.step, why)
 }
 
 // New returns a runner of m over kv. The pool's geometry must match m.
@@ -327,11 +359,11 @@ func New(m *model.Model, kv KV) (*Runner, error) {
 		r.timing = &stepTiming{every: n}
 	}
 	if v := os.Getenv("KVD_KERNEL_PROFILE"); v != "" {
-		var p stepProfile
-		if _, err := fmt.Sscanf(v, "%d:%d", &p.from, &p.n); err != nil || p.from < 0 || p.n <= 0 {
-			return nil, fmt.Errorf("KVD_KERNEL_PROFILE=%q: want FROM:N, the first step to profile and how many", v)
+		p, err := parseStepProfile(v)
+		if err != nil {
+			return nil, err
 		}
-		r.prof = &p
+		r.prof = p
 	}
 	return r, nil
 }
@@ -365,6 +397,9 @@ func BlocksFor(c *model.Config, n, blockSize int) int {
 // Shutdown releases an embedded pool (the GPU memory of a device pool);
 // a sidecar's pool belongs to kvd.
 func (r *Runner) Shutdown() error {
+	if r.prof != nil {
+		r.prof.abandon(r.m.Backend(), errors.New("the runner shut down"))
+	}
 	if l, ok := r.kv.(*engine.Local); ok {
 		return l.Shutdown()
 	}
@@ -502,6 +537,9 @@ func (r *Runner) StepSample(ctx context.Context, work []Work) (logits [][]float3
 	t0 := time.Now()
 	id, plan, err := r.kv.Reserve(ctx, appends)
 	if err != nil {
+		if r.prof != nil {
+			r.prof.abandon(r.m.Backend(), err)
+		}
 		return nil, nil, err
 	}
 	t1 := time.Now()
@@ -511,7 +549,11 @@ func (r *Runner) StepSample(ctx context.Context, work []Work) (logits [][]float3
 	spec := r.kv.Spec()
 	if plan.Layers() != len(spec) {
 		r.kv.Done(id, true)
-		return nil, nil, fmt.Errorf("kvd planned %d layers, its spec has %d", plan.Layers(), len(spec))
+		err := fmt.Errorf("kvd planned %d layers, its spec has %d", plan.Layers(), len(spec))
+		if r.prof != nil {
+			r.prof.abandon(r.m.Backend(), err)
+		}
+		return nil, nil, err
 	}
 	bt.NumLayers = plan.Layers()
 	bt.LayerPlan = func(l int) model.LayerKV {
@@ -522,15 +564,21 @@ func (r *Runner) StepSample(ctx context.Context, work []Work) (logits [][]float3
 	cache := &model.Cache{Pool: r.kv.PoolTensor(b), Layout: r.kv.Layout()}
 	flat, drawn, err := r.m.ForwardSample(ctx, bt, cache, host, &draws)
 	t2 := time.Now()
+	if r.prof != nil {
+		// Before Done: an embedded pool's eviction runs from it, on
+		// another goroutine.
+		if err != nil {
+			r.prof.abandon(b, err)
+		} else {
+			r.prof.after(b, len(work), int(row), t2.Sub(t0))
+		}
+	}
 	r.kv.Done(id, err != nil)
 	if err != nil {
 		return nil, nil, err
 	}
 	if r.timing != nil {
 		r.timing.add(len(work), int(row), t1.Sub(t0), t2.Sub(t1), time.Since(t2))
-	}
-	if r.prof != nil {
-		r.prof.after(b, len(work), int(row), time.Since(t0))
 	}
 	v := r.m.Config.VocabSize
 	logits = make([][]float32, len(work))
