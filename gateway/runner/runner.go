@@ -297,7 +297,12 @@ func parseStepProfile(v string) (*stepProfile, error) {
 	return &stepProfile{from: from, n: steps, out: os.Stderr}, nil
 }
 
+// The hooks below do nothing on a nil profile (KVD_KERNEL_PROFILE unset).
+
 func (p *stepProfile) before(b kernels.Backend) {
+	if p == nil {
+		return
+	}
 	if pr, ok := b.(profiler); ok && p.step == p.from && !p.on {
 		pr.StartProfile()
 		p.on, p.start = true, time.Now()
@@ -308,6 +313,9 @@ func (p *stepProfile) before(b kernels.Backend) {
 // after counts a step that ran; the window's last stops the profile and
 // prints it.
 func (p *stepProfile) after(b kernels.Backend, seqs, rows int, took time.Duration) {
+	if p == nil {
+		return
+	}
 	p.step++
 	if !p.on {
 		return
@@ -333,7 +341,7 @@ func (p *stepProfile) after(b kernels.Backend, seqs, rows int, took time.Duratio
 // abandon stops a running profile without printing its table: a step of
 // the window failed, or the runner is shutting down.
 func (p *stepProfile) abandon(b kernels.Backend, why error) {
-	if !p.on {
+	if p == nil || !p.on {
 		return
 	}
 	p.on = false
@@ -397,9 +405,7 @@ func BlocksFor(c *model.Config, n, blockSize int) int {
 // Shutdown releases an embedded pool (the GPU memory of a device pool);
 // a sidecar's pool belongs to kvd.
 func (r *Runner) Shutdown() error {
-	if r.prof != nil {
-		r.prof.abandon(r.m.Backend(), errors.New("the runner shut down"))
-	}
+	r.prof.abandon(r.m.Backend(), errors.New("the runner shut down"))
 	if l, ok := r.kv.(*engine.Local); ok {
 		return l.Shutdown()
 	}
@@ -531,15 +537,12 @@ func (r *Runner) StepSample(ctx context.Context, work []Work) (logits [][]float3
 			draws.Params = append(draws.Params, *w.Draw)
 		}
 	}
-	if r.prof != nil {
-		r.prof.before(r.m.Backend())
-	}
+	b := r.m.Backend()
+	r.prof.before(b)
 	t0 := time.Now()
 	id, plan, err := r.kv.Reserve(ctx, appends)
 	if err != nil {
-		if r.prof != nil {
-			r.prof.abandon(r.m.Backend(), err)
-		}
+		r.prof.abandon(b, err)
 		return nil, nil, err
 	}
 	t1 := time.Now()
@@ -550,9 +553,7 @@ func (r *Runner) StepSample(ctx context.Context, work []Work) (logits [][]float3
 	if plan.Layers() != len(spec) {
 		r.kv.Done(id, true)
 		err := fmt.Errorf("kvd planned %d layers, its spec has %d", plan.Layers(), len(spec))
-		if r.prof != nil {
-			r.prof.abandon(r.m.Backend(), err)
-		}
+		r.prof.abandon(b, err)
 		return nil, nil, err
 	}
 	bt.NumLayers = plan.Layers()
@@ -560,18 +561,15 @@ func (r *Runner) StepSample(ctx context.Context, work []Work) (logits [][]float3
 		p := plan.Layer(l)
 		return model.LayerKV{Policy: spec[l], Kept: p.Kept, Slots: p.Slots, Attn: kernels.AttnBatch{KVLen: p.KVLen, BlockIndptr: p.BlockIndptr, Blocks: p.Blocks}}
 	}
-	b := r.m.Backend()
 	cache := &model.Cache{Pool: r.kv.PoolTensor(b), Layout: r.kv.Layout()}
 	flat, drawn, err := r.m.ForwardSample(ctx, bt, cache, host, &draws)
 	t2 := time.Now()
-	if r.prof != nil {
-		// Before Done: an embedded pool's eviction runs from it, on
-		// another goroutine.
-		if err != nil {
-			r.prof.abandon(b, err)
-		} else {
-			r.prof.after(b, len(work), int(row), t2.Sub(t0))
-		}
+	// Before Done: an embedded pool's eviction runs from it, on another
+	// goroutine.
+	if err != nil {
+		r.prof.abandon(b, err)
+	} else {
+		r.prof.after(b, len(work), int(row), t2.Sub(t0))
 	}
 	r.kv.Done(id, err != nil)
 	if err != nil {
