@@ -1000,7 +1000,7 @@ func (c *CUDA) Linear(out, x, w *Tensor) {
 	case w.bf16:
 		xb, class := c.alloc(2 * t * k)
 		defer c.release(xb, class)
-		c.launch("to_bf16", cuda.Dim3{X: gridFor((t*k + 3) / 4)}, cuda.Dim3{X: 256}, xb, ptr(x), int64(t*k))
+		c.roundBF16(xb, ptr(x), t*k)
 		a.Type, b.Ptr, b.Type = cuda.BFloat16, xb, cuda.BFloat16
 	}
 	i := -1
@@ -1048,6 +1048,12 @@ func (c *CUDA) SiLUMul(out, gateUp *Tensor) {
 	}
 	n := out.Len()
 	c.launch("silu_mul"+bf16Out(out), cuda.Dim3{X: gridFor((n + 3) / 4)}, cuda.Dim3{X: 256}, ptr(out), ptr(gateUp), int32(out.Cols()), int64(n))
+}
+
+// roundBF16 rounds n float32s at src to bf16 at dst (to_bf16: a thread per
+// four elements where both are aligned for it).
+func (c *CUDA) roundBF16(dst, src cuda.Ptr, n int) {
+	c.launch("to_bf16", cuda.Dim3{X: gridFor((n + 3) / 4)}, cuda.Dim3{X: 256}, dst, src, int64(n))
 }
 
 // Add launches a thread per four elements, as SiLUMul.
@@ -1444,8 +1450,8 @@ func (c *CUDA) SparsePrefill(out, q, k, v *Tensor, row0, n int, pool *Tensor, l 
 			vb, vc := c.alloc(2 * n16)
 			defer c.release(vb, vc)
 			off := cuda.Ptr(4 * row0 * rowElems)
-			c.launch("to_bf16", cuda.Dim3{X: gridFor((n16 + 3) / 4)}, cuda.Dim3{X: 256}, kb, ptr(k)+off, int64(n16))
-			c.launch("to_bf16", cuda.Dim3{X: gridFor((n16 + 3) / 4)}, cuda.Dim3{X: 256}, vb, ptr(v)+off, int64(n16))
+			c.roundBF16(kb, ptr(k)+off, n16)
+			c.roundBF16(vb, ptr(v)+off, n16)
 			back := cuda.Ptr(2 * row0 * rowElems) // so that row row0 is the buffers' first
 			name, smem := c.prefillKernel("flash_prompt", l.HeadDim, shm.BFloat16, true)
 			c.launchShared(name, grid, block, smem, ptr(out), ptr(q), kb-back, vb-back, int32(kvh), int32(heads), int32(row0), int32(flashN), scale)
