@@ -687,29 +687,38 @@ __device__ void v2_combine(const V2Combine &c, const float *ws, const int *rowin
 template <int G, class T, bool SCORE>
 __device__ void partial_mma(float *ws, const float *q, int k0, int k1, const PagedKV<T> &kv, float scale, float *lg);
 
-// One CTA an item of split_paged_v2 (MMA false: partial_v2 on the CUDA
-// cores) or split_paged_mma (MMA: partial_mma): the item's partial, and
+// A CTA's items of split_paged_v2 (MMA false: partial_v2 on the CUDA
+// cores) or split_paged_mma (MMA: partial_mma): each item's partial, and
 // with counts the row's merge (v2_combine). With SCORE (the _score
 // kernels) a scoring row's logits go to lg [items, kvh, lgs, G] (lgs: the
 // most keys an item has) for score_logits: H2O's scores without reading K
 // again (score_paged's pass re-reads it). The _score kernels are
 // instantiated over bfloat16 and fp8 pools only (the GPU's; each
 // instantiation adds ~100 KB of fat binary).
+//
+// CTA x takes items cta[x] to cta[x+1] in turn (gpu.go's streamItems: a
+// launch of as many CTAs as the card holds at once, each with the same
+// number of keys, a row's keys split where one CTA's share ends), or with
+// cta null item x alone.
 template <int G, class T, bool SCORE, bool MMA>
 __device__ void split_paged_item(float *ws, float *lg, int lgs, const float *q, const float *pool, int bs, int kvh,
                                  const int *rowinfo, const int *items, const int *blocks, float scale,
-                                 const V2Combine &c) {
-    const int *it = items + 4 * blockIdx.x, *ri = rowinfo + 4 * it[0];
+                                 const V2Combine &c, const int *cta) {
     const int h = blockIdx.y;
-    const PagedKV<T> kv{pool, PoolLayout{bs, kvh, row_words<T>(V2_HD)}, blocks + ri[2], h};
-    float *mine = SCORE && ri[3] ? lg + (((i64)it[3] * kvh + h) * lgs - it[1]) * G : nullptr;
-    float *w = ws + ((i64)it[3] * kvh + h) * (2 * G + G * V2_HD);
-    const float *qi = q + ((i64)ri[0] * kvh + h) * G * V2_HD;
-    if constexpr (MMA)
-        partial_mma<G, T, SCORE>(w, qi, it[1], it[2], kv, scale, mine);
-    else
-        partial_v2<G, T, SCORE>(w, qi, it[1], it[2], kv, scale, mine);
-    if (c.count != nullptr) v2_combine<G>(c, ws, rowinfo, it[0], kvh);
+    const int i0 = cta != nullptr ? cta[blockIdx.x] : blockIdx.x, i1 = cta != nullptr ? cta[blockIdx.x + 1] : i0 + 1;
+    for (int i = i0; i < i1; i++) {
+        if (i > i0) __syncthreads();  // the last item's merge has read the warps' partials in shared memory
+        const int *it = items + 4 * i, *ri = rowinfo + 4 * it[0];
+        const PagedKV<T> kv{pool, PoolLayout{bs, kvh, row_words<T>(V2_HD)}, blocks + ri[2], h};
+        float *mine = SCORE && ri[3] ? lg + (((i64)it[3] * kvh + h) * lgs - it[1]) * G : nullptr;
+        float *w = ws + ((i64)it[3] * kvh + h) * (2 * G + G * V2_HD);
+        const float *qi = q + ((i64)ri[0] * kvh + h) * G * V2_HD;
+        if constexpr (MMA)
+            partial_mma<G, T, SCORE>(w, qi, it[1], it[2], kv, scale, mine);
+        else
+            partial_v2<G, T, SCORE>(w, qi, it[1], it[2], kv, scale, mine);
+        if (c.count != nullptr) v2_combine<G>(c, ws, rowinfo, it[0], kvh);
+    }
 }
 
 // The scoring pass over the logits split_paged_v2_score left: with the
@@ -745,9 +754,10 @@ __device__ void score_logits(float *pool, const float *fin, const float *lg, int
     }                                                                                                                  \
     extern "C" __global__ void V2B split_paged_v2##SFX##_g##G(                                                        \
         float *ws, const float *q, const float *pool, int bs, int kvh, int hd, const int *rowinfo, const int *items,   \
-        const int *blocks, float scale, float *out, float *fin, const int *rowsplit, int *count, int H) {             \
+        const int *blocks, float scale, float *out, float *fin, const int *rowsplit, int *count, int H,               \
+        const int *cta) {                                                                                              \
         split_paged_item<G, T, false, false>(ws, nullptr, 0, q, pool, bs, kvh, rowinfo, items, blocks, scale,         \
-                             V2Combine{out, fin, rowsplit, count, H});                                                \
+                             V2Combine{out, fin, rowsplit, count, H}, cta);                                           \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(NT)                                                                  \
         score_paged##SFX##_g##G(float *pool, const float *fin, const float *q, int bs, int kvh, int hd,                \
@@ -761,9 +771,9 @@ __device__ void score_logits(float *pool, const float *fin, const float *lg, int
     extern "C" __global__ void V2_BF16_BOUNDS split_paged_v2_score##SFX##_g##G(                                       \
         float *ws, float *lg, int lgs, const float *q, const float *pool, int bs, int kvh, const int *rowinfo,         \
         const int *items, const int *blocks, float scale, float *out, float *fin, const int *rowsplit, int *count,    \
-        int H) {                                                                                                       \
+        int H, const int *cta) {                                                                                       \
         split_paged_item<G, T, true, false>(ws, lg, lgs, q, pool, bs, kvh, rowinfo, items, blocks, scale,             \
-                                   V2Combine{out, fin, rowsplit, count, H});                                          \
+                                   V2Combine{out, fin, rowsplit, count, H}, cta);                                     \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(NT)                                                                  \
         score_logits##SFX##_g##G(float *pool, const float *fin, const float *lg, int lgs, int bs, int kvh,             \

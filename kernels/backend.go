@@ -132,6 +132,12 @@ type Backend interface {
 	// the producer writes it rounded and no conversion runs before the
 	// GEMM; the CPU in float32, its results those of an Alloc'd tensor.
 	AllocLinearInput(rows, cols int) *Tensor
+	// AllocGateUp returns a zeroed [rows, cols] tensor that is only ever
+	// Linear's out (with a weight from Weight) and SiLUMul's gateUp:
+	// CUDA keeps it in bf16 (the GEMM's float32 sums rounded, as HF's
+	// bf16 MLP rounds the gate and up projections; half the bytes
+	// written and read), the CPU in float32.
+	AllocGateUp(rows, cols int) *Tensor
 	// ToHost copies t into dst, which must have t.Len() elements.
 	ToHost(dst []float32, t *Tensor)
 	// Free gives t's storage back; t must not be used after.
@@ -148,6 +154,9 @@ type Backend interface {
 	// weight: a backend may keep it in its own layout from the first call,
 	// so its values must not change after.
 	Linear(out, x, w *Tensor)
+	// LinearAdd: out[T,N] += x[T,K] · w[N,K]ᵀ, out float32: a projection
+	// added to the residual stream, the add fused where the backend can.
+	LinearAdd(out, x, w *Tensor)
 	// RoPE rotates, in place, each head of x[T, heads*Hd] by the angle
 	// positions[t]*invFreq[i], pairing element i with i+Hd/2 (HF's
 	// rotate_half convention).

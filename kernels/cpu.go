@@ -42,6 +42,8 @@ func (c *CPU) Weight(data []float32, shape ...int) *Tensor { return c.FromHost(d
 // forward pass gives the same bits with it as with float32 scratch.
 func (c *CPU) AllocLinearInput(rows, cols int) *Tensor { return c.Alloc(rows, cols) }
 
+func (c *CPU) AllocGateUp(rows, cols int) *Tensor { return c.Alloc(rows, cols) }
+
 func (c *CPU) ToHost(dst []float32, t *Tensor) { copy(dst, t.data) }
 
 // Free drops t's storage for the garbage collector.
@@ -170,6 +172,13 @@ func (c *CPU) SiLUMul(out, gateUp *Tensor) {
 			}
 		}
 	})
+}
+
+// LinearAdd is Linear into a scratch tensor, then Add.
+func (c *CPU) LinearAdd(out, x, w *Tensor) {
+	tmp := c.Alloc(out.Rows(), out.Cols())
+	c.Linear(tmp, x, w)
+	c.Add(out, tmp)
 }
 
 func (c *CPU) Add(dst, x *Tensor) {

@@ -283,16 +283,17 @@ __device__ void partial_mma(float *ws, const float *q, int k0, int k1, const Pag
 #define INSTANTIATE_DECODE_MMA(G, SFX, T, B)                                                                           \
     extern "C" __global__ void B split_paged_mma##SFX##_g##G(                                                          \
         float *ws, const float *q, const float *pool, int bs, int kvh, int hd, const int *rowinfo, const int *items,   \
-        const int *blocks, float scale, float *out, float *fin, const int *rowsplit, int *count, int H) {              \
+        const int *blocks, float scale, float *out, float *fin, const int *rowsplit, int *count, int H,                \
+        const int *cta) {                                                                                              \
         split_paged_item<G, T, false, true>(ws, nullptr, 0, q, pool, bs, kvh, rowinfo, items, blocks, scale,           \
-                                     V2Combine{out, fin, rowsplit, count, H});                                         \
+                                     V2Combine{out, fin, rowsplit, count, H}, cta);                                    \
     }                                                                                                                  \
     extern "C" __global__ void B split_paged_mma_score##SFX##_g##G(                                                    \
         float *ws, float *lg, int lgs, const float *q, const float *pool, int bs, int kvh, const int *rowinfo,         \
         const int *items, const int *blocks, float scale, float *out, float *fin, const int *rowsplit, int *count,     \
-        int H) {                                                                                                       \
+        int H, const int *cta) {                                                                                       \
         split_paged_item<G, T, true, true>(ws, lg, lgs, q, pool, bs, kvh, rowinfo, items, blocks, scale,               \
-                                    V2Combine{out, fin, rowsplit, count, H});                                          \
+                                    V2Combine{out, fin, rowsplit, count, H}, cta);                                     \
     }
 #define INSTANTIATE_DECODE_MMA_G(G)                                                                                    \
     INSTANTIATE_DECODE_MMA(G, _bf16, bf16_t, __launch_bounds__(NT))                                                    \

@@ -38,6 +38,14 @@ __device__ __forceinline__ void put4(bf16_t *p, float4 v) {
 __device__ __forceinline__ bool aligned(const void *p, unsigned bytes) { return ((size_t)p & (bytes - 1)) == 0; }
 
 __device__ __forceinline__ float4 ld4(const float *p) { return *reinterpret_cast<const float4 *>(p); }
+// Four bf16s (8-byte aligned) widened.
+__device__ __forceinline__ float4 ld4(const bf16_t *p) {
+    const uint2 w = *reinterpret_cast<const uint2 *>(p);
+    return make_float4(__uint_as_float(w.x << 16), __uint_as_float(w.x & 0xffff0000u), __uint_as_float(w.y << 16),
+                       __uint_as_float(w.y & 0xffff0000u));
+}
+__device__ __forceinline__ float ld1(const float *p) { return *p; }
+__device__ __forceinline__ float ld1(const bf16_t *p) { return bf16_to_f32(*p); }
 
 // block_sum is Σ v over the block, in every thread: one barrier, then each
 // thread adds the warps' sums in the same order, so all get the same bits.
@@ -189,14 +197,14 @@ __device__ __forceinline__ float silu_mul1(float g, float u) { return g / (1.f +
 // Four elements a thread where F % 4 == 0 and gu and out are aligned for
 // it, which keeps gu's rows' halves aligned too; else one. Indices are
 // 32-bit where n allows, sparing a 64-bit division an element.
-template <typename O>
-__device__ __forceinline__ void silu_mul_all(O *out, const float *gu, int F, i64 n) {
+template <typename O, typename I>
+__device__ __forceinline__ void silu_mul_all(O *out, const I *gu, int F, i64 n) {
     const unsigned stride = gridDim.x * blockDim.x, i0 = blockIdx.x * blockDim.x + threadIdx.x;
-    if (n <= 0x7fffffff && F % 4 == 0 && aligned(gu, 16) && aligned(out, 4 * sizeof(O))) {
+    if (n <= 0x7fffffff && F % 4 == 0 && aligned(gu, 4 * sizeof(I)) && aligned(out, 4 * sizeof(O))) {
         const unsigned F4 = F / 4, n4 = (unsigned)n / 4;
         for (unsigned i = i0; i < n4; i += stride) {
             const unsigned t = i / F4, f = (i - t * F4) * 4;
-            const float *g = gu + (i64)t * 2 * F + f;
+            const I *g = gu + (i64)t * 2 * F + f;
             const float4 gv = ld4(g), uv = ld4(g + F);
             put4(out + (i64)4 * i, make_float4(silu_mul1(gv.x, uv.x), silu_mul1(gv.y, uv.y), silu_mul1(gv.z, uv.z),
                                                silu_mul1(gv.w, uv.w)));
@@ -206,14 +214,14 @@ __device__ __forceinline__ void silu_mul_all(O *out, const float *gu, int F, i64
     if (n <= 0x7fffffff) {
         for (unsigned i = i0; i < (unsigned)n; i += stride) {
             const unsigned t = i / F, f = i - t * F;
-            const float v = silu_mul1(gu[(i64)t * 2 * F + f], gu[(i64)t * 2 * F + F + f]);
+            const float v = silu_mul1(ld1(gu + (i64)t * 2 * F + f), ld1(gu + (i64)t * 2 * F + F + f));
             put(&out[i], v);
         }
         return;
     }
     for (i64 i = i0; i < n; i += stride) {
         const i64 t = i / F, f = i % F;
-        const float v = silu_mul1(gu[t * 2 * F + f], gu[t * 2 * F + F + f]);
+        const float v = silu_mul1(ld1(gu + t * 2 * F + f), ld1(gu + t * 2 * F + F + f));
         put(&out[i], v);
     }
 }
@@ -227,6 +235,13 @@ extern "C" __global__ void silu_mul(float *out /*[T, F]*/, const float *gu /*[T,
 // silu_mul with out rounded to bf16: a GEMM's operand. Grid-stride, as
 // silu_mul.
 extern "C" __global__ void silu_mul_bf16out(bf16_t *out /*[T, F]*/, const float *gu /*[T, 2F]*/, int F, i64 n) {
+    silu_mul_all(out, gu, F, n);
+}
+
+// silu_mul_bf16out over a bf16 gu: the gate and up projections' GEMM
+// written in bf16 (AllocGateUp), as HF's bf16 MLP rounds them; half the
+// bytes of float32 written by the GEMM and read here.
+extern "C" __global__ void silu_mul_bf16in_bf16out(bf16_t *out /*[T, F]*/, const bf16_t *gu /*[T, 2F]*/, int F, i64 n) {
     silu_mul_all(out, gu, F, n);
 }
 

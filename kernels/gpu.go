@@ -130,6 +130,23 @@ type CUDA struct {
 	// flashLightFirst (KVD_FLASH_ROW_ORDER=1; for A/B runs) launches
 	// flash_paged's tiles in row order instead of heaviestFirst's.
 	flashLightFirst bool
+	// widenFP8 (the default; KVD_FP8_WIDEN=0 turns it off) runs a chunk's
+	// prompt attention over an fp8 pool on the bfloat16 kernel, over the
+	// chunk's sequences' blocks widened once into a scratch pool
+	// (widen_fp8), instead of on the fp8 kernel, which widens every tile
+	// once for each query tile and head that reads it: see widenTiles.
+	widenFP8 bool
+	// streamV2 (the default; KVD_DECODE_STREAM=0 turns it off) gives
+	// split_paged_v2's and split_paged_mma's launches as many CTAs as the
+	// card holds at once (one wave), each with the same
+	// share of the launch's keys (rowWork.stream), instead of items of one
+	// row each (splitPerSMV2): with rows of equal length (a batch of
+	// decodes) those ran in whole waves, the last one partly empty.
+	streamV2 bool
+	// gateUpF32 (KVD_GATEUP_F32=1) makes AllocGateUp float32, as before
+	// the gate and up projections were written in bf16: for A/B runs.
+	gateUpF32 bool
+	occ       map[string]int // CTAs of 128 threads an SM holds, by kernel (occupancy)
 	// flashWGMMA (the default on sm_90, an H100 or H200; KVD_FLASH_WGMMA=0
 	// turns it off) runs the prefill kernels over bf16 and fp8 tiles on
 	// Hopper's warpgroup tensor cores (flash_wgmma.cuh, the PTX of
@@ -209,6 +226,10 @@ func NewCUDA(index int) (*CUDA, error) {
 	c.ownCombine = os.Getenv("KVD_ATTN_COMBINE") != "1"
 	c.decodeMMA = os.Getenv("KVD_DECODE_MMA") != "0"
 	c.flashLightFirst = os.Getenv("KVD_FLASH_ROW_ORDER") == "1"
+	c.widenFP8 = os.Getenv("KVD_FP8_WIDEN") != "0"
+	c.streamV2 = os.Getenv("KVD_DECODE_STREAM") != "0"
+	c.gateUpF32 = os.Getenv("KVD_GATEUP_F32") == "1"
+	c.occ = map[string]int{}
 	if c.ctx, err = drv.Context(c.dev); err != nil {
 		drv.Close()
 		return nil, err
@@ -479,10 +500,10 @@ func init() {
 var kernelNames = map[string][]string{
 	"elementwise": {
 		"embedding_bf16", "rmsnorm", "to_bf16", "rope", "silu_mul", "add", "gather_rows", "columns", "split_rope", "add_rmsnorm", "gemv_bf16",
-		"rmsnorm_bf16out", "add_rmsnorm_bf16out", "silu_mul_bf16out", "gemv_bf16_bf16in",
+		"rmsnorm_bf16out", "add_rmsnorm_bf16out", "silu_mul_bf16out", "gemv_bf16_bf16in", "silu_mul_bf16in_bf16out",
 	},
 	"sampling": {"sample_rows", "suppress_ids"},
-	"cache":    {"write_kv", "write_kv_bf16", "write_kv_fp8", "scatter_kept", "scatter_kept_bf16", "scatter_kept_fp8", "table_scores_many", "evict_gather_many", "evict_scatter_many", "snapkv_select", "evict_many"},
+	"cache":    {"write_kv", "write_kv_bf16", "write_kv_fp8", "scatter_kept", "scatter_kept_bf16", "scatter_kept_fp8", "table_scores_many", "evict_gather_many", "evict_scatter_many", "snapkv_select", "evict_many", "widen_fp8"},
 	"attention": {
 		"attn_combine", "flash_paged_hd64", "flash_paged_hd128", "flash_paged_bf16_hd64", "flash_paged_bf16_hd128", "flash_prompt_hd64", "flash_prompt_hd128",
 		"flash_paged_mma_hd64", "flash_paged_mma_hd128", "flash_paged_mma_bf16_hd64", "flash_paged_mma_bf16_hd128", "flash_paged_mma_fp8_hd64", "flash_paged_mma_fp8_hd128", "flash_prompt_mma_hd64", "flash_prompt_mma_hd128",
@@ -638,6 +659,16 @@ func (c *CUDA) AllocLinearInput(rows, cols int) *Tensor {
 		c.fail(c.ctx.Memset32(cuda.Ptr(t.dev), 0, (t.Len()*2+3)/4))
 	}
 	return t
+}
+
+// AllocGateUp is a zeroed bf16 tensor that Linear writes (cuBLAS's
+// output rounded to bf16) and SiLUMul reads (silu_mul_bf16in_bf16out);
+// float32 with KVD_GATEUP_F32=1 (gateUpF32), for A/B runs.
+func (c *CUDA) AllocGateUp(rows, cols int) *Tensor {
+	if c.gateUpF32 {
+		return c.Alloc(rows, cols)
+	}
+	return c.AllocLinearInput(rows, cols)
 }
 
 // bf16Out is what a kernel that may write a GEMM's operand adds to its
@@ -974,17 +1005,38 @@ const gemvRows = 1
 // (gemv_bf16_bf16in); more rows go through cuBLAS with x in bf16: as it
 // is when it is (AllocLinearInput), else rounded into a cached staging
 // buffer (to_bf16). Float32 weights multiply in float32 on cuBLAS, and
-// take no bf16 x.
-func (c *CUDA) Linear(out, x, w *Tensor) {
+// take no bf16 x. A bf16 out (AllocGateUp) takes cuBLAS's sums rounded
+// to bf16, a bf16 weight's GEMM only.
+func (c *CUDA) Linear(out, x, w *Tensor) { c.linear(out, x, w, 0) }
+
+// LinearAdd runs out += x·wᵀ: Linear's GEMM with beta = 1 into a float32
+// out (cuBLAS adds the float32 sums to out in its epilogue, no separate
+// add kernel and no float32 product written and read back). A row that
+// takes the matrix-vector kernel, which only writes, goes through a
+// scratch tensor and Add.
+func (c *CUDA) LinearAdd(out, x, w *Tensor) {
+	if !c.float32s("LinearAdd's out", out) {
+		return
+	}
+	if w.bf16 && x.Rows() <= gemvRows && x.Cols()%8 == 0 {
+		tmp := c.tensor([]int{out.Rows(), out.Cols()}, false)
+		c.linear(tmp, x, w, 0)
+		c.Add(out, tmp)
+		c.Free(tmp)
+		return
+	}
+	c.linear(out, x, w, 1)
+}
+
+// linear is Linear with cuBLAS's beta: 0 writes out, 1 adds to it (never
+// the matrix-vector kernel).
+func (c *CUDA) linear(out, x, w *Tensor, beta float32) {
 	t, k, n := x.Rows(), x.Cols(), w.Rows()
-	if !c.float32s("Linear's output", out) {
+	if (x.bf16 || out.bf16) && !w.bf16 {
+		c.fail(fmt.Errorf("kernels: Linear of a bf16 x %v or into a bf16 out %v by a float32 weight %v", x.shape, out.shape, w.shape))
 		return
 	}
-	if x.bf16 && !w.bf16 {
-		c.fail(fmt.Errorf("kernels: Linear of a bf16 x %v by a float32 weight %v", x.shape, w.shape))
-		return
-	}
-	if w.bf16 && t <= gemvRows && k%8 == 0 {
+	if w.bf16 && t <= gemvRows && k%8 == 0 && !out.bf16 && beta == 0 {
 		name := "gemv_bf16"
 		if x.bf16 {
 			name = "gemv_bf16_bf16in"
@@ -1007,7 +1059,11 @@ func (c *CUDA) Linear(out, x, w *Tensor) {
 	if c.profiling() {
 		i = c.profBegin(fmt.Sprintf("gemm %dx%dx%d", t, n, k))
 	}
-	c.fail(c.blas.Gemm(cuda.Trans, cuda.NoTrans, n, t, k, 1, a, b, 0, cuda.Matrix{Ptr: ptr(out), Type: cuda.Float32, LD: n}))
+	o := cuda.Matrix{Ptr: ptr(out), Type: cuda.Float32, LD: n}
+	if out.bf16 {
+		o.Type = cuda.BFloat16
+	}
+	c.fail(c.blas.Gemm(cuda.Trans, cuda.NoTrans, n, t, k, 1, a, b, beta, o))
 	c.profEnd(i)
 }
 
@@ -1040,14 +1096,20 @@ func (c *CUDA) AddRMSNorm(out, x, delta, w *Tensor, eps float32) {
 }
 
 // SiLUMul writes a bf16 out (AllocLinearInput) rounded, with
-// silu_mul_bf16out. The kernel takes four elements a thread where it can,
-// hence a thread per four (it strides over the rest).
+// silu_mul_bf16out, and reads a bf16 gateUp (AllocGateUp) into a bf16 out
+// only (silu_mul_bf16in_bf16out). The kernel takes four elements a thread
+// where it can, hence a thread per four (it strides over the rest).
 func (c *CUDA) SiLUMul(out, gateUp *Tensor) {
-	if !c.float32s("SiLUMul", gateUp) {
-		return
+	in := ""
+	if gateUp.bf16 {
+		if !out.bf16 {
+			c.fail(fmt.Errorf("kernels: SiLUMul of a bf16 gate_up %v into a float32 out %v", gateUp.shape, out.shape))
+			return
+		}
+		in = "_bf16in"
 	}
 	n := out.Len()
-	c.launch("silu_mul"+bf16Out(out), cuda.Dim3{X: gridFor((n + 3) / 4)}, cuda.Dim3{X: 256}, ptr(out), ptr(gateUp), int32(out.Cols()), int64(n))
+	c.launch("silu_mul"+in+bf16Out(out), cuda.Dim3{X: gridFor((n + 3) / 4)}, cuda.Dim3{X: 256}, ptr(out), ptr(gateUp), int32(out.Cols()), int64(n))
 }
 
 // roundBF16 rounds n float32s at src to bf16 at dst (to_bf16: a thread per
@@ -1177,17 +1239,79 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 		if !c.flashLightFirst {
 			heaviestFirst(tiles)
 		}
-		meta := append(append([]int32(nil), b.Blocks...), tiles...)
+		src, lt, blocks := ptr(pool), l, b.Blocks
+		if l.DType == shm.FP8E4M3 && c.widenFP8 {
+			if wp, wc, wb, ok := c.widenTiles(ptr(pool), tiles, b, l); ok {
+				defer c.release(wp, wc)
+				src, lt.DType, blocks = wp, shm.BFloat16, wb
+			}
+		}
+		meta := append(append([]int32(nil), blocks...), tiles...)
 		p, class := c.ints(meta)
 		defer c.release(p, class)
-		name, smem := c.prefillKernel("flash_paged", l.HeadDim, l.DType, c.flashMMA)
+		name, smem := c.prefillKernel("flash_paged", lt.HeadDim, lt.DType, c.flashMMA)
 		c.launchShared(name, cuda.Dim3{X: uint32(len(tiles) / 4), Y: uint32(heads)}, cuda.Dim3{X: 128}, smem,
-			ptr(out), ptr(q), ptr(pool), int32(l.BlockSize), int32(l.KVHeads), int32(heads), p+cuda.Ptr(4*len(b.Blocks)), p, scale)
+			ptr(out), ptr(q), src, int32(lt.BlockSize), int32(lt.KVHeads), int32(heads), p+cuda.Ptr(4*len(blocks)), p, scale)
 	}
 	if len(w.info) == 0 {
 		return
 	}
 	c.splitRows(&w, out, q, heads, l, group, b.Blocks, splitSrc{pool: ptr(pool)}, scale)
+}
+
+// WidenMaxBytes bounds widenTiles' scratch pool: a step whose chunks'
+// sequences need more (prompts past ~60k tokens at the 8B's 8 KV heads of
+// 128 dims) runs the fp8 kernel instead. Exported for the gateway's
+// activation budget.
+const WidenMaxBytes = 256 << 20
+
+// widenTiles widens, for flash_paged's tiles [n, 4] over an fp8 pool, the
+// blocks each tile's sequence has up to the tile's last row into a scratch
+// pool of bfloat16 blocks (widen_fp8, one launch for every sequence of the
+// step), and points the tiles' tables (their fourth column, rewritten in
+// place) at the scratch's blocks: the blocks list it returns numbers them
+// 0, 1, ... in the order the tiles' tables list theirs. The bfloat16
+// kernel over them computes what the fp8 one does over the pool, the
+// widening done once a block instead of once a tile and head that reads
+// it. It returns false, the tiles untouched, where the scratch would pass
+// WidenMaxBytes.
+func (c *CUDA) widenTiles(pool cuda.Ptr, tiles []int32, b *AttnBatch, l shm.Layout) (cuda.Ptr, int, []int32, bool) {
+	need := map[int32]int{} // a table's offset in b.Blocks: blocks its tiles see
+	var order []int32
+	for i := 0; i < len(tiles); i += 4 {
+		t, n := tiles[i+3], (int(tiles[i+2]+tiles[i+1])+l.BlockSize-1)/l.BlockSize
+		if _, ok := need[t]; !ok {
+			order = append(order, t)
+		}
+		need[t] = max(need[t], n)
+	}
+	at := make(map[int32]int32, len(order)) // a table's first block in the scratch
+	var src []int32
+	for _, t := range order {
+		at[t] = int32(len(src))
+		src = append(src, b.Blocks[int(t):int(t)+need[t]]...)
+	}
+	wl := l
+	wl.DType = shm.BFloat16
+	bytes := 4 * len(src) * wl.BlockElems()
+	if len(src) == 0 || 1<<bits.Len(uint(max(bytes, 256)-1)) > WidenMaxBytes {
+		return 0, 0, nil, false
+	}
+	dst, class := c.alloc(bytes)
+	if dst == 0 {
+		return 0, 0, nil, false
+	}
+	p, pc := c.ints(src)
+	defer c.release(p, pc)
+	c.launch("widen_fp8", cuda.Dim3{X: uint32(min(len(src), 65535))}, cuda.Dim3{X: 256}, dst, pool, int32(l.BlockSize), int32(l.KVHeads), int32(l.HeadDim), p, int32(len(src)))
+	for i := 0; i < len(tiles); i += 4 {
+		tiles[i+3] = at[tiles[i+3]]
+	}
+	blocks := make([]int32, len(src))
+	for i := range blocks {
+		blocks[i] = int32(i)
+	}
+	return dst, class, blocks, true
 }
 
 // heaviestFirst orders flash_paged's tiles [n, 4] (first row, rows,
@@ -1248,11 +1372,26 @@ var splitPerSMV2 = 4
 
 const splitMinKeys = 128
 
+// splitCTAsV2, where not 0, is how many CTAs of each KV head a streamed
+// launch of the split row kernels (streamV2) has, in place of as many as
+// the card holds at once: tests set it to put many items in each CTA.
+var splitCTAsV2 = 0
+
 // rowWork is the rows a launch of the split row kernels takes: rowinfo
 // [R, 4] as attention.cu reads it, and each row's keys, split into items
 // once the launch's size is known.
 type rowWork struct {
 	info []int32
+}
+
+// scores reports whether any of w's rows scores.
+func (w *rowWork) scores() bool {
+	for i := 3; i < len(w.info); i += 4 {
+		if w.info[i] != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (w *rowWork) row(qrow, nvis, table int, score bool) {
@@ -1293,6 +1432,65 @@ func (w *rowWork) items(kvh, sms, round, perSM int) (items, scoring, rowsplit []
 	return items, scoring, append(rowsplit, int32(len(items)/4))
 }
 
+// stream splits the rows' keys into items for nx CTAs (of each KV head):
+// CTA x takes items cta[x] to cta[x+1], about the same number of keys
+// each (the launch's keys over nx, at least round), a row's keys cut
+// where a CTA's share ends, on a multiple of round keys from the row's
+// start (its warps' chunks stay even), the CTA's share then a little
+// under or over. items, scoring and rowsplit are as items returns them.
+// There are at most nx CTAs: each but the last takes at least its share.
+func (w *rowWork) stream(nx, round int) (items, scoring, rowsplit, cta []int32) {
+	R := len(w.info) / 4
+	total := 0
+	for r := range R {
+		total += int(w.info[4*r+1])
+	}
+	per := max(round, (total+nx-1)/max(nx, 1))
+	cta = append(cta, 0)
+	left := per
+	rowsplit = make([]int32, 0, R+1)
+	for r := range R {
+		rowsplit = append(rowsplit, int32(len(items)/4))
+		nvis := int(w.info[4*r+1])
+		for k0 := 0; k0 < nvis; {
+			take := min(nvis-k0, max(left, round))
+			if k0+take < nvis {
+				take -= take % round
+			}
+			it := []int32{int32(r), int32(k0), int32(k0 + take), int32(len(items) / 4)}
+			items = append(items, it...)
+			if w.info[4*r+3] != 0 {
+				scoring = append(scoring, it...)
+			}
+			k0 += take
+			if left -= take; left <= 0 {
+				cta = append(cta, int32(len(items)/4))
+				left = per
+			}
+		}
+	}
+	if int(cta[len(cta)-1]) < len(items)/4 {
+		cta = append(cta, int32(len(items)/4))
+	}
+	return items, scoring, append(rowsplit, int32(len(items)/4)), cta
+}
+
+// occupancy is how many CTAs of 128 threads of kernel name an SM holds at
+// once (1 where the driver cannot say), cached.
+func (c *CUDA) occupancy(name string) int {
+	if n, ok := c.occ[name]; ok {
+		return n
+	}
+	n := 1
+	if f := c.fns[name]; f != nil {
+		if k, err := f.Occupancy(128, 0); err == nil && k > 0 {
+			n = k
+		}
+	}
+	c.occ[name] = n
+	return n
+}
+
 // splitRows launches the split row kernels for w: the partials, the
 // combine into out, and for rows that score the scoring pass.
 func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, group int, blocks []int32, src splitSrc, scale float32) {
@@ -1300,14 +1498,34 @@ func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, gr
 	// split_paged_v2 deals an item's chunks of 32 keys to four warps:
 	// items of a multiple of 128 keys keep them even.
 	v2 := c.attnV2 && src.pool != 0 && src.pool%16 == 0 && v2OK(l)
-	round, perSM := 64, splitPerSM
-	if v2 {
-		round, perSM = 128, splitPerSMV2
+	// split_paged_mma takes split_paged_v2's parameters (and its _score
+	// form split_paged_v2_score's) over the packed pools.
+	v2name := "split_paged_v2"
+	if c.decodeMMA && l.DType != shm.Float32 {
+		v2name = "split_paged_mma"
 	}
-	items, scoring, rowsplit := w.items(kvh, c.dev.SMs, round, perSM)
+	var items, scoring, rowsplit, cta []int32
+	switch {
+	case v2 && c.streamV2:
+		// As many CTAs as the card holds of the kernel that runs, or of
+		// the _score one where it may (it may hold fewer).
+		occ := c.occupancy(fmt.Sprintf("%s%s_g%d", v2name, kvSuffix(l.DType), group))
+		if c.fusedScore && l.DType != shm.Float32 && w.scores() {
+			occ = min(occ, c.occupancy(fmt.Sprintf("%s_score%s_g%d", v2name, kvSuffix(l.DType), group)))
+		}
+		nx := max(1, occ*c.dev.SMs/kvh)
+		if splitCTAsV2 > 0 {
+			nx = splitCTAsV2
+		}
+		items, scoring, rowsplit, cta = w.stream(nx, 128)
+	case v2:
+		items, scoring, rowsplit = w.items(kvh, c.dev.SMs, 128, splitPerSMV2)
+	default:
+		items, scoring, rowsplit = w.items(kvh, c.dev.SMs, 64, splitPerSM)
+	}
 	R, n := len(w.info)/4, len(items)/4
-	meta := make([]int32, 0, len(blocks)+len(w.info)+len(items)+len(scoring)+len(rowsplit))
-	meta = append(append(append(append(append(meta, blocks...), w.info...), items...), scoring...), rowsplit...)
+	meta := make([]int32, 0, len(blocks)+len(w.info)+len(items)+len(scoring)+len(rowsplit)+len(cta))
+	meta = append(append(append(append(append(append(meta, blocks...), w.info...), items...), scoring...), rowsplit...), cta...)
 	p, class := c.ints(meta)
 	defer c.release(p, class)
 	at := func(i int) cuda.Ptr { return p + cuda.Ptr(4*i) }
@@ -1315,6 +1533,11 @@ func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, gr
 	pItems := at(len(blocks) + len(w.info))
 	pScoring := at(len(blocks) + len(w.info) + len(items))
 	pSplit := at(len(blocks) + len(w.info) + len(items) + len(scoring))
+	var pCTA cuda.Ptr // 0: a CTA an item
+	ctas := n
+	if cta != nil {
+		pCTA, ctas = at(len(blocks)+len(w.info)+len(items)+len(scoring)+len(rowsplit)), len(cta)-1
+	}
 	stride := 2*group + group*hd
 	ws, wc := c.alloc(4 * n * kvh * stride)
 	defer c.release(ws, wc)
@@ -1346,18 +1569,12 @@ func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, gr
 		if v2 && c.ownCombine {
 			counts = c.combineCounts(R * kvh)
 		}
-		combine := []any{ptr(out), fin, pSplit, counts, int32(heads)}
-		// split_paged_mma takes split_paged_v2's parameters (and its
-		// _score form split_paged_v2_score's) over the packed pools.
-		v2name := "split_paged_v2"
-		if c.decodeMMA && l.DType != shm.Float32 {
-			v2name = "split_paged_mma"
-		}
+		combine := []any{ptr(out), fin, pSplit, counts, int32(heads), pCTA}
 		switch {
 		case lg != 0:
-			c.launch(fmt.Sprintf("%s_score%s_g%d", v2name, kvSuffix(l.DType), group), grid(n), block, append([]any{ws, lg, int32(lgs), ptr(q), pool, int32(l.BlockSize), int32(kvh), pInfo, pItems, pBlocks, scale}, combine...)...)
+			c.launch(fmt.Sprintf("%s_score%s_g%d", v2name, kvSuffix(l.DType), group), grid(ctas), block, append([]any{ws, lg, int32(lgs), ptr(q), pool, int32(l.BlockSize), int32(kvh), pInfo, pItems, pBlocks, scale}, combine...)...)
 		case v2:
-			c.launch(fmt.Sprintf("%s%s_g%d", v2name, kvSuffix(l.DType), group), grid(n), block, append([]any{ws, ptr(q), pool, int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pItems, pBlocks, scale}, combine...)...)
+			c.launch(fmt.Sprintf("%s%s_g%d", v2name, kvSuffix(l.DType), group), grid(ctas), block, append([]any{ws, ptr(q), pool, int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pItems, pBlocks, scale}, combine...)...)
 		default:
 			c.launch(fmt.Sprintf("split_paged%s_g%d", kvSuffix(l.DType), group), grid(n), block, ws, ptr(q), pool, int32(l.BlockSize), int32(kvh), int32(hd), pInfo, pItems, pBlocks, scale)
 		}

@@ -99,6 +99,34 @@ func TestGPUBF16Out(t *testing.T) {
 			checkBF16(t, "silu_mul_bf16out", ops[2].values, wantAct.data, 1)
 			checkBF16(t, "silu_mul_bf16out against silu_mul", ops[2].values, ops[2].f32, 0)
 
+			// The gate and up projections into a bf16 out (AllocGateUp):
+			// cuBLAS's float32 sums rounded, against the float32 GEMM's
+			// output, within half a bf16 step of it or, for sums that
+			// nearly cancel, 1e-3 of the outputs' RMS (cuBLAS may pick
+			// another kernel, or split K, for each output type); then
+			// silu_mul_bf16in_bf16out over them against silu_mul_bf16out
+			// over the same values in float32, exactly.
+			wgu := g.Weight(bf16Round(randn(rng, 2*F*D)), 2*F, D)
+			gu16, gu32 := g.AllocGateUp(T, 2*F), g.poisoned(T, 2*F)
+			g.Linear(gu16, normed, wgu)
+			g.Linear(gu32, normed, wgu)
+			gu16v, gu32v := g.host(t, gu16), g.host(t, gu32)
+			rms := math.Sqrt(float64(dot(gu32v, gu32v)) / float64(len(gu32v)))
+			bad := 0
+			for i, v := range gu16v {
+				if d := math.Abs(float64(v - gu32v[i])); math.Float32bits(v)&0xffff != 0 || d > math.Max(math.Abs(float64(gu32v[i]))/256, 1e-3*rms) {
+					if bad++; bad <= 5 {
+						t.Errorf("linear into a bf16 out: element %d is %v, the float32 GEMM's %v", i, v, gu32v[i])
+					}
+				}
+			}
+			act16, actRef := g.poisonedLinearInput(T, F), g.poisonedLinearInput(T, F)
+			g.SiLUMul(act16, gu16)
+			g.SiLUMul(actRef, g.FromHost(gu16v, T, 2*F))
+			if !sameBits(g.host(t, act16), g.host(t, actRef)) {
+				t.Errorf("silu_mul_bf16in_bf16out differs from silu_mul_bf16out over the same values")
+			}
+
 			// Linear over each bf16 operand against Linear over the same
 			// values in float32: the same bf16 operand reaches the same
 			// kernel (cuBLAS, or the matrix-vector kernel, which widens
@@ -145,7 +173,11 @@ func TestGPUBF16OutMisuse(t *testing.T) {
 		call func()
 	}{
 		{"linear by a float32 weight", func() { g.Linear(g.Alloc(2, 8), x, g.FromHost(make([]float32, 8*64), 8, 64)) }},
-		{"linear into a bf16 out", func() { g.Linear(g.AllocLinearInput(2, 8), x, g.Weight(make([]float32, 8*64), 8, 64)) }},
+		{"linear into a bf16 out by a float32 weight", func() {
+			g.Linear(g.AllocGateUp(2, 8), g.Alloc(2, 64), g.FromHost(make([]float32, 8*64), 8, 64))
+		}},
+		{"linear_add into a bf16 out", func() { g.LinearAdd(g.AllocGateUp(2, 8), x, g.Weight(make([]float32, 8*64), 8, 64)) }},
+		{"silu_mul of a bf16 gate_up into a float32 out", func() { g.SiLUMul(g.Alloc(2, 32), g.AllocGateUp(2, 64)) }},
 		{"rmsnorm of a bf16 x", func() { g.RMSNorm(g.Alloc(2, 64), x, g.FromHost(make([]float32, 64), 64), 1e-5) }},
 		{"add_rmsnorm onto a bf16 delta", func() {
 			g.AddRMSNorm(g.AllocLinearInput(2, 64), g.Alloc(2, 64), x, g.FromHost(make([]float32, 64), 64), 1e-5)

@@ -207,6 +207,15 @@ func TestGPULinear(t *testing.T) {
 				tol = 1e-5
 			}
 			check(t, fmt.Sprintf("bf16 linear %dx%dx%d", T, k, n), g.host(t, got), want.data, tol)
+			// LinearAdd onto a residual: cuBLAS's beta = 1 (the
+			// matrix-vector kernel's rows through a scratch and Add),
+			// against the CPU's Linear and Add.
+			res := randn(rng, T*n)
+			wantAdd := cpu.FromHost(slices.Clone(res), T, n)
+			cpu.LinearAdd(wantAdd, cpu.FromHost(x, T, k), cpu.Weight(w, n, k))
+			gotAdd := g.FromHost(res, T, n)
+			g.LinearAdd(gotAdd, g.FromHost(x, T, k), g.Weight(w, n, k))
+			check(t, fmt.Sprintf("bf16 linear_add %dx%dx%d", T, k, n), g.host(t, gotAdd), wantAdd.data, tol)
 			got32 := g.poisoned(T, n)
 			g.Linear(got32, g.FromHost(x, T, k), g.FromHost(w, n, k))
 			check(t, fmt.Sprintf("fp32 linear %dx%dx%d", T, k, n), g.host(t, got32), want.data, 1e-5)
@@ -366,7 +375,8 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 	wantPool := cpu.FromHost(slices.Clone(pool), l.PoolElems())
 	want := cpu.Alloc(T, heads*hd)
 	cpu.Attention(want, cpu.FromHost(q, T, heads*hd), wantPool, l, b, scale)
-	v2, mma, per, perV2, fused, own, dmma, wg := g.attnV2, g.flashMMA, splitPerSM, splitPerSMV2, g.fusedScore, g.ownCombine, g.decodeMMA, g.flashWGMMA
+	v2, mma, per, perV2, fused, own, dmma, wg, widen := g.attnV2, g.flashMMA, splitPerSM, splitPerSMV2, g.fusedScore, g.ownCombine, g.decodeMMA, g.flashWGMMA, g.widenFP8
+	stream, ctas := g.streamV2, splitCTAsV2
 	// split_paged, and split_paged_v2 where it applies (head dim 128),
 	// at the default 4 items per SM, also in long items (one per SM:
 	// several chunks a warp) and short ones (8 per SM), and with
@@ -374,8 +384,15 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 	// rows itself (the default) and in attn_combine (own=false); the TF32
 	// tensor-core kernel, and the bf16 one (mma) at every head dim; the
 	// same items on the tensor cores over a packed pool (dmma:
-	// split_paged_mma). On an H100 or H200 the bf16 and fp8 pools' prompt
+	// split_paged_mma). split_paged_v2's and split_paged_mma's items are
+	// streamed (rowWork.stream) over a wave of CTAs where per is 4, over
+	// three CTAs a head (many items each) where it is 1, and a row an
+	// item (splitPerSMV2) where it is 8. On an H100 or H200 the bf16 and fp8 pools' prompt
 	// rows run on the wgmma kernel (flash_wgmma.cuh) unless wg is false.
+	// An fp8 pool's prompt rows run on the bf16 kernels over widened
+	// blocks (widenTiles) but where fp8k says to run the fp8 ones; the two
+	// compute the same logits, and their outputs are compared.
+	fp8k := map[bool][]float32{} // the fp8 kernels' prompt rows, by wg
 	for _, run := range []struct {
 		v2    bool
 		per   int
@@ -384,16 +401,22 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 		own   bool
 		dmma  bool
 		wg    bool
-	}{{false, 8, false, false, true, false, false}, {true, 8, false, false, true, false, false}, {true, 4, false, false, true, false, false}, {true, 4, false, false, false, false, false}, {true, 1, false, false, true, false, false},
-		{true, 8, false, true, true, false, false}, {true, 4, false, true, true, false, false}, {true, 4, false, true, false, false, false}, {true, 1, false, true, true, false, false}, {false, 8, true, false, true, false, false},
-		{false, 8, true, false, true, false, true},
-		{true, 8, false, false, true, true, false}, {true, 4, false, false, false, true, false}, {true, 1, false, false, true, true, false},
-		{true, 8, false, true, true, true, true}, {true, 4, false, true, true, true, false}, {true, 4, false, true, false, true, false}, {true, 1, false, true, true, true, false}} {
-		if run.v2 && !v2OK(l) || run.dmma && dt == shm.Float32 || run.wg && (!wg || dt == shm.Float32) {
+		fp8k  bool
+	}{{false, 8, true, false, true, false, false, true}, {false, 8, true, false, true, false, true, true},
+		{false, 8, false, false, true, false, false, false}, {true, 8, false, false, true, false, false, false}, {true, 4, false, false, true, false, false, false}, {true, 4, false, false, false, false, false, false}, {true, 1, false, false, true, false, false, false},
+		{true, 8, false, true, true, false, false, false}, {true, 4, false, true, true, false, false, false}, {true, 4, false, true, false, false, false, false}, {true, 1, false, true, true, false, false, false}, {false, 8, true, false, true, false, false, false},
+		{false, 8, true, false, true, false, true, false},
+		{true, 8, false, false, true, true, false, false}, {true, 4, false, false, false, true, false, false}, {true, 1, false, false, true, true, false, false},
+		{true, 8, false, true, true, true, true, false}, {true, 4, false, true, true, true, false, false}, {true, 4, false, true, false, true, false, false}, {true, 1, false, true, true, true, false, false}} {
+		if run.v2 && !v2OK(l) || run.dmma && dt == shm.Float32 || run.wg && (!wg || dt == shm.Float32) || run.fp8k && dt != shm.FP8E4M3 {
 			continue
 		}
-		label := fmt.Sprintf("%s/v2=%v/split%d/mma=%v/fused=%v/own=%v/dmma=%v/wgmma=%v", label, run.v2, run.per, run.mma, run.fused, run.own, run.dmma, run.wg)
-		g.attnV2, splitPerSM, splitPerSMV2, g.flashMMA, g.fusedScore, g.ownCombine, g.decodeMMA, g.flashWGMMA = run.v2, run.per, run.per, run.mma, run.fused, run.own, run.dmma, run.wg
+		label := fmt.Sprintf("%s/v2=%v/split%d/mma=%v/fused=%v/own=%v/dmma=%v/wgmma=%v/fp8k=%v", label, run.v2, run.per, run.mma, run.fused, run.own, run.dmma, run.wg, run.fp8k)
+		g.attnV2, splitPerSM, splitPerSMV2, g.flashMMA, g.fusedScore, g.ownCombine, g.decodeMMA, g.flashWGMMA, g.widenFP8 = run.v2, run.per, run.per, run.mma, run.fused, run.own, run.dmma, run.wg, !run.fp8k
+		g.streamV2, splitCTAsV2 = run.per != 8, 0
+		if run.per == 1 {
+			splitCTAsV2 = 3
+		}
 		gotPool := g.FromHost(pool, l.PoolElems())
 		got := g.poisoned(T, heads*hd)
 		g.Attention(got, g.FromHost(q, T, heads*hd), gotPool, l, b, scale)
@@ -427,6 +450,17 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 		}
 		check(t, label+" output", gw, ww, rowTol)
 		check(t, label+" output (tensor cores)", gf, wf, flashTol(g))
+		if dt == shm.FP8E4M3 && run.mma && !run.v2 && len(gf) > 0 {
+			if run.fp8k {
+				fp8k[run.wg] = gf
+			} else if k, ok := fp8k[run.wg]; ok && !sameBits(gf, k) {
+				// The same bf16 products and sums in the same order, the
+				// same bits (64 of 64 cases on an H200, run 14): a
+				// difference means the widened blocks or the rewritten
+				// tables are not the pool's.
+				t.Errorf("%s: the widened blocks' prompt rows differ from the fp8 kernel's by %.3g", label, relErr(gf, k))
+			}
+		}
 		gp := g.host(t, gotPool)
 		gkv, gsc := splitPool(gp, l)
 		wkv, wsc := splitPool(wantPool.data, l)
@@ -439,7 +473,8 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 		check(t, label+" scores", gsc, wsc, scoreTol)
 		g.checkCountsZero(t, label)
 	}
-	g.attnV2, splitPerSM, splitPerSMV2, g.flashMMA, g.fusedScore, g.ownCombine, g.decodeMMA, g.flashWGMMA = v2, per, perV2, mma, fused, own, dmma, wg
+	g.attnV2, splitPerSM, splitPerSMV2, g.flashMMA, g.fusedScore, g.ownCombine, g.decodeMMA, g.flashWGMMA, g.widenFP8 = v2, per, perV2, mma, fused, own, dmma, wg, widen
+	g.streamV2, splitCTAsV2 = stream, ctas
 }
 
 // checkCountsZero fails unless every count split_paged_v2's own combine

@@ -63,6 +63,7 @@ typedef struct {
 	CUresult (*cuModuleUnload)(CUmodule);
 	CUresult (*cuModuleGetFunction)(CUfunction *, CUmodule, const char *);
 	CUresult (*cuFuncSetAttribute)(CUfunction, int, int);
+	CUresult (*cuOccupancyMaxActiveBlocksPerMultiprocessor)(int *, CUfunction, int, size_t);
 	CUresult (*cuLaunchKernel)(CUfunction, unsigned int, unsigned int, unsigned int,
 		unsigned int, unsigned int, unsigned int, unsigned int, CUstream, void **, void **);
 	CUresult (*cuStreamCreate)(CUstream *, unsigned int);
@@ -126,6 +127,7 @@ static const char *kvd_cu_open(kvd_cu *d, const char *path) {
 	SYM(cuModuleUnload, "cuModuleUnload")
 	SYM(cuModuleGetFunction, "cuModuleGetFunction")
 	SYM(cuFuncSetAttribute, "cuFuncSetAttribute")
+	SYM(cuOccupancyMaxActiveBlocksPerMultiprocessor, "cuOccupancyMaxActiveBlocksPerMultiprocessor")
 	SYM(cuLaunchKernel, "cuLaunchKernel")
 	SYM(cuStreamCreate, "cuStreamCreate")
 	SYM(cuStreamDestroy, "cuStreamDestroy_v2")
@@ -185,6 +187,7 @@ static CUresult kvd_cuModuleLoadData(kvd_cu *d, CUmodule *m, const void *image) 
 static CUresult kvd_cuModuleUnload(kvd_cu *d, CUmodule m) { return d->cuModuleUnload(m); }
 static CUresult kvd_cuModuleGetFunction(kvd_cu *d, CUfunction *f, CUmodule m, const char *name) { return d->cuModuleGetFunction(f, m, name); }
 static CUresult kvd_cuFuncSetAttribute(kvd_cu *d, CUfunction f, int a, int v) { return d->cuFuncSetAttribute(f, a, v); }
+static CUresult kvd_cuOccupancy(kvd_cu *d, int *n, CUfunction f, int threads, size_t smem) { return d->cuOccupancyMaxActiveBlocksPerMultiprocessor(n, f, threads, smem); }
 static CUresult kvd_cuStreamCreate(kvd_cu *d, CUstream *s) { return d->cuStreamCreate(s, 1); } // CU_STREAM_NON_BLOCKING
 static CUresult kvd_cuStreamDestroy(kvd_cu *d, CUstream s) { return d->cuStreamDestroy(s); }
 static CUresult kvd_cuStreamSynchronize(kvd_cu *d, CUstream s) { return d->cuStreamSynchronize(s); }
@@ -851,6 +854,21 @@ func (f *Function) SetMaxDynamicShared(n int) error {
 	}
 	const maxDynamicShared = 8 // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
 	return f.c.drv.check("cuFuncSetAttribute", C.kvd_cuFuncSetAttribute(f.c.drv.d, f.f, maxDynamicShared, C.int(n)))
+}
+
+// Occupancy is how many CTAs of f, of threads threads and smem bytes of
+// dynamic shared memory each, an SM holds at once
+// (cuOccupancyMaxActiveBlocksPerMultiprocessor).
+func (f *Function) Occupancy(threads, smem int) (int, error) {
+	defer runtime.UnlockOSThread()
+	if err := f.c.enter(); err != nil {
+		return 0, err
+	}
+	var n C.int
+	if err := f.c.drv.check("cuOccupancyMaxActiveBlocksPerMultiprocessor", C.kvd_cuOccupancy(f.c.drv.d, &n, f.f, C.int(threads), C.size_t(smem))); err != nil {
+		return 0, fmt.Errorf("%s: %w", f.name, err)
+	}
+	return int(n), nil
 }
 
 // Stream is a CUDA stream (non-blocking with respect to the legacy
