@@ -137,16 +137,25 @@ type CUDA struct {
 	// once for each query tile and head that reads it: see widenTiles.
 	widenFP8 bool
 	// streamV2 (the default; KVD_DECODE_STREAM=0 turns it off) gives
-	// split_paged_v2's and split_paged_mma's launches as many CTAs as the
-	// card holds at once (one wave), each with the same
-	// share of the launch's keys (rowWork.stream), instead of items of one
-	// row each (splitPerSMV2): with rows of equal length (a batch of
-	// decodes) those ran in whole waves, the last one partly empty.
+	// split_paged_v2's and split_paged_mma's launches whose rows do not
+	// score as many CTAs as the card holds at once (one wave), each with
+	// the same share of the launch's keys (rowWork.stream), instead of
+	// items of a row each (splitPerSMV2): with rows of equal length (a
+	// batch of decodes) those ran in whole waves, the last one partly
+	// empty. On an H200 (run 14) decode at 128 × 5000 over fp8 went from
+	// 409.7 to 397.0 µs, at 32 × 5000 from 129.0 to 124.0.
 	streamV2 bool
-	// gateUpF32 (KVD_GATEUP_F32=1) makes AllocGateUp float32, as before
-	// the gate and up projections were written in bf16: for A/B runs.
-	gateUpF32 bool
-	occ       map[string]int // CTAs of 128 threads an SM holds, by kernel (occupancy)
+	// mlpBF16 (KVD_MLP_BF16=1; off by default) makes AllocGateUp bf16
+	// (the gate and up projections' GEMM writes bf16, silu_mul reads it)
+	// and FusedResidual true (the o and down projections add to the
+	// residual in cuBLAS's epilogue, LinearAdd): 2.7% of a served step's
+	// device time on an H200 (run 14), but with both on, concurrent
+	// requests agreed with sequential ones on 0.927 of greedy tokens over
+	// a bfloat16 pool where they had agreed on all (TestGPUSidecar; 0.845
+	// over fp8, under its 0.9), and which of the two does that is not
+	// known: off until it is (bench/results/gpu-g.md, run 14).
+	mlpBF16 bool
+	occ     map[string]int // CTAs of 128 threads an SM holds, by kernel (occupancy)
 	// flashWGMMA (the default on sm_90, an H100 or H200; KVD_FLASH_WGMMA=0
 	// turns it off) runs the prefill kernels over bf16 and fp8 tiles on
 	// Hopper's warpgroup tensor cores (flash_wgmma.cuh, the PTX of
@@ -232,7 +241,7 @@ func NewCUDA(index int) (*CUDA, error) {
 	c.flashLightFirst = os.Getenv("KVD_FLASH_ROW_ORDER") == "1"
 	c.widenFP8 = os.Getenv("KVD_FP8_WIDEN") != "0"
 	c.streamV2 = os.Getenv("KVD_DECODE_STREAM") != "0"
-	c.gateUpF32 = os.Getenv("KVD_GATEUP_F32") == "1"
+	c.mlpBF16 = os.Getenv("KVD_MLP_BF16") == "1"
 	c.occ = map[string]int{}
 	if c.ctx, err = drv.Context(c.dev); err != nil {
 		drv.Close()
@@ -665,15 +674,20 @@ func (c *CUDA) AllocLinearInput(rows, cols int) *Tensor {
 	return t
 }
 
-// AllocGateUp is a zeroed bf16 tensor that Linear writes (cuBLAS's
-// output rounded to bf16) and SiLUMul reads (silu_mul_bf16in_bf16out);
-// float32 with KVD_GATEUP_F32=1 (gateUpF32), for A/B runs.
+// AllocGateUp is a zeroed float32 tensor, or with KVD_MLP_BF16=1
+// (mlpBF16) a bf16 one that Linear writes (cuBLAS's output rounded to
+// bf16) and SiLUMul reads (silu_mul_bf16in_bf16out).
 func (c *CUDA) AllocGateUp(rows, cols int) *Tensor {
-	if c.gateUpF32 {
+	if !c.mlpBF16 {
 		return c.Alloc(rows, cols)
 	}
 	return c.AllocLinearInput(rows, cols)
 }
+
+// FusedResidual reports whether the forward pass should add the o and
+// down projections to the residual with LinearAdd (KVD_MLP_BF16=1)
+// rather than with Linear and AddRMSNorm or Add.
+func (c *CUDA) FusedResidual() bool { return c.mlpBF16 }
 
 // bf16Out is what a kernel that may write a GEMM's operand adds to its
 // name for out: "_bf16out" for a bf16 out (AllocLinearInput).
@@ -1510,14 +1524,12 @@ func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, gr
 	}
 	var items, scoring, rowsplit, cta []int32
 	switch {
-	case v2 && c.streamV2:
-		// As many CTAs as the card holds of the kernel that runs, or of
-		// the _score one where it may (it may hold fewer).
-		occ := c.occupancy(fmt.Sprintf("%s%s_g%d", v2name, kvSuffix(l.DType), group))
-		if c.fusedScore && l.DType != shm.Float32 && w.scores() {
-			occ = min(occ, c.occupancy(fmt.Sprintf("%s_score%s_g%d", v2name, kvSuffix(l.DType), group)))
-		}
-		nx := max(1, occ*c.dev.SMs/kvh)
+	case v2 && c.streamV2 && !w.scores():
+		// As many CTAs as the card holds of the kernel. Launches with
+		// rows that score (H2O's) keep the split by rows: streamed, decode
+		// at 32 × 1100 with every row scoring ran 65.6–68.9 µs against
+		// 63.8 on an H200 (run 14, calls A–C).
+		nx := max(1, c.occupancy(fmt.Sprintf("%s%s_g%d", v2name, kvSuffix(l.DType), group))*c.dev.SMs/kvh)
 		if splitCTAsV2 > 0 {
 			nx = splitCTAsV2
 		}

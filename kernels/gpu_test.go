@@ -387,7 +387,8 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 	// split_paged_mma). split_paged_v2's and split_paged_mma's items are
 	// streamed (rowWork.stream) over a wave of CTAs where per is 4, over
 	// three CTAs a head (many items each) where it is 1, and a row an
-	// item (splitPerSMV2) where it is 8. On an H100 or H200 the bf16 and fp8 pools' prompt
+	// item (splitPerSMV2) where it is 8; launches with scoring rows are
+	// never streamed. On an H100 or H200 the bf16 and fp8 pools' prompt
 	// rows run on the wgmma kernel (flash_wgmma.cuh) unless wg is false.
 	// An fp8 pool's prompt rows run on the bf16 kernels over widened
 	// blocks (widenTiles) but where fp8k says to run the fp8 ones; the two

@@ -156,17 +156,18 @@ func (m *Model) ForwardSample(ctx context.Context, bt *Batch, cache *Cache, host
 // scratch holds one step's intermediate tensors, [T, ·]. normed and act
 // are only ever Linear's inputs (AllocLinearInput: bf16 on CUDA, written
 // so by the norms and SiLUMul); gu only the gate and up projections'
-// output and SiLUMul's input (AllocGateUp: bf16 on CUDA). The o and down
-// projections add to the residual stream themselves (LinearAdd).
+// output and SiLUMul's input (AllocGateUp); h takes the o and down
+// projections' outputs, which AddRMSNorm and Add read (unless the backend
+// adds them to the residual itself: attnOutputAndMLP).
 type scratch struct {
-	normed, qkv, q, k, v, gu, act *kernels.Tensor
+	h, normed, qkv, q, k, v, gu, act *kernels.Tensor
 }
 
 func (m *Model) newScratch(T int) *scratch {
 	c, b := m.Config, m.b
 	qd, kvd := c.NumHeads*c.HeadDim, c.NumKVHeads*c.HeadDim
 	return &scratch{
-		normed: b.AllocLinearInput(T, c.HiddenSize), qkv: b.Alloc(T, qd+2*kvd),
+		h: b.Alloc(T, c.HiddenSize), normed: b.AllocLinearInput(T, c.HiddenSize), qkv: b.Alloc(T, qd+2*kvd),
 		q: b.Alloc(T, qd), k: b.Alloc(T, kvd), v: b.Alloc(T, kvd),
 		gu: b.AllocGateUp(T, 2*c.IntermediateSize), act: b.AllocLinearInput(T, c.IntermediateSize),
 	}
@@ -174,7 +175,7 @@ func (m *Model) newScratch(T int) *scratch {
 
 // free gives the scratch and the other step tensors back to b.
 func (sc *scratch) free(b kernels.Backend, more ...*kernels.Tensor) {
-	for _, t := range append(more, sc.normed, sc.qkv, sc.q, sc.k, sc.v, sc.gu, sc.act) {
+	for _, t := range append(more, sc.h, sc.normed, sc.qkv, sc.q, sc.k, sc.v, sc.gu, sc.act) {
 		b.Free(t)
 	}
 }
@@ -189,16 +190,26 @@ func (m *Model) attnInput(sc *scratch, x *kernels.Tensor, l *layer, pos []int32)
 }
 
 // attnOutputAndMLP adds the attention output's projection, then the MLP, to
-// the residual stream x, each with LinearAdd (on CUDA the GEMM adds its
-// float32 sums to x: no separate add). The attention output stays float32
+// the residual stream x: through h and AddRMSNorm and Add, or where the
+// backend says so (CUDA with KVD_MLP_BF16=1) with LinearAdd, the GEMM
+// adding its float32 sums to x. The attention output stays float32
 // (Linear rounds it for the GEMM): the attention kernels write float32.
 func (m *Model) attnOutputAndMLP(sc *scratch, x, attn *kernels.Tensor, l *layer) {
-	b := m.b
-	b.LinearAdd(x, attn, l.o)
-	b.RMSNorm(sc.normed, x, l.mlpNorm, float32(m.Config.RMSNormEps))
+	b, eps := m.b, float32(m.Config.RMSNormEps)
+	if f, ok := b.(interface{ FusedResidual() bool }); ok && f.FusedResidual() {
+		b.LinearAdd(x, attn, l.o)
+		b.RMSNorm(sc.normed, x, l.mlpNorm, eps)
+		b.Linear(sc.gu, sc.normed, l.gateUp)
+		b.SiLUMul(sc.act, sc.gu)
+		b.LinearAdd(x, sc.act, l.down)
+		return
+	}
+	b.Linear(sc.h, attn, l.o)
+	b.AddRMSNorm(sc.normed, x, sc.h, l.mlpNorm, eps) // normed cannot be h: a GEMM input may be narrower
 	b.Linear(sc.gu, sc.normed, l.gateUp)
 	b.SiLUMul(sc.act, sc.gu)
-	b.LinearAdd(x, sc.act, l.down)
+	b.Linear(sc.h, sc.act, l.down)
+	b.Add(x, sc.h)
 }
 
 // preparePlan checks a layer's plan against the step and fills in what
