@@ -136,6 +136,7 @@ type CUDA struct {
 	// (widen_fp8), instead of on the fp8 kernel, which widens every tile
 	// once for each query tile and head that reads it: see widenTiles.
 	widenFP8 bool
+	widened  int // widenTiles' launches, for tests
 	// streamV2 (the default; KVD_DECODE_STREAM=0 turns it off) gives
 	// split_paged_v2's and split_paged_mma's launches whose rows do not
 	// score as many CTAs as the card holds at once (one wave), each with
@@ -148,7 +149,7 @@ type CUDA struct {
 	// mlpBF16 (KVD_MLP_BF16=1; off by default) makes AllocGateUp bf16
 	// (the gate and up projections' GEMM writes bf16, silu_mul reads it)
 	// and FusedResidual true (the o and down projections add to the
-	// residual in cuBLAS's epilogue, LinearAdd): 2.7% of a served step's
+	// residual in cuBLAS's epilogue, LinearAdd): ~3% of a served step's
 	// device time on an H200 (run 14), but with both on, concurrent
 	// requests agreed with sequential ones on 0.927 of greedy tokens over
 	// a bfloat16 pool where they had agreed on all (TestGPUSidecar; 0.845
@@ -1257,7 +1258,9 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 		if !c.flashLightFirst {
 			heaviestFirst(tiles)
 		}
-		src, lt, blocks := ptr(pool), l, b.Blocks
+		// An fp8 pool always takes a tensor-core kernel, whatever flashMMA
+		// says (it has no other): so do its widened blocks.
+		src, lt, blocks, mma := ptr(pool), l, b.Blocks, c.flashMMA || l.DType == shm.FP8E4M3
 		if l.DType == shm.FP8E4M3 && c.widenFP8 {
 			if wp, wc, wb, ok := c.widenTiles(ptr(pool), tiles, b, l); ok {
 				defer c.release(wp, wc)
@@ -1267,7 +1270,7 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 		meta := append(append([]int32(nil), blocks...), tiles...)
 		p, class := c.ints(meta)
 		defer c.release(p, class)
-		name, smem := c.prefillKernel("flash_paged", lt.HeadDim, lt.DType, c.flashMMA)
+		name, smem := c.prefillKernel("flash_paged", lt.HeadDim, lt.DType, mma)
 		c.launchShared(name, cuda.Dim3{X: uint32(len(tiles) / 4), Y: uint32(heads)}, cuda.Dim3{X: 128}, smem,
 			ptr(out), ptr(q), src, int32(lt.BlockSize), int32(lt.KVHeads), int32(heads), p+cuda.Ptr(4*len(blocks)), p, scale)
 	}
@@ -1283,6 +1286,9 @@ func (c *CUDA) Attention(out, q, pool *Tensor, l shm.Layout, b *AttnBatch, scale
 // activation budget.
 const WidenMaxBytes = 256 << 20
 
+// widenMaxBytes is WidenMaxBytes, lowered by tests to reach the fallback.
+var widenMaxBytes = WidenMaxBytes
+
 // widenTiles widens, for flash_paged's tiles [n, 4] over an fp8 pool, the
 // blocks each tile's sequence has up to the tile's last row into a scratch
 // pool of bfloat16 blocks (widen_fp8, one launch for every sequence of the
@@ -1292,7 +1298,8 @@ const WidenMaxBytes = 256 << 20
 // kernel over them computes what the fp8 one does over the pool, the
 // widening done once a block instead of once a tile and head that reads
 // it. It returns false, the tiles untouched, where the scratch would pass
-// WidenMaxBytes.
+// WidenMaxBytes (the fp8 kernel runs), or where the scratch's allocation
+// failed (the error is pending: the step fails, as on any allocation).
 func (c *CUDA) widenTiles(pool cuda.Ptr, tiles []int32, b *AttnBatch, l shm.Layout) (cuda.Ptr, int, []int32, bool) {
 	need := map[int32]int{} // a table's offset in b.Blocks: blocks its tiles see
 	var order []int32
@@ -1312,7 +1319,7 @@ func (c *CUDA) widenTiles(pool cuda.Ptr, tiles []int32, b *AttnBatch, l shm.Layo
 	wl := l
 	wl.DType = shm.BFloat16
 	bytes := 4 * len(src) * wl.BlockElems()
-	if len(src) == 0 || 1<<bits.Len(uint(max(bytes, 256)-1)) > WidenMaxBytes {
+	if len(src) == 0 || 1<<bits.Len(uint(max(bytes, 256)-1)) > widenMaxBytes {
 		return 0, 0, nil, false
 	}
 	dst, class := c.alloc(bytes)
@@ -1325,6 +1332,7 @@ func (c *CUDA) widenTiles(pool cuda.Ptr, tiles []int32, b *AttnBatch, l shm.Layo
 	for i := 0; i < len(tiles); i += 4 {
 		tiles[i+3] = at[tiles[i+3]]
 	}
+	c.widened++
 	blocks := make([]int32, len(src))
 	for i := range blocks {
 		blocks[i] = int32(i)

@@ -207,10 +207,14 @@ func TestGPULinear(t *testing.T) {
 				tol = 1e-5
 			}
 			check(t, fmt.Sprintf("bf16 linear %dx%dx%d", T, k, n), g.host(t, got), want.data, tol)
-			// LinearAdd onto a residual: cuBLAS's beta = 1 (the
-			// matrix-vector kernel's rows through a scratch and Add),
-			// against the CPU's Linear and Add.
+			// LinearAdd onto a residual of the product's size (a
+			// dropped residual is then an error of order 1): cuBLAS's
+			// beta = 1 (the matrix-vector kernel's rows through a
+			// scratch and Add), against the CPU's Linear and Add.
 			res := randn(rng, T*n)
+			for i := range res {
+				res[i] *= float32(math.Sqrt(float64(k)))
+			}
 			wantAdd := cpu.FromHost(slices.Clone(res), T, n)
 			cpu.LinearAdd(wantAdd, cpu.FromHost(x, T, k), cpu.Weight(w, n, k))
 			gotAdd := g.FromHost(res, T, n)
@@ -391,8 +395,10 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 	// never streamed. On an H100 or H200 the bf16 and fp8 pools' prompt
 	// rows run on the wgmma kernel (flash_wgmma.cuh) unless wg is false.
 	// An fp8 pool's prompt rows run on the bf16 kernels over widened
-	// blocks (widenTiles) but where fp8k says to run the fp8 ones; the two
-	// compute the same logits, and their outputs are compared.
+	// blocks (widenTiles) but where fp8k says to run the fp8 ones (by the
+	// flag, and with wgmma by the scratch's cap: the fallback); the two
+	// compute the same logits, and their outputs are compared, and each
+	// run must have widened or not as it says.
 	fp8k := map[bool][]float32{} // the fp8 kernels' prompt rows, by wg
 	for _, run := range []struct {
 		v2    bool
@@ -414,6 +420,11 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 		}
 		label := fmt.Sprintf("%s/v2=%v/split%d/mma=%v/fused=%v/own=%v/dmma=%v/wgmma=%v/fp8k=%v", label, run.v2, run.per, run.mma, run.fused, run.own, run.dmma, run.wg, run.fp8k)
 		g.attnV2, splitPerSM, splitPerSMV2, g.flashMMA, g.fusedScore, g.ownCombine, g.decodeMMA, g.flashWGMMA, g.widenFP8 = run.v2, run.per, run.per, run.mma, run.fused, run.own, run.dmma, run.wg, !run.fp8k
+		if run.fp8k && run.wg {
+			// The fp8 kernel by the scratch's cap instead of the flag.
+			g.widenFP8, widenMaxBytes = true, 0
+		}
+		widened := g.widened
 		g.streamV2, splitCTAsV2 = run.per != 8, 0
 		if run.per == 1 {
 			splitCTAsV2 = 3
@@ -421,6 +432,7 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 		gotPool := g.FromHost(pool, l.PoolElems())
 		got := g.poisoned(T, heads*hd)
 		g.Attention(got, g.FromHost(q, T, heads*hd), gotPool, l, b, scale)
+		widenMaxBytes = WidenMaxBytes
 		out := g.host(t, got)
 		// Compare the rows that were computed; the others must be left
 		// alone (still poisoned). Sequences with a run of rows for the
@@ -451,6 +463,9 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 		}
 		check(t, label+" output", gw, ww, rowTol)
 		check(t, label+" output (tensor cores)", gf, wf, flashTol(g))
+		if dt == shm.FP8E4M3 && len(gf) > 0 && run.fp8k == (g.widened > widened) {
+			t.Errorf("%s: widenTiles widened %d times where the fp8 kernel was asked for: %v", label, g.widened-widened, run.fp8k)
+		}
 		if dt == shm.FP8E4M3 && run.mma && !run.v2 && len(gf) > 0 {
 			if run.fp8k {
 				fp8k[run.wg] = gf

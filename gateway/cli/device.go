@@ -132,8 +132,10 @@ func largestStep(maxBatched, maxLen, maxSeqs int) stepShape {
 // sequence, a sparse layer's prompt scratch (its K and V rounded to bf16,
 // the observation window's sums per head, SnapKV's choice's scores and
 // order keys per KV head, and the window rows' max and sum per tile, at
-// most kernels.ObsStatsMaxBytes), the fused scoring pass's logits and a
-// chunk's blocks of an fp8 pool widened to bf16 (kernels.WidenMaxBytes), each twice over where the backend's power-of-two size classes
+// most kernels.ObsStatsMaxBytes), the fused scoring pass's logits and the
+// blocks of an fp8 pool's prompt chunks' sequences widened to bf16 (at
+// most kernels.WidenMaxBytes, twice: its size class moves with the
+// context, and each class stays cached), each twice over where the backend's power-of-two size classes
 // hold it (the logits buffer is a power of two already).
 func activationBytes(c *model.Config, s stepShape) int64 {
 	qd, kvd := c.NumHeads*c.HeadDim, c.NumKVHeads*c.HeadDim
@@ -147,7 +149,7 @@ func activationBytes(c *model.Config, s stepShape) int64 {
 	return 3*tensor(t*int64(c.HiddenSize)) + 2*tensor(t*int64(qd+2*kvd)) + 3*tensor(t*int64(c.IntermediateSize)) +
 		tensor(int64(s.seqs)*int64(c.VocabSize)) +
 		2*tensor(t*int64(kvd)/2) + tensor(t*int64(c.NumHeads)) + tensor(6*t*int64(c.NumKVHeads)) +
-		kernels.ObsStatsMaxBytes + kernels.FusedScoreMaxBytes + kernels.WidenMaxBytes
+		kernels.ObsStatsMaxBytes + kernels.FusedScoreMaxBytes + 2*kernels.WidenMaxBytes
 }
 
 // gpuGauges exports the GPU's NVML readings on /metrics when the model runs

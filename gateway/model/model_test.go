@@ -227,3 +227,46 @@ func TestDummyLoad(t *testing.T) {
 		t.Error("unknown load format accepted")
 	}
 }
+
+// fusedCPU is the CPU backend saying FusedResidual, as CUDA does with
+// KVD_MLP_BF16=1: the forward pass then adds the o and down projections
+// with LinearAdd and normalizes with RMSNorm, which on the CPU are Linear,
+// Add and RMSNorm, as AddRMSNorm is.
+type fusedCPU struct{ *kernels.CPU }
+
+func (fusedCPU) FusedResidual() bool { return true }
+
+// TestFusedResidualPath runs the forward pass's fused residual path (the
+// one CUDA takes with KVD_MLP_BF16=1) on the CPU, where it must give the
+// unfused path's logits bit for bit, in prefill and decode steps.
+func TestFusedResidualPath(t *testing.T) {
+	dir := t.TempDir()
+	if err := tinymodel.Write(dir, tinymodel.Options{Seed: 11}); err != nil {
+		t.Fatal(err)
+	}
+	var got [2][][]float32
+	rng := rand.New(rand.NewPCG(11, 12))
+	seqs := [][]int32{randomTokens(rng, 23, 256), randomTokens(rng, 9, 256)}
+	for i, b := range []kernels.Backend{kernels.NewCPU(), fusedCPU{kernels.NewCPU()}} {
+		m, err := model.Load(context.Background(), dir, b, model.LoadOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[i] = pagedSeqs(t, m, 16, seqs, func(_, done int) int {
+			if done == 0 {
+				return 7
+			}
+			return 1
+		})
+	}
+	for s := range seqs {
+		if len(got[0][s]) == 0 || len(got[0][s]) != len(got[1][s]) {
+			t.Fatalf("sequence %d: %d and %d logits", s, len(got[0][s]), len(got[1][s]))
+		}
+		for i, v := range got[0][s] {
+			if math.Float32bits(v) != math.Float32bits(got[1][s][i]) {
+				t.Fatalf("sequence %d, logit %d: %v unfused, %v fused", s, i, v, got[1][s][i])
+			}
+		}
+	}
+}
