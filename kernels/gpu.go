@@ -146,17 +146,19 @@ type CUDA struct {
 	// empty. On an H200 (run 14) decode at 128 × 5000 over fp8 went from
 	// 409.7 to 397.0 µs, at 32 × 5000 from 129.0 to 124.0.
 	streamV2 bool
-	// mlpBF16 (KVD_MLP_BF16=1; off by default) makes AllocGateUp bf16
-	// (the gate and up projections' GEMM writes bf16, silu_mul reads it)
-	// and FusedResidual true (the o and down projections add to the
-	// residual in cuBLAS's epilogue, LinearAdd): ~3% of a served step's
-	// device time on an H200 (run 14), but with both on, concurrent
-	// requests agreed with sequential ones on 0.927 of greedy tokens over
-	// a bfloat16 pool where they had agreed on all (TestGPUSidecar; 0.845
-	// over fp8, under its 0.9), and which of the two does that is not
-	// known: off until it is (bench/results/gpu-g.md, run 14).
-	mlpBF16 bool
-	occ     map[string]int // CTAs of 128 threads an SM holds, by kernel (occupancy)
+	// gateUpBF16 (KVD_GATEUP_BF16=1, or KVD_MLP_BF16=1 for both; off by
+	// default) makes AllocGateUp bf16 (the gate and up projections' GEMM
+	// writes bf16, silu_mul reads it), and fusedResidual
+	// (KVD_FUSED_RESIDUAL=1, or KVD_MLP_BF16=1) makes FusedResidual true
+	// (the o and down projections add to the residual in cuBLAS's
+	// epilogue, LinearAdd): together ~3% of a served step's device time
+	// on an H200 (run 14), but with both on, concurrent requests agreed
+	// with sequential ones on 0.927 of greedy tokens over a bfloat16 pool
+	// where they had agreed on all (TestGPUSidecar; 0.845 over fp8, under
+	// its 0.9), and which of the two does that is not known: off until it
+	// is (bench/results/gpu-g.md, run 14).
+	gateUpBF16, fusedResidual bool
+	occ                       map[string]int // CTAs of 128 threads an SM holds, by kernel (occupancy)
 	// flashWGMMA (the default on sm_90, an H100 or H200; KVD_FLASH_WGMMA=0
 	// turns it off) runs the prefill kernels over bf16 and fp8 tiles on
 	// Hopper's warpgroup tensor cores (flash_wgmma.cuh, the PTX of
@@ -242,7 +244,9 @@ func NewCUDA(index int) (*CUDA, error) {
 	c.flashLightFirst = os.Getenv("KVD_FLASH_ROW_ORDER") == "1"
 	c.widenFP8 = os.Getenv("KVD_FP8_WIDEN") != "0"
 	c.streamV2 = os.Getenv("KVD_DECODE_STREAM") != "0"
-	c.mlpBF16 = os.Getenv("KVD_MLP_BF16") == "1"
+	mlp := os.Getenv("KVD_MLP_BF16") == "1"
+	c.gateUpBF16 = mlp || os.Getenv("KVD_GATEUP_BF16") == "1"
+	c.fusedResidual = mlp || os.Getenv("KVD_FUSED_RESIDUAL") == "1"
 	c.occ = map[string]int{}
 	if c.ctx, err = drv.Context(c.dev); err != nil {
 		drv.Close()
@@ -675,20 +679,20 @@ func (c *CUDA) AllocLinearInput(rows, cols int) *Tensor {
 	return t
 }
 
-// AllocGateUp is a zeroed float32 tensor, or with KVD_MLP_BF16=1
-// (mlpBF16) a bf16 one that Linear writes (cuBLAS's output rounded to
-// bf16) and SiLUMul reads (silu_mul_bf16in_bf16out).
+// AllocGateUp is a zeroed float32 tensor, or with gateUpBF16
+// (KVD_GATEUP_BF16=1) a bf16 one that Linear writes (cuBLAS's output
+// rounded to bf16) and SiLUMul reads (silu_mul_bf16in_bf16out).
 func (c *CUDA) AllocGateUp(rows, cols int) *Tensor {
-	if !c.mlpBF16 {
+	if !c.gateUpBF16 {
 		return c.Alloc(rows, cols)
 	}
 	return c.AllocLinearInput(rows, cols)
 }
 
 // FusedResidual reports whether the forward pass should add the o and
-// down projections to the residual with LinearAdd (KVD_MLP_BF16=1)
-// rather than with Linear and AddRMSNorm or Add.
-func (c *CUDA) FusedResidual() bool { return c.mlpBF16 }
+// down projections to the residual with LinearAdd (fusedResidual,
+// KVD_FUSED_RESIDUAL=1) rather than with Linear and AddRMSNorm or Add.
+func (c *CUDA) FusedResidual() bool { return c.fusedResidual }
 
 // bf16Out is what a kernel that may write a GEMM's operand adds to its
 // name for out: "_bf16out" for a bf16 out (AllocLinearInput).
