@@ -23,13 +23,19 @@ import (
 // on (the forward pass; an embedded kvd's eviction runs between steps):
 // pairs recorded from two at once would overlap and count twice.
 type kernelProfile struct {
-	recs []profRec
+	recs     []profRec
+	markNext bool // the next record is a step's first (MarkProfileStep)
 }
 
 type profRec struct {
-	name string
-	a, b cuda.Event
+	name  string
+	a, b  cuda.Event
+	first bool // a step's first kernel
 }
+
+// betweenSteps names, in Profile.Idle, the device's idle time before a
+// step's first kernel: the host's work between steps.
+const betweenSteps = "(between steps)"
 
 // ProfileEntry is one kernel's (or GEMM shape's) share of a profile.
 type ProfileEntry struct {
@@ -44,6 +50,11 @@ type Profile struct {
 	Span    time.Duration // first kernel's start to the last one's end
 	Busy    time.Duration // the sum of every kernel's time
 	Entries []ProfileEntry
+	// Idle is the device's time between one recorded kernel's end and
+	// the next one's start, by the kernel it waited to start (betweenSteps
+	// for a step's first, MarkProfileStep): the host's launch work, syncs,
+	// and work not timed (uploads, memsets).
+	Idle []ProfileEntry
 }
 
 // StartProfile starts recording every kernel's device time.
@@ -54,6 +65,16 @@ func (c *CUDA) StartProfile() {
 		c.prof = &kernelProfile{}
 	}
 	c.profOn.Store(true)
+}
+
+// MarkProfileStep says that the next kernel starts a step, so that the
+// idle time before it counts as between steps (Profile.Idle).
+func (c *CUDA) MarkProfileStep() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.prof != nil {
+		c.prof.markNext = true
+	}
 }
 
 // profiling reports whether a profile is on, without the lock: every
@@ -72,7 +93,8 @@ func (c *CUDA) profBegin(name string) int {
 	if p == nil {
 		return -1
 	}
-	r := profRec{name: name}
+	r := profRec{name: name, first: p.markNext}
+	p.markNext = false
 	for _, e := range []*cuda.Event{&r.a, &r.b} {
 		var err error
 		if *e, err = c.ctx.NewTimingEvent(); err != nil {
@@ -124,22 +146,45 @@ func (c *CUDA) StopProfile() (Profile, error) {
 		return out, err
 	}
 	times := make([]ProfileEntry, len(p.recs))
+	var gaps []ProfileEntry
 	for i, r := range p.recs {
 		d, err := c.ctx.Elapsed(r.a, r.b)
 		if err != nil {
 			return out, fmt.Errorf("kernel %s: %w", r.name, err)
 		}
 		times[i] = ProfileEntry{Name: r.name, Calls: 1, Time: d}
+		if i == 0 {
+			continue
+		}
+		g, err := c.ctx.Elapsed(p.recs[i-1].b, r.a)
+		if err != nil {
+			return out, fmt.Errorf("before kernel %s: %w", r.name, err)
+		}
+		name := r.name
+		if r.first {
+			name = betweenSteps
+		}
+		gaps = append(gaps, ProfileEntry{Name: name, Calls: 1, Time: max(g, 0)})
 	}
-	return summarize(out.Span, times), nil
+	out = summarize(out.Span, times)
+	out.Idle, _ = byName(gaps)
+	return out, nil
 }
 
 // summarize sums the launches' times by name into a profile of span,
 // largest share first.
 func summarize(span time.Duration, launches []ProfileEntry) Profile {
 	out := Profile{Span: span}
+	out.Entries, out.Busy = byName(launches)
+	return out
+}
+
+// byName sums entries by name, largest time first (ties by name), and
+// returns their total time.
+func byName(entries []ProfileEntry) ([]ProfileEntry, time.Duration) {
 	by := map[string]*ProfileEntry{}
-	for _, l := range launches {
+	var total time.Duration
+	for _, l := range entries {
 		e := by[l.Name]
 		if e == nil {
 			e = &ProfileEntry{Name: l.Name}
@@ -147,15 +192,16 @@ func summarize(span time.Duration, launches []ProfileEntry) Profile {
 		}
 		e.Calls += l.Calls
 		e.Time += l.Time
-		out.Busy += l.Time
+		total += l.Time
 	}
+	var out []ProfileEntry
 	for _, e := range by {
-		out.Entries = append(out.Entries, *e)
+		out = append(out, *e)
 	}
-	slices.SortFunc(out.Entries, func(a, b ProfileEntry) int {
+	slices.SortFunc(out, func(a, b ProfileEntry) int {
 		return cmp.Or(cmp.Compare(b.Time, a.Time), strings.Compare(a.Name, b.Name))
 	})
-	return out
+	return out, total
 }
 
 // Markdown renders p as a table, times divided by per (the steps the
@@ -169,6 +215,17 @@ func (p Profile) Markdown(per int) string {
 	for _, e := range p.Entries {
 		fmt.Fprintf(&b, "| %s | %.1f | %s | %.1f%% | %.1f |\n", e.Name, float64(e.Calls)/float64(per), ms(e.Time),
 			100*e.Time.Seconds()/max(p.Busy.Seconds(), 1e-12), e.Time.Seconds()*1e6/float64(e.Calls))
+	}
+	if len(p.Idle) > 0 {
+		var idle time.Duration
+		for _, e := range p.Idle {
+			idle += e.Time
+		}
+		fmt.Fprintf(&b, "\ndevice idle %s ms per step, by the kernel it waited to start (%s: a step's first)\n\n", ms(idle), betweenSteps)
+		b.WriteString("| before | gaps per step | ms per step |\n|---|---|---|\n")
+		for _, e := range p.Idle[:min(len(p.Idle), 12)] {
+			fmt.Fprintf(&b, "| %s | %.1f | %s |\n", e.Name, float64(e.Calls)/float64(per), ms(e.Time))
+		}
 	}
 	return b.String()
 }

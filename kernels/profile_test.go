@@ -47,7 +47,27 @@ func TestProfileMarkdown(t *testing.T) {
 			t.Errorf("Markdown(2) lacks %q:\n%s", want, got)
 		}
 	}
-	if empty := (Profile{}).Markdown(0); !strings.Contains(empty, "device busy 0.000 ms") {
+	if empty := (Profile{}).Markdown(0); !strings.Contains(empty, "device busy 0.000 ms") || strings.Contains(empty, "idle") {
 		t.Errorf("an empty profile: %q", empty)
+	}
+	// The idle gaps, summed by the kernel they preceded, largest first.
+	idle, total := byName([]ProfileEntry{
+		{Name: betweenSteps, Calls: 1, Time: 3 * time.Millisecond}, {Name: "rmsnorm", Calls: 1, Time: time.Millisecond},
+		{Name: betweenSteps, Calls: 1, Time: 2 * time.Millisecond}, {Name: "widen_fp8", Calls: 1, Time: 2 * time.Millisecond},
+	})
+	if total != 8*time.Millisecond || len(idle) != 3 || idle[0].Name != betweenSteps || idle[0].Calls != 2 || idle[1].Name != "widen_fp8" {
+		t.Errorf("idle by kernel: %+v, total %v", idle, total)
+	}
+	p.Idle = idle
+	got = p.Markdown(2)
+	for _, want := range []string{
+		"device idle 4.000 ms per step",
+		"| (between steps) | 1.0 | 2.500 |",
+		"| widen_fp8 | 0.5 | 1.000 |",
+		"| rmsnorm | 0.5 | 0.500 |",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("Markdown(2) with idle gaps lacks %q:\n%s", want, got)
+		}
 	}
 }

@@ -14,11 +14,16 @@ import (
 // and stops, so the window's logic runs without a GPU.
 type profBackend struct {
 	*kernels.CPU
-	starts, stops int
-	on            bool
+	starts, stops, marks int
+	on                   bool
 }
 
 func (b *profBackend) StartProfile() { b.starts++; b.on = true }
+func (b *profBackend) MarkProfileStep() {
+	if b.on {
+		b.marks++
+	}
+}
 func (b *profBackend) StopProfile() (kernels.Profile, error) {
 	b.stops++
 	b.on = false
@@ -35,14 +40,15 @@ func TestStepProfileWindow(t *testing.T) {
 		steps    int
 		starts   int
 		stops    int
+		marks    int // steps started with the profile on: each marks its first kernel
 		printed  string
 		notPrint string
 	}{
-		{"2:3", -1, 8, 1, 1, "steps 2..4, 10.0 rows and 2.0 sequences a step", "abandoned"},
-		{"0:1", -1, 3, 1, 1, "steps 0..0", "abandoned"},
-		{"5:10", -1, 8, 1, 0, "", "kernel profile"}, // still running: Shutdown abandons it
-		{"2:3", 3, 8, 1, 1, "abandoned at step 3", "rows and"},
-		{"2:3", 2, 8, 2, 2, "steps 2..4", ""}, // the first step failed: it starts again at the retry
+		{"2:3", -1, 8, 1, 1, 3, "steps 2..4, 10.0 rows and 2.0 sequences a step", "abandoned"},
+		{"0:1", -1, 3, 1, 1, 1, "steps 0..0", "abandoned"},
+		{"5:10", -1, 8, 1, 0, 3, "", "kernel profile"}, // still running: Shutdown abandons it
+		{"2:3", 3, 8, 1, 1, 2, "abandoned at step 3", "rows and"},
+		{"2:3", 2, 8, 2, 2, 4, "steps 2..4", ""}, // the first step failed: it starts again at the retry
 	} {
 		p, err := parseStepProfile(tc.spec)
 		if err != nil {
@@ -61,8 +67,8 @@ func TestStepProfileWindow(t *testing.T) {
 			}
 			p.after(b, 2, 10, time.Millisecond)
 		}
-		if b.starts != tc.starts || b.stops != tc.stops {
-			t.Errorf("%s, failing at %d: %d starts and %d stops, want %d and %d", tc.spec, tc.failAt, b.starts, b.stops, tc.starts, tc.stops)
+		if b.starts != tc.starts || b.stops != tc.stops || b.marks != tc.marks {
+			t.Errorf("%s, failing at %d: %d starts, %d stops and %d step marks, want %d, %d and %d", tc.spec, tc.failAt, b.starts, b.stops, b.marks, tc.starts, tc.stops, tc.marks)
 		}
 		if tc.printed != "" && !strings.Contains(out.String(), tc.printed) {
 			t.Errorf("%s, failing at %d: printed %q, want it to say %q", tc.spec, tc.failAt, out.String(), tc.printed)

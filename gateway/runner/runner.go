@@ -283,6 +283,7 @@ type stepProfile struct {
 
 type profiler interface {
 	StartProfile()
+	MarkProfileStep()
 	StopProfile() (kernels.Profile, error)
 }
 
@@ -303,10 +304,14 @@ func (p *stepProfile) before(b kernels.Backend) {
 	if p == nil {
 		return
 	}
-	if pr, ok := b.(profiler); ok && p.step == p.from && !p.on {
+	pr, ok := b.(profiler)
+	if ok && p.step == p.from && !p.on {
 		pr.StartProfile()
 		p.on, p.start = true, time.Now()
 		p.rows, p.seqs, p.busy = 0, 0, 0
+	}
+	if p.on {
+		pr.MarkProfileStep() // the device's wait for this step's first kernel counts as between steps
 	}
 }
 
