@@ -13,6 +13,9 @@
 #            requests (default WIDE);
 #   slo      the most tokens/s with p99 TTFT under 2 s (serve -search);
 #   bf16     a bfloat16 pool: full KV and 26/1024, uncapped and capped;
+#   mlp      the GPU e2e tests with each of run 14's MLP changes alone
+#            (KVD_GATEUP_BF16=1, KVD_FUSED_RESIDUAL=1): which one lowers
+#            the agreement between a batch and its requests one by one;
 #   ipc, select, evict, attn, mma, fused  diagnostics and trials (see each below).
 # Every serving run is bench/serve at INPUT in / OUTPUT out tokens (random
 # ids, ignore_eos), closed loop at concurrency C over N requests, on the 8B
@@ -157,6 +160,18 @@ echo "KV pool uncapped $KV, capped $CAPPED_KV; $INPUT in / $OUTPUT out; C=$C N=$
 for part in $PARTS; do
 	echo "=== $part"
 	case $part in
+	mlp)
+		if [ ! -x "$BIN/e2e.test" ]; then
+			echo "mlp: no e2e.test in $BIN"
+			continue
+		fi
+		for v in KVD_GATEUP_BF16 KVD_FUSED_RESIDUAL; do
+			(cd e2e && env "$v=1" KVD_TEST_BIN_DIR="$BIN" "$BIN/e2e.test" -test.run 'GPUSidecar|GPUMatchesCPU' -test.v -test.count=1) >"$OUT/logs/e2e-$v.log" 2>&1
+			echo "$v=1: e2e exit $?"
+			grep -E "^--- |concurrent sidecar|GPU agrees" "$OUT/logs/e2e-$v.log" | head -12
+		done
+		save
+		;;
 	sidecar)
 		if [ -x "$BIN/e2e.test" ]; then
 			(cd e2e && KVD_TEST_BIN_DIR="$BIN" "$BIN/e2e.test" -test.run GPUSidecar -test.v -test.count=1) >"$OUT/logs/e2e-sidecar.log" 2>&1
