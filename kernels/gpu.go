@@ -1467,9 +1467,10 @@ func (w *rowWork) items(kvh, sms, round, perSM int) (items, scoring, rowsplit []
 // each (the launch's keys over nx, at least round), a row's keys cut
 // where a CTA's share ends, on a multiple of round keys from the row's
 // start (its warps' chunks stay even), the CTA's share then a little
-// under or over. items, scoring and rowsplit are as items returns them.
-// There are at most nx CTAs: each but the last takes at least its share.
-func (w *rowWork) stream(nx, round int) (items, scoring, rowsplit, cta []int32) {
+// under or over. items and rowsplit are as items returns them; no row may
+// score (splitRows streams only launches whose rows do not). There are at
+// most nx CTAs: each but the last takes at least its share.
+func (w *rowWork) stream(nx, round int) (items, rowsplit, cta []int32) {
 	R := len(w.info) / 4
 	total := 0
 	for r := range R {
@@ -1487,11 +1488,7 @@ func (w *rowWork) stream(nx, round int) (items, scoring, rowsplit, cta []int32) 
 			if k0+take < nvis {
 				take -= take % round
 			}
-			it := []int32{int32(r), int32(k0), int32(k0 + take), int32(len(items) / 4)}
-			items = append(items, it...)
-			if w.info[4*r+3] != 0 {
-				scoring = append(scoring, it...)
-			}
+			items = append(items, int32(r), int32(k0), int32(k0+take), int32(len(items)/4))
 			k0 += take
 			if left -= take; left <= 0 {
 				cta = append(cta, int32(len(items)/4))
@@ -1502,7 +1499,7 @@ func (w *rowWork) stream(nx, round int) (items, scoring, rowsplit, cta []int32) 
 	if int(cta[len(cta)-1]) < len(items)/4 {
 		cta = append(cta, int32(len(items)/4))
 	}
-	return items, scoring, append(rowsplit, int32(len(items)/4)), cta
+	return items, append(rowsplit, int32(len(items)/4)), cta
 }
 
 // occupancy is how many CTAs of 128 threads of kernel name an SM holds at
@@ -1545,7 +1542,7 @@ func (c *CUDA) splitRows(w *rowWork, out, q *Tensor, heads int, l shm.Layout, gr
 		if splitCTAsV2 > 0 {
 			nx = splitCTAsV2
 		}
-		items, scoring, rowsplit, cta = w.stream(nx, 128)
+		items, rowsplit, cta = w.stream(nx, 128)
 	case v2:
 		items, scoring, rowsplit = w.items(kvh, c.dev.SMs, 128, splitPerSMV2)
 	default:
