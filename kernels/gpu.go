@@ -57,6 +57,22 @@ type CUDA struct {
 	// from the start after each point where the stream is known drained.
 	stage    *cuda.Pinned
 	stageOff int
+	// up is the non-blocking stream staged uploads run on, each followed
+	// by a wait of the default stream on upDone: the copy engine moves a
+	// step's tables while the kernels before their readers run, instead of
+	// the SMs idling for each copy in turn (~7 µs each, ~50 µs a layer of
+	// the 8B on an H200: run 15's KVD_KERNEL_PROFILE). Its destinations
+	// come from upFree and wait in upHeld from their release until the
+	// device drains, so that a copy, which may run before kernels queued
+	// earlier, never overwrites a buffer one of them reads (the default
+	// stream's own cache relies on its order). Zero with
+	// KVD_UPLOAD_STREAM=0: uploads queue on the default stream.
+	up      cuda.Stream
+	upDone  cuda.Event
+	upOn    bool
+	upFree  map[int][]cuda.Ptr // idle upload buffers by size class
+	upHeld  []heldBuf          // released since the device last drained
+	upBytes int                // bytes in upHeld
 	// hostSelect makes SparsePrefill choose SnapKV's tokens on the host
 	// (KVD_HOST_SELECT=1): a copy back and a wait per sparse layer, which
 	// made sparse prefill twice as slow as full on an H200.
@@ -148,15 +164,17 @@ type CUDA struct {
 	streamV2 bool
 	// gateUpBF16 (KVD_GATEUP_BF16=1, or KVD_MLP_BF16=1 for both; off by
 	// default) makes AllocGateUp bf16 (the gate and up projections' GEMM
-	// writes bf16, silu_mul reads it), and fusedResidual
-	// (KVD_FUSED_RESIDUAL=1, or KVD_MLP_BF16=1) makes FusedResidual true
-	// (the o and down projections add to the residual in cuBLAS's
-	// epilogue, LinearAdd): together ~3% of a served step's device time
-	// on an H200 (run 14), but with both on, concurrent requests agreed
-	// with sequential ones on 0.927 of greedy tokens over a bfloat16 pool
-	// where they had agreed on all (TestGPUSidecar; 0.845 over fp8, under
-	// its 0.9), and which of the two does that is not known: off until it
-	// is (bench/results/gpu-g.md, run 14).
+	// writes bf16, silu_mul reads it), and fusedResidual (the default;
+	// KVD_FUSED_RESIDUAL=0 turns it off) makes FusedResidual true (the o
+	// and down projections add to the residual in cuBLAS's epilogue,
+	// LinearAdd). Run 14 measured them together: ~3% of a served step's
+	// device time on an H200. Run 15 tried each alone: with gateUpBF16,
+	// concurrent requests agreed with sequential ones on 0.927 of greedy
+	// tokens over a bfloat16 pool where they had agreed on all
+	// (TestGPUSidecar; 0.845 over fp8, under its 0.9), so it stays off;
+	// the fused residual alone left every agreement as it was and served
+	// full KV 1.8% faster (2326.5 against 2286.2 tokens/s;
+	// bench/results/gpu-g.md, run 15).
 	gateUpBF16, fusedResidual bool
 	occ                       map[string]int // CTAs of 128 threads an SM holds, by kernel (occupancy)
 	// flashWGMMA (the default on sm_90, an H100 or H200; KVD_FLASH_WGMMA=0
@@ -246,7 +264,7 @@ func NewCUDA(index int) (*CUDA, error) {
 	c.streamV2 = os.Getenv("KVD_DECODE_STREAM") != "0"
 	mlp := os.Getenv("KVD_MLP_BF16") == "1"
 	c.gateUpBF16 = mlp || os.Getenv("KVD_GATEUP_BF16") == "1"
-	c.fusedResidual = mlp || os.Getenv("KVD_FUSED_RESIDUAL") == "1"
+	c.fusedResidual = mlp || os.Getenv("KVD_FUSED_RESIDUAL") != "0"
 	c.occ = map[string]int{}
 	if c.ctx, err = drv.Context(c.dev); err != nil {
 		drv.Close()
@@ -259,6 +277,16 @@ func NewCUDA(index int) (*CUDA, error) {
 	if c.stage, err = c.ctx.HostAlloc(stageBytes); err != nil {
 		c.Close()
 		return nil, err
+	}
+	if os.Getenv("KVD_UPLOAD_STREAM") != "0" {
+		if c.up, err = c.ctx.NewStream(); err == nil {
+			c.upDone, err = c.ctx.NewEvent()
+		}
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		c.upOn, c.upFree = true, map[int][]cuda.Ptr{}
 	}
 	entries, err := cudaBins.ReadDir("cudabin")
 	if err != nil {
@@ -621,7 +649,13 @@ func (c *CUDA) release(p cuda.Ptr, class int) {
 		return
 	}
 	c.mu.Lock()
-	c.cache[class] = append(c.cache[class], p)
+	if class&upClass != 0 {
+		class &^= upClass
+		c.upHeld = append(c.upHeld, heldBuf{p, class})
+		c.upBytes += class
+	} else {
+		c.cache[class] = append(c.cache[class], p)
+	}
 	c.mu.Unlock()
 }
 
@@ -690,8 +724,9 @@ func (c *CUDA) AllocGateUp(rows, cols int) *Tensor {
 }
 
 // FusedResidual reports whether the forward pass should add the o and
-// down projections to the residual with LinearAdd (fusedResidual,
-// KVD_FUSED_RESIDUAL=1) rather than with Linear and AddRMSNorm or Add.
+// down projections to the residual with LinearAdd (fusedResidual, the
+// default; KVD_FUSED_RESIDUAL=0 turns it off) rather than with Linear and
+// AddRMSNorm or Add.
 func (c *CUDA) FusedResidual() bool { return c.fusedResidual }
 
 // bf16Out is what a kernel that may write a GEMM's operand adds to its
@@ -903,7 +938,8 @@ func f32Bytes(x []float32) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(&x[0])), 4*len(x))
 }
 
-// upload queues a copy of src to dst through the staging area.
+// upload queues a copy of src to dst through the staging area: on the
+// upload stream (the default stream waits for it) when there is one.
 func (c *CUDA) upload(dst cuda.Ptr, src []byte) {
 	n := (len(src) + 255) &^ 255
 	c.mu.Lock()
@@ -913,14 +949,62 @@ func (c *CUDA) upload(dst cuda.Ptr, src []byte) {
 		return
 	}
 	if c.stageOff+n > len(c.stage.Bytes) {
-		// Full: wait for the queued copies to have read it.
+		// Full: wait for the queued copies to have read it. The default
+		// stream waits for every upload queued, so its end is theirs.
 		c.fail1(c.ctx.Sync(cuda.Stream{}))
-		c.stageOff = 0
+		c.drained1()
 	}
 	buf := c.stage.Bytes[c.stageOff : c.stageOff+len(src)]
 	copy(buf, src)
 	c.stageOff += n
+	if c.upOn {
+		c.fail1(c.ctx.CopyToDeviceThenWait(dst, buf, c.up, c.upDone, cuda.Stream{}))
+		return
+	}
 	c.fail1(c.ctx.CopyToDeviceAsync(dst, buf, cuda.Stream{}))
+}
+
+// heldBuf is an upload buffer that a queued kernel may still read.
+type heldBuf struct {
+	p     cuda.Ptr
+	class int
+}
+
+// upClass marks the size class ints and floats return for a buffer of the
+// upload stream's, so that release holds it until the device drains.
+const upClass = 1 << 62
+
+// upHeldMax bounds the upload buffers held between drains: past it, the
+// next upload waits for the device and reuses them (a step holds a few to
+// a few tens of MB: its block tables).
+const upHeldMax = 256 << 20
+
+// allocUp returns an idle device buffer of at least n bytes for an
+// upload, its class marked with upClass, or alloc's when there is no
+// upload stream.
+func (c *CUDA) allocUp(n int) (cuda.Ptr, int) {
+	if !c.upOn {
+		return c.alloc(n)
+	}
+	class := 1 << bits.Len(uint(max(n, 256)-1))
+	c.mu.Lock()
+	if c.upBytes > upHeldMax {
+		c.fail1(c.ctx.Sync(cuda.Stream{}))
+		c.drained1()
+	}
+	if free := c.upFree[class]; len(free) > 0 {
+		p := free[len(free)-1]
+		c.upFree[class] = free[:len(free)-1]
+		c.mu.Unlock()
+		return p, class | upClass
+	}
+	c.mu.Unlock()
+	p, err := c.ctx.Alloc(class)
+	if err != nil {
+		c.fail(err)
+		return 0, 0
+	}
+	return p, class | upClass
 }
 
 // fail1 is fail with c.mu held.
@@ -930,11 +1014,21 @@ func (c *CUDA) fail1(err error) {
 	}
 }
 
-// drained marks the stream idle: the staging area is free.
+// drained marks the stream idle: the staging area and the upload buffers
+// held are free.
 func (c *CUDA) drained() {
 	c.mu.Lock()
-	c.stageOff = 0
+	c.drained1()
 	c.mu.Unlock()
+}
+
+// drained1 is drained with c.mu held.
+func (c *CUDA) drained1() {
+	c.stageOff = 0
+	for _, b := range c.upHeld {
+		c.upFree[b.class] = append(c.upFree[b.class], b.p)
+	}
+	c.upHeld, c.upBytes = c.upHeld[:0], 0
 }
 
 // ints copies host integers to a cached device buffer; the caller releases
@@ -943,7 +1037,7 @@ func (c *CUDA) ints(x []int32) (cuda.Ptr, int) {
 	if len(x) == 0 {
 		return 0, 0
 	}
-	p, class := c.alloc(4 * len(x))
+	p, class := c.allocUp(4 * len(x))
 	if p != 0 {
 		c.upload(p, unsafe.Slice((*byte)(unsafe.Pointer(&x[0])), 4*len(x)))
 	}
@@ -954,7 +1048,7 @@ func (c *CUDA) floats(x []float32) (cuda.Ptr, int) {
 	if len(x) == 0 {
 		return 0, 0
 	}
-	p, class := c.alloc(4 * len(x))
+	p, class := c.allocUp(4 * len(x))
 	if p != 0 {
 		c.upload(p, f32Bytes(x))
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -71,8 +72,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if *name == "" {
 		*name = filepath.Base(filepath.Clean(*dir))
 	}
-	if path := os.Getenv("KVD_CPUPROFILE"); path != "" { // for developers: where the gateway's time goes
-		f, err := os.Create(path)
+	if path := os.Getenv("KVD_CPUPROFILE"); path != "" { // for developers: where the gateway's time goes; %s in the path is "gateway" (kvd's "kvd"), so that both started with one environment write apart
+		f, err := os.Create(strings.ReplaceAll(path, "%s", "gateway"))
 		if err != nil {
 			return err
 		}

@@ -191,7 +191,7 @@ func (m *Model) attnInput(sc *scratch, x *kernels.Tensor, l *layer, pos []int32)
 
 // attnOutputAndMLP adds the attention output's projection, then the MLP, to
 // the residual stream x: through h and AddRMSNorm and Add, or where the
-// backend says so (CUDA with KVD_MLP_BF16=1) with LinearAdd, the GEMM
+// backend says so (CUDA, unless KVD_FUSED_RESIDUAL=0) with LinearAdd, the GEMM
 // adding its float32 sums to x. The attention output stays float32
 // (Linear rounds it for the GEMM): the attention kernels write float32.
 func (m *Model) attnOutputAndMLP(sc *scratch, x, attn *kernels.Tensor, l *layer) {

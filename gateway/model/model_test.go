@@ -228,8 +228,8 @@ func TestDummyLoad(t *testing.T) {
 	}
 }
 
-// fusedCPU is the CPU backend saying FusedResidual, as CUDA does with
-// KVD_MLP_BF16=1: the forward pass then adds the o and down projections
+// fusedCPU is the CPU backend saying FusedResidual, as CUDA does by
+// default: the forward pass then adds the o and down projections
 // with LinearAdd and normalizes with RMSNorm, which on the CPU are Linear,
 // Add and RMSNorm, as AddRMSNorm is.
 type fusedCPU struct{ *kernels.CPU }
@@ -237,7 +237,7 @@ type fusedCPU struct{ *kernels.CPU }
 func (fusedCPU) FusedResidual() bool { return true }
 
 // TestFusedResidualPath runs the forward pass's fused residual path (the
-// one CUDA takes with KVD_MLP_BF16=1) on the CPU, where it must give the
+// one CUDA takes by default) on the CPU, where it must give the
 // unfused path's logits bit for bit, in prefill and decode steps.
 func TestFusedResidualPath(t *testing.T) {
 	dir := t.TempDir()

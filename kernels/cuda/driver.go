@@ -204,6 +204,16 @@ static CUresult kvd_cuEventRecord(kvd_cu *d, CUevent e, CUstream s) { return d->
 static CUresult kvd_cuEventSynchronize(kvd_cu *d, CUevent e) { return d->cuEventSynchronize(e); }
 static CUresult kvd_cuEventQuery(kvd_cu *d, CUevent e) { return d->cuEventQuery(e); }
 static CUresult kvd_cuEventCreateTiming(kvd_cu *d, CUevent *e) { return d->cuEventCreate(e, 0); } // CU_EVENT_DEFAULT: records time
+static CUresult kvd_cuEventCreateSync(kvd_cu *d, CUevent *e) { return d->cuEventCreate(e, 2); } // CU_EVENT_DISABLE_TIMING
+// A staged upload on its own stream, then the consuming stream told to wait
+// for it: one cgo crossing for the three calls.
+static CUresult kvd_copyThenWait(kvd_cu *d, CUdeviceptr dst, const void *src, size_t n, CUstream cs, CUevent e, CUstream ws) {
+	CUresult r = d->cuMemcpyHtoDAsync(dst, src, n, cs);
+	if (r != 0) return r;
+	r = d->cuEventRecord(e, cs);
+	if (r != 0) return r;
+	return d->cuStreamWaitEvent(ws, e, 0);
+}
 static CUresult kvd_cuEventElapsedTime(kvd_cu *d, float *ms, CUevent a, CUevent b) { return d->cuEventElapsedTime(ms, a, b); }
 
 // Virtual memory management: physical memory made with cuMemCreate,
@@ -540,6 +550,22 @@ func (c *Context) CopyToDeviceAsync(dst Ptr, src []byte, s Stream) error {
 	return c.drv.check("cuMemcpyHtoDAsync", C.kvd_cuMemcpyHtoDAsync(c.drv.d, C.CUdeviceptr(dst), unsafe.Pointer(&src[0]), C.size_t(len(src)), s.s))
 }
 
+// CopyToDeviceThenWait queues a copy of src (pinned, unchanged until the
+// copy has run) to dst on copy, records e there and makes wait's later
+// work wait for e: an upload that runs beside wait's kernels, ordered
+// before the next one wait queues. e may be recorded again at once (a
+// wait takes the record current when it is queued).
+func (c *Context) CopyToDeviceThenWait(dst Ptr, src []byte, copy Stream, e Event, wait Stream) error {
+	if len(src) == 0 {
+		return nil
+	}
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return err
+	}
+	return c.drv.check("cuMemcpyHtoDAsync+cuEventRecord+cuStreamWaitEvent", C.kvd_copyThenWait(c.drv.d, C.CUdeviceptr(dst), unsafe.Pointer(&src[0]), C.size_t(len(src)), copy.s, e.e, wait.s))
+}
+
 // IPCHandle is a CUDA IPC handle (of memory or of an event): 64 opaque
 // bytes another process on the same machine opens.
 type IPCHandle [64]byte
@@ -599,6 +625,18 @@ func (c *Context) NewTimingEvent() (Event, error) {
 	}
 	var e C.CUevent
 	err := c.drv.check("cuEventCreate", C.kvd_cuEventCreateTiming(c.drv.d, &e))
+	return Event{e}, err
+}
+
+// NewEvent creates an event for ordering work between streams of this
+// process (no timing, not interprocess: the cheapest kind).
+func (c *Context) NewEvent() (Event, error) {
+	defer runtime.UnlockOSThread()
+	if err := c.enter(); err != nil {
+		return Event{}, err
+	}
+	var e C.CUevent
+	err := c.drv.check("cuEventCreate", C.kvd_cuEventCreateSync(c.drv.d, &e))
 	return Event{e}, err
 }
 

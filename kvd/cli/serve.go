@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -104,8 +105,8 @@ func serve(args []string, out io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if path := os.Getenv("KVD_CPUPROFILE"); path != "" { // for developers: where kvd's time goes
-		f, err := os.Create(path)
+	if path := os.Getenv("KVD_CPUPROFILE"); path != "" { // for developers: where kvd's time goes; %s in the path is "kvd" (the gateway's "gateway")
+		f, err := os.Create(strings.ReplaceAll(path, "%s", "kvd"))
 		if err != nil {
 			return err
 		}

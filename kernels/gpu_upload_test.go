@@ -1,0 +1,75 @@
+//go:build cgo
+
+package kernels
+
+import (
+	"math/rand/v2"
+	"os"
+	"testing"
+)
+
+// TestGPUUploadOrder queues many small uploads (Gather's row lists, one
+// buffer size class, each released right after its launch) behind GEMMs
+// that keep the device busy, so the host runs far ahead: with the upload
+// stream (the default), a copy may run before kernels queued earlier, and
+// a row list copied into a buffer that a queued gather has yet to read
+// would garble that gather. Every gather must read its own rows.
+// KVD_UPLOAD_STREAM=0 runs the same over the default stream.
+func TestGPUUploadOrder(t *testing.T) {
+	g := newGPU(t)
+	rng := rand.New(rand.NewPCG(7, 15))
+	const n, k, rows, gathers = 2048, 4096, 64, 96
+	x := g.FromHost(randn(rng, n*k), n, k)
+	w := g.Weight(randn(rng, k*k), k, k)
+	busy := g.Alloc(n, k)
+	src := randn(rng, n*64)
+	table := g.FromHost(src, n, 64)
+	outs := make([]*Tensor, gathers)
+	lists := make([][]int32, gathers)
+	for i := range gathers {
+		if i%16 == 0 {
+			for range 4 {
+				g.Linear(busy, x, w) // a few ms of work ahead of the gathers
+			}
+		}
+		lists[i] = make([]int32, rows)
+		for j := range lists[i] {
+			lists[i][j] = int32(rng.IntN(n))
+		}
+		outs[i] = g.poisoned(rows, 64)
+		g.Gather(outs[i], table, lists[i])
+	}
+	if g.upOn {
+		g.mu.Lock()
+		held := len(g.upHeld)
+		g.mu.Unlock()
+		if held < gathers {
+			t.Errorf("%d upload buffers held before the device drained, want at least %d (one a gather)", held, gathers)
+		}
+	} else if os.Getenv("KVD_UPLOAD_STREAM") != "0" {
+		t.Error("no upload stream, and KVD_UPLOAD_STREAM is not 0")
+	}
+	for i, out := range outs {
+		got := g.host(t, out)
+		bad := 0
+		for j, r := range lists[i] {
+			for d := range 64 {
+				if got[j*64+d] != src[int(r)*64+d] {
+					bad++
+				}
+			}
+		}
+		if bad > 0 {
+			t.Fatalf("gather %d of %d: %d of %d values are not its rows' (upload stream %v)", i, gathers, bad, rows*64, g.upOn)
+		}
+	}
+	g.mu.Lock()
+	held, free := len(g.upHeld), 0
+	for _, f := range g.upFree {
+		free += len(f)
+	}
+	g.mu.Unlock()
+	if g.upOn && (held != 0 || free == 0) {
+		t.Errorf("after the device drained: %d upload buffers held, %d free; want none held", held, free)
+	}
+}
