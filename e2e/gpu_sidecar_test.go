@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"encoding/json"
+	"math"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,6 +26,7 @@ import (
 // mid-stream gives its blocks back and a new one reattaches and serves.
 // It skips without a GPU.
 func TestGPUSidecar(t *testing.T) {
+	const topN = 5 // top log-probabilities asked for, to tell a near-tie's flip
 	gpuOrSkip(t)
 	dir, err := filepath.Abs("../models/kvd-go-16m")
 	if err != nil {
@@ -61,12 +64,14 @@ func TestGPUSidecar(t *testing.T) {
 			t.Fatalf("%s: the sidecar stack is not kvd's GPU pool opened by a GPU gateway:\n%s", p.name, logs)
 		}
 		want = want[:0]
+		var wantTop [][]map[string]float64
 		same := 0
 		for i, prompt := range prompts {
-			body := map[string]any{"prompt": prompt, "max_tokens": 48, "temperature": 0, "ignore_eos": true, "logprobs": 0, "return_tokens_as_token_ids": true}
-			a := ids(t, emb.complete(t, body).Choices[0].Logprobs.Tokens)
+			body := map[string]any{"prompt": prompt, "max_tokens": 48, "temperature": 0, "ignore_eos": true, "logprobs": topN, "return_tokens_as_token_ids": true}
+			ea := emb.complete(t, body).Choices[0].Logprobs
+			a := ids(t, ea.Tokens)
 			b := ids(t, side.complete(t, body).Choices[0].Logprobs.Tokens)
-			want = append(want, a)
+			want, wantTop = append(want, a), append(wantTop, ea.TopLogprobs)
 			if equal(a, b) {
 				same++
 			} else {
@@ -76,28 +81,59 @@ func TestGPUSidecar(t *testing.T) {
 		t.Logf("%s: %d of %d greedy completions identical, sidecar vs embedded", p.name, same, len(prompts))
 		// All at once: batched steps (other GEMM shapes, so near-ties may
 		// flip) and eviction of many sequences per step. A race between
-		// kvd's stream and the gateway's would garble the cache.
+		// kvd's stream and the gateway's would garble the cache. Where a
+		// request diverges from its sequential run, the two tokens must be
+		// a near-tie in both runs: the swing, how far batching moved the
+		// difference of their log-probabilities, (lp_seq(want) −
+		// lp_seq(got)) + (lp_batch(got) − lp_batch(want)), at most twice
+		// the largest difference of one token's log-probability that
+		// TestGPUMatchesCPU allows between two backends (0.1, over fp8
+		// 0.6), since it sums two such differences. A garbled cache moves
+		// logits by whole nats, and its tokens leave each other's top
+		// five. The share of tokens before divergence is then only a
+		// sanity bound: how many near-ties flip depends on how much the
+		// GPU rounds (half of gpuPrompts are random ids, with flat
+		// distributions), not on whether the cache is right.
+		maxSwing := 0.2
+		if p.dtype == "fp8" {
+			maxSwing = 1.2
+		}
 		got := make([][]int32, len(prompts))
+		gotTop := make([][]map[string]float64, len(prompts))
 		var wg sync.WaitGroup
 		for i, prompt := range prompts {
 			wg.Go(func() {
-				body := map[string]any{"prompt": prompt, "max_tokens": 48, "temperature": 0, "ignore_eos": true, "logprobs": 0, "return_tokens_as_token_ids": true}
-				got[i] = ids(t, side.complete(t, body).Choices[0].Logprobs.Tokens)
+				body := map[string]any{"prompt": prompt, "max_tokens": 48, "temperature": 0, "ignore_eos": true, "logprobs": topN, "return_tokens_as_token_ids": true}
+				lp := side.complete(t, body).Choices[0].Logprobs
+				got[i], gotTop[i] = ids(t, lp.Tokens), lp.TopLogprobs
 			})
 		}
 		wg.Wait()
-		agree, total := 0, 0
+		agree, total, worst := 0, 0, 0.0
 		for i := range prompts {
 			n := 0
 			for n < len(got[i]) && n < len(want[i]) && got[i][n] == want[i][n] {
 				n++
 			}
 			agree, total = agree+n, total+len(want[i])
+			if n == len(want[i]) {
+				continue
+			}
+			if n >= len(got[i]) || n >= len(wantTop[i]) || n >= len(gotTop[i]) {
+				t.Errorf("%s: prompt %d: %d tokens concurrently, %d sequentially, top log-probabilities for %d and %d", p.name, i, len(got[i]), len(want[i]), len(gotTop[i]), len(wantTop[i]))
+				continue
+			}
+			sw := swing(wantTop[i][n], gotTop[i][n], want[i][n], got[i][n])
+			worst = math.Max(worst, sw)
+			if sw > maxSwing {
+				t.Errorf("%s: prompt %d: at token %d the batch chose %d where the sequential run chose %d, not a near-tie: a swing of %.3f (bound %.1f); sequential top %v, batch top %v",
+					p.name, i, n, got[i][n], want[i][n], sw, maxSwing, wantTop[i][n], gotTop[i][n])
+			}
 		}
 		rate := float64(agree) / float64(total)
-		t.Logf("%s: concurrent sidecar requests agree with sequential embedded ones on %.3f of tokens", p.name, rate)
-		if rate < 0.9 {
-			t.Errorf("%s: concurrent sidecar requests agree with sequential embedded ones on %.3f of tokens, under 0.9", p.name, rate)
+		t.Logf("%s: concurrent sidecar requests agree with sequential embedded ones on %.3f of tokens; the largest swing where they diverge %.3f", p.name, rate, worst)
+		if rate < 0.75 {
+			t.Errorf("%s: concurrent sidecar requests agree with sequential embedded ones on %.3f of tokens, under 0.75", p.name, rate)
 		}
 		st := kvdStatus(t, side)
 		if st.PoolKind != "cuda" || st.GPU == nil || st.GPU.MemoryUsedBytes == 0 || st.GPU.TemperatureC <= 0 || st.GPU.Error != "" {
@@ -150,4 +186,23 @@ func kvdStatus(t *testing.T, s *stack) *ipc.Status {
 		t.Fatal(err)
 	}
 	return &st
+}
+
+// swing is how far two runs moved the difference between the tokens they
+// chose at one position: (seq[want] − seq[got]) + (batch[got] −
+// batch[want]), from each run's top log-probabilities (keys "token_id:N").
+// Each run's own choice leads in its top, so both terms are at least 0;
+// a token missing from the other run's top makes it +Inf.
+func swing(seq, batch map[string]float64, want, got int32) float64 {
+	key := func(id int32) string { return "token_id:" + strconv.Itoa(int(id)) }
+	sw, sg := seq[key(want)], 0.0
+	bg, bw := batch[key(got)], 0.0
+	var ok1, ok2 bool
+	if sg, ok1 = seq[key(got)]; !ok1 {
+		return math.Inf(1)
+	}
+	if bw, ok2 = batch[key(want)]; !ok2 {
+		return math.Inf(1)
+	}
+	return (sw - sg) + (bg - bw)
 }

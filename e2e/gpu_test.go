@@ -115,30 +115,42 @@ func TestGPUMatchesCPU(t *testing.T) {
 		// the same tokens until logits that differ in their last bits put
 		// a draw's boundary on either side of its uniform (the chance of
 		// that, per token, is the distributions' total variation).
-		firstSame, sAgree, sTotal := 0, 0, 0
-		for _, prompt := range prompts {
-			body := map[string]any{"prompt": prompt, "max_tokens": 48, "temperature": 0.8, "top_p": 0.95, "seed": 1, "ignore_eos": true, "logprobs": 0, "return_tokens_as_token_ids": true}
-			ta, tb := ids(t, cpu.complete(t, body).Choices[0].Logprobs.Tokens), ids(t, gpu.complete(t, body).Choices[0].Logprobs.Tokens)
-			n := 0
-			for n < len(ta) && n < len(tb) && ta[n] == tb[n] {
-				n++
+		// Agreement before divergence is geometric, so one seed's 12 runs
+		// give a noisy rate: over fp8, where a draw's boundary moves most,
+		// the same tree measured 0.076 and 0.116 (run 14 with run 15's
+		// bf16 gate and up, run 15 without). The fp8 legs draw with three
+		// seeds, to hold their bound with a third of the variance.
+		seeds := []int{1}
+		if p.dtype == "fp8" {
+			seeds = []int{1, 2, 3}
+		}
+		firstSame, sAgree, sTotal, runs := 0, 0, 0, 0
+		for _, seed := range seeds {
+			for _, prompt := range prompts {
+				body := map[string]any{"prompt": prompt, "max_tokens": 48, "temperature": 0.8, "top_p": 0.95, "seed": seed, "ignore_eos": true, "logprobs": 0, "return_tokens_as_token_ids": true}
+				ta, tb := ids(t, cpu.complete(t, body).Choices[0].Logprobs.Tokens), ids(t, gpu.complete(t, body).Choices[0].Logprobs.Tokens)
+				n := 0
+				for n < len(ta) && n < len(tb) && ta[n] == tb[n] {
+					n++
+				}
+				if n > 0 {
+					firstSame++
+				}
+				sAgree += n
+				sTotal += len(ta)
+				runs++
 			}
-			if n > 0 {
-				firstSame++
-			}
-			sAgree += n
-			sTotal += len(ta)
 		}
 		sRate := float64(sAgree) / float64(sTotal)
 		rate := float64(agree) / float64(total)
-		fmt.Fprintf(&report, "| %s | %s | %d | %.3f (%d of %d) | %d of %d | %.4f | %.3f (%d of %d) | %d of %d |\n", p.name, p.dtype, len(prompts), rate, agree, total, same, len(prompts), maxDiff, sRate, sAgree, sTotal, firstSame, len(prompts))
+		fmt.Fprintf(&report, "| %s | %s | %d | %.3f (%d of %d) | %d of %d | %.4f | %.3f (%d of %d; %d seeds) | %d of %d |\n", p.name, p.dtype, len(prompts), rate, agree, total, same, len(prompts), maxDiff, sRate, sAgree, sTotal, len(seeds), firstSame, runs)
 		minRate, maxLP, minSampled := 0.8, 0.1, 0.15
 		if p.dtype == "fp8" {
 			minRate, maxLP, minSampled = 0.7, 0.6, 0.08
 		}
-		if rate < minRate || maxDiff > maxLP || sRate < minSampled || firstSame < len(prompts)-2 {
-			t.Errorf("%s, %s pool: GPU agrees with the CPU on %.3f of greedy tokens, %.3f of sampled ones (the first of %d of %d prompts), largest logprob difference %.4f",
-				p.name, p.dtype, rate, sRate, firstSame, len(prompts), maxDiff)
+		if rate < minRate || maxDiff > maxLP || sRate < minSampled || firstSame < runs-2*len(seeds) {
+			t.Errorf("%s, %s pool: GPU agrees with the CPU on %.3f of greedy tokens, %.3f of sampled ones (the first of %d of %d runs), largest logprob difference %.4f",
+				p.name, p.dtype, rate, sRate, firstSame, runs, maxDiff)
 		}
 		cpu.stop()
 		gpu.stop()

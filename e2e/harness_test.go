@@ -204,8 +204,9 @@ type completion struct {
 		Index    int    `json:"index"`
 		Text     string `json:"text"`
 		Logprobs *struct {
-			Tokens        []string   `json:"tokens"`
-			TokenLogprobs []*float64 `json:"token_logprobs"`
+			Tokens        []string             `json:"tokens"`
+			TokenLogprobs []*float64           `json:"token_logprobs"`
+			TopLogprobs   []map[string]float64 `json:"top_logprobs"`
 		} `json:"logprobs"`
 		FinishReason string `json:"finish_reason"`
 	} `json:"choices"`

@@ -107,11 +107,11 @@ func TestGPUBF16Out(t *testing.T) {
 			// silu_mul_bf16in_bf16out over them against silu_mul_bf16out
 			// over the same values in float32, exactly.
 			wgu := g.Weight(bf16Round(randn(rng, 2*F*D)), 2*F, D)
-			g.gateUpBF16 = true // KVD_GATEUP_BF16=1
+			g.gateUpBF16 = true // the default
 			gu16, gu32 := g.AllocGateUp(T, 2*F), g.poisoned(T, 2*F)
-			g.gateUpBF16 = false
+			g.gateUpBF16 = false // KVD_GATEUP_BF16=0
 			if !gu16.bf16 || g.AllocGateUp(1, 8).bf16 {
-				t.Fatalf("AllocGateUp: bf16 %v with KVD_MLP_BF16=1, %v without", gu16.bf16, g.AllocGateUp(1, 8).bf16)
+				t.Fatalf("AllocGateUp: bf16 %v by default, %v with KVD_GATEUP_BF16=0", gu16.bf16, g.AllocGateUp(1, 8).bf16)
 			}
 			g.Linear(gu16, normed, wgu)
 			g.Linear(gu32, normed, wgu)
@@ -172,7 +172,7 @@ type linearInput struct {
 // an error for Err, launching nothing, rather than reading it as float32.
 func TestGPUBF16OutMisuse(t *testing.T) {
 	g := newGPU(t)
-	g.gateUpBF16 = true // AllocGateUp in bf16, as KVD_GATEUP_BF16=1 makes it
+	g.gateUpBF16 = true // AllocGateUp in bf16, as by default
 	x := g.AllocLinearInput(2, 64)
 	for _, tc := range []struct {
 		name string
