@@ -144,11 +144,16 @@ func TestGPUMatchesCPU(t *testing.T) {
 		sRate := float64(sAgree) / float64(sTotal)
 		rate := float64(agree) / float64(total)
 		fmt.Fprintf(&report, "| %s | %s | %d | %.3f (%d of %d) | %d of %d | %.4f | %.3f (%d of %d; %d seeds) | %d of %d |\n", p.name, p.dtype, len(prompts), rate, agree, total, same, len(prompts), maxDiff, sRate, sAgree, sTotal, len(seeds), firstSame, runs)
-		minRate, maxLP, minSampled := 0.8, 0.1, 0.15
+		// A first draw differs when the two backends' first distributions
+		// put a boundary on either side of its uniform: over fp8, whose
+		// log-probabilities differ by up to ~0.3-0.5 here, 6 of 36 and 3 of
+		// 36 did on an H200 (run 15, call D), so its bound is three
+		// quarters of the runs; a wrong kernel's first draws are its own.
+		minRate, maxLP, minSampled, minFirst := 0.8, 0.1, 0.15, runs-2*len(seeds)
 		if p.dtype == "fp8" {
-			minRate, maxLP, minSampled = 0.7, 0.6, 0.08
+			minRate, maxLP, minSampled, minFirst = 0.7, 0.6, 0.08, runs*3/4
 		}
-		if rate < minRate || maxDiff > maxLP || sRate < minSampled || firstSame < runs-2*len(seeds) {
+		if rate < minRate || maxDiff > maxLP || sRate < minSampled || firstSame < minFirst {
 			t.Errorf("%s, %s pool: GPU agrees with the CPU on %.3f of greedy tokens, %.3f of sampled ones (the first of %d of %d runs), largest logprob difference %.4f",
 				p.name, p.dtype, rate, sRate, firstSame, runs, maxDiff)
 		}
