@@ -60,8 +60,8 @@ type CUDA struct {
 	// up is the non-blocking stream staged uploads run on, each followed
 	// by a wait of the default stream on upDone: the copy engine moves a
 	// step's tables while the kernels before their readers run, instead of
-	// the SMs idling for each copy in turn (~7 µs each, ~50 µs a layer of
-	// the 8B on an H200: run 15's KVD_KERNEL_PROFILE). Its destinations
+	// the SMs idling for each copy in turn (~50 µs a layer of the 8B on
+	// an H200, before five kernels: run 15's KVD_KERNEL_PROFILE). Its destinations
 	// come from upFree and wait in upHeld from their release until the
 	// device drains, so that a copy, which may run before kernels queued
 	// earlier, never overwrites a buffer one of them reads (the default
@@ -169,12 +169,12 @@ type CUDA struct {
 	// both the default, KVD_GATEUP_BF16=0 and KVD_FUSED_RESIDUAL=0 turn
 	// them off. Run 14 measured them together: ~3% of a served step's
 	// device time on an H200. Run 15 tried each alone: the fused residual
-	// left every agreement as it was and served full KV 1.8% faster
-	// (2326.5 against 2286.2 tokens/s); the bf16 gate and up moved where
-	// near-ties flip (concurrent requests agreed with sequential ones on
-	// 0.927 of greedy tokens over bfloat16, where they had on all), which
-	// TestGPUSidecar now tells from a wrong cache by the swing at each
-	// divergence (bench/results/gpu-g.md, run 15).
+	// left every agreement as it was and served full KV 1.0% faster
+	// (2310.1 against 2286.2 tokens/s, both profiled); with the bf16 gate
+	// and up, concurrent requests agreed with sequential ones on 0.927 of
+	// greedy tokens over bfloat16, where they had on all, and
+	// TestGPUSidecar now checks that each such divergence is a near-tie
+	// (bench/results/gpu-g.md, run 15).
 	gateUpBF16, fusedResidual bool
 	occ                       map[string]int // CTAs of 128 threads an SM holds, by kernel (occupancy)
 	// flashWGMMA (the default on sm_90, an H100 or H200; KVD_FLASH_WGMMA=0
@@ -579,10 +579,23 @@ func flashOK(l shm.Layout) bool {
 	return (l.HeadDim == 64 || l.HeadDim == 128) && l.KVHeads*l.BlockSize%4 == 0
 }
 
-// Close releases cuBLAS, the context and the driver.
+// Close releases cuBLAS, the upload stream, the context and the driver.
 func (c *CUDA) Close() {
 	if c.blas != nil {
 		c.blas.Close()
+	}
+	if c.upOn {
+		c.ctx.Sync(cuda.Stream{})
+		for _, b := range c.upHeld {
+			c.ctx.Free(b.p)
+		}
+		for _, f := range c.upFree {
+			for _, p := range f {
+				c.ctx.Free(p)
+			}
+		}
+		c.ctx.DestroyEvent(c.upDone)
+		c.ctx.DestroyStream(c.up)
 	}
 	if c.stage != nil {
 		c.ctx.FreeHost(c.stage)
@@ -1024,14 +1037,45 @@ func (c *CUDA) drained() {
 // drained1 is drained with c.mu held.
 func (c *CUDA) drained1() {
 	c.stageOff = 0
+	used := map[int]bool{}
 	for _, b := range c.upHeld {
 		c.upFree[b.class] = append(c.upFree[b.class], b.p)
+		used[b.class] = true
 	}
 	c.upHeld, c.upBytes = c.upHeld[:0], 0
+	// The idle buffers keep each size class's peak; as contexts grow the
+	// classes move up, so past upFreeMax those of classes this stretch did
+	// not use go back to the device (idle now: nothing waits).
+	total := 0
+	for class, f := range c.upFree {
+		total += class * len(f)
+	}
+	if total <= upFreeMax {
+		return
+	}
+	for class, f := range c.upFree {
+		if used[class] {
+			continue
+		}
+		for _, p := range f {
+			c.fail1(c.ctx.Free(p))
+		}
+		delete(c.upFree, class)
+	}
 }
 
-// ints copies host integers to a cached device buffer; the caller releases
-// it after queueing the launch that reads it (the stream orders the reuse).
+// upFreeMax bounds the idle upload buffers kept between drains (with
+// upHeldMax, what the gateway's activation budget counts for uploads).
+const upFreeMax = 128 << 20
+
+// UploadMaxBytes is the most device memory the upload buffers hold: those
+// held until the device drains and the idle ones kept.
+const UploadMaxBytes = upHeldMax + upFreeMax
+
+// ints copies host integers to a device buffer for a launch; the caller
+// releases it after queueing the launch that reads it (with the upload
+// stream, upHeld keeps it until the device drains; without, the stream
+// orders the reuse).
 func (c *CUDA) ints(x []int32) (cuda.Ptr, int) {
 	if len(x) == 0 {
 		return 0, 0
@@ -1266,7 +1310,10 @@ func (c *CUDA) Sample(dst []int32, logits *Tensor, params []SampleParams) {
 	out, oc := c.alloc(4 * R)
 	defer c.release(out, oc)
 	c.launch("sample_rows", cuda.Dim3{X: uint32(R)}, cuda.Dim3{X: 1024}, out, ptr(logits), int32(v), pp)
-	c.fail(c.ctx.CopyToHost(unsafe.Slice((*byte)(unsafe.Pointer(&dst[0])), 4*R), out))
+	if err := c.ctx.CopyToHost(unsafe.Slice((*byte)(unsafe.Pointer(&dst[0])), 4*R), out); err != nil {
+		c.fail(err) // the device may not have drained: the held buffers stay held
+		return
+	}
 	c.drained()
 }
 

@@ -149,7 +149,7 @@ func activationBytes(c *model.Config, s stepShape) int64 {
 	return 3*tensor(t*int64(c.HiddenSize)) + 2*tensor(t*int64(qd+2*kvd)) + 3*tensor(t*int64(c.IntermediateSize)) +
 		tensor(int64(s.seqs)*int64(c.VocabSize)) +
 		2*tensor(t*int64(kvd)/2) + tensor(t*int64(c.NumHeads)) + tensor(6*t*int64(c.NumKVHeads)) +
-		kernels.ObsStatsMaxBytes + kernels.FusedScoreMaxBytes + 2*kernels.WidenMaxBytes
+		kernels.ObsStatsMaxBytes + kernels.FusedScoreMaxBytes + 2*kernels.WidenMaxBytes + kernels.UploadMaxBytes
 }
 
 // gpuGauges exports the GPU's NVML readings on /metrics when the model runs
