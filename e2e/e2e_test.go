@@ -18,10 +18,40 @@ import (
 
 var modes = []string{"sidecar", "embedded"}
 
+// asyncModes are the stacks the suite and TestPreemption run on besides
+// modes: the same with --async-scheduling (each step scheduled and
+// reserved while the one before runs), whose outputs must not differ.
+var asyncModes = []string{"sidecar", "embedded"}
+
+// stacks names each stack TestSuite and TestPreemption run: every mode,
+// then every async mode with --async-scheduling.
+func stacks() []struct {
+	name, mode string
+	gateway    []string
+} {
+	var out []struct {
+		name, mode string
+		gateway    []string
+	}
+	for _, m := range modes {
+		out = append(out, struct {
+			name, mode string
+			gateway    []string
+		}{m, m, nil})
+	}
+	for _, m := range asyncModes {
+		out = append(out, struct {
+			name, mode string
+			gateway    []string
+		}{m + ", async scheduling", m, []string{"--async-scheduling"}})
+	}
+	return out
+}
+
 func TestSuite(t *testing.T) {
-	for _, mode := range modes {
-		t.Run(mode, func(t *testing.T) {
-			s := startStack(t, mode, options{})
+	for _, st := range stacks() {
+		t.Run(st.name, func(t *testing.T) {
+			s := startStack(t, st.mode, options{gateway: st.gateway})
 			t.Run("concurrent greedy equals reference", func(t *testing.T) { concurrentGreedy(t, s, 16, false) })
 			t.Run("stream equals non-stream", func(t *testing.T) { streamEqualsNonStream(t, s) })
 			t.Run("echo logprobs equal reference", func(t *testing.T) { echoLogprobs(t, s) })
@@ -32,6 +62,9 @@ func TestSuite(t *testing.T) {
 			t.Run("disconnect frees blocks", func(t *testing.T) { disconnect(t, s, true) })
 			t.Run("disconnect frees blocks, not streaming", func(t *testing.T) { disconnect(t, s, false) })
 			t.Run("bad inputs", func(t *testing.T) { badInputs(t, s) })
+			if n := s.metric(t, "kvd_steps_scheduled_ahead_total"); (st.gateway != nil) != (n > 0) {
+				t.Errorf("%v steps scheduled ahead with gateway flags %v", n, st.gateway)
+			}
 		})
 	}
 }
@@ -41,9 +74,9 @@ func TestSuite(t *testing.T) {
 // some are preempted and recomputed; every one must still equal the
 // reference.
 func TestPreemption(t *testing.T) {
-	for _, mode := range modes {
-		t.Run(mode, func(t *testing.T) {
-			s := startStack(t, mode, options{kvMemory: "168960B"}) // 40 blocks of 4224 bytes
+	for _, st := range stacks() {
+		t.Run(st.name, func(t *testing.T) {
+			s := startStack(t, st.mode, options{kvMemory: "168960B", gateway: st.gateway}) // 40 blocks of 4224 bytes
 			concurrentGreedy(t, s, 16, true)
 			if n := s.metric(t, "kvd_num_preemptions_total"); !(n > 0) {
 				t.Errorf("no preemption happened (kvd_num_preemptions_total %v); the test does not test it", n)

@@ -50,6 +50,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	maxSeqs := fs.Int("max-num-seqs", 64, "sequences running at once")
 	maxBatched := fs.Int("max-num-batched-tokens", 2048, "tokens per scheduler step (a prompt that cannot be chunked may exceed it, as a step's first prompt)")
 	maxQueue := fs.Int("max-queue-len", 1024, "waiting requests before new ones get 503")
+	async := fs.Bool("async-scheduling", false, "schedule and reserve each step while the one before runs, so the host's work between steps (kvd's reserve, scheduling) overlaps the device's (models whose layers do not evict between steps); a request that stops on a token runs one extra row, dropped")
 	chunked := fs.Bool("enable-chunked-prefill", true, "split long prompts over steps of --max-num-batched-tokens, next to running decodes (models whose layers all keep their whole context; sparse layers prefill a prompt at once)")
 	apiKey := fs.String("api-key", os.Getenv("KVD_API_KEY"), "require Authorization: Bearer <key> on /v1 (also KVD_API_KEY)")
 	device := fs.String("device", kernels.DeviceAuto, "auto, cpu or cuda: where the model runs (auto: the GPU when there is one and --embedded is set)")
@@ -174,7 +175,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer closeNVML()
-	s, err := sched.New(r, sched.Config{MaxNumSeqs: *maxSeqs, MaxBatchTokens: *maxBatched, MaxModelLen: *maxLen, MaxQueue: *maxQueue, ChunkedPrefill: *chunked, Logger: log})
+	s, err := sched.New(r, sched.Config{MaxNumSeqs: *maxSeqs, MaxBatchTokens: *maxBatched, MaxModelLen: *maxLen, MaxQueue: *maxQueue, ChunkedPrefill: *chunked, AsyncScheduling: *async, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -68,6 +68,10 @@ type Batch struct {
 	// LogitRows selects the step tokens (indices into the concatenation of
 	// all Seqs' Tokens) whose next-token logits are returned.
 	LogitRows []int32
+	// BeforeWait, when set, runs once every kernel of the step is queued
+	// and before the host first waits for the device (ForwardSample): the
+	// runner prepares the next step there, while this one runs.
+	BeforeWait func()
 }
 
 func (bt *Batch) layers() int {
@@ -150,7 +154,7 @@ func (m *Model) ForwardSample(ctx context.Context, bt *Batch, cache *Cache, host
 		b.Attention(attn, sc.q, cache.Pool, cache.Layout, &plan.Attn, m.scale)
 		m.attnOutputAndMLP(sc, x, attn, l)
 	}
-	return m.logits(x, bt.LogitRows, host, d)
+	return m.logits(x, bt.LogitRows, host, d, bt.BeforeWait)
 }
 
 // scratch holds one step's intermediate tensors, [T, ·]. normed and act
@@ -302,15 +306,19 @@ func (m *Model) sparsePrefills(plan *LayerKV, qIndptr []int32, sc *scratch, attn
 
 // logits applies the final norm and the LM head to the selected rows of x,
 // and returns the rows host asks for (all when nil) and the tokens d draws.
-func (m *Model) logits(x *kernels.Tensor, rows []int32, host []bool, d *Draws) ([]float32, []int32, error) {
+func (m *Model) logits(x *kernels.Tensor, rows []int32, host []bool, d *Draws, beforeWait func()) ([]float32, []int32, error) {
 	b, c := m.b, m.Config
 	for _, r := range rows {
 		if r < 0 || int(r) >= x.Rows() {
 			return nil, nil, fmt.Errorf("forward: logit row %d outside the step's %d tokens", r, x.Rows())
 		}
 	}
+	if beforeWait == nil {
+		beforeWait = func() {}
+	}
 	if len(rows) == 0 {
-		return nil, nil, nil
+		beforeWait()
+		return nil, nil, b.Err()
 	}
 	sel, normed := b.Alloc(len(rows), c.HiddenSize), b.Alloc(len(rows), c.HiddenSize)
 	lg := b.Alloc(len(rows), c.VocabSize)
@@ -325,25 +333,32 @@ func (m *Model) logits(x *kernels.Tensor, rows []int32, host []bool, d *Draws) (
 		}
 	}
 	// The host's copy first: drawing may write -Inf over suppressed ids.
+	// The draw's rows are gathered before the first wait, so that
+	// beforeWait comes after every kernel but the draw's own.
 	out := make([]float32, len(keep)*c.VocabSize)
+	var part *kernels.Tensor
+	if len(keep) > 0 && len(keep) < len(rows) {
+		part = b.Alloc(len(keep), c.VocabSize)
+		defer b.Free(part)
+		b.Gather(part, lg, keep)
+	}
+	drawing := d != nil && len(d.Rows) > 0
+	src := lg
+	if drawing && (len(d.Rows) != len(rows) || !isIota(d.Rows)) {
+		src = b.Alloc(len(d.Rows), c.VocabSize)
+		defer b.Free(src)
+		b.Gather(src, lg, d.Rows)
+	}
+	beforeWait()
 	switch {
 	case len(keep) == len(rows):
 		b.ToHost(out, lg)
 	case len(keep) > 0:
-		part := b.Alloc(len(keep), c.VocabSize)
-		b.Gather(part, lg, keep)
 		b.ToHost(out, part)
-		b.Free(part)
 	}
 	var tokens []int32
-	if d != nil && len(d.Rows) > 0 {
+	if drawing {
 		tokens = make([]int32, len(d.Rows))
-		src := lg
-		if len(d.Rows) != len(rows) || !isIota(d.Rows) {
-			src = b.Alloc(len(d.Rows), c.VocabSize)
-			defer b.Free(src)
-			b.Gather(src, lg, d.Rows)
-		}
 		b.Sample(tokens, src, d.Params)
 	}
 	if err := b.Err(); err != nil {

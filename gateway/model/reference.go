@@ -80,6 +80,6 @@ func (m *Model) Reference(ctx context.Context, tokens []int32) ([]float32, error
 	for i := range rows {
 		rows[i] = int32(i)
 	}
-	lg, _, err := m.logits(x, rows, nil, nil)
+	lg, _, err := m.logits(x, rows, nil, nil, nil)
 	return lg, err
 }

@@ -176,7 +176,7 @@ func sparseReference(m *Model, tokens []int32, n int, spec policy.Spec, blockSiz
 	for t := n - 1; t < T; t++ {
 		rows = append(rows, int32(t))
 	}
-	lg, _, _ := m.logits(x, rows, nil, nil)
+	lg, _, _ := m.logits(x, rows, nil, nil, nil)
 	v := c.VocabSize
 	out := make([][]float32, len(rows))
 	for i := range out {

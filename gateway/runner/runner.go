@@ -231,11 +231,16 @@ func (s *Sidecar) Shutdown() error {
 
 // Runner executes steps. Not safe for concurrent use.
 type Runner struct {
-	m      *model.Model
-	kv     KV
-	pos    map[uint64]int // tokens seen, which is the next position
-	timing *stepTiming    // KVD_STEP_TIMING=N: where each step's time goes, every N steps
-	prof   *stepProfile   // KVD_KERNEL_PROFILE=FROM:N: N steps' kernels
+	m   *model.Model
+	kv  KV
+	pos map[uint64]int // tokens seen, which is the next position
+	// held counts, by sequence, the prepared steps that have it and have
+	// not finished running: such a sequence may not be closed (its blocks
+	// could go to another client while this step's kernels still write
+	// them).
+	held   map[uint64]int
+	timing *stepTiming  // KVD_STEP_TIMING=N: where each step's time goes, every N steps
+	prof   *stepProfile // KVD_KERNEL_PROFILE=FROM:N: N steps' kernels
 }
 
 // stepTiming sums, for developers, where decode steps' time goes: kvd's
@@ -367,7 +372,7 @@ func New(m *model.Model, kv KV) (*Runner, error) {
 	if err := l.Validate(); err != nil {
 		return nil, fmt.Errorf("kvd's pool holds K and V as %v: %w", l.DType, err)
 	}
-	r := &Runner{m: m, kv: kv, pos: map[uint64]int{}}
+	r := &Runner{m: m, kv: kv, pos: map[uint64]int{}, held: map[uint64]int{}}
 	if n, err := strconv.Atoi(os.Getenv("KVD_STEP_TIMING")); err == nil && n > 0 {
 		r.timing = &stepTiming{every: n}
 	}
@@ -429,8 +434,12 @@ func (r *Runner) Open(ctx context.Context, id uint64) error {
 	return nil
 }
 
-// Close ends a sequence and frees its blocks.
+// Close ends a sequence and frees its blocks. A sequence in a step that
+// was prepared and has not finished running cannot be closed yet.
 func (r *Runner) Close(ctx context.Context, id uint64) error {
+	if r.held[id] > 0 {
+		return fmt.Errorf("sequence %d: in a step prepared and not yet run: close it after the step", id)
+	}
 	delete(r.pos, id)
 	return r.kv.Close(ctx, id)
 }
@@ -505,22 +514,48 @@ func (r *Runner) Step(ctx context.Context, work []Work) ([][]float32, error) {
 // StepSample is Step that also draws a token, tokens[i], for each Work with
 // Draw set, on the backend; a NoLogits Work's logits are nil.
 func (r *Runner) StepSample(ctx context.Context, work []Work) (logits [][]float32, tokens []int32, err error) {
+	p, err := r.Prepare(ctx, work)
+	if err != nil {
+		return nil, nil, err
+	}
+	return r.Run(ctx, p, nil)
+}
+
+// Prepared is a step reserved with kvd (Prepare) that has not run yet
+// (Run). Its Works' Tokens may be written until Run: a decode's token
+// drawn by the step before, which a step prepared ahead does not know.
+type Prepared struct {
+	id     uint64
+	plan   *blocks.StepPlan
+	work   []Work
+	bt     *model.Batch
+	host   []bool // per logit row: bring its logits to the host
+	draws  model.Draws
+	drawAt []int // each Work's index in draws, or -1
+	rows   int
+	start  time.Time     // Prepare's
+	hold   time.Duration // Prepare's reserve
+	done   bool          // reported done to kvd (Run with ahead, or Cancel)
+}
+
+// Prepare checks a step's work and reserves its slots with kvd; the
+// sequences' positions move past the step's tokens at once, so that the
+// next step can be prepared while this one runs (Run's ahead).
+func (r *Runner) Prepare(ctx context.Context, work []Work) (*Prepared, error) {
+	p := &Prepared{work: work, bt: &model.Batch{Seqs: make([]model.Seq, len(work))}, drawAt: make([]int, len(work)), start: time.Now()}
 	appends := make([]blocks.Append, len(work))
-	bt := &model.Batch{Seqs: make([]model.Seq, len(work))}
+	bt := p.bt
 	row := int32(0)
-	var host []bool // per logit row: bring its logits to the host
-	var draws model.Draws
-	drawAt := make([]int, len(work)) // each Work's index in draws, or -1
 	for i, w := range work {
 		pos, ok := r.pos[w.Seq]
 		if !ok {
-			return nil, nil, fmt.Errorf("sequence %d: %w", w.Seq, blocks.ErrUnknownSeq)
+			return nil, fmt.Errorf("sequence %d: %w", w.Seq, blocks.ErrUnknownSeq)
 		}
 		if len(w.Tokens) == 0 {
-			return nil, nil, fmt.Errorf("sequence %d: no tokens in step", w.Seq)
+			return nil, fmt.Errorf("sequence %d: no tokens in step", w.Seq)
 		}
 		if w.NoLogits && w.AllLogits {
-			return nil, nil, fmt.Errorf("sequence %d: NoLogits with AllLogits", w.Seq)
+			return nil, fmt.Errorf("sequence %d: NoLogits with AllLogits", w.Seq)
 		}
 		appends[i] = blocks.Append{Seq: blocks.SeqID(w.Seq), N: len(w.Tokens)}
 		bt.Seqs[i] = model.Seq{Tokens: w.Tokens, Pos: pos}
@@ -529,79 +564,150 @@ func (r *Runner) StepSample(ctx context.Context, work []Work) (logits [][]float3
 		if w.AllLogits {
 			for j := first; j < row; j++ {
 				bt.LogitRows = append(bt.LogitRows, j)
-				host = append(host, true)
+				p.host = append(p.host, true)
 			}
 		} else {
 			bt.LogitRows = append(bt.LogitRows, row-1)
-			host = append(host, !w.NoLogits)
+			p.host = append(p.host, !w.NoLogits)
 		}
-		drawAt[i] = -1
+		p.drawAt[i] = -1
 		if w.Draw != nil {
-			drawAt[i] = len(draws.Rows)
-			draws.Rows = append(draws.Rows, int32(len(bt.LogitRows)-1))
-			draws.Params = append(draws.Params, *w.Draw)
+			p.drawAt[i] = len(p.draws.Rows)
+			p.draws.Rows = append(p.draws.Rows, int32(len(bt.LogitRows)-1))
+			p.draws.Params = append(p.draws.Params, *w.Draw)
 		}
 	}
-	b := r.m.Backend()
-	r.prof.before(b)
-	t0 := time.Now()
+	p.rows = int(row)
 	id, plan, err := r.kv.Reserve(ctx, appends)
 	if err != nil {
-		r.prof.abandon(b, err)
-		return nil, nil, err
+		return nil, err
 	}
-	t1 := time.Now()
 	// Each layer's tables are copied into its plan as the forward pass
 	// reaches the layer, while the device runs the layers before, not
 	// here with the device idle (blocks.StepPlan).
 	spec := r.kv.Spec()
 	if plan.Layers() != len(spec) {
 		r.kv.Done(id, true)
-		err := fmt.Errorf("kvd planned %d layers, its spec has %d", plan.Layers(), len(spec))
-		r.prof.abandon(b, err)
-		return nil, nil, err
+		return nil, fmt.Errorf("kvd planned %d layers, its spec has %d", plan.Layers(), len(spec))
 	}
+	p.id, p.plan, p.hold = id, plan, time.Since(p.start)
 	bt.NumLayers = plan.Layers()
 	bt.LayerPlan = func(l int) model.LayerKV {
-		p := plan.Layer(l)
-		return model.LayerKV{Policy: spec[l], Kept: p.Kept, Slots: p.Slots, Attn: kernels.AttnBatch{KVLen: p.KVLen, BlockIndptr: p.BlockIndptr, Blocks: p.Blocks}}
+		lp := plan.Layer(l)
+		return model.LayerKV{Policy: spec[l], Kept: lp.Kept, Slots: lp.Slots, Attn: kernels.AttnBatch{KVLen: lp.KVLen, BlockIndptr: lp.BlockIndptr, Blocks: lp.Blocks}}
 	}
+	for _, w := range work {
+		r.pos[w.Seq] += len(w.Tokens)
+		r.held[w.Seq]++
+	}
+	return p, nil
+}
+
+// release ends a prepared step's hold on its sequences.
+func (r *Runner) release(p *Prepared) {
+	for _, w := range p.work {
+		if r.held[w.Seq]--; r.held[w.Seq] <= 0 {
+			delete(r.held, w.Seq)
+		}
+	}
+}
+
+// CanRunAhead reports whether a step may be prepared while the one before
+// it runs (Run's ahead): no layer evicts between steps, which kvd does
+// once a step is reported done and the next step's reply waits for.
+func (r *Runner) CanRunAhead() bool {
+	for _, p := range r.kv.Spec() {
+		if p.Decode != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// Cancel gives back a prepared step that will not run: kvd rolls its
+// tokens back, and its sequences' positions go back.
+func (r *Runner) Cancel(p *Prepared) {
+	if p.done {
+		return
+	}
+	p.done = true
+	r.kv.Done(p.id, true)
+	r.unwind(p)
+	r.release(p)
+}
+
+// unwind moves a step's sequences' positions back before it.
+func (r *Runner) unwind(p *Prepared) {
+	for _, w := range p.work {
+		if _, ok := r.pos[w.Seq]; ok {
+			r.pos[w.Seq] -= len(w.Tokens)
+		}
+	}
+}
+
+// Run runs a prepared step and returns each Work's logits (nil for a
+// NoLogits one) and the tokens drawn for those with Draw set. With ahead
+// set, the step is reported done to kvd once all its work is queued, and
+// ahead runs then, before the host waits for the device: it may prepare
+// the next step, whose reserve and host work then overlap this step's
+// kernels. A step that fails after that stays done in kvd (its tokens
+// are not rolled back): the caller ends its sequences.
+func (r *Runner) Run(ctx context.Context, p *Prepared, ahead func()) (logits [][]float32, tokens []int32, err error) {
+	if p.done {
+		return nil, nil, fmt.Errorf("step %d: already run or cancelled", p.id)
+	}
+	b := r.m.Backend()
+	r.prof.before(b)
+	t1 := time.Now()
 	cache := &model.Cache{Pool: r.kv.PoolTensor(b), Layout: r.kv.Layout()}
-	flat, drawn, err := r.m.ForwardSample(ctx, bt, cache, host, &draws)
+	if ahead != nil {
+		p.bt.BeforeWait = func() {
+			p.done = true
+			r.kv.Done(p.id, false)
+			ahead()
+		}
+	}
+	flat, drawn, err := r.m.ForwardSample(ctx, p.bt, cache, p.host, &p.draws)
 	t2 := time.Now()
+	r.release(p)
 	// Before Done: an embedded pool's eviction runs from it, on another
 	// goroutine.
 	if err != nil {
 		r.prof.abandon(b, err)
 	} else {
-		r.prof.after(b, len(work), int(row), t2.Sub(t0))
+		r.prof.after(b, len(p.work), p.rows, t2.Sub(p.start))
 	}
-	r.kv.Done(id, err != nil)
+	if !p.done {
+		p.done = true
+		r.kv.Done(p.id, err != nil)
+		if err != nil {
+			r.unwind(p)
+		}
+	}
 	if err != nil {
 		return nil, nil, err
 	}
 	if r.timing != nil {
-		r.timing.add(len(work), int(row), t1.Sub(t0), t2.Sub(t1), time.Since(t2))
+		r.timing.add(len(p.work), p.rows, p.hold, t2.Sub(t1), time.Since(t2))
 	}
 	v := r.m.Config.VocabSize
-	logits = make([][]float32, len(work))
-	if len(draws.Rows) > 0 {
-		tokens = make([]int32, len(work))
+	logits = make([][]float32, len(p.work))
+	if len(p.draws.Rows) > 0 {
+		tokens = make([]int32, len(p.work))
 	}
 	off := 0 // rows of flat taken
-	for i, w := range work {
+	for i, w := range p.work {
 		n := 1
 		if w.AllLogits {
 			n = len(w.Tokens)
 		}
-		if drawAt[i] >= 0 {
-			tokens[i] = drawn[drawAt[i]]
+		if p.drawAt[i] >= 0 {
+			tokens[i] = drawn[p.drawAt[i]]
 		}
 		if !w.NoLogits {
 			logits[i] = flat[off*v : (off+n)*v]
 			off += n
 		}
-		r.pos[w.Seq] += len(w.Tokens)
 	}
 	return logits, tokens, nil
 }

@@ -19,6 +19,7 @@ type metrics struct {
 	generated   metric.Int64Counter
 	prompt      metric.Int64Counter
 	preemptions metric.Int64Counter
+	ahead       metric.Int64Counter
 }
 
 var latencyBuckets = []float64{0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80}
@@ -48,6 +49,9 @@ func newMetrics(s *Scheduler) (*metrics, error) {
 		return nil, err
 	}
 	if m.preemptions, err = meter.Int64Counter("kvd_num_preemptions", metric.WithDescription("Sequences preempted for recompute because the KV pool was full.")); err != nil {
+		return nil, err
+	}
+	if m.ahead, err = meter.Int64Counter("kvd_steps_scheduled_ahead", metric.WithDescription("Steps scheduled and reserved while the step before ran (--async-scheduling).")); err != nil {
 		return nil, err
 	}
 	running, err := meter.Int64ObservableGauge("kvd_num_requests_running", metric.WithDescription("Requests with a sequence in the KV cache."))

@@ -88,6 +88,11 @@ type Request struct {
 	span     trace.Span
 	counted  bool // prompt tokens counted in the metrics
 	finished bool // the last event was sent
+	// pins counts the steps prepared ahead (AsyncScheduling) that have
+	// the sequence and have not run; closeLater: it finished meanwhile,
+	// and is closed once none has.
+	pins       int
+	closeLater bool
 }
 
 // Next waits for the request's next event; ok is false once the events

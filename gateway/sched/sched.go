@@ -33,7 +33,15 @@ type Config struct {
 	ChunkedPrefill bool
 	MaxModelLen    int // prompt + generated tokens at most
 	MaxQueue       int // waiting requests at most; more get ErrQueueFull
-	Logger         *slog.Logger
+	// AsyncScheduling schedules and reserves each step while the one
+	// before runs, where the runner allows (Runner.CanRunAhead): the
+	// host's work between steps (kvd's reserve, the scheduling) then
+	// overlaps the device's, and only handing out the tokens and
+	// launching are left between them. A request that stops on a token
+	// has already been put in the next step: it runs there once more and
+	// its output is dropped.
+	AsyncScheduling bool
+	Logger          *slog.Logger
 }
 
 // Scheduler batches requests onto one runner. Submit is safe for concurrent
@@ -56,6 +64,12 @@ type Scheduler struct {
 	// restarted is set when a call found kvd restarted: every running
 	// request is recomputed before the next step.
 	restarted bool
+	// ahead is the next step, scheduled and reserved while the last one
+	// ran (AsyncScheduling).
+	ahead *aheadStep
+	// counts, for tests: steps run as prepared ahead, rows of requests
+	// that had finished before their step ran, preemptions.
+	ranAhead, ghosts, preempted int
 
 	numRunning atomic.Int64 // len(running), for the metrics callback
 }
@@ -115,7 +129,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 		s.dropCancelled()
 		s.handleRestart()
 		s.numRunning.Store(int64(len(s.running)))
-		if len(s.running) == 0 && len(s.waiting) == 0 {
+		if s.ahead == nil && len(s.running) == 0 && len(s.waiting) == 0 {
 			select {
 			case <-ctx.Done():
 			case <-s.wake:
@@ -169,32 +183,151 @@ type item struct {
 	tokens  []int32
 	prefill bool
 	partial bool // a prompt chunk that does not end the prompt: nothing is sampled
+	// gen is how many tokens the request has generated when this item's
+	// is drawn (the draw's index for a seeded request).
+	gen int
+	// fill says tokens is the token the step before draws, written into
+	// it once that step is over (a step scheduled ahead).
+	fill bool
+}
+
+// aheadStep is a step scheduled and reserved while the one before it ran.
+type aheadStep struct {
+	batch    []item
+	prep     *runner.Prepared
+	admitted []*Request // admitted for it: back to the queue if it is dropped
 }
 
 // step schedules, runs and samples one forward pass; it reports whether
 // anything ran.
 func (s *Scheduler) step(ctx context.Context) bool {
-	batch := s.schedule()
+	var batch []item
+	var prep *runner.Prepared
+	pinned := false // the batch was prepared ahead: it pins its requests
+	if a := s.ahead; a != nil {
+		s.ahead = nil
+		batch, prep, pinned = a.batch, a.prep, true
+		s.ranAhead++
+		s.m.ahead.Add(context.Background(), 1)
+		for _, it := range batch {
+			if it.fill { // the token the step before drew (or, for a request that stopped there, its last)
+				it.tokens[0] = it.req.tokens[len(it.req.tokens)-1]
+			}
+		}
+	} else {
+		batch = s.schedule()
+	}
 	for len(batch) > 0 {
-		logits, drawn, err := s.run(ctx, batch)
-		switch {
-		case errors.Is(err, blocks.ErrPoolExhausted):
-			batch = s.preempt(batch)
-			if s.restarted { // preempting found kvd restarted: recompute everything
+		if prep == nil {
+			var err error
+			prep, err = s.prepare(ctx, batch)
+			switch {
+			case errors.Is(err, blocks.ErrPoolExhausted):
+				batch = s.preempt(batch)
+				if s.restarted { // preempting found kvd restarted: recompute everything
+					return true
+				}
+				continue
+			case errors.Is(err, ipc.ErrRestarted):
+				s.restarted = true
+				return true
+			case err != nil:
+				s.fail(batch, err)
 				return true
 			}
-		case errors.Is(err, ipc.ErrRestarted):
-			s.restarted = true
-			return true
-		case err != nil:
+		}
+		var ahead func()
+		if s.cfg.AsyncScheduling && s.r.CanRunAhead() {
+			ahead = func() { s.prepareAhead(ctx, batch) }
+		}
+		stepCtx := trace.ContextWithSpan(ctx, batch[0].req.span)
+		logits, drawn, err := s.r.Run(stepCtx, prep, ahead)
+		if err != nil {
+			s.dropAhead()
+			if pinned {
+				s.unpin(batch)
+			}
 			s.fail(batch, err)
 			return true
-		default:
-			s.sample(batch, logits, drawn)
-			return true
 		}
+		s.sample(batch, logits, drawn)
+		if pinned {
+			s.unpin(batch)
+		}
+		return true
 	}
 	return false
+}
+
+// prepareAhead schedules and reserves the step after cur while cur runs
+// (Runner.Run calls it once cur's work is queued). If the step cannot be
+// reserved now (the pool is full, kvd went away), nothing is prepared and
+// the next step is scheduled after cur as usual.
+func (s *Scheduler) prepareAhead(ctx context.Context, cur []item) {
+	batch, admitted := s.scheduleAfter(cur)
+	if len(batch) == 0 {
+		s.unadmit(admitted)
+		return
+	}
+	prep, err := s.prepare(ctx, batch)
+	if err != nil {
+		if errors.Is(err, ipc.ErrRestarted) {
+			s.restarted = true
+		}
+		s.unadmit(admitted)
+		return
+	}
+	for _, it := range batch {
+		it.req.pins++
+	}
+	s.ahead = &aheadStep{batch: batch, prep: prep, admitted: admitted}
+}
+
+// dropAhead gives back a step prepared ahead that will not run: kvd rolls
+// it back, and the requests admitted for it go back to the queue.
+func (s *Scheduler) dropAhead() {
+	a := s.ahead
+	if a == nil {
+		return
+	}
+	s.ahead = nil
+	s.r.Cancel(a.prep)
+	s.unpin(a.batch)
+	s.unadmit(a.admitted)
+}
+
+// unadmit returns requests admitted for a step that did not run to the
+// queue's front, their sequences closed.
+func (s *Scheduler) unadmit(rs []*Request) {
+	for i := len(rs) - 1; i >= 0; i-- {
+		r := rs[i]
+		if r.finished || !slices.Contains(s.running, r) {
+			continue
+		}
+		s.running = slices.DeleteFunc(s.running, func(x *Request) bool { return x == r })
+		s.closeSeq(r)
+		r.computed = 0
+		s.waiting = append([]*Request{r}, s.waiting...)
+		s.m.waiting.Add(1)
+	}
+}
+
+// unpin ends the hold of a step prepared ahead on its requests' sequences
+// (call it for such a step only, once): those that finished while it was
+// prepared are closed now, unless a later step prepared ahead has them
+// too.
+func (s *Scheduler) unpin(batch []item) {
+	for _, it := range batch {
+		r := it.req
+		if r.pins == 0 {
+			continue
+		}
+		r.pins--
+		if r.pins == 0 && r.closeLater {
+			r.closeLater = false
+			s.closeSeq(r)
+		}
+	}
 }
 
 // schedule picks this step's work: every running sequence decodes one
@@ -208,30 +341,67 @@ func (s *Scheduler) step(ctx context.Context) bool {
 // past the budget, so that a long prompt does not wait for the running
 // sequences to drain (they stall for its step instead).
 func (s *Scheduler) schedule() []item {
-	var batch []item
+	batch, _ := s.scheduleAfter(nil)
+	return batch
+}
+
+// scheduleAfter is schedule for the step after cur, which has not run yet
+// (nil: after the last step, which has): cur's requests count as having
+// computed its tokens, and each of them that draws a token in cur decodes
+// it next (fill: the token is written in once cur is over), unless cur's
+// token ends it by length. One that stops on its token in cur is still
+// scheduled: it cannot be known before. It returns the requests it
+// admitted too.
+func (s *Scheduler) scheduleAfter(cur []item) (batch []item, admitted []*Request) {
 	prompts := 0
 	budget := s.cfg.MaxBatchTokens
 	canChunk := s.cfg.ChunkedPrefill && s.r.Chunkable()
-	var chunking []*Request
+	inCur := make(map[*Request]item, len(cur))
+	for _, it := range cur {
+		inCur[it.req] = it
+	}
+	type chunk struct {
+		r        *Request
+		computed int
+	}
+	var chunking []chunk
 	for _, r := range s.running {
-		if len(r.tokens)-r.computed > 1 {
-			chunking = append(chunking, r)
+		computed, gen := r.computed, r.generated()
+		if it, ok := inCur[r]; ok {
+			computed += len(it.tokens)
+			if !it.partial {
+				// cur draws (or forces) r's next token: r decodes it next,
+				// unless that token ends it.
+				if r.Params.MaxTokens == 0 || gen+1 >= r.Params.MaxTokens || len(r.tokens)+1 >= s.cfg.MaxModelLen || r.Ctx.Err() != nil {
+					continue
+				}
+				batch = append(batch, item{req: r, tokens: []int32{0}, gen: gen + 1, fill: true})
+				budget--
+				continue
+			}
+		}
+		if len(r.tokens)-computed > 1 {
+			chunking = append(chunking, chunk{r, computed})
 			continue
 		}
-		batch = append(batch, item{req: r, tokens: r.tokens[r.computed:]})
+		if len(r.tokens) == computed {
+			continue // nothing to compute (not after a step that ran)
+		}
+		batch = append(batch, item{req: r, tokens: r.tokens[computed:], gen: gen})
 		budget--
 	}
 	free := s.r.FreeBlocks() - len(s.running)*s.r.Model().Config.NumLayers
-	for _, r := range chunking {
-		n := len(r.tokens) - r.computed
+	for _, c := range chunking {
+		r := c.r
+		n := len(r.tokens) - c.computed
 		free -= s.r.BlocksNeeded(n)
 		if budget <= 0 && prompts > 0 {
 			continue
 		}
-		c := min(n, max(budget, 1)) // the first goes on even when the decodes took the budget
-		batch = append(batch, item{req: r, tokens: r.tokens[r.computed : r.computed+c], prefill: true, partial: c < n})
+		k := min(n, max(budget, 1)) // the first goes on even when the decodes took the budget
+		batch = append(batch, item{req: r, tokens: r.tokens[c.computed : c.computed+k], prefill: true, partial: k < n, gen: r.generated()})
 		prompts++
-		budget -= c
+		budget -= k
 	}
 	for len(s.waiting) > 0 && len(s.running) < s.cfg.MaxNumSeqs {
 		r := s.waiting[0]
@@ -266,18 +436,19 @@ func (s *Scheduler) schedule() []item {
 				s.waiting = append([]*Request{r}, s.waiting...)
 				s.m.waiting.Add(1)
 				s.restarted = true
-				return nil
+				return nil, admitted
 			}
 			s.finish(r, "", err)
 			continue
 		}
 		s.running = append(s.running, r)
-		batch = append(batch, item{req: r, tokens: r.tokens[r.computed : r.computed+c], prefill: true, partial: c < n})
+		admitted = append(admitted, r)
+		batch = append(batch, item{req: r, tokens: r.tokens[r.computed : r.computed+c], prefill: true, partial: c < n, gen: r.generated()})
 		prompts++
 		budget -= c
 		free -= need
 	}
-	return batch
+	return batch, admitted
 }
 
 // admit opens the request's sequence in kvd.
@@ -295,10 +466,11 @@ func (s *Scheduler) admit(r *Request) error {
 	return nil
 }
 
-// run is the forward pass; kvd's calls join the oldest request's trace.
-// Tokens are drawn where the logits are (the GPU); the logits come to the
-// host only for a request that asks for log-probabilities.
-func (s *Scheduler) run(ctx context.Context, batch []item) ([][]float32, []int32, error) {
+// prepare reserves a step's slots with kvd; kvd's calls join the oldest
+// request's trace. Tokens are drawn where the logits are (the GPU); the
+// logits come to the host only for a request that asks for
+// log-probabilities.
+func (s *Scheduler) prepare(ctx context.Context, batch []item) (*runner.Prepared, error) {
 	work := make([]runner.Work, len(batch))
 	for i, it := range batch {
 		r := it.req
@@ -308,7 +480,7 @@ func (s *Scheduler) run(ctx context.Context, batch []item) ([][]float32, []int32
 		}
 		all := it.prefill && r.Params.PromptLogprobs && !r.scored
 		w := runner.Work{Seq: r.id, Tokens: it.tokens, AllLogits: all, NoLogits: !all && r.Params.Logprobs < 0}
-		if g := r.generated(); g >= len(r.Params.Forced) {
+		if g := it.gen; g >= len(r.Params.Forced) {
 			sp := r.Params.Sampling
 			w.Draw = &kernels.SampleParams{Temperature: sp.Temperature, TopK: sp.TopK, TopP: sp.TopP, Seed: r.seed, Step: uint64(g)}
 			if g < r.Params.MinTokens {
@@ -317,8 +489,7 @@ func (s *Scheduler) run(ctx context.Context, batch []item) ([][]float32, []int32
 		}
 		work[i] = w
 	}
-	stepCtx := trace.ContextWithSpan(ctx, batch[0].req.span)
-	return s.r.StepSample(stepCtx, work)
+	return s.r.Prepare(trace.ContextWithSpan(ctx, batch[0].req.span), work)
 }
 
 // requestSeed is a request's sampling seed: its own, or a random one.
@@ -348,6 +519,7 @@ func (s *Scheduler) preempt(batch []item) []item {
 	s.waiting = append([]*Request{victim}, s.waiting...)
 	s.m.waiting.Add(1)
 	s.m.preemptions.Add(context.Background(), 1)
+	s.preempted++
 	s.log.Debug("preempted", "request", victim.id, "tokens", len(victim.tokens))
 	return slices.DeleteFunc(batch, func(it item) bool { return it.req == victim })
 }
@@ -358,9 +530,16 @@ func (s *Scheduler) closeSeq(r *Request) {
 	if !r.open {
 		return
 	}
+	if r.pins > 0 { // a step prepared ahead still has it: close it once that has run
+		r.closeLater = true
+		return
+	}
 	r.open = false
-	if err := s.r.Close(context.WithoutCancel(r.Ctx), r.id); errors.Is(err, ipc.ErrRestarted) {
+	switch err := s.r.Close(context.WithoutCancel(r.Ctx), r.id); {
+	case errors.Is(err, ipc.ErrRestarted):
 		s.restarted = true
+	case err != nil:
+		s.log.Error("closing a sequence", "request", r.id, "err", err)
 	}
 }
 
@@ -371,6 +550,10 @@ func (s *Scheduler) sample(batch []item, logits [][]float32, drawn []int32) {
 	v := s.r.Model().Config.VocabSize
 	for i, it := range batch {
 		r := it.req
+		if r.finished {
+			s.ghosts++
+			continue // it stopped (or was cancelled) after this step was prepared: its output is dropped
+		}
 		r.computed += len(it.tokens)
 		if it.partial {
 			continue // the prompt goes on next step
@@ -475,6 +658,7 @@ func (s *Scheduler) handleRestart() {
 		return
 	}
 	s.restarted = false
+	s.dropAhead()
 	for _, r := range s.running {
 		s.r.Forget(r.id)
 		r.open, r.computed = false, 0
@@ -491,7 +675,9 @@ func (s *Scheduler) fail(batch []item, err error) {
 	if errors.Is(err, ipc.ErrDisconnected) || errors.Is(err, ipc.ErrNotRunning) {
 		// kvd is gone: every running request fails; their sequences are
 		// closed in kvd whenever it is reached again.
+		s.dropAhead()
 		for _, r := range s.running {
+			r.pins = 0
 			s.r.Abandon(r.id)
 			r.open = false
 			s.finish(r, "", err)
@@ -507,6 +693,7 @@ func (s *Scheduler) fail(batch []item, err error) {
 }
 
 func (s *Scheduler) shutdown() {
+	s.dropAhead()
 	s.mu.Lock()
 	s.stopped = true
 	s.waiting = append(s.waiting, s.incoming...)
