@@ -21,8 +21,9 @@ import (
 // its own stream, ordered by interprocess events) and embedded on the same
 // GPU, and checks that greedy completions are identical, with full KV and
 // with decode-time eviction, over the default bfloat16 pool and an fp8
-// one (--kv-cache-dtype fp8 on both); that a batch of concurrent requests agrees
-// with them; that kvd status reads the GPU; and that a gateway killed
+// one (--kv-cache-dtype fp8 on both), and with the sidecar's gateway
+// scheduling ahead (--async-scheduling); that a batch of concurrent
+// requests agrees with them; that kvd status reads the GPU; and that a gateway killed
 // mid-stream gives its blocks back and a new one reattaches and serves.
 // It skips without a GPU.
 func TestGPUSidecar(t *testing.T) {
@@ -37,17 +38,20 @@ func TestGPUSidecar(t *testing.T) {
 	var want [][]int32
 	for _, p := range []struct {
 		name, spec, dtype string
-		kvd               []string
+		kvd, gw           []string
 	}{
-		{"full", "", "", nil},
+		{"full", "", "", nil, nil},
+		// Each step scheduled and reserved while the one before runs: the
+		// same tokens one by one, and the same near-ties in a batch.
+		{"full, --async-scheduling", "", "fp8", nil, []string{"--async-scheduling"}},
 		// An fp8 pool: write_kv_fp8, the fp8 decode and prefill kernels
 		// and kvd's eviction over rows of a quarter word a dim.
-		{"snapkv+h2o, fp8", "2-7=snapkv:budget=256/h2o:recent=32", "fp8", nil},
+		{"snapkv+h2o, fp8", "2-7=snapkv:budget=256/h2o:recent=32", "fp8", nil, nil},
 		// The pool by a legacy CUDA IPC handle instead of the default
 		// file descriptor of cuMemCreate'd memory.
-		{"snapkv+h2o, --cuda-ipc handle", "2-7=snapkv:budget=256/h2o:recent=32", "", []string{"--cuda-ipc", "handle"}},
+		{"snapkv+h2o, --cuda-ipc handle", "2-7=snapkv:budget=256/h2o:recent=32", "", []string{"--cuda-ipc", "handle"}, nil},
 		// The last stack is the one killed and reattached below.
-		{"snapkv+h2o", "2-7=snapkv:budget=256/h2o:recent=32", "", nil},
+		{"snapkv+h2o", "2-7=snapkv:budget=256/h2o:recent=32", "", nil, nil},
 	} {
 		var pol []string
 		if p.spec != "" {
@@ -58,7 +62,7 @@ func TestGPUSidecar(t *testing.T) {
 			gwArgs, kvdArgs = append(gwArgs, "--kv-cache-dtype", p.dtype), append(kvdArgs, "--kv-cache-dtype", p.dtype)
 		}
 		emb := startStack(t, "embedded", options{model: dir, kvMemory: "512MiB", policy: pol, gateway: gwArgs})
-		side = startStack(t, "sidecar", options{model: dir, kvMemory: "512MiB", policy: pol, kvd: kvdArgs})
+		side = startStack(t, "sidecar", options{model: dir, kvMemory: "512MiB", policy: pol, kvd: kvdArgs, gateway: p.gw})
 		logs := side.allLogs()
 		if !strings.Contains(logs, "pool=cuda") || !strings.Contains(logs, "backend=cuda") || !strings.Contains(logs, "CUDA IPC") {
 			t.Fatalf("%s: the sidecar stack is not kvd's GPU pool opened by a GPU gateway:\n%s", p.name, logs)
