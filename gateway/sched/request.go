@@ -2,7 +2,9 @@
 // goroutine owns the runner: every step it drops cancelled requests, lets
 // running sequences decode, admits waiting prompts under a token budget,
 // preempts by recompute (newest first) when kvd's pool runs out, runs one
-// forward pass with one round trip to kvd, and samples.
+// forward pass with one round trip to kvd, and samples. With
+// AsyncScheduling the next step is scheduled, and its round trip made,
+// while the forward pass runs on the device.
 //
 // sched must not import the HTTP layer or the tokenizer: it works in token
 // ids and hands tokens to the API layer on each request's channel.
