@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"syscall"
@@ -10,9 +11,18 @@ import (
 // TestKVDRestart kills kvd under a running gateway, once between requests
 // and once under a stream, and starts a new one on the same socket: the
 // gateway reconnects, requests admitted afterwards run, and a request that
-// was running is recomputed and still completes correctly.
+// was running is recomputed and still completes correctly; with and
+// without --async-scheduling (a step reserved on the old kvd must not run
+// or be reported to the new one).
 func TestKVDRestart(t *testing.T) {
-	s := startStack(t, "sidecar", options{})
+	for _, gw := range [][]string{nil, {"--async-scheduling"}} {
+		t.Run(fmt.Sprint(gw), func(t *testing.T) { kvdRestart(t, gw) })
+	}
+}
+
+// kvdRestart is TestKVDRestart with the gateway's extra flags gw.
+func kvdRestart(t *testing.T, gw []string) {
+	s := startStack(t, "sidecar", options{gateway: gw})
 	prompt := []int32{5, 17, 99, 3, 250}
 	want := refGreedy(t, prompt, 40)
 	body := map[string]any{"prompt": prompt, "max_tokens": 40, "temperature": 0, "ignore_eos": true, "logprobs": 0, "return_tokens_as_token_ids": true}

@@ -59,6 +59,7 @@ type Client struct {
 	// inflight is the step reserved but not reported done, for rolling the
 	// mirror back if the connection drops (kvd rolls its own back).
 	inflight *Step
+	gen      uint64 // connections made (Generation)
 	// done is a finished step to report with the next Step request.
 	done *StepDone
 	// free is kvd's free block count as of the last reply.
@@ -275,10 +276,19 @@ func (c *Client) connect(ctx context.Context) error {
 		c.tables = old
 	}
 	c.inflight = nil
+	c.gen++
 	if restarted {
 		return fmt.Errorf("%w (kvd %.8s, lease %.8s)", ErrRestarted, h.Instance, h.Lease)
 	}
 	return nil
+}
+
+// Generation counts the client's connections to kvd: a step reserved under
+// one generation is not kvd's (nor its tables') under the next.
+func (c *Client) Generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
 }
 
 // closeAbandoned closes, best effort, the sequences given up while kvd
@@ -582,6 +592,11 @@ func (c *Client) StepPlan(st *Step) (*blocks.StepPlan, error) {
 func (c *Client) Done(id uint64, failed bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.inflight == nil || c.inflight.ID != id {
+		// Not this connection's step in flight (a reconnect dropped it):
+		// kvd does not know it, and a report would fail the next step.
+		return
+	}
 	c.finish(id, failed)
 	c.done = &StepDone{ID: id, Failed: failed}
 	c.lastDone = c.done

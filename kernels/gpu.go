@@ -931,6 +931,15 @@ func (c *CUDA) NewEvent() (cuda.Event, cuda.IPCHandle, error) {
 // OpenEvent opens an event another process exported.
 func (c *CUDA) OpenEvent(h cuda.IPCHandle) (cuda.Event, error) { return c.ctx.OpenIPCEvent(h) }
 
+// Synchronize waits for the work queued so far.
+func (c *CUDA) Synchronize() error {
+	if err := c.ctx.Sync(cuda.Stream{}); err != nil {
+		return err
+	}
+	c.drained()
+	return nil
+}
+
 // Record marks e after the work queued so far.
 func (c *CUDA) Record(e cuda.Event) { c.fail(c.ctx.Record(e, cuda.Stream{})) }
 

@@ -88,8 +88,9 @@ func NewSidecar(c *ipc.Client, b kernels.Backend) (*Sidecar, error) {
 	}
 	s := &Sidecar{Client: c, gpu: &sharedPool{b: sh}}
 	// When kvd goes away, unmap its pool at once: the mapping would keep
-	// the memory from the kvd that replaces it. No work of ours is queued
-	// on it then (a step's work has finished before it is reported).
+	// the memory from the kvd that replaces it. Work of ours may still be
+	// queued on it (a step's reserve made while the one before runs,
+	// AsyncScheduling): close waits for the device first.
 	c.OnDrop(s.gpu.close)
 	if os.Getenv("KVD_IPC_EVENTS") == "0" && !evicts(h.Policies) {
 		// For developers measuring what the events cost: without
@@ -164,6 +165,11 @@ func (g *sharedPool) close() {
 	if g.key == "" {
 		return
 	}
+	// A step prepared ahead (AsyncScheduling) reserves while the one
+	// before may still run on the pool: let it finish before unmapping.
+	if s, ok := g.b.(interface{ Synchronize() error }); ok {
+		s.Synchronize()
+	}
 	g.b.Free(g.pool)
 	g.b.CloseEvent(g.step)
 	g.b.CloseEvent(g.evict)
@@ -215,7 +221,7 @@ func (s *Sidecar) Reserve(ctx context.Context, appends []blocks.Append) (uint64,
 
 // Done records the step event (on a GPU pool) and reports the step.
 func (s *Sidecar) Done(id uint64, failed bool) {
-	if s.gpu != nil && !s.gpu.noEvents {
+	if s.gpu != nil && !s.gpu.noEvents && s.gpu.key != "" { // not after the pool was closed with its events
 		s.gpu.b.Record(s.gpu.step)
 	}
 	s.Client.Done(id, failed)
@@ -536,6 +542,25 @@ type Prepared struct {
 	start  time.Time     // Prepare's
 	hold   time.Duration // Prepare's reserve
 	done   bool          // reported done to kvd (Run with ahead, or Cancel)
+	gen    uint64        // kvd's connection it was reserved on (generationer)
+}
+
+// ErrStaleStep is Run's error for a step reserved on a connection to kvd
+// that has since been remade: kvd rolled it back (or restarted), so it
+// does not run; its sequences' positions are as before it.
+var ErrStaleStep = errors.New("step reserved on an earlier connection to kvd")
+
+// generationer is a KV whose connection to kvd may be remade (Sidecar): a
+// step reserved on one connection cannot run after a reconnect, which
+// rolled it back.
+type generationer interface{ Generation() uint64 }
+
+// generation is r's kvd connection's, or 0 for a KV that does not reconnect.
+func (r *Runner) generation() uint64 {
+	if g, ok := r.kv.(generationer); ok {
+		return g.Generation()
+	}
+	return 0
 }
 
 // Prepare checks a step's work and reserves its slots with kvd; the
@@ -590,7 +615,7 @@ func (r *Runner) Prepare(ctx context.Context, work []Work) (*Prepared, error) {
 		r.kv.Done(id, true)
 		return nil, fmt.Errorf("kvd planned %d layers, its spec has %d", plan.Layers(), len(spec))
 	}
-	p.id, p.plan, p.hold = id, plan, time.Since(p.start)
+	p.id, p.plan, p.hold, p.gen = id, plan, time.Since(p.start), r.generation()
 	bt.NumLayers = plan.Layers()
 	bt.LayerPlan = func(l int) model.LayerKV {
 		lp := plan.Layer(l)
@@ -656,6 +681,16 @@ func (r *Runner) Run(ctx context.Context, p *Prepared, ahead func()) (logits [][
 	if p.done {
 		return nil, nil, fmt.Errorf("step %d: already run or cancelled", p.id)
 	}
+	if r.generation() != p.gen {
+		// The connection to kvd was remade since the step was reserved
+		// (prepared ahead): kvd rolled it back, and a restarted kvd's
+		// pool is another. Nothing runs; the caller schedules again (and
+		// recomputes everything if kvd restarted).
+		p.done = true
+		r.unwind(p)
+		r.release(p)
+		return nil, nil, fmt.Errorf("step %d: %w", p.id, ErrStaleStep)
+	}
 	b := r.m.Backend()
 	r.prof.before(b)
 	t1 := time.Now()
@@ -675,7 +710,7 @@ func (r *Runner) Run(ctx context.Context, p *Prepared, ahead func()) (logits [][
 	if err != nil {
 		r.prof.abandon(b, err)
 	} else {
-		r.prof.after(b, len(p.work), p.rows, t2.Sub(p.start))
+		r.prof.after(b, len(p.work), p.rows, p.hold+t2.Sub(t1))
 	}
 	if !p.done {
 		p.done = true

@@ -70,6 +70,7 @@ type Scheduler struct {
 	// counts, for tests: steps run as prepared ahead, rows of requests
 	// that had finished before their step ran, preemptions.
 	ranAhead, ghosts, preempted int
+	warnedAhead                 bool // said once that AsyncScheduling cannot run
 
 	numRunning atomic.Int64 // len(running), for the metrics callback
 }
@@ -204,9 +205,10 @@ func (s *Scheduler) step(ctx context.Context) bool {
 	var batch []item
 	var prep *runner.Prepared
 	pinned := false // the batch was prepared ahead: it pins its requests
+	var admitted []*Request
 	if a := s.ahead; a != nil {
 		s.ahead = nil
-		batch, prep, pinned = a.batch, a.prep, true
+		batch, prep, pinned, admitted = a.batch, a.prep, true, a.admitted
 		s.ranAhead++
 		s.m.ahead.Add(context.Background(), 1)
 		for _, it := range batch {
@@ -237,12 +239,29 @@ func (s *Scheduler) step(ctx context.Context) bool {
 			}
 		}
 		var ahead func()
-		if s.cfg.AsyncScheduling && s.r.CanRunAhead() {
-			ahead = func() { s.prepareAhead(ctx, batch) }
+		if s.cfg.AsyncScheduling {
+			if s.r.CanRunAhead() {
+				ahead = func() { s.prepareAhead(ctx, batch) }
+			} else if !s.warnedAhead {
+				s.warnedAhead = true
+				s.log.Warn("--async-scheduling is off for this model: a layer evicts between steps, which the next step's reserve waits for")
+			}
 		}
 		stepCtx := trace.ContextWithSpan(ctx, batch[0].req.span)
 		logits, drawn, err := s.r.Run(stepCtx, prep, ahead)
 		if err != nil {
+			if errors.Is(err, runner.ErrStaleStep) {
+				// Prepared ahead on a connection to kvd since remade: it did
+				// not run. Schedule again (after a restart, handleRestart
+				// recomputes everything).
+				if s.restarted {
+					s.forgetPinned(batch)
+				} else {
+					s.unpin(batch)
+					s.unadmit(admitted)
+				}
+				return true
+			}
 			s.dropAhead()
 			if pinned {
 				s.unpin(batch)
@@ -309,6 +328,20 @@ func (s *Scheduler) unadmit(rs []*Request) {
 		r.computed = 0
 		s.waiting = append([]*Request{r}, s.waiting...)
 		s.m.waiting.Add(1)
+	}
+}
+
+// forgetPinned ends the hold of a step prepared ahead on a kvd that has
+// since restarted: its requests that finished meanwhile, whose close was
+// put off for it, are forgotten (the new kvd never had them).
+func (s *Scheduler) forgetPinned(batch []item) {
+	for _, it := range batch {
+		r := it.req
+		r.pins, r.closeLater = 0, false
+		if r.finished && r.open {
+			s.r.Forget(r.id)
+			r.open = false
+		}
 	}
 }
 
@@ -538,6 +571,9 @@ func (s *Scheduler) closeSeq(r *Request) {
 	switch err := s.r.Close(context.WithoutCancel(r.Ctx), r.id); {
 	case errors.Is(err, ipc.ErrRestarted):
 		s.restarted = true
+	case errors.Is(err, blocks.ErrUnknownSeq):
+		// kvd restarted (or reclaimed the lease) before this call found out.
+		s.log.Debug("closing a sequence kvd does not have", "request", r.id, "err", err)
 	case err != nil:
 		s.log.Error("closing a sequence", "request", r.id, "err", err)
 	}
@@ -658,7 +694,14 @@ func (s *Scheduler) handleRestart() {
 		return
 	}
 	s.restarted = false
-	s.dropAhead()
+	if a := s.ahead; a != nil {
+		// The step prepared ahead belongs to the old kvd: nothing of it is
+		// sent to the new one. Its requests that finished meanwhile had
+		// their close put off for it: the new kvd never had them.
+		s.ahead = nil
+		s.r.Cancel(a.prep) // the runner's own state only: the client dropped the step with the connection
+		s.forgetPinned(a.batch)
+	}
 	for _, r := range s.running {
 		s.r.Forget(r.id)
 		r.open, r.computed = false, 0
