@@ -149,6 +149,11 @@ func TestGPUSidecar(t *testing.T) {
 		if rate < 0.75 {
 			t.Errorf("%s: concurrent sidecar requests agree with sequential embedded ones on %.3f of tokens, under 0.75", p.name, rate)
 		}
+		if p.gw != nil {
+			if n := side.metric(t, "kvd_steps_scheduled_ahead_total"); !(n > 0) {
+				t.Errorf("%s: %v steps scheduled ahead: the leg does not test --async-scheduling", p.name, n)
+			}
+		}
 		st := kvdStatus(t, side)
 		if st.PoolKind != "cuda" || st.GPU == nil || st.GPU.MemoryUsedBytes == 0 || st.GPU.TemperatureC <= 0 || st.GPU.Error != "" {
 			t.Errorf("%s: kvd status: pool %q, gpu %+v", p.name, st.PoolKind, st.GPU)
