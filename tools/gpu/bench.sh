@@ -16,6 +16,7 @@
 #   mlp      the GPU e2e tests with each of the MLP's two defaults off
 #            (KVD_GATEUP_BF16=0, KVD_FUSED_RESIDUAL=0), for the agreement
 #            between a batch and its requests one by one with each;
+#   async    full KV with and without --async-scheduling (ASYNC_C, ASYNC_N);
 #   ipc, select, evict, attn, mma, fused  diagnostics and trials (see each below).
 # Every serving run is bench/serve at INPUT in / OUTPUT out tokens (random
 # ids, ignore_eos), closed loop at concurrency C over N requests, on the 8B
@@ -193,6 +194,16 @@ for part in $PARTS; do
 		[ "$wn" != "${WIDE:-64}" ] && sfx="-n$wn"
 		one "full-sidecar-c${WIDE:-64}$sfx" sidecar "$KV" "${WIDE:-64}" "$wn"
 		one "grid-26-1024-c${WIDE:-64}$sfx" sidecar "$KV" "${WIDE:-64}" "$wn" --sparse-layers 26 --window 1024
+		;;
+	async)
+		# Full KV with and without --async-scheduling (each step scheduled
+		# and reserved while the one before runs), ASYNC_C at once (256)
+		# over ASYNC_N requests (4 x ASYNC_C: nearer the steady state than
+		# 3 x; ~210 s each at 256 over fp8 on an H200).
+		ac=${ASYNC_C:-256}
+		an=${ASYNC_N:-$((4 * ac))}
+		one "full-sidecar-c$ac-n$an" sidecar "$KV" "$ac" "$an"
+		GW_FLAGS="${GW_FLAGS:-} --async-scheduling" one "full-sidecar-c$ac-n$an-async" sidecar "$KV" "$ac" "$an" # the gateway's flag (one's own go to kvd here)
 		;;
 	ipc)
 		# The sidecar's decode against embedded: the pool shared as a VMM
