@@ -73,3 +73,40 @@ func TestGPUUploadOrder(t *testing.T) {
 		t.Errorf("after the device drained: %d upload buffers held, %d free; want none held", held, free)
 	}
 }
+
+// TestGPUUploadWrap uploads more between drains than the staging area
+// holds (80 row lists of 1 MiB through its 64 MiB), so that an upload
+// finds it full, waits for the device and starts it over: every gather
+// must still read its own rows, and no upload buffer may stay held once
+// the device drained.
+func TestGPUUploadWrap(t *testing.T) {
+	g := newGPU(t)
+	rng := rand.New(rand.NewPCG(9, 1))
+	const n, rows, gathers = 4096, 1 << 18, 80
+	src := randn(rng, n)
+	table := g.FromHost(src, n, 1)
+	outs := make([]*Tensor, gathers)
+	lists := make([][]int32, gathers)
+	for i := range gathers {
+		lists[i] = make([]int32, rows)
+		for j := range lists[i] {
+			lists[i][j] = int32(rng.IntN(n))
+		}
+		outs[i] = g.Alloc(rows, 1)
+		g.Gather(outs[i], table, lists[i])
+	}
+	for i, out := range outs {
+		got := g.host(t, out)
+		for j, r := range lists[i] {
+			if got[j] != src[r] {
+				t.Fatalf("gather %d of %d: row %d is %v, want table row %d's %v", i, gathers, j, got[j], r, src[r])
+			}
+		}
+	}
+	g.mu.Lock()
+	held := len(g.upHeld)
+	g.mu.Unlock()
+	if held != 0 {
+		t.Errorf("%d upload buffers still held after the device drained", held)
+	}
+}
