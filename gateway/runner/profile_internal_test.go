@@ -94,3 +94,24 @@ func TestParseStepProfile(t *testing.T) {
 		}
 	}
 }
+
+// TestStepTiming averages decode steps every N, prompts left out, the
+// host's time between steps included.
+func TestStepTiming(t *testing.T) {
+	var out strings.Builder
+	st := &stepTiming{every: 2, out: &out}
+	ms := time.Millisecond
+	st.add(4, 4, 1*ms, 10*ms, 0, 2*ms)
+	st.add(4, 900, 5*ms, 50*ms, 0, 9*ms) // a prompt's step: left out
+	if out.Len() != 0 {
+		t.Fatalf("printed before %d decode steps: %q", st.every, out.String())
+	}
+	st.add(6, 6, 3*ms, 20*ms, 0, 4*ms)
+	want := "step timing: 2 decode steps of 5.0 sequences: reserve 2.000 ms, forward+sample 15.000 ms, done 0.000 ms, host between steps 3.000 ms\n"
+	if out.String() != want {
+		t.Errorf("got %q, want %q", out.String(), want)
+	}
+	if st.steps != 0 || st.between != 0 {
+		t.Errorf("not reset after printing: %+v", st)
+	}
+}

@@ -244,21 +244,28 @@ type Runner struct {
 	// not finished running: such a sequence may not be closed (its blocks
 	// could go to another client while this step's kernels still write
 	// them).
-	held   map[uint64]int
-	timing *stepTiming  // KVD_STEP_TIMING=N: where each step's time goes, every N steps
-	prof   *stepProfile // KVD_KERNEL_PROFILE=FROM:N: N steps' kernels
+	held    map[uint64]int
+	timing  *stepTiming  // KVD_STEP_TIMING=N: where each step's time goes, every N steps
+	lastEnd time.Time    // when the last step's tokens were back (stepTiming)
+	prof    *stepProfile // KVD_KERNEL_PROFILE=FROM:N: N steps' kernels
 }
 
 // stepTiming sums, for developers, where decode steps' time goes: kvd's
-// reserve (and its plan), the forward pass with sampling (until the tokens
-// are on the host), and the done report. Steps with a prompt are left out.
+// reserve (and its plan; for a step prepared ahead, made while the step
+// before ran), the forward pass with sampling (until the tokens are on the
+// host; with a step prepared ahead in it, that reserve too), the done
+// report, and the host's time from the step before's tokens to this
+// step's forward pass (handing out tokens, scheduling, and without async
+// scheduling the reserve): what the device waits between steps, less the
+// launch of the step's first kernel. Steps with a prompt are left out.
 type stepTiming struct {
-	every                  int
-	steps, rows            int
-	reserve, forward, done time.Duration
+	every                           int
+	steps, rows                     int
+	reserve, forward, done, between time.Duration
+	out                             io.Writer
 }
 
-func (t *stepTiming) add(seqs, rows int, reserve, forward, done time.Duration) {
+func (t *stepTiming) add(seqs, rows int, reserve, forward, done, between time.Duration) {
 	if rows != seqs {
 		return // a prefill
 	}
@@ -267,11 +274,12 @@ func (t *stepTiming) add(seqs, rows int, reserve, forward, done time.Duration) {
 	t.reserve += reserve
 	t.forward += forward
 	t.done += done
+	t.between += between
 	if t.steps == t.every {
 		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1e3 / float64(t.steps) }
-		fmt.Fprintf(os.Stderr, "step timing: %d decode steps of %.1f sequences: reserve %.3f ms, forward+sample %.3f ms, done %.3f ms\n",
-			t.steps, float64(t.rows)/float64(t.steps), ms(t.reserve), ms(t.forward), ms(t.done))
-		*t = stepTiming{every: t.every}
+		fmt.Fprintf(t.out, "step timing: %d decode steps of %.1f sequences: reserve %.3f ms, forward+sample %.3f ms, done %.3f ms, host between steps %.3f ms\n",
+			t.steps, float64(t.rows)/float64(t.steps), ms(t.reserve), ms(t.forward), ms(t.done), ms(t.between))
+		*t = stepTiming{every: t.every, out: t.out}
 	}
 }
 
@@ -380,7 +388,7 @@ func New(m *model.Model, kv KV) (*Runner, error) {
 	}
 	r := &Runner{m: m, kv: kv, pos: map[uint64]int{}, held: map[uint64]int{}}
 	if n, err := strconv.Atoi(os.Getenv("KVD_STEP_TIMING")); err == nil && n > 0 {
-		r.timing = &stepTiming{every: n}
+		r.timing = &stepTiming{every: n, out: os.Stderr}
 	}
 	if v := os.Getenv("KVD_KERNEL_PROFILE"); v != "" {
 		p, err := parseStepProfile(v)
@@ -723,7 +731,12 @@ func (r *Runner) Run(ctx context.Context, p *Prepared, ahead func()) (logits [][
 		return nil, nil, err
 	}
 	if r.timing != nil {
-		r.timing.add(len(p.work), p.rows, p.hold, t2.Sub(t1), time.Since(t2))
+		var between time.Duration
+		if !r.lastEnd.IsZero() {
+			between = t1.Sub(r.lastEnd)
+		}
+		r.timing.add(len(p.work), p.rows, p.hold, t2.Sub(t1), time.Since(t2), between)
+		r.lastEnd = time.Now()
 	}
 	v := r.m.Config.VocabSize
 	logits = make([][]float32, len(p.work))
