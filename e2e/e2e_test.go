@@ -23,27 +23,21 @@ var modes = []string{"sidecar", "embedded"}
 // reserved while the one before runs), whose outputs must not differ.
 var asyncModes = []string{"sidecar", "embedded"}
 
+// suiteStack is one stack TestSuite and TestPreemption run on.
+type suiteStack struct {
+	name, mode string
+	gateway    []string // extra gateway flags
+}
+
 // stacks names each stack TestSuite and TestPreemption run: every mode,
 // then every async mode with --async-scheduling.
-func stacks() []struct {
-	name, mode string
-	gateway    []string
-} {
-	var out []struct {
-		name, mode string
-		gateway    []string
-	}
+func stacks() []suiteStack {
+	var out []suiteStack
 	for _, m := range modes {
-		out = append(out, struct {
-			name, mode string
-			gateway    []string
-		}{m, m, nil})
+		out = append(out, suiteStack{m, m, nil})
 	}
 	for _, m := range asyncModes {
-		out = append(out, struct {
-			name, mode string
-			gateway    []string
-		}{m + ", async scheduling", m, []string{"--async-scheduling"}})
+		out = append(out, suiteStack{m + ", async scheduling", m, []string{"--async-scheduling"}})
 	}
 	return out
 }

@@ -5,7 +5,6 @@ import (
 	"math"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -123,7 +122,7 @@ func TestGPUSidecar(t *testing.T) {
 			}
 			agree, total = agree+n, total+len(want[i])
 			for j := 0; j < n && j < len(wantTop[i]) && j < len(gotTop[i]); j++ {
-				key := "token_id:" + strconv.Itoa(int(want[i][j]))
+				key := tokenKey(want[i][j])
 				if d := math.Abs(wantTop[i][j][key] - gotTop[i][j][key]); d > maxSwing/2 {
 					t.Errorf("%s: prompt %d: token %d (%d, chosen by both) has log-probability %.3f sequentially and %.3f batched: %.3f apart, over %.2f",
 						p.name, i, j, want[i][j], wantTop[i][j][key], gotTop[i][j][key], d, maxSwing/2)
@@ -213,15 +212,10 @@ func kvdStatus(t *testing.T, s *stack) *ipc.Status {
 // Each run's own choice leads in its top, so both terms are at least 0;
 // a token missing from the other run's top makes it +Inf.
 func swing(seq, batch map[string]float64, want, got int32) float64 {
-	key := func(id int32) string { return "token_id:" + strconv.Itoa(int(id)) }
-	sw, sg := seq[key(want)], 0.0
-	bg, bw := batch[key(got)], 0.0
-	var ok1, ok2 bool
-	if sg, ok1 = seq[key(got)]; !ok1 {
+	sg, ok1 := seq[tokenKey(got)]
+	bw, ok2 := batch[tokenKey(want)]
+	if !ok1 || !ok2 {
 		return math.Inf(1)
 	}
-	if bw, ok2 = batch[key(want)]; !ok2 {
-		return math.Inf(1)
-	}
-	return (sw - sg) + (bg - bw)
+	return (seq[tokenKey(want)] - sg) + (batch[tokenKey(got)] - bw)
 }

@@ -231,6 +231,10 @@ func (s *stack) complete(t *testing.T, body map[string]any) completion {
 }
 
 // ids reads "token_id:N" names back into ids.
+// tokenKey is a token id's name with return_tokens_as_token_ids, as
+// top_logprobs keys it (ids reads it back).
+func tokenKey(id int32) string { return "token_id:" + strconv.Itoa(int(id)) }
+
 func ids(t *testing.T, names []string) []int32 {
 	t.Helper()
 	out := make([]int32, len(names))

@@ -638,12 +638,16 @@ func (c *CUDA) Err() error {
 }
 
 // alloc returns a device buffer of at least n bytes from the cache.
-func (c *CUDA) alloc(n int) (cuda.Ptr, int) {
+func (c *CUDA) alloc(n int) (cuda.Ptr, int) { return c.allocIn(c.cache, n) }
+
+// allocIn is alloc from the free lists cache (the step's scratch cache, or
+// the upload buffers' upFree).
+func (c *CUDA) allocIn(cache map[int][]cuda.Ptr, n int) (cuda.Ptr, int) {
 	class := 1 << bits.Len(uint(max(n, 256)-1))
 	c.mu.Lock()
-	if free := c.cache[class]; len(free) > 0 {
+	if free := cache[class]; len(free) > 0 {
 		p := free[len(free)-1]
-		c.cache[class] = free[:len(free)-1]
+		cache[class] = free[:len(free)-1]
 		c.mu.Unlock()
 		return p, class
 	}
@@ -1007,22 +1011,14 @@ func (c *CUDA) allocUp(n int) (cuda.Ptr, int) {
 	if !c.upOn {
 		return c.alloc(n)
 	}
-	class := 1 << bits.Len(uint(max(n, 256)-1))
 	c.mu.Lock()
 	if c.upBytes > upHeldMax {
 		c.fail1(c.ctx.Sync(cuda.Stream{}))
 		c.drained1()
 	}
-	if free := c.upFree[class]; len(free) > 0 {
-		p := free[len(free)-1]
-		c.upFree[class] = free[:len(free)-1]
-		c.mu.Unlock()
-		return p, class | upClass
-	}
 	c.mu.Unlock()
-	p, err := c.ctx.Alloc(class)
-	if err != nil {
-		c.fail(err)
+	p, class := c.allocIn(c.upFree, n)
+	if p == 0 {
 		return 0, 0
 	}
 	return p, class | upClass

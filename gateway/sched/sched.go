@@ -254,12 +254,7 @@ func (s *Scheduler) step(ctx context.Context) bool {
 				// Prepared ahead on a connection to kvd since remade: it did
 				// not run. Schedule again (after a restart, handleRestart
 				// recomputes everything).
-				if s.restarted {
-					s.forgetPinned(batch)
-				} else {
-					s.unpin(batch)
-					s.unadmit(admitted)
-				}
+				s.letGo(batch, admitted)
 				return true
 			}
 			s.dropAhead()
@@ -303,7 +298,8 @@ func (s *Scheduler) prepareAhead(ctx context.Context, cur []item) {
 }
 
 // dropAhead gives back a step prepared ahead that will not run: kvd rolls
-// it back, and the requests admitted for it go back to the queue.
+// it back (the runner's state only, after a reconnect dropped it), and
+// letGo releases its requests.
 func (s *Scheduler) dropAhead() {
 	a := s.ahead
 	if a == nil {
@@ -311,8 +307,20 @@ func (s *Scheduler) dropAhead() {
 	}
 	s.ahead = nil
 	s.r.Cancel(a.prep)
-	s.unpin(a.batch)
-	s.unadmit(a.admitted)
+	s.letGo(a.batch, a.admitted)
+}
+
+// letGo releases the requests of a step prepared ahead that did not run:
+// those admitted for it go back to the queue, and those that finished
+// meanwhile are closed, or after a restart (s.restarted: handleRestart
+// requeues everything) forgotten, since the new kvd never had them.
+func (s *Scheduler) letGo(batch []item, admitted []*Request) {
+	if s.restarted {
+		s.forgetPinned(batch)
+		return
+	}
+	s.unpin(batch)
+	s.unadmit(admitted)
 }
 
 // unadmit returns requests admitted for a step that did not run to the
@@ -693,15 +701,8 @@ func (s *Scheduler) handleRestart() {
 	if !s.restarted {
 		return
 	}
+	s.dropAhead() // it belongs to the old kvd: nothing of it is sent to the new one
 	s.restarted = false
-	if a := s.ahead; a != nil {
-		// The step prepared ahead belongs to the old kvd: nothing of it is
-		// sent to the new one. Its requests that finished meanwhile had
-		// their close put off for it: the new kvd never had them.
-		s.ahead = nil
-		s.r.Cancel(a.prep) // the runner's own state only: the client dropped the step with the connection
-		s.forgetPinned(a.batch)
-	}
 	for _, r := range s.running {
 		s.r.Forget(r.id)
 		r.open, r.computed = false, 0
