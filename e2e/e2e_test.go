@@ -18,26 +18,28 @@ import (
 
 var modes = []string{"sidecar", "embedded"}
 
-// asyncModes are the stacks the suite and TestPreemption run on besides
-// modes: the same with --async-scheduling (each step scheduled and
-// reserved while the one before runs), whose outputs must not differ.
-var asyncModes = []string{"sidecar", "embedded"}
+// syncModes are the stacks the suite and TestPreemption run on besides
+// modes, whose gateways schedule each step while the one before runs (the
+// default): the same with --async-scheduling=false (each step scheduled
+// after the one before returns), whose outputs must not differ.
+var syncModes = []string{"sidecar", "embedded"}
 
 // suiteStack is one stack TestSuite and TestPreemption run on.
 type suiteStack struct {
 	name, mode string
 	gateway    []string // extra gateway flags
+	async      bool     // steps are scheduled while the one before runs
 }
 
 // stacks names each stack TestSuite and TestPreemption run: every mode,
-// then every async mode with --async-scheduling.
+// then every sync mode with --async-scheduling=false.
 func stacks() []suiteStack {
 	var out []suiteStack
 	for _, m := range modes {
-		out = append(out, suiteStack{m, m, nil})
+		out = append(out, suiteStack{m, m, nil, true})
 	}
-	for _, m := range asyncModes {
-		out = append(out, suiteStack{m + ", async scheduling", m, []string{"--async-scheduling"}})
+	for _, m := range syncModes {
+		out = append(out, suiteStack{m + ", sync scheduling", m, []string{"--async-scheduling=false"}, false})
 	}
 	return out
 }
@@ -56,8 +58,8 @@ func TestSuite(t *testing.T) {
 			t.Run("disconnect frees blocks", func(t *testing.T) { disconnect(t, s, true) })
 			t.Run("disconnect frees blocks, not streaming", func(t *testing.T) { disconnect(t, s, false) })
 			t.Run("bad inputs", func(t *testing.T) { badInputs(t, s) })
-			if n := s.metric(t, "kvd_steps_scheduled_ahead_total"); (st.gateway != nil) != (n > 0) {
-				t.Errorf("%v steps scheduled ahead with gateway flags %v", n, st.gateway)
+			if n := s.metric(t, "kvd_steps_scheduled_ahead_total"); st.async != (n > 0) {
+				t.Errorf("%v steps scheduled ahead with gateway flags %v (async scheduling: %v)", n, st.gateway, st.async)
 			}
 		})
 	}

@@ -11,11 +11,11 @@ import (
 // TestKVDRestart kills kvd under a running gateway, once between requests
 // and once under a stream, and starts a new one on the same socket: the
 // gateway reconnects, requests admitted afterwards run, and a request that
-// was running is recomputed and still completes correctly; with and
-// without --async-scheduling (a step reserved on the old kvd must not run
-// or be reported to the new one).
+// was running is recomputed and still completes correctly; with async
+// scheduling (the default: a step reserved on the old kvd must not run or
+// be reported to the new one) and without.
 func TestKVDRestart(t *testing.T) {
-	for _, gw := range [][]string{nil, {"--async-scheduling"}} {
+	for _, gw := range [][]string{nil, {"--async-scheduling=false"}} {
 		t.Run(fmt.Sprint(gw), func(t *testing.T) { kvdRestart(t, gw) })
 	}
 }

@@ -62,6 +62,13 @@ func newFlags(name string, out io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// flagSet reports whether the command line set the flag name.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
 func generate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("gateway generate", stderr)
 	dir := fs.String("model", "", "Hugging Face model directory (required)")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"go.opentelemetry.io/otel/metric"
 
@@ -108,6 +109,27 @@ func checkActivations(b kernels.Backend, c *model.Config, step stepShape) error 
 		return fmt.Errorf("%d MiB of GPU memory free after the weights and kvd's pool, and %s needs about %d MiB of activations: give kvd a smaller --kv-memory, or lower --max-model-len", free>>20, step, need>>20)
 	}
 	return nil
+}
+
+// defaultBatchedTokens is --max-num-batched-tokens when it is not given,
+// as vLLM sets it for its OpenAI server: 8192 on a GPU of 70 GiB or more
+// (an H100 or H200; not an A100, where vLLM measured the larger steps
+// slower), 2048 on smaller ones and the CPU. At 5000-token
+// prompts and 256 running requests on an H200, 2048 a step could not
+// prefill new prompts as fast as requests finished, so fewer than 256
+// decoded at once (bench/results/gpu-g.md, run 16).
+func defaultBatchedTokens(b kernels.Backend) int {
+	if g, ok := b.(*kernels.CUDA); ok {
+		return batchedTokensOn(g.Device())
+	}
+	return 2048
+}
+
+func batchedTokensOn(d cuda.Device) int {
+	if d.Memory >= 70<<30 && !strings.Contains(strings.ToLower(d.Name), "a100") {
+		return 8192
+	}
+	return 2048
 }
 
 // stepShape is the largest step the scheduler may run: a prompt of up to

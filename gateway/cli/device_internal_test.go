@@ -5,7 +5,33 @@ import (
 	"testing"
 
 	"github.com/kvd-project/kvd/gateway/model"
+	"github.com/kvd-project/kvd/kernels"
+	"github.com/kvd-project/kvd/kernels/cuda"
 )
+
+// TestDefaultBatchedTokens checks --max-num-batched-tokens' default by
+// device, vLLM's for its server: 8192 a step on a GPU of 70 GiB or more
+// but an A100, 2048 on smaller GPUs and the CPU.
+func TestDefaultBatchedTokens(t *testing.T) {
+	if got := defaultBatchedTokens(kernels.NewCPU()); got != 2048 {
+		t.Errorf("on the CPU: %d, want 2048", got)
+	}
+	for _, c := range []struct {
+		name string
+		gib  uint64
+		want int
+	}{
+		{"NVIDIA H200", 140, 8192},
+		{"NVIDIA H100 80GB HBM3", 79, 8192},
+		{"NVIDIA A100-SXM4-80GB", 79, 2048},
+		{"NVIDIA GeForce RTX 4090", 24, 2048},
+		{"NVIDIA L40S", 44, 2048},
+	} {
+		if got := batchedTokensOn(cuda.Device{Name: c.name, Memory: c.gib << 30}); got != c.want {
+			t.Errorf("%s, %d GiB: %d tokens a step, want %d", c.name, c.gib, got, c.want)
+		}
+	}
+}
 
 // TestLargestStep checks the activation bound a GPU's --kv-memory fraction
 // and the sidecar's start-up check use: the largest step is a whole

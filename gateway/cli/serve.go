@@ -48,9 +48,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	skipTok := fs.Bool("skip-tokenizer-init", false, "serve without the tokenizer files: prompts must be token ids, outputs have no text (as vLLM's flag)")
 	maxLen := fs.Int("max-model-len", 0, "context length (default: the model's max_position_embeddings)")
 	maxSeqs := fs.Int("max-num-seqs", 64, "sequences running at once")
-	maxBatched := fs.Int("max-num-batched-tokens", 2048, "tokens per scheduler step (a prompt that cannot be chunked may exceed it, as a step's first prompt)")
+	maxBatched := fs.Int("max-num-batched-tokens", 0, "tokens per scheduler step (a prompt that cannot be chunked may exceed it, as a step's first prompt); 0: 8192 on a GPU of 70 GiB or more, 2048 otherwise (vLLM's defaults for its server)")
 	maxQueue := fs.Int("max-queue-len", 1024, "waiting requests before new ones get 503")
-	async := fs.Bool("async-scheduling", false, "schedule and reserve each step while the one before runs, so the host's work between steps (kvd's reserve, scheduling) overlaps the device's (models whose layers do not evict between steps); a request that stops on a token runs one extra row, dropped")
+	async := fs.Bool("async-scheduling", true, "schedule and reserve each step while the one before runs, so the host's work between steps (kvd's reserve, scheduling) overlaps the device's; off by itself for models whose layers evict between steps; a request that stops on a token runs one extra row, dropped (--async-scheduling=false: each step scheduled after the one before returns)")
 	chunked := fs.Bool("enable-chunked-prefill", true, "split long prompts over steps of --max-num-batched-tokens, next to running decodes (models whose layers all keep their whole context; sparse layers prefill a prompt at once)")
 	apiKey := fs.String("api-key", os.Getenv("KVD_API_KEY"), "require Authorization: Bearer <key> on /v1 (also KVD_API_KEY)")
 	device := fs.String("device", kernels.DeviceAuto, "auto, cpu or cuda: where the model runs (auto: the GPU when there is one and --embedded is set)")
@@ -65,8 +65,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	switch {
 	case *dir == "":
 		return fmt.Errorf("%w: --model is required", ErrUsage)
-	case *maxSeqs < 1 || *maxBatched < 1 || *maxQueue < 1 || *blockSize < 1:
-		return fmt.Errorf("%w: --max-num-seqs, --max-num-batched-tokens, --max-queue-len and --block-size must be positive", ErrUsage)
+	case *maxSeqs < 1 || *maxQueue < 1 || *blockSize < 1:
+		return fmt.Errorf("%w: --max-num-seqs, --max-queue-len and --block-size must be positive", ErrUsage)
+	case *maxBatched < 0:
+		return fmt.Errorf("%w: --max-num-batched-tokens must be positive (or 0 for the default)", ErrUsage)
 	case *maxLen < 0:
 		return fmt.Errorf("%w: --max-model-len must not be negative", ErrUsage)
 	}
@@ -118,6 +120,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if *maxLen == 0 {
 		*maxLen = c.MaxPositionEmbeddings
+	}
+	if *maxBatched == 0 {
+		*maxBatched = defaultBatchedTokens(b)
+		log.Info("tokens per step", "max_num_batched_tokens", *maxBatched)
 	}
 	var r *runner.Runner
 	var status func(context.Context) (*ipc.Status, error)
@@ -175,6 +181,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer closeNVML()
+	if *async && !r.CanRunAhead() {
+		// On by default, as vLLM has it: off quietly where it cannot run, said where it was asked for.
+		msg := "async scheduling is off for this model: a layer evicts between steps, which the next step's reserve waits for"
+		if flagSet(fs, "async-scheduling") {
+			log.Warn(msg)
+		} else {
+			log.Info(msg)
+		}
+		*async = false
+	}
 	s, err := sched.New(r, sched.Config{MaxNumSeqs: *maxSeqs, MaxBatchTokens: *maxBatched, MaxModelLen: *maxLen, MaxQueue: *maxQueue, ChunkedPrefill: *chunked, AsyncScheduling: *async, Logger: log})
 	if err != nil {
 		return err

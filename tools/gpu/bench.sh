@@ -196,14 +196,14 @@ for part in $PARTS; do
 		one "grid-26-1024-c${WIDE:-64}$sfx" sidecar "$KV" "${WIDE:-64}" "$wn" --sparse-layers 26 --window 1024
 		;;
 	async)
-		# Full KV with and without --async-scheduling (each step scheduled
-		# and reserved while the one before runs), ASYNC_C at once (256)
-		# over ASYNC_N requests (4 x ASYNC_C: nearer the steady state than
-		# 3 x; ~210 s each at 256 over fp8 on an H200).
+		# Full KV with async scheduling (the default: each step scheduled
+		# and reserved while the one before runs) and without, ASYNC_C at
+		# once (256) over ASYNC_N requests (4 x ASYNC_C: nearer the steady
+		# state than 3 x; ~210 s each at 256 over fp8 on an H200).
 		ac=${ASYNC_C:-256}
 		an=${ASYNC_N:-$((4 * ac))}
-		one "full-sidecar-c$ac-n$an" sidecar "$KV" "$ac" "$an"
-		GW_FLAGS="${GW_FLAGS:-} --async-scheduling" one "full-sidecar-c$ac-n$an-async" sidecar "$KV" "$ac" "$an" # the gateway's flag (one's own go to kvd here)
+		one "full-sidecar-c$ac-n$an-async" sidecar "$KV" "$ac" "$an"
+		GW_FLAGS="${GW_FLAGS:-} --async-scheduling=false" one "full-sidecar-c$ac-n$an-sync" sidecar "$KV" "$ac" "$an" # the gateway's flag (one's own go to kvd here)
 		;;
 	ipc)
 		# The sidecar's decode against embedded: the pool shared as a VMM
