@@ -136,6 +136,39 @@ __device__ __forceinline__ void ldrow(unsigned (&r)[N], const float *row, int w0
     }
 }
 
+// DMMA_KSECTOR (a variant, off: -DDMMA_KSECTOR=1 builds it to time with
+// KVD_CUDABIN_DIR) reads K so that each 16-byte load of a warp covers whole
+// 32-byte sectors: lane t's i-th load is the row's 16 bytes t + 4i (the
+// four lanes of a key read 64 contiguous bytes a load) instead of 4t + i
+// (each lane half of a sector, the other half read by its next load), and
+// the queries' k order is permuted to match. A reviewer's idea after run
+// 13: the same bytes in half the L1 wavefronts. Not yet run on a card.
+#ifndef DMMA_KSECTOR
+#define DMMA_KSECTOR 0
+#endif
+
+// n words of a row for lane t, as DMMA_KSECTOR reads them: its i-th
+// 16-byte load is the row's (t + 4i)-th.
+template <int N>
+__device__ __forceinline__ void ldrow_sectors(unsigned (&r)[N], const float *row, int t) {
+    const uint4 *p = reinterpret_cast<const uint4 *>(row);
+#pragma unroll
+    for (int i = 0; i < N / 4; i++) {
+        const uint4 v = __ldg(p + t + 4 * i);
+        r[4 * i] = v.x, r[4 * i + 1] = v.y, r[4 * i + 2] = v.z, r[4 * i + 3] = v.w;
+    }
+}
+
+// Under DMMA_KSECTOR, the query's float4 (dims 4j..4j+3) that k-step kk
+// of lane t pairs with K's words as ldrow_sectors reads them (KW words a
+// lane, KW / 8 words a k-step: 4 dims a word over fp8, 2 over bfloat16).
+template <int KW>
+__device__ __forceinline__ int q_float4(int t, int kk) {
+    constexpr int WPK = KW / 8, DPW = 4 / WPK;
+    const int w0 = kk * WPK;
+    return DPW * (t + 4 * (w0 / 4)) + (w0 % 4) * DPW / 4;
+}
+
 // The partial of keys k0..k1 for one KV head's G query heads, as
 // partial_v2 leaves it in ws: max and sum (natural log units, the logits
 // scaled by scale), then the G weighted sums of V. lg as partial_v2's.
@@ -149,14 +182,23 @@ __device__ void partial_mma(float *ws, const float *q, int k0, int k1, const Pag
     __shared__ __align__(16) float wacc[V2_WARPS][G][V2_HD + V2_HD / 32];  // dim d at d + d/32: no bank conflict
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
     // A fragments of the queries, scaled to log2 units: qa[kk][0] = dims
-    // 32t+4kk, +1 of head g, qa[kk][1] = dims 32t+4kk+2, +3.
+    // 32t+4kk, +1 of head g, qa[kk][1] = dims 32t+4kk+2, +3 (under
+    // DMMA_KSECTOR the dims q_float4 gives).
     unsigned qa[8][2];
     {
         const float qs = scale * LOG2E;
+#if DMMA_KSECTOR
+        const float4 *qrow = reinterpret_cast<const float4 *>(q + min(g, G - 1) * V2_HD);
+#else
         const float4 *qrow = reinterpret_cast<const float4 *>(q + min(g, G - 1) * V2_HD + 32 * t);
+#endif
 #pragma unroll
         for (int kk = 0; kk < 8; kk++) {
+#if DMMA_KSECTOR
+            float4 v = __ldg(qrow + q_float4<KW>(t, kk));
+#else
             float4 v = __ldg(qrow + kk);
+#endif
             if (g >= G) v = make_float4(0, 0, 0, 0);
             qa[kk][0] = D::pack(v.x * qs, v.y * qs), qa[kk][1] = D::pack(v.z * qs, v.w * qs);
         }
@@ -176,7 +218,11 @@ __device__ void partial_mma(float *ws, const float *q, int k0, int k1, const Pag
         // k-step m's keys 16m+2t, +1, 16m+8+2t, +1.
         unsigned kr[4][KW], vr[2][4][VW];
 #pragma unroll
+#if DMMA_KSECTOR
+        for (int n = 0; n < 4; n++) ldrow_sectors(kr[n], kv.pool + __shfl_sync(0xffffffffu, koff, 8 * n + g), t);
+#else
         for (int n = 0; n < 4; n++) ldrow(kr[n], kv.pool + __shfl_sync(0xffffffffu, koff, 8 * n + g), KW * t);
+#endif
 #pragma unroll
         for (int mm = 0; mm < 2; mm++)
 #pragma unroll

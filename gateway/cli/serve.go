@@ -48,7 +48,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	skipTok := fs.Bool("skip-tokenizer-init", false, "serve without the tokenizer files: prompts must be token ids, outputs have no text (as vLLM's flag)")
 	maxLen := fs.Int("max-model-len", 0, "context length (default: the model's max_position_embeddings)")
 	maxSeqs := fs.Int("max-num-seqs", 64, "sequences running at once")
-	maxBatched := fs.Int("max-num-batched-tokens", 0, "tokens per scheduler step (a prompt that cannot be chunked may exceed it, as a step's first prompt); 0: 8192 on a GPU of 70 GiB or more, 2048 otherwise (vLLM's defaults for its server)")
+	maxBatched := fs.Int("max-num-batched-tokens", 0, "tokens per scheduler step (a prompt that cannot be chunked may exceed it, as a step's first prompt); 0: 8192 on a GPU of 70 GiB or more but an A100, 2048 otherwise (vLLM's defaults for its server)")
 	maxQueue := fs.Int("max-queue-len", 1024, "waiting requests before new ones get 503")
 	async := fs.Bool("async-scheduling", true, "schedule and reserve each step while the one before runs, so the host's work between steps (kvd's reserve, scheduling) overlaps the device's; off by itself for models whose layers evict between steps; a request that stops on a token runs one extra row, dropped (--async-scheduling=false: each step scheduled after the one before returns)")
 	chunked := fs.Bool("enable-chunked-prefill", true, "split long prompts over steps of --max-num-batched-tokens, next to running decodes (models whose layers all keep their whole context; sparse layers prefill a prompt at once)")
@@ -68,7 +68,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	case *maxSeqs < 1 || *maxQueue < 1 || *blockSize < 1:
 		return fmt.Errorf("%w: --max-num-seqs, --max-queue-len and --block-size must be positive", ErrUsage)
 	case *maxBatched < 0:
-		return fmt.Errorf("%w: --max-num-batched-tokens must be positive (or 0 for the default)", ErrUsage)
+		return fmt.Errorf("%w: --max-num-batched-tokens %d: give a positive number of tokens a step, or 0 for the default", ErrUsage, *maxBatched)
 	case *maxLen < 0:
 		return fmt.Errorf("%w: --max-model-len must not be negative", ErrUsage)
 	}
@@ -181,17 +181,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer closeNVML()
-	if *async && !r.CanRunAhead() {
-		// On by default, as vLLM has it: off quietly where it cannot run, said where it was asked for.
-		msg := "async scheduling is off for this model: a layer evicts between steps, which the next step's reserve waits for"
-		if flagSet(fs, "async-scheduling") {
-			log.Warn(msg)
-		} else {
-			log.Info(msg)
-		}
-		*async = false
-	}
-	s, err := sched.New(r, sched.Config{MaxNumSeqs: *maxSeqs, MaxBatchTokens: *maxBatched, MaxModelLen: *maxLen, MaxQueue: *maxQueue, ChunkedPrefill: *chunked, AsyncScheduling: *async, Logger: log})
+	s, err := sched.New(r, sched.Config{MaxNumSeqs: *maxSeqs, MaxBatchTokens: *maxBatched, MaxModelLen: *maxLen, MaxQueue: *maxQueue, ChunkedPrefill: *chunked,
+		AsyncScheduling: *async, AsyncDefault: !flagSet(fs, "async-scheduling"), Logger: log})
 	if err != nil {
 		return err
 	}

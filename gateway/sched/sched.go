@@ -41,7 +41,12 @@ type Config struct {
 	// has already been put in the next step: it runs there once more and
 	// its output is dropped.
 	AsyncScheduling bool
-	Logger          *slog.Logger
+	// AsyncDefault says AsyncScheduling is the default rather than asked
+	// for: where the runner cannot run ahead (checked each step: a kvd
+	// restarted with another policy may change it), that is logged at
+	// info level, not as a warning.
+	AsyncDefault bool
+	Logger       *slog.Logger
 }
 
 // Scheduler batches requests onto one runner. Submit is safe for concurrent
@@ -244,7 +249,12 @@ func (s *Scheduler) step(ctx context.Context) bool {
 				ahead = func() { s.prepareAhead(ctx, batch) }
 			} else if !s.warnedAhead {
 				s.warnedAhead = true
-				s.log.Warn("--async-scheduling is off for this model: a layer evicts between steps, which the next step's reserve waits for")
+				msg := "async scheduling is off for this model: a layer evicts between steps, which the next step's reserve waits for"
+				if s.cfg.AsyncDefault {
+					s.log.Info(msg)
+				} else {
+					s.log.Warn(msg)
+				}
 			}
 		}
 		stepCtx := trace.ContextWithSpan(ctx, batch[0].req.span)

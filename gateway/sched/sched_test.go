@@ -1,10 +1,14 @@
 package sched
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +17,7 @@ import (
 	"github.com/kvd-project/kvd/gateway/model/tinymodel"
 	"github.com/kvd-project/kvd/gateway/runner"
 	"github.com/kvd-project/kvd/kernels"
+	"github.com/kvd-project/kvd/kvd/policy"
 )
 
 // served is one request's outcome.
@@ -228,4 +233,92 @@ func TestAsyncScheduling(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAsyncOffWhereEvicting: over a model whose layers evict between steps
+// (the seed's sparse preset) async scheduling cannot run: the requests
+// still complete, and the scheduler says once why it is off, at info level
+// where it is the default and as a warning where it was asked for.
+func TestAsyncOffWhereEvicting(t *testing.T) {
+	dir := t.TempDir()
+	if err := tinymodel.Write(dir, tinymodel.Options{Seed: 5}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := model.Load(context.Background(), dir, kernels.NewCPU(), model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := policy.FromFlags("", 1, 48, m.Config.NumLayers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, defaulted := range []bool{true, false} {
+		r, err := runner.NewEmbedded(m, 1024, 16, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.CanRunAhead() {
+			t.Fatalf("the sparse preset %v can run ahead: the test does not test an evicting model", spec)
+		}
+		var logs bytes.Buffer
+		var mu sync.Mutex
+		log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
+		s, err := New(r, Config{MaxNumSeqs: 4, MaxBatchTokens: 64, MaxModelLen: 512, MaxQueue: 8, AsyncScheduling: true, AsyncDefault: defaulted, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, stop := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { s.Run(ctx); close(done) }()
+		var reqs []*Request
+		for i := range 2 {
+			req := &Request{Prompt: []int32{5, 17, int32(99 + i), 3, 250, 7, 8, 9}, Params: Params{MaxTokens: 40, IgnoreEOS: true}, Ctx: context.Background()}
+			if err := s.Submit(req); err != nil {
+				t.Fatal(err)
+			}
+			reqs = append(reqs, req)
+		}
+		for i, req := range reqs {
+			n, finish := 0, ""
+			for ev, ok := req.Next(); ok; ev, ok = req.Next() {
+				if ev.Err != nil {
+					t.Fatalf("request %d: %v", i, ev.Err)
+				}
+				if ev.Token != nil {
+					n++
+				}
+				if ev.Finish != "" {
+					finish = ev.Finish
+				}
+			}
+			if n != 40 || finish != "length" {
+				t.Errorf("request %d: %d tokens, finish %q; want 40, length", i, n, finish)
+			}
+		}
+		stop()
+		<-done
+		r.Shutdown()
+		mu.Lock()
+		out := logs.String()
+		mu.Unlock()
+		want := "level=WARN"
+		if defaulted {
+			want = "level=INFO"
+		}
+		if n := strings.Count(out, "async scheduling is off"); n != 1 || !strings.Contains(out, want+` msg="async scheduling is off`) {
+			t.Errorf("defaulted %v: want the reason logged once at %s, got:\n%s", defaulted, want, out)
+		}
+	}
+}
+
+// lockedWriter serializes writes to w (the scheduler logs from its loop).
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

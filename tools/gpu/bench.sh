@@ -38,6 +38,9 @@ N=${N:-32}
 CAPPED_C=${CAPPED_C:-16}
 CAPPED_N=${CAPPED_N:-16}
 CAPPED_KV=${CAPPED_KV:-6GiB} # a 24 GiB card less 16 GB of bf16 weights and ~2.5 GiB of context and activations
+# The gateway's step on such a card: 2048 tokens, its default below 70 GiB
+# (8192 on the H200 the runs use).
+CAPPED_GW="--max-num-batched-tokens 2048"
 DEVICE=${DEVICE:-cuda}
 FORMAT=${FORMAT:-dummy}
 VOCAB=${VOCAB:-128000}
@@ -66,7 +69,8 @@ BASE=http://127.0.0.1:$PORT
 pids=()
 
 # Pool size for the uncapped runs: the card's memory less the weights and
-# room for two CUDA contexts and a 5000-token prefill's activations.
+# room for two CUDA contexts and the largest step's activations (8192 +
+# 256 tokens by default on an H200: ~6 GiB).
 if [ -z "${KV:-}" ]; then
 	total=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
 	KV=$(( ${total:-40000} * 1048576 / 1073741824 - 16 - 14 ))GiB
@@ -256,8 +260,8 @@ for part in $PARTS; do
 		# 26 / 1024, uncapped, capped, and full KV WIDE at once.
 		one full-sidecar-bf16 sidecar "$KV" "$C" "$N" --kv-cache-dtype bfloat16
 		one grid-26-1024-bf16 sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024 --kv-cache-dtype bfloat16
-		one capped-26-1024-bf16 sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N" --sparse-layers 26 --window 1024 --kv-cache-dtype bfloat16
-		one capped-full-bf16 sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N" --kv-cache-dtype bfloat16
+		GW_FLAGS="${GW_FLAGS:-} $CAPPED_GW" one capped-26-1024-bf16 sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N" --sparse-layers 26 --window 1024 --kv-cache-dtype bfloat16
+		GW_FLAGS="${GW_FLAGS:-} $CAPPED_GW" one capped-full-bf16 sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N" --kv-cache-dtype bfloat16
 		one "full-sidecar-c${WIDE:-64}-bf16" sidecar "$KV" "${WIDE:-64}" "${WIDE:-64}" --kv-cache-dtype bfloat16
 		;;
 	attn)
@@ -283,8 +287,8 @@ for part in $PARTS; do
 		one grid-26-1024-bf16-mma sidecar "$KV" "$C" "$N" --sparse-layers 26 --window 1024 --kv-cache-dtype bfloat16
 		;;
 	capped)
-		one capped-full sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N"
-		grid capped sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N"
+		GW_FLAGS="${GW_FLAGS:-} $CAPPED_GW" one capped-full sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N"
+		GW_FLAGS="${GW_FLAGS:-} $CAPPED_GW" grid capped sidecar "$CAPPED_KV" "$CAPPED_C" "$CAPPED_N"
 		;;
 	floor)
 		(cd kernels && "$BIN/kernels.test" -test.run '^$' -test.bench 'GPU$/copy' -test.benchtime 20x) >"$OUT/copy.txt" 2>&1
