@@ -99,6 +99,7 @@ func TestBadInput(t *testing.T) {
 		{"bad load format", "gateway", []string{"generate", "--model", modelDir, "--prompt", "x", "--load-format", "pt"}, 1, `load format "pt"`},
 		{"prompt beyond context", "gateway", []string{"generate", "--model", modelDir, "--prompt", strings.Repeat("word ", 50), "--max-model-len", "16"}, 2, "exceeds --max-model-len 16"},
 		{"negative step budget", "gateway", []string{"serve", "--model", modelDir, "--max-num-batched-tokens", "-1"}, 2, "--max-num-batched-tokens -1: give a positive number of tokens a step, or 0 for the default"},
+		{"negative places", "gateway", []string{"serve", "--model", modelDir, "--max-num-seqs", "-2"}, 2, "--max-num-seqs -2: give a positive number of sequences, or 0 for the default"},
 		{"bad device", "gateway", []string{"generate", "--model", modelDir, "--prompt", "x", "--device", "tpu"}, 2, `--device "tpu": want auto, cpu or cuda`},
 		{"kvd bad device", "kvd", []string{"serve", "--model", modelDir, "--device", "tpu"}, 2, `--device "tpu": want auto, cpu or cuda`},
 		{"sidecar bad device", "gateway", []string{"serve", "--model", modelDir, "--device", "tpu"}, 2, `--device "tpu": want auto, cpu or cuda`},

@@ -111,25 +111,28 @@ func checkActivations(b kernels.Backend, c *model.Config, step stepShape) error 
 	return nil
 }
 
-// defaultBatchedTokens is --max-num-batched-tokens when it is not given,
-// as vLLM sets it for its OpenAI server: 8192 on a GPU of 70 GiB or more
-// (an H100 or H200; not an A100, where vLLM measured the larger steps
-// slower), 2048 on smaller ones and the CPU. At 5000-token
-// prompts and 256 running requests on an H200, 2048 a step could not
-// prefill new prompts as fast as requests finished, so fewer than 256
-// decoded at once (bench/results/gpu-g.md, run 16).
-func defaultBatchedTokens(b kernels.Backend) int {
+// stepDefaults are --max-num-batched-tokens and --max-num-seqs when they
+// are not given, as vLLM sets them for its OpenAI server: 8192 tokens a
+// step and 1024 sequences on a GPU of 70 GiB or more (an H100 or H200; not
+// an A100, where vLLM measured the larger steps slower), 2048 and 256 on
+// smaller ones and the CPU. At 5000-token prompts and 256 running
+// requests on an H200, 2048 a step could not prefill new prompts as fast
+// as requests finished, so fewer than 256 decoded at once
+// (bench/results/gpu-g.md, run 16). A sequence is admitted when kvd's
+// pool has room for its prompt; past that, places only raise the
+// activation budget's logit rows (checkActivations).
+func stepDefaults(b kernels.Backend) (tokens, seqs int) {
 	if g, ok := b.(*kernels.CUDA); ok {
-		return batchedTokensOn(g.Device())
+		return stepDefaultsOn(g.Device())
 	}
-	return 2048
+	return 2048, 256
 }
 
-func batchedTokensOn(d cuda.Device) int {
+func stepDefaultsOn(d cuda.Device) (tokens, seqs int) {
 	if d.Memory >= 70<<30 && !strings.Contains(strings.ToLower(d.Name), "a100") {
-		return 8192
+		return 8192, 1024
 	}
-	return 2048
+	return 2048, 256
 }
 
 // stepShape is the largest step the scheduler may run: a prompt of up to

@@ -9,26 +9,27 @@ import (
 	"github.com/kvd-project/kvd/kernels/cuda"
 )
 
-// TestDefaultBatchedTokens checks --max-num-batched-tokens' default by
-// device, vLLM's for its server: 8192 a step on a GPU of 70 GiB or more
-// but an A100, 2048 on smaller GPUs and the CPU.
-func TestDefaultBatchedTokens(t *testing.T) {
-	if got := defaultBatchedTokens(kernels.NewCPU()); got != 2048 {
-		t.Errorf("on the CPU: %d, want 2048", got)
+// TestStepDefaults checks --max-num-batched-tokens' and --max-num-seqs'
+// defaults by device, vLLM's for its server: 8192 tokens a step and 1024
+// sequences on a GPU of 70 GiB or more but an A100, 2048 and 256 on
+// smaller GPUs and the CPU.
+func TestStepDefaults(t *testing.T) {
+	if tokens, seqs := stepDefaults(kernels.NewCPU()); tokens != 2048 || seqs != 256 {
+		t.Errorf("on the CPU: %d tokens, %d sequences; want 2048, 256", tokens, seqs)
 	}
 	for _, c := range []struct {
-		name string
-		gib  uint64
-		want int
+		name         string
+		gib          uint64
+		tokens, seqs int
 	}{
-		{"NVIDIA H200", 140, 8192},
-		{"NVIDIA H100 80GB HBM3", 79, 8192},
-		{"NVIDIA A100-SXM4-80GB", 79, 2048},
-		{"NVIDIA GeForce RTX 4090", 24, 2048},
-		{"NVIDIA L40S", 44, 2048},
+		{"NVIDIA H200", 140, 8192, 1024},
+		{"NVIDIA H100 80GB HBM3", 79, 8192, 1024},
+		{"NVIDIA A100-SXM4-80GB", 79, 2048, 256},
+		{"NVIDIA GeForce RTX 4090", 24, 2048, 256},
+		{"NVIDIA L40S", 44, 2048, 256},
 	} {
-		if got := batchedTokensOn(cuda.Device{Name: c.name, Memory: c.gib << 30}); got != c.want {
-			t.Errorf("%s, %d GiB: %d tokens a step, want %d", c.name, c.gib, got, c.want)
+		if tokens, seqs := stepDefaultsOn(cuda.Device{Name: c.name, Memory: c.gib << 30}); tokens != c.tokens || seqs != c.seqs {
+			t.Errorf("%s, %d GiB: %d tokens a step, %d sequences; want %d, %d", c.name, c.gib, tokens, seqs, c.tokens, c.seqs)
 		}
 	}
 }

@@ -47,7 +47,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	format := fs.String("load-format", model.LoadAuto, "weights: auto (safetensors) or dummy (random, for benchmarks)")
 	skipTok := fs.Bool("skip-tokenizer-init", false, "serve without the tokenizer files: prompts must be token ids, outputs have no text (as vLLM's flag)")
 	maxLen := fs.Int("max-model-len", 0, "context length (default: the model's max_position_embeddings)")
-	maxSeqs := fs.Int("max-num-seqs", 64, "sequences running at once")
+	maxSeqs := fs.Int("max-num-seqs", 0, "sequences running at once; 0: 1024 on a GPU of 70 GiB or more but an A100, 256 otherwise (vLLM's defaults for its server)")
 	maxBatched := fs.Int("max-num-batched-tokens", 0, "tokens per scheduler step (a prompt that cannot be chunked may exceed it, as a step's first prompt); 0: 8192 on a GPU of 70 GiB or more but an A100, 2048 otherwise (vLLM's defaults for its server)")
 	maxQueue := fs.Int("max-queue-len", 1024, "waiting requests before new ones get 503")
 	async := fs.Bool("async-scheduling", true, "schedule and reserve each step while the one before runs, so the host's work between steps (kvd's reserve, scheduling) overlaps the device's; off by itself for models whose layers evict between steps; a request that stops on a token runs one extra row, dropped (--async-scheduling=false: each step scheduled after the one before returns)")
@@ -65,10 +65,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	switch {
 	case *dir == "":
 		return fmt.Errorf("%w: --model is required", ErrUsage)
-	case *maxSeqs < 1 || *maxQueue < 1 || *blockSize < 1:
-		return fmt.Errorf("%w: --max-num-seqs, --max-queue-len and --block-size must be positive", ErrUsage)
+	case *maxQueue < 1 || *blockSize < 1:
+		return fmt.Errorf("%w: --max-queue-len and --block-size must be positive", ErrUsage)
 	case *maxBatched < 0:
 		return fmt.Errorf("%w: --max-num-batched-tokens %d: give a positive number of tokens a step, or 0 for the default", ErrUsage, *maxBatched)
+	case *maxSeqs < 0:
+		return fmt.Errorf("%w: --max-num-seqs %d: give a positive number of sequences, or 0 for the default", ErrUsage, *maxSeqs)
 	case *maxLen < 0:
 		return fmt.Errorf("%w: --max-model-len must not be negative", ErrUsage)
 	}
@@ -121,9 +123,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if *maxLen == 0 {
 		*maxLen = c.MaxPositionEmbeddings
 	}
-	if *maxBatched == 0 {
-		*maxBatched = defaultBatchedTokens(b)
-		log.Info("tokens per step", "max_num_batched_tokens", *maxBatched)
+	if tokens, seqs := stepDefaults(b); *maxBatched == 0 || *maxSeqs == 0 {
+		if *maxBatched == 0 {
+			*maxBatched = tokens
+		}
+		if *maxSeqs == 0 {
+			*maxSeqs = seqs
+		}
+		log.Info("step limits", "max_num_batched_tokens", *maxBatched, "max_num_seqs", *maxSeqs)
 	}
 	var r *runner.Runner
 	var status func(context.Context) (*ipc.Status, error)
