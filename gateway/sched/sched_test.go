@@ -27,6 +27,20 @@ type served struct {
 	err    error
 }
 
+// tinyModel is a small random Llama on the CPU.
+func tinyModel(t *testing.T) *model.Model {
+	t.Helper()
+	dir := t.TempDir()
+	if err := tinymodel.Write(dir, tinymodel.Options{Seed: 5}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := model.Load(context.Background(), dir, kernels.NewCPU(), model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
 // serveAll runs reqs at once through a scheduler over an embedded pool of
 // numBlocks on the CPU and returns each request's tokens and finish; it
 // checks that every block is back in the pool at the end.
@@ -93,14 +107,7 @@ func serveAll(t *testing.T, m *model.Model, cfg Config, numBlocks int, reqs []*R
 // requests cancelled mid-generation, seeded sampling, prompts chunked over
 // steps next to decodes, and a pool small enough to preempt.
 func TestAsyncScheduling(t *testing.T) {
-	dir := t.TempDir()
-	if err := tinymodel.Write(dir, tinymodel.Options{Seed: 5}); err != nil {
-		t.Fatal(err)
-	}
-	m, err := model.Load(context.Background(), dir, kernels.NewCPU(), model.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := tinyModel(t)
 	rng := rand.New(rand.NewPCG(3, 4))
 	v := m.Config.VocabSize
 	prompt := func(n int) []int32 {
@@ -240,14 +247,7 @@ func TestAsyncScheduling(t *testing.T) {
 // still complete, and the scheduler says once why it is off, at info level
 // where it is the default and as a warning where it was asked for.
 func TestAsyncOffWhereEvicting(t *testing.T) {
-	dir := t.TempDir()
-	if err := tinymodel.Write(dir, tinymodel.Options{Seed: 5}); err != nil {
-		t.Fatal(err)
-	}
-	m, err := model.Load(context.Background(), dir, kernels.NewCPU(), model.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := tinyModel(t)
 	spec, err := policy.FromFlags("", 1, 48, m.Config.NumLayers)
 	if err != nil {
 		t.Fatal(err)
