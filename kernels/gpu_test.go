@@ -962,6 +962,9 @@ func BenchmarkGPUAttention(b *testing.B) {
 		// kernel with the queries in registers saved 15 us a layer at 32
 		// sequences and 256 served at 128.
 		{"decode-128x5000-bf16", 128, 1, shm.BFloat16, 5000, false}, {"decode-128x5000-fp8", 128, 1, shm.FP8E4M3, 5000, false},
+		// 256, as C = 256 with 8192 tokens a step (run 16): all 256
+		// places decode, and fp8 decode is most of a decode-only step.
+		{"decode-256x5000-fp8", 256, 1, shm.FP8E4M3, 5000, false},
 	} {
 		if only := os.Getenv("KVD_BENCH_ONLY"); only != "" && !strings.Contains(c.name, only) {
 			continue
