@@ -69,7 +69,7 @@ type sharedPool struct {
 	key         string // kvd instance and lease the handles below belong to
 	pool        *kernels.Tensor
 	step, evict cuda.Event
-	noEvents    bool // KVD_IPC_EVENTS=0 (developers), only without eviction
+	noEvents    bool // KVD_IPC_EVENTS=0 (developers): no events while kvd's policy does not evict (skipEvents)
 }
 
 // NewSidecar checks that b can address kvd's pool: the CPU backend a host
@@ -92,14 +92,16 @@ func NewSidecar(c *ipc.Client, b kernels.Backend) (*Sidecar, error) {
 	// queued on it (a step's reserve made while the one before runs,
 	// AsyncScheduling): close waits for the device first.
 	c.OnDrop(s.gpu.close)
-	if os.Getenv("KVD_IPC_EVENTS") == "0" && !evicts(h.Policies) {
-		// For developers measuring what the events cost: without
-		// decode-time eviction kvd never moves entries, so the order
-		// they keep is not needed.
-		s.gpu.noEvents = true
-	}
+	s.gpu.noEvents = os.Getenv("KVD_IPC_EVENTS") == "0"
 	return s, s.open()
 }
+
+// skipEvents reports whether the steps go without interprocess events:
+// for developers measuring what they cost (KVD_IPC_EVENTS=0), and only
+// while kvd's policy has no decode-time eviction, under which kvd never
+// moves entries and the order the events keep is not needed. Checked each
+// step: a kvd restarted on the socket may evict where the first did not.
+func (s *Sidecar) skipEvents() bool { return s.gpu.noEvents && !evicts(s.Hello().Policies) }
 
 func evicts(spec policy.Spec) bool {
 	for _, p := range spec {
@@ -208,7 +210,7 @@ func (s *Sidecar) Reserve(ctx context.Context, appends []blocks.Append) (uint64,
 		err = s.samePoolKind()
 	}
 	if err == nil && s.gpu != nil {
-		if err = s.open(); err == nil && !s.gpu.noEvents {
+		if err = s.open(); err == nil && !s.skipEvents() {
 			s.gpu.b.WaitEvent(s.gpu.evict)
 		}
 	}
@@ -221,7 +223,7 @@ func (s *Sidecar) Reserve(ctx context.Context, appends []blocks.Append) (uint64,
 
 // Done records the step event (on a GPU pool) and reports the step.
 func (s *Sidecar) Done(id uint64, failed bool) {
-	if s.gpu != nil && !s.gpu.noEvents && s.gpu.key != "" { // not after the pool was closed with its events
+	if s.gpu != nil && !s.skipEvents() && s.gpu.key != "" { // not after the pool was closed with its events
 		s.gpu.b.Record(s.gpu.step)
 	}
 	s.Client.Done(id, failed)
