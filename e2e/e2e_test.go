@@ -58,7 +58,7 @@ func TestSuite(t *testing.T) {
 			t.Run("disconnect frees blocks", func(t *testing.T) { disconnect(t, s, true) })
 			t.Run("disconnect frees blocks, not streaming", func(t *testing.T) { disconnect(t, s, false) })
 			t.Run("bad inputs", func(t *testing.T) { badInputs(t, s) })
-			if n := s.metric(t, "kvd_steps_scheduled_ahead_total"); st.async != (n > 0) {
+			if n := s.counter(t, "kvd_steps_scheduled_ahead_total"); st.async != (n > 0) {
 				t.Errorf("%v steps scheduled ahead with gateway flags %v (async scheduling: %v)", n, st.gateway, st.async)
 			}
 		})
@@ -590,27 +590,40 @@ func TestLongPromptJoinsDecodes(t *testing.T) {
 // --max-num-batched-tokens 16 and checks that the completion equals the
 // no-cache reference's (each chunk attends over the ones before it in
 // kvd's pool) and that kvd saw seven prompt steps; a sparse model, whose
-// SnapKV layers need the prompt at once, prefills it in one step.
+// SnapKV layers need the prompt at once, prefills it in one step, and its
+// gateway says async scheduling is off (at info level by default, as a
+// warning when --async-scheduling was given).
 func TestChunkedPrefill(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 5))
 	prompt := randomPrompt(rng, 100)
 	want := refGreedy(t, prompt, 6)
 	body := map[string]any{"prompt": prompt, "max_tokens": 6, "temperature": 0, "ignore_eos": true, "logprobs": 0, "return_tokens_as_token_ids": true}
+	sparse := []string{"--sparse-layers", "2", "--window", "64"}
 	for _, c := range []struct {
 		name   string
 		policy []string
+		gw     []string
 		steps  int
+		offLog string // how the gateway says async scheduling is off ("": it does not)
 	}{
-		{"full", nil, 7 + 5},
-		{"sparse", []string{"--sparse-layers", "2", "--window", "64"}, 1 + 5},
+		{"full", nil, nil, 7 + 5, ""},
+		// A sparse model cannot schedule ahead: the gateway says so
+		// quietly where that is the default, and warns where it was asked for.
+		{"sparse", sparse, nil, 1 + 5, "level=INFO"},
+		{"sparse, --async-scheduling", sparse, []string{"--async-scheduling"}, 1 + 5, "level=WARN"},
 	} {
-		s := startStack(t, "sidecar", options{policy: c.policy, gateway: []string{"--max-num-batched-tokens", "16"}})
+		s := startStack(t, "sidecar", options{policy: c.policy, gateway: append([]string{"--max-num-batched-tokens", "16"}, c.gw...)})
 		got := ids(t, s.complete(t, body).Choices[0].Logprobs.Tokens)
 		if c.policy == nil && !equal(got, want) {
 			t.Errorf("chunked prefill gave %v, the reference %v", got, want)
 		}
 		if st := kvdStatus(t, s); st.Steps != uint64(c.steps) {
 			t.Errorf("%s: kvd saw %d steps for a 100-token prompt in chunks of 16 and 6 tokens, want %d", c.name, st.Steps, c.steps)
+		}
+		logs := s.allLogs()
+		said := strings.Contains(logs, "async scheduling is off")
+		if c.offLog == "" && said || c.offLog != "" && !strings.Contains(logs, c.offLog+` msg="async scheduling is off`) {
+			t.Errorf("%s: want the gateway to say async scheduling is off %q; logs:\n%s", c.name, c.offLog, logs)
 		}
 		s.stop()
 	}

@@ -152,7 +152,7 @@ func TestGPUSidecar(t *testing.T) {
 		}
 		// Steps run ahead exactly where no layer evicts and the flag is
 		// not turned off.
-		if n, async := side.metric(t, "kvd_steps_scheduled_ahead_total"), p.spec == "" && p.gw == nil; async != (n > 0) {
+		if n, async := side.counter(t, "kvd_steps_scheduled_ahead_total"), p.spec == "" && p.gw == nil; async != (n > 0) {
 			t.Errorf("%s: %v steps scheduled ahead (async scheduling expected: %v)", p.name, n, async)
 		}
 		st := kvdStatus(t, side)

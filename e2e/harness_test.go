@@ -328,6 +328,16 @@ func (s *stack) metric(t *testing.T, name string) float64 {
 	return sum
 }
 
+// counter is metric for a counter, which is not exported until it first
+// counts: 0 where it is absent.
+func (s *stack) counter(t *testing.T, name string) float64 {
+	t.Helper()
+	if v := s.metric(t, name); !math.IsNaN(v) {
+		return v
+	}
+	return 0
+}
+
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	t.Helper()

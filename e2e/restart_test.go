@@ -56,7 +56,7 @@ func kvdRestart(t *testing.T, gw []string) {
 	if got := ids(t, s.complete(t, body).Choices[0].Logprobs.Tokens); !equal(got, want) {
 		t.Fatalf("after a restart under a stream: %v, want %v", got, want)
 	}
-	if n, async := s.metric(t, "kvd_steps_scheduled_ahead_total"), gw == nil; async != (n > 0) {
+	if n, async := s.counter(t, "kvd_steps_scheduled_ahead_total"), gw == nil; async != (n > 0) {
 		t.Errorf("%v steps scheduled ahead with gateway flags %v (async scheduling expected: %v)", n, gw, async)
 	}
 }
