@@ -118,10 +118,7 @@ func TestGPUSidecar(t *testing.T) {
 		wg.Wait()
 		agree, total, worst := 0, 0, 0.0
 		for i := range prompts {
-			n := 0
-			for n < len(got[i]) && n < len(want[i]) && got[i][n] == want[i][n] {
-				n++
-			}
+			n := samePrefix(got[i], want[i])
 			agree, total = agree+n, total+len(want[i])
 			for j := 0; j < n && j < len(wantTop[i]) && j < len(gotTop[i]); j++ {
 				key := tokenKey(want[i][j])

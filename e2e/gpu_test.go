@@ -131,10 +131,7 @@ func TestGPUMatchesCPU(t *testing.T) {
 			for _, prompt := range prompts {
 				body := map[string]any{"prompt": prompt, "max_tokens": 48, "temperature": 0.8, "top_p": 0.95, "seed": seed, "ignore_eos": true, "logprobs": 0, "return_tokens_as_token_ids": true}
 				ta, tb := ids(t, cpu.complete(t, body).Choices[0].Logprobs.Tokens), ids(t, gpu.complete(t, body).Choices[0].Logprobs.Tokens)
-				n := 0
-				for n < len(ta) && n < len(tb) && ta[n] == tb[n] {
-					n++
-				}
+				n := samePrefix(ta, tb)
 				if n > 0 {
 					firstSame++
 				}

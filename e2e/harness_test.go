@@ -328,6 +328,15 @@ func (s *stack) metric(t *testing.T, name string) float64 {
 	return sum
 }
 
+// samePrefix is how many tokens a and b agree on before they first differ.
+func samePrefix(a, b []int32) int {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return n
+}
+
 // counter is metric for a counter, which is not exported until it first
 // counts: 0 where it is absent.
 func (s *stack) counter(t *testing.T, name string) float64 {

@@ -101,7 +101,7 @@ func NewSidecar(c *ipc.Client, b kernels.Backend) (*Sidecar, error) {
 // while kvd's policy has no decode-time eviction, under which kvd never
 // moves entries and the order the events keep is not needed. Checked each
 // step: a kvd restarted on the socket may evict where the first did not.
-func (s *Sidecar) skipEvents() bool { return s.gpu.noEvents && !evicts(s.Hello().Policies) }
+func (s *Sidecar) skipEvents() bool { return s.gpu.noEvents && !evicts(s.Spec()) }
 
 func evicts(spec policy.Spec) bool {
 	for _, p := range spec {
@@ -650,14 +650,7 @@ func (r *Runner) release(p *Prepared) {
 // CanRunAhead reports whether a step may be prepared while the one before
 // it runs (Run's ahead): no layer evicts between steps, which kvd does
 // once a step is reported done and the next step's reply waits for.
-func (r *Runner) CanRunAhead() bool {
-	for _, p := range r.kv.Spec() {
-		if p.Decode != "" {
-			return false
-		}
-	}
-	return true
-}
+func (r *Runner) CanRunAhead() bool { return !evicts(r.kv.Spec()) }
 
 // Cancel gives back a prepared step that will not run: kvd rolls its
 // tokens back, and its sequences' positions go back.
@@ -665,8 +658,14 @@ func (r *Runner) Cancel(p *Prepared) {
 	if p.done {
 		return
 	}
-	p.done = true
 	r.kv.Done(p.id, true)
+	r.drop(p)
+}
+
+// drop ends a prepared step that does not run, on the runner's side: its
+// sequences' positions go back before it, and its hold on them ends.
+func (r *Runner) drop(p *Prepared) {
+	p.done = true
 	r.unwind(p)
 	r.release(p)
 }
@@ -696,9 +695,7 @@ func (r *Runner) Run(ctx context.Context, p *Prepared, ahead func()) (logits [][
 		// (prepared ahead): kvd rolled it back, and a restarted kvd's
 		// pool is another. Nothing runs; the caller schedules again (and
 		// recomputes everything if kvd restarted).
-		p.done = true
-		r.unwind(p)
-		r.release(p)
+		r.drop(p)
 		return nil, nil, fmt.Errorf("step %d: %w", p.id, ErrStaleStep)
 	}
 	b := r.m.Backend()

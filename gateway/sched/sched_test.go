@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -42,11 +41,12 @@ func tinyModel(t *testing.T) *model.Model {
 }
 
 // serveAll runs reqs at once through a scheduler over an embedded pool of
-// numBlocks on the CPU and returns each request's tokens and finish; it
-// checks that every block is back in the pool at the end.
-func serveAll(t *testing.T, m *model.Model, cfg Config, numBlocks int, reqs []*Request, cancelAfter []int, cancels []context.CancelFunc) ([]served, *Scheduler) {
+// numBlocks on the CPU, its layers following spec (nil: all full), and
+// returns each request's tokens and finish; it checks that every block is
+// back in the pool at the end.
+func serveAll(t *testing.T, m *model.Model, spec policy.Spec, cfg Config, numBlocks int, reqs []*Request, cancelAfter []int, cancels []context.CancelFunc) ([]served, *Scheduler) {
 	t.Helper()
-	r, err := runner.NewEmbedded(m, numBlocks, 16, nil)
+	r, err := runner.NewEmbedded(m, numBlocks, 16, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +208,7 @@ func TestAsyncScheduling(t *testing.T) {
 				reqs, cancelAfter, cancels := mk(specs)
 				cfg := Config{MaxNumSeqs: 8, MaxBatchTokens: tc.chunk, ChunkedPrefill: true, MaxModelLen: 512, MaxQueue: 64, AsyncScheduling: async}
 				var s *Scheduler
-				runs[k], s = serveAll(t, m, cfg, tc.blocks, reqs, cancelAfter, cancels)
+				runs[k], s = serveAll(t, m, nil, cfg, tc.blocks, reqs, cancelAfter, cancels)
 				t.Logf("async %v: %d steps run as prepared ahead, %d rows of finished requests dropped, %d preemptions", async, s.ranAhead, s.ghosts, s.preempted)
 				if async && (s.ranAhead == 0 || s.ghosts == 0) || !async && s.ranAhead+s.ghosts > 0 {
 					t.Errorf("async %v: %d steps run as prepared ahead, %d dropped rows", async, s.ranAhead, s.ghosts)
@@ -253,72 +253,28 @@ func TestAsyncOffWhereEvicting(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, defaulted := range []bool{true, false} {
-		r, err := runner.NewEmbedded(m, 1024, 16, spec)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if r.CanRunAhead() {
-			t.Fatalf("the sparse preset %v can run ahead: the test does not test an evicting model", spec)
-		}
-		var logs bytes.Buffer
-		var mu sync.Mutex
-		log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
-		s, err := New(r, Config{MaxNumSeqs: 4, MaxBatchTokens: 64, MaxModelLen: 512, MaxQueue: 8, AsyncScheduling: true, AsyncDefault: defaulted, Logger: log})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, stop := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { s.Run(ctx); close(done) }()
+		var logs bytes.Buffer // slog's handler serializes the writes; read once the scheduler has stopped
+		cfg := Config{MaxNumSeqs: 4, MaxBatchTokens: 64, MaxModelLen: 512, MaxQueue: 8, AsyncScheduling: true, AsyncDefault: defaulted,
+			Logger: slog.New(slog.NewTextHandler(&logs, nil))}
 		var reqs []*Request
 		for i := range 2 {
-			req := &Request{Prompt: []int32{5, 17, int32(99 + i), 3, 250, 7, 8, 9}, Params: Params{MaxTokens: 40, IgnoreEOS: true}, Ctx: context.Background()}
-			if err := s.Submit(req); err != nil {
-				t.Fatal(err)
-			}
-			reqs = append(reqs, req)
+			reqs = append(reqs, &Request{Prompt: []int32{5, 17, int32(99 + i), 3, 250, 7, 8, 9}, Params: Params{MaxTokens: 40, IgnoreEOS: true}, Ctx: context.Background()})
 		}
-		for i, req := range reqs {
-			n, finish := 0, ""
-			for ev, ok := req.Next(); ok; ev, ok = req.Next() {
-				if ev.Err != nil {
-					t.Fatalf("request %d: %v", i, ev.Err)
-				}
-				if ev.Token != nil {
-					n++
-				}
-				if ev.Finish != "" {
-					finish = ev.Finish
-				}
-			}
-			if n != 40 || finish != "length" {
-				t.Errorf("request %d: %d tokens, finish %q; want 40, length", i, n, finish)
+		out, s := serveAll(t, m, spec, cfg, 1024, reqs, make([]int, len(reqs)), make([]context.CancelFunc, len(reqs)))
+		for i, o := range out {
+			if o.err != nil || len(o.tokens) != 40 || o.finish != "length" {
+				t.Errorf("request %d: %d tokens, finish %q, error %v; want 40, length", i, len(o.tokens), o.finish, o.err)
 			}
 		}
-		stop()
-		<-done
-		r.Shutdown()
-		mu.Lock()
-		out := logs.String()
-		mu.Unlock()
+		if s.ranAhead != 0 {
+			t.Errorf("defaulted %v: %d steps ran ahead over the sparse preset %v", defaulted, s.ranAhead, spec)
+		}
 		want := "level=WARN"
 		if defaulted {
 			want = "level=INFO"
 		}
-		if n := strings.Count(out, "async scheduling is off"); n != 1 || !strings.Contains(out, want+` msg="async scheduling is off`) {
-			t.Errorf("defaulted %v: want the reason logged once at %s, got:\n%s", defaulted, want, out)
+		if n := strings.Count(logs.String(), "async scheduling is off"); n != 1 || !strings.Contains(logs.String(), want+` msg="async scheduling is off`) {
+			t.Errorf("defaulted %v: want the reason logged once at %s, got:\n%s", defaulted, want, logs.String())
 		}
 	}
-}
-
-// lockedWriter serializes writes to w (the scheduler logs from its loop).
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (l lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
