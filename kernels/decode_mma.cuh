@@ -9,31 +9,42 @@
 // (over fp8, whose queries stay in shared memory) a 2 KB read of the
 // group's queries a key at G = 4: ncu found it bound by L1 and the issue
 // slots, not DRAM (run 10: L1/TEX 82%, DRAM 51%), and fp8 K and V, half of
-// bfloat16's bytes, ran only 10% faster. Here a warp's 32 keys are 4 + 2
-// mma a k-step of 16: the queries live in registers as A fragments (16
-// registers a lane, and ptxas gives each mma's zero rows registers of
-// their own), K and V are loaded straight from global memory into
-// B fragments, and the probabilities go from the logits' accumulators to
-// the values' A fragments without leaving the registers.
+// bfloat16's bytes, ran only 10% faster. Here a warp's 32 keys are 2 + 2
+// mma a k-step of 16: K and V are loaded straight from global memory into
+// A fragments, the queries live in registers as B fragments, and the
+// probabilities go from the logits' accumulators to P·V's B fragments
+// without leaving the registers.
 //
-// Layout (flash_mma.cuh's fragment table; lane = 4g + t): the A rows are
-// the group's query heads (g < G; rows G..15 are zeros, so only c[0] and
-// c[1] of an accumulator are kept). A dot product does not care in which
-// order its dims are summed, nor P·V in which order its keys are, so the
-// k index of each mma is permuted to make each lane's loads contiguous:
-//   Q·Kᵀ, k-step kk: the A/B k index 2t+e and 2t+8+e (e < 2) are the row's
-//     dims 32t+4kk+e and 32t+4kk+2+e, so lane (g, t) of an 8-key n-tile
-//     reads dims 32t..32t+31 of key g: 32 bytes of an fp8 row (two 16-byte
-//     loads), 64 of a bfloat16 one (four), and kk picks word kk (fp8) or
-//     words 2kk, 2kk+1 (bf16) of them.
-//   P·V, k-step m (keys 16m..16m+15): A is the logits' n-tiles 2m and 2m+1
-//     as they lie in the accumulators (k index 2t+e is key 16m+2t+e, 2t+8+e
-//     is key 16m+8+2t+e); the B column g of n-tile j is the row's dim
-//     16g+j, so lane (g, t) reads dims 16g..16g+15 of its four keys (16
-//     bytes of an fp8 row, 32 of a bfloat16 one) and pairs the two keys of
-//     each B register with byte or halfword permutes (prmt).
-// The output accumulator of n-tile j, c[0] and c[1], is then head g's dims
-// 16(2t)+j and 16(2t+1)+j.
+// The tiles are the transpose of attention's usual ones: Sᵀ = K·Qᵀ and
+// Oᵀ = Vᵀ·Pᵀ, keys and dims as the 16 A rows and the group's heads as the
+// 8 B columns (G of them real). Until run 17 the queries were the A rows,
+// G = 4 of 16 real, so three quarters of every mma ran on zero rows: this
+// layout does the same chunk in half the mma and fewer registers (156
+// against 168 with spills over fp8), and at 256 x 5000 over fp8 ran 674
+// against 749 us (run 17, call B; bfloat16 at 128 x 5000 630 against 640).
+//
+// Layout (flash_mma.cuh's fragment table; lane = 4g + t): A holds rows g
+// and g+8, B column g, C rows g and g+8 of columns 2t, 2t+1. A dot product
+// does not care in which order its dims are summed, nor P·V in which order
+// its keys are, so the k index of each mma is permuted to make each lane's
+// loads contiguous:
+//   Sᵀ = K·Qᵀ, m-tile mt (keys 16mt..16mt+15), k-step kk: A rows g and g+8
+//     are keys 16mt+g and 16mt+8+g, and the k index 2t+e and 2t+8+e (e < 2)
+//     the row's dims 32t+4kk+e and 32t+4kk+2+e, so lane (g, t) reads dims
+//     32t..32t+31 of keys g, 8+g, 16+g, 24+g: 32 bytes of an fp8 row (two
+//     16-byte loads), 64 of a bfloat16 one (four), and kk picks word kk
+//     (fp8) or words 2kk, 2kk+1 (bf16) of them. B column g is head g's
+//     query with the same dims. Lane (g, t)'s logits are then heads 2t and
+//     2t+1 of keys g, 8+g, 16+g, 24+g: a head's max and sum run over g.
+//   Oᵀ = Vᵀ·Pᵀ, k-step m (keys 16m..16m+15), m-tile j (of 8): the k index
+//     2t+e is key 16m+2t+e and 2t+8+e key 16m+8+2t+e; A row g is dim
+//     16g+2j and row g+8 dim 16g+2j+1, so lane (g, t) reads dims
+//     16g..16g+15 of its four keys (16 bytes of an fp8 row, 32 of a
+//     bfloat16 one) and pairs the two keys of each A register with byte or
+//     halfword permutes (prmt). B is the probabilities as (head g, keys 2t
+//     and 2t+1): the logits' C layout transposed by movmatrix, 8 keys at a
+//     time. The output accumulator of m-tile j holds dims 16g+2j (c0, c1)
+//     and 16g+2j+1 (c2, c3) of heads 2t and 2t+1.
 //
 // Precision: over fp8 the mma is f16 (E4M3 widens to f16 exactly: one
 // cvt a pair on sm_89 and later, bit arithmetic on sm_80), the queries scaled by scale·log2(e) and rounded to f16 (11
@@ -43,22 +54,20 @@
 // softmax and the partials are float32.
 #pragma once
 
-// One m16n8k16 mma whose A rows 8..15 are zero: c0, c1 (row g) accumulate,
-// rows g+8's results are dropped. F16 picks f16 inputs, else bf16.
+// A full m16n8k16 mma (f16 or bf16 inputs, float32 accumulators).
 template <bool F16>
-__device__ __forceinline__ void mma_top(float &c0, float &c1, unsigned a0, unsigned a2, unsigned b0, unsigned b1) {
-    float d2, d3;
+__device__ __forceinline__ void mma_full(float (&c)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
+                                         unsigned b1) {
     if constexpr (F16)
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%5}, {%7,%8}, "
-            "{%0,%1,%9,%9};\n"
-            : "+f"(c0), "+f"(c1), "=f"(d2), "=f"(d3)
-            : "r"(a0), "r"(0u), "r"(a2), "r"(b0), "r"(b1), "f"(0.f));
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
     else
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%5}, {%7,%8}, "
-            "{%0,%1,%9,%9};\n"
-            : "+f"(c0), "+f"(c1), "=f"(d2), "=f"(d3)
-            : "r"(a0), "r"(0u), "r"(a2), "r"(b0), "r"(b1), "f"(0.f));
-    // d2, d3: rows 8..15, zeros, dropped (nvcc warns that they are unused).
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 // lo and hi rounded to f16 (nearest even), lo in the low half.
@@ -88,19 +97,20 @@ __device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned sel) {
 
 // What the kernel needs of a pool dtype: words a lane reads of a key's K
 // (KW) and V (VW) rows, the mma's input type, a query or probability pair
-// as an A register, and the B registers made of those words.
+// as a B register, and the A registers made of those words.
 template <class T> struct DecodeMma;
 template <> struct DecodeMma<fp8_t> {
     static constexpr int KW = 8, VW = 4;
     static constexpr bool F16 = true;
     static __device__ __forceinline__ unsigned pack(float lo, float hi) { return f16x2(lo, hi); }
-    // K's k-step kk: word kk holds dims 32t+4kk..+3.
-    static __device__ __forceinline__ void kfrag(const unsigned (&k)[KW], int kk, unsigned &b0, unsigned &b1) {
-        b0 = e4m3x2_f16x2(k[kk]);
-        b1 = e4m3x2_f16x2(k[kk] >> 16);
+    // K's k-step kk: word kk holds dims 32t+4kk..+3; lo pairs dims +0, +1
+    // (k index 2t, 2t+1), hi +2, +3 (2t+8, 2t+9).
+    static __device__ __forceinline__ void kfrag(const unsigned (&k)[KW], int kk, unsigned &lo, unsigned &hi) {
+        lo = e4m3x2_f16x2(k[kk]);
+        hi = e4m3x2_f16x2(k[kk] >> 16);
     }
-    // V's n-tiles j = 4w..4w+3 (dims 16g+4w..+3) for keys a (low halves)
-    // and b: b[i] pairs dim 4w+i of a and of b.
+    // V's dims 16g+4w..+3 for keys a (low halves) and b: r[i] pairs dim
+    // 4w+i of a and of b.
     static __device__ __forceinline__ void vfrag4(const unsigned (&a)[VW], const unsigned (&b)[VW], int w,
                                                   unsigned (&r)[4]) {
         const unsigned lo = prmt(a[w], b[w], 0x5140), hi = prmt(a[w], b[w], 0x7362);  // a0 b0 a1 b1, a2 b2 a3 b3
@@ -113,11 +123,11 @@ template <> struct DecodeMma<bf16_t> {
     static constexpr bool F16 = false;
     static __device__ __forceinline__ unsigned pack(float lo, float hi) { return bf16x2(lo, hi); }
     // K's k-step kk: words 2kk (dims 32t+4kk, +1) and 2kk+1.
-    static __device__ __forceinline__ void kfrag(const unsigned (&k)[KW], int kk, unsigned &b0, unsigned &b1) {
-        b0 = k[2 * kk];
-        b1 = k[2 * kk + 1];
+    static __device__ __forceinline__ void kfrag(const unsigned (&k)[KW], int kk, unsigned &lo, unsigned &hi) {
+        lo = k[2 * kk];
+        hi = k[2 * kk + 1];
     }
-    // n-tiles 4w..4w+3: words 2w and 2w+1 hold dims 16g+4w..+3.
+    // Words 2w and 2w+1 hold dims 16g+4w..+3.
     static __device__ __forceinline__ void vfrag4(const unsigned (&a)[VW], const unsigned (&b)[VW], int w,
                                                   unsigned (&r)[4]) {
         r[0] = prmt(a[2 * w], b[2 * w], 0x5410), r[1] = prmt(a[2 * w], b[2 * w], 0x7632);
@@ -136,37 +146,13 @@ __device__ __forceinline__ void ldrow(unsigned (&r)[N], const float *row, int w0
     }
 }
 
-// DMMA_KSECTOR (a variant, off: -DDMMA_KSECTOR=1 builds it to time with
-// KVD_CUDABIN_DIR) reads K so that each 16-byte load of a warp covers whole
-// 32-byte sectors: lane t's i-th load is the row's 16 bytes t + 4i (the
-// four lanes of a key read 64 contiguous bytes a load) instead of 4t + i
-// (each lane half of a sector, the other half read by its next load), and
-// the queries' k order is permuted to match. A reviewer's idea after run
-// 13: the same bytes in half the L1 wavefronts. Not yet run on a card.
-#ifndef DMMA_KSECTOR
-#define DMMA_KSECTOR 0
-#endif
-
-// n words of a row for lane t, as DMMA_KSECTOR reads them: its i-th
-// 16-byte load is the row's (t + 4i)-th.
-template <int N>
-__device__ __forceinline__ void ldrow_sectors(unsigned (&r)[N], const float *row, int t) {
-    const uint4 *p = reinterpret_cast<const uint4 *>(row);
-#pragma unroll
-    for (int i = 0; i < N / 4; i++) {
-        const uint4 v = __ldg(p + t + 4 * i);
-        r[4 * i] = v.x, r[4 * i + 1] = v.y, r[4 * i + 2] = v.z, r[4 * i + 3] = v.w;
-    }
-}
-
-// Under DMMA_KSECTOR, the query's float4 (dims 4j..4j+3) that k-step kk
-// of lane t pairs with K's words as ldrow_sectors reads them (KW words a
-// lane, KW / 8 words a k-step: 4 dims a word over fp8, 2 over bfloat16).
-template <int KW>
-__device__ __forceinline__ int q_float4(int t, int kk) {
-    constexpr int WPK = KW / 8, DPW = 4 / WPK;
-    const int w0 = kk * WPK;
-    return DPW * (t + 4 * (w0 / 4)) + (w0 % 4) * DPW / 4;
+// movmatrix's transpose of an 8x8 matrix of 16-bit values, each lane
+// 4g+t holding row g's columns 2t and 2t+1 as a pair: lane 4g+t gets
+// elements (2t, g) and (2t+1, g) of its input.
+__device__ __forceinline__ unsigned movtrans(unsigned x) {
+    unsigned r;
+    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(r) : "r"(x));
+    return r;
 }
 
 // The partial of keys k0..k1 for one KV head's G query heads, as
@@ -174,39 +160,30 @@ __device__ __forceinline__ int q_float4(int t, int kk) {
 // scaled by scale), then the G weighted sums of V. lg as partial_v2's.
 template <int G, class T, bool SCORE>
 __device__ void partial_mma(float *ws, const float *q, int k0, int k1, const PagedKV<T> &kv, float scale, float *lg) {
-    static_assert(G <= 8, "a group's heads are the A rows 0..7");
+    static_assert(G <= 8, "a group's heads are the B columns 0..7");
     typedef DecodeMma<T> D;
     constexpr int KW = D::KW, VW = D::VW;
     constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
     __shared__ float wm[V2_WARPS][G], wl[V2_WARPS][G];
-    __shared__ __align__(16) float wacc[V2_WARPS][G][V2_HD + V2_HD / 32];  // dim d at d + d/32: no bank conflict
+    __shared__ __align__(16) float wacc[V2_WARPS][G][V2_HD + V2_HD / 32];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
-    // A fragments of the queries, scaled to log2 units: qa[kk][0] = dims
-    // 32t+4kk, +1 of head g, qa[kk][1] = dims 32t+4kk+2, +3 (under
-    // DMMA_KSECTOR the dims q_float4 gives).
-    unsigned qa[8][2];
+    // B fragments of the queries (head g), scaled to log2 units: qb[kk][0]
+    // = dims 32t+4kk, +1, qb[kk][1] = dims 32t+4kk+2, +3.
+    unsigned qb[8][2];
     {
         const float qs = scale * LOG2E;
-#if DMMA_KSECTOR
-        const float4 *qrow = reinterpret_cast<const float4 *>(q + min(g, G - 1) * V2_HD);
-#else
         const float4 *qrow = reinterpret_cast<const float4 *>(q + min(g, G - 1) * V2_HD + 32 * t);
-#endif
 #pragma unroll
         for (int kk = 0; kk < 8; kk++) {
-#if DMMA_KSECTOR
-            float4 v = __ldg(qrow + q_float4<KW>(t, kk));
-#else
             float4 v = __ldg(qrow + kk);
-#endif
             if (g >= G) v = make_float4(0, 0, 0, 0);
-            qa[kk][0] = D::pack(v.x * qs, v.y * qs), qa[kk][1] = D::pack(v.z * qs, v.w * qs);
+            qb[kk][0] = D::pack(v.x * qs, v.y * qs), qb[kk][1] = D::pack(v.z * qs, v.w * qs);
         }
     }
-    float m = -INFINITY, l = 0;  // head g's max (log2 units) and this lane's part of its sum
-    float o[16][2];              // head g's dims 16(2t)+j and 16(2t+1)+j
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};  // heads 2t and 2t+1 (log2 units; this lane's keys' sum)
+    float o[8][4];  // m-tile j: dims 16g+2j (c0, c1: heads 2t, 2t+1) and 16g+2j+1 (c2, c3)
 #pragma unroll
-    for (int j = 0; j < 16; j++) o[j][0] = o[j][1] = 0;
+    for (int j = 0; j < 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0;
     const i64 vdelta = (i64)kv.L.kvh * kv.L.bs * kv.L.hd;  // a block's V after its K, in words
     for (int c0 = k0 + warp * V2_CHUNK; c0 < k1; c0 += V2_WARPS * V2_CHUNK) {
         const int tn = min(V2_CHUNK, k1 - c0);
@@ -214,15 +191,11 @@ __device__ void partial_mma(float *ws, const float *q, int k0, int k1, const Pag
         // probability is 0); the others get it by shuffle.
         const int mine = c0 + min(lane, tn - 1);
         const i64 koff = kv.L.k(kv.blocks[mine / kv.L.bs], kv.h, mine % kv.L.bs);
-        // Every load of the chunk first: K of n-tile n (key 8n+g), V of
-        // k-step m's keys 16m+2t, +1, 16m+8+2t, +1.
+        // Every load of the chunk first: K of keys 8n+g, V of k-step m's
+        // keys 16m+2t, +1, 16m+8+2t, +1.
         unsigned kr[4][KW], vr[2][4][VW];
 #pragma unroll
-#if DMMA_KSECTOR
-        for (int n = 0; n < 4; n++) ldrow_sectors(kr[n], kv.pool + __shfl_sync(0xffffffffu, koff, 8 * n + g), t);
-#else
         for (int n = 0; n < 4; n++) ldrow(kr[n], kv.pool + __shfl_sync(0xffffffffu, koff, 8 * n + g), KW * t);
-#endif
 #pragma unroll
         for (int mm = 0; mm < 2; mm++)
 #pragma unroll
@@ -230,77 +203,93 @@ __device__ void partial_mma(float *ws, const float *q, int k0, int k1, const Pag
                 const int key = 16 * mm + 8 * (i / 2) + 2 * t + i % 2;
                 ldrow(vr[mm][i], kv.pool + __shfl_sync(0xffffffffu, koff, key) + vdelta, VW * g);
             }
-        // Logits: s[n] = keys 8n+2t, 8n+2t+1 of head g, log2 units.
-        float s[4][2];
+        // Logits: s[mt] = keys 16mt+g (0, 1: heads 2t, 2t+1) and 16mt+8+g (2, 3).
+        float s[2][4];
 #pragma unroll
-        for (int n = 0; n < 4; n++) {
-            s[n][0] = s[n][1] = 0;
+        for (int mt = 0; mt < 2; mt++) {
+            s[mt][0] = s[mt][1] = s[mt][2] = s[mt][3] = 0;
 #pragma unroll
             for (int kk = 0; kk < 8; kk++) {
-                unsigned b0, b1;
-                D::kfrag(kr[n], kk, b0, b1);
-                mma_top<D::F16>(s[n][0], s[n][1], qa[kk][0], qa[kk][1], b0, b1);
+                unsigned a0, a1, a2, a3;
+                D::kfrag(kr[2 * mt], kk, a0, a2);
+                D::kfrag(kr[2 * mt + 1], kk, a1, a3);
+                mma_full<D::F16>(s[mt], a0, a1, a2, a3, qb[kk][0], qb[kk][1]);
             }
         }
         if (tn < V2_CHUNK) {
 #pragma unroll
-            for (int n = 0; n < 4; n++)
+            for (int mt = 0; mt < 2; mt++)
 #pragma unroll
-                for (int e = 0; e < 2; e++)
-                    if (8 * n + 2 * t + e >= tn) s[n][e] = -INFINITY;
+                for (int e = 0; e < 4; e++)
+                    if (16 * mt + 8 * (e / 2) + g >= tn) s[mt][e] = -INFINITY;
         }
-        if (SCORE && lg != nullptr && g < G) {
+        if (SCORE && lg != nullptr) {
 #pragma unroll
-            for (int n = 0; n < 4; n++)
+            for (int mt = 0; mt < 2; mt++)
 #pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int j = 8 * n + 2 * t + e;
-                    if (j < tn) lg[(c0 + j) * G + g] = s[n][e] * LN2;
+                for (int e = 0; e < 4; e++) {
+                    const int j = 16 * mt + 8 * (e / 2) + g, hh = 2 * t + e % 2;
+                    if (j < tn && hh < G) lg[(c0 + j) * G + hh] = s[mt][e] * LN2;
                 }
         }
-        // The chunk's softmax: head g's max over its four lanes (key 0 is
-        // real, so it is finite), the probabilities as P·V's A fragments.
-        float mx = m;
+        // Each head's max over the chunk: this lane's four keys, then the
+        // eight lanes of its column (g).
+        float alpha[2];
+        unsigned pk[4];  // keys 8i+g: heads 2t, 2t+1 as an f16 or bf16 pair
 #pragma unroll
-        for (int n = 0; n < 4; n++) mx = fmaxf(mx, fmaxf(s[n][0], s[n][1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float alpha = exp2f(m - mx);  // 0 on the warp's first chunk
-        m = mx;
-        unsigned pa[2][2];
-        float ps = 0;
+        for (int e = 0; e < 2; e++) {
+            float mx = fmaxf(m[e], fmaxf(fmaxf(s[0][e], s[0][e + 2]), fmaxf(s[1][e], s[1][e + 2])));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+            alpha[e] = exp2f(m[e] - mx);  // 0 on the warp's first chunk
+            m[e] = mx;
 #pragma unroll
-        for (int n = 0; n < 4; n++) {
-            const float p0 = exp2f(s[n][0] - mx), p1 = exp2f(s[n][1] - mx);
-            ps += p0 + p1;
-            pa[n / 2][n % 2] = D::pack(p0, p1);
+            for (int mt = 0; mt < 2; mt++) s[mt][e] = exp2f(s[mt][e] - mx), s[mt][e + 2] = exp2f(s[mt][e + 2] - mx);
+            l[e] = l[e] * alpha[e] + (s[0][e] + s[0][e + 2]) + (s[1][e] + s[1][e + 2]);
         }
-        l = l * alpha + ps;
 #pragma unroll
-        for (int j = 0; j < 16; j++) o[j][0] *= alpha, o[j][1] *= alpha;
+        for (int mt = 0; mt < 2; mt++) pk[2 * mt] = D::pack(s[mt][0], s[mt][1]), pk[2 * mt + 1] = D::pack(s[mt][2], s[mt][3]);
+        // Transposed: pb[i] = keys 8i+2t, 8i+2t+1 of head g.
+        unsigned pb[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) pb[i] = movtrans(pk[i]);
+#pragma unroll
+        for (int j = 0; j < 8; j++) o[j][0] *= alpha[0], o[j][2] *= alpha[0], o[j][1] *= alpha[1], o[j][3] *= alpha[1];
 #pragma unroll
         for (int mm = 0; mm < 2; mm++)
 #pragma unroll
-            for (int w = 0; w < 16 / 4; w++) {
-                unsigned lo[4], hi[4];  // keys 16m+2t, +1 and 16m+8+2t, +1
+            for (int w = 0; w < 4; w++) {
+                // Dims 16g+4w+i of keys 16m+2t, +1 (lo) and 16m+8+2t, +1 (hi):
+                // m-tile 2w's rows g and g+8 are dims 16g+4w and +1, 2w+1's +2, +3.
+                unsigned lo[4], hi[4];
                 D::vfrag4(vr[mm][0], vr[mm][1], w, lo);
                 D::vfrag4(vr[mm][2], vr[mm][3], w, hi);
-#pragma unroll
-                for (int i = 0; i < 4; i++) mma_top<D::F16>(o[4 * w + i][0], o[4 * w + i][1], pa[mm][0], pa[mm][1], lo[i], hi[i]);
+                mma_full<D::F16>(o[2 * w], lo[0], lo[1], hi[0], hi[1], pb[2 * mm], pb[2 * mm + 1]);
+                mma_full<D::F16>(o[2 * w + 1], lo[2], lo[3], hi[2], hi[3], pb[2 * mm], pb[2 * mm + 1]);
             }
     }
-    // Merge the warps' partials as partial_v2 does (v2_merge_warps).
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    if (g < G) {
-        if (t == 0) wm[warp][g] = m * LN2, wl[warp][g] = l;
+    // Heads 2t and 2t+1's sums over the eight lanes of column t, then the
+    // warps' partials merged as partial_v2's are (v2_merge_warps).
 #pragma unroll
-        for (int j = 0; j < 16; j++)
+    for (int e = 0; e < 2; e++) {
+        l[e] += __shfl_xor_sync(0xffffffffu, l[e], 4);
+        l[e] += __shfl_xor_sync(0xffffffffu, l[e], 8);
+        l[e] += __shfl_xor_sync(0xffffffffu, l[e], 16);
+    }
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int d = 16 * (2 * t + e) + j;
-                wacc[warp][g][d + d / 32] = o[j][e];
-            }
+    for (int e = 0; e < 2; e++) {
+        const int hh = 2 * t + e;
+        if (hh < G) {
+            if (g == 0) wm[warp][hh] = m[e] * LN2, wl[warp][hh] = l[e];
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    const int d = 16 * g + 2 * j + r;
+                    wacc[warp][hh][d + d / 32] = o[j][2 * r + e];
+                }
+        }
     }
     __syncthreads();
     v2_merge_warps<G, V2_HD + V2_HD / 32, 32>(ws, wm, wl, wacc, tid);
@@ -313,7 +302,11 @@ __device__ void partial_mma(float *ws, const float *q, int k0, int k1, const Pag
 // R, nvcc 11.8's build): decode over fp8 at 128 × 5000 408.3 against
 // 446.6 us a layer, 32 × 5000 127.4 against 152.0, a scoring layer at 32 ×
 // 1100 69.9 against 78.1. Over bfloat16 (238 registers) the cap spilled
-// 428 bytes and ran slower (call Q): it stays uncapped.
+// 428 bytes and ran slower (call Q): it stays uncapped. Since run 17's
+// transposed tiles the fp8 kernel fits three CTAs in 156 registers with
+// no spills (bfloat16: 220, two CTAs); capped at four CTAs (128 registers,
+// 56 bytes spilled) it ran slower: 696.3 against 674.3 us at 256 x 5000
+// (run 17, call B).
 #ifndef DMMA_FP8_MINB
 #define DMMA_FP8_MINB 3
 #endif
