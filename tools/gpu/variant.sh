@@ -5,11 +5,13 @@
 # KVD_CUDABIN_DIR=DIR loads the fat binaries found in DIR instead of the
 # embedded ones (kernels/gpu.go). Run here (nvcc 11.8, `make
 # cuda-toolchain`) and carry .dev, or on the GPU machine (nvcc 13.0):
-#   tools/gpu/variant.sh ksector -DDMMA_KSECTOR=1
-# then, there:
-#   (cd kernels && KVD_CUDABIN_DIR=$PWD/../.dev/v/ksector kernels.test -test.run 'GPUAttention')
-#   (cd kernels && KVD_CUDABIN_DIR=... KVD_BENCH_ONLY=decode- kernels.test -test.run '^$' \
-#      -test.bench 'GPUAttention/decode-(128|256)x5000-fp8' -test.benchtime 40x)
+#   tools/gpu/variant.sh minb4 -DDMMA_FP8_MINB=4
+# then, there (TestGPUAttention has a subtest per prompt shape, head dim,
+# group, block size and dtype; all of it takes ~2 minutes on an H200):
+#   (cd kernels && KVD_CUDABIN_DIR=$PWD/../.dev/v/minb4 kernels.test \
+#      -test.run 'GPUAttention$/.*/hd=128/.*/.*/fp8')
+#   (cd kernels && KVD_CUDABIN_DIR=... kernels.test -test.run '^$' \
+#      -test.bench 'GPUAttention/decode-(128|256)x5000-fp8/split4/v2/dmma$' -test.benchtime 40x)
 # The variant's fat binary holds sm_90 code only: on any other card the
 # loader fails and says so. NVCC picks the compiler (default nvcc).
 set -euo pipefail
