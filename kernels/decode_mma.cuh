@@ -9,8 +9,9 @@
 // (over fp8, whose queries stay in shared memory) a 2 KB read of the
 // group's queries a key at G = 4: ncu found it bound by L1 and the issue
 // slots, not DRAM (run 10: L1/TEX 82%, DRAM 51%), and fp8 K and V, half of
-// bfloat16's bytes, ran only 10% faster. Here a warp's 32 keys are 2 + 2
-// mma a k-step of 16: K and V are loaded straight from global memory into
+// bfloat16's bytes, ran only 10% faster. Here a warp's 32 keys are 16 + 16
+// mma (Sᵀ: 2 key tiles by 8 k-steps of dims; Oᵀ: 8 dim tiles by 2 k-steps
+// of keys): K and V are loaded straight from global memory into
 // A fragments, the queries live in registers as B fragments, and the
 // probabilities go from the logits' accumulators to P·V's B fragments
 // without leaving the registers.
@@ -19,15 +20,16 @@
 // Oᵀ = Vᵀ·Pᵀ, keys and dims as the 16 A rows and the group's heads as the
 // 8 B columns (G of them real). Until run 17 the queries were the A rows,
 // G = 4 of 16 real, so three quarters of every mma ran on zero rows: this
-// layout does the same chunk in half the mma and fewer registers (156
-// against 168 with spills over fp8), and at 256 x 5000 over fp8 ran 674
+// layout does the same chunk in half the mma and fewer registers (sm_90's
+// build: 156 against 168 with spills over fp8), and at 256 x 5000 over fp8 ran 674
 // against 749 us (run 17, call B; bfloat16 at 128 x 5000 630 against 640).
 //
 // Layout (flash_mma.cuh's fragment table; lane = 4g + t): A holds rows g
 // and g+8, B column g, C rows g and g+8 of columns 2t, 2t+1. A dot product
-// does not care in which order its dims are summed, nor P·V in which order
-// its keys are, so the k index of each mma is permuted to make each lane's
-// loads contiguous:
+// does not care in which order its dims are summed, so Sᵀ's k index is
+// permuted to make each lane's K loads contiguous; Oᵀ's rows are dims in
+// an order of our choosing (C row r comes from A row r, both in lane
+// group g), picked so that each lane's V loads are contiguous:
 //   Sᵀ = K·Qᵀ, m-tile mt (keys 16mt..16mt+15), k-step kk: A rows g and g+8
 //     are keys 16mt+g and 16mt+8+g, and the k index 2t+e and 2t+8+e (e < 2)
 //     the row's dims 32t+4kk+e and 32t+4kk+2+e, so lane (g, t) reads dims
@@ -47,8 +49,9 @@
 //     and 16g+2j+1 (c2, c3) of heads 2t and 2t+1.
 //
 // Precision: over fp8 the mma is f16 (E4M3 widens to f16 exactly: one
-// cvt a pair on sm_89 and later, bit arithmetic on sm_80), the queries scaled by scale·log2(e) and rounded to f16 (11
-// bits of mantissa), the probabilities to f16; over bfloat16 it is bf16,
+// cvt a pair in the sm_90 build, bit arithmetic in the sm_80 one and the
+// PTX, as common.cuh says), the queries scaled by scale·log2(e) and
+// rounded to f16 (11 bits of mantissa), the probabilities to f16; over bfloat16 it is bf16,
 // queries and probabilities rounded to bf16, as the prompt's tensor-core
 // kernels and vLLM's and HF's bf16 attention do. Accumulation, the
 // softmax and the partials are float32.
@@ -110,7 +113,7 @@ template <> struct DecodeMma<fp8_t> {
         hi = e4m3x2_f16x2(k[kk] >> 16);
     }
     // V's dims 16g+4w..+3 for keys a (low halves) and b: r[i] pairs dim
-    // 4w+i of a and of b.
+    // 16g+4w+i of a and of b.
     static __device__ __forceinline__ void vfrag4(const unsigned (&a)[VW], const unsigned (&b)[VW], int w,
                                                   unsigned (&r)[4]) {
         const unsigned lo = prmt(a[w], b[w], 0x5140), hi = prmt(a[w], b[w], 0x7362);  // a0 b0 a1 b1, a2 b2 a3 b3
@@ -187,8 +190,8 @@ __device__ void partial_mma(float *ws, const float *q, int k0, int k1, const Pag
     const i64 vdelta = (i64)kv.L.kvh * kv.L.bs * kv.L.hd;  // a block's V after its K, in words
     for (int c0 = k0 + warp * V2_CHUNK; c0 < k1; c0 += V2_WARPS * V2_CHUNK) {
         const int tn = min(V2_CHUNK, k1 - c0);
-        // Lane i finds key c0+i's row (past tn: the chunk's last, whose
-        // probability is 0); the others get it by shuffle.
+        // Lane i finds key c0+i's row (past tn, key tn-1's: masked below,
+        // it weighs 0); the others get it by shuffle.
         const int mine = c0 + min(lane, tn - 1);
         const i64 koff = kv.L.k(kv.blocks[mine / kv.L.bs], kv.h, mine % kv.L.bs);
         // Every load of the chunk first: K of keys 8n+g, V of k-step m's
@@ -233,7 +236,7 @@ __device__ void partial_mma(float *ws, const float *q, int k0, int k1, const Pag
                 }
         }
         // Each head's max over the chunk: this lane's four keys, then the
-        // eight lanes of its column (g).
+        // eight lanes that share t (g = 0..7).
         float alpha[2];
         unsigned pk[4];  // keys 8i+g: heads 2t, 2t+1 as an f16 or bf16 pair
 #pragma unroll
@@ -303,8 +306,9 @@ __device__ void partial_mma(float *ws, const float *q, int k0, int k1, const Pag
 // 446.6 us a layer, 32 × 5000 127.4 against 152.0, a scoring layer at 32 ×
 // 1100 69.9 against 78.1. Over bfloat16 (238 registers) the cap spilled
 // 428 bytes and ran slower (call Q): it stays uncapped. Since run 17's
-// transposed tiles the fp8 kernel fits three CTAs in 156 registers with
-// no spills (bfloat16: 220, two CTAs); capped at four CTAs (128 registers,
+// transposed tiles sm_90's fp8 kernel fits three CTAs in 156 registers
+// with no spills (bfloat16: 220, two CTAs; sm_80's fp8 scoring kernels
+// spill 4-8 bytes at some group sizes); capped at four CTAs (128 registers,
 // 56 bytes spilled) it ran slower: 696.3 against 674.3 us at 256 x 5000
 // (run 17, call B).
 #ifndef DMMA_FP8_MINB

@@ -5,6 +5,7 @@ package kernels
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"maps"
 	"math"
 	"math/rand/v2"
@@ -335,7 +336,6 @@ func TestGPUAttention(t *testing.T) {
 	if g.dev.Major == 9 && g.dev.Minor == 0 && os.Getenv("KVD_FLASH_WGMMA") != "0" && !g.flashWGMMA {
 		t.Fatalf("%s: the wgmma prefill kernels did not load: %v", g.dev, g.wgmmaErr)
 	}
-	rng := rand.New(rand.NewPCG(5, 6))
 	const kvh = 2
 	for name, cases := range attnCompositions() {
 		for _, hd := range []int{64, 128} {
@@ -351,11 +351,14 @@ func TestGPUAttention(t *testing.T) {
 					for _, dt := range dtypes {
 						// A subtest each, so that -test.run can pick a
 						// dtype or head dim on a card (the whole test
-						// takes ~2 minutes on an H200): e.g.
-						// 'GPUAttention$/.*/hd=128/.*/fp8'.
+						// takes ~2 minutes on an H200), e.g.
+						// 'GPUAttention$/.*/hd=128/.*/.*/fp8' (the label
+						// is five levels); each seeds its own random
+						// numbers from its label, so that a failure
+						// repeats under such a filter.
 						label := fmt.Sprintf("%s/hd=%d/group=%d/bs=%d/%v", name, hd, group, bs, dt)
 						t.Run(label, func(t *testing.T) {
-							testGPUAttention(t, g, cpu, rng, cases, label, kvh, hd, group, bs, dt)
+							testGPUAttention(t, g, cpu, labelRand(label), cases, label, kvh, hd, group, bs, dt)
 						})
 					}
 				}
@@ -403,6 +406,12 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 	cpu.Attention(want, cpu.FromHost(q, T, heads*hd), wantPool, l, b, scale)
 	v2, mma, per, perV2, fused, own, dmma, wg, widen := g.attnV2, g.flashMMA, splitPerSM, splitPerSMV2, g.fusedScore, g.ownCombine, g.decodeMMA, g.flashWGMMA, g.widenFP8
 	stream, ctas := g.streamV2, splitCTAsV2
+	// Restored however this returns: a Fatal ends only this subtest, and
+	// the next one takes what it finds here as the defaults.
+	defer func() {
+		g.attnV2, splitPerSM, splitPerSMV2, g.flashMMA, g.fusedScore, g.ownCombine, g.decodeMMA, g.flashWGMMA, g.widenFP8 = v2, per, perV2, mma, fused, own, dmma, wg, widen
+		g.streamV2, splitCTAsV2, widenMaxBytes = stream, ctas, WidenMaxBytes
+	}()
 	// split_paged, and split_paged_v2 where it applies (head dim 128),
 	// at the default 4 items per SM, also in long items (one per SM:
 	// several chunks a warp) and short ones (8 per SM), and with
@@ -511,8 +520,13 @@ func testGPUAttention(t *testing.T, g *CUDA, cpu *CPU, rng *rand.Rand, cases []a
 		check(t, label+" scores", gsc, wsc, scoreTol)
 		g.checkCountsZero(t, label)
 	}
-	g.attnV2, splitPerSM, splitPerSMV2, g.flashMMA, g.fusedScore, g.ownCombine, g.decodeMMA, g.flashWGMMA, g.widenFP8 = v2, per, perV2, mma, fused, own, dmma, wg, widen
-	g.streamV2, splitCTAsV2 = stream, ctas
+}
+
+// labelRand is a random source seeded from a subtest's label.
+func labelRand(label string) *rand.Rand {
+	h := fnv.New64a()
+	h.Write([]byte(label))
+	return rand.New(rand.NewPCG(h.Sum64(), 6))
 }
 
 // checkCountsZero fails unless every count split_paged_v2's own combine
