@@ -288,9 +288,10 @@ func randomPool(rng *rand.Rand, l shm.Layout) []float32 {
 }
 
 // tiledPool is randomPool's for a benchmark: up to 1024 random blocks,
-// repeated over the pool (at 256 sequences of 5000 tokens randomPool
-// alone took ~40 s of a run on an H200; the kernels' speed does not
-// depend on which blocks repeat).
+// repeated over the pool. The kernels' speed does not depend on which
+// blocks repeat, and making the pool took most of a benchmark's run: ~60
+// s for 256 sequences of 5000 tokens on an H200 with randomPool (run 17,
+// call A), ~9 s with three more cases tiled (call B).
 func tiledPool(rng *rand.Rand, l shm.Layout) []float32 {
 	small := l
 	small.NumBlocks = min(l.NumBlocks, 1024)
