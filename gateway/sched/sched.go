@@ -342,11 +342,17 @@ func (s *Scheduler) unadmit(rs []*Request) {
 			continue
 		}
 		s.running = slices.DeleteFunc(s.running, func(x *Request) bool { return x == r })
-		s.closeSeq(r)
-		r.computed = 0
-		s.waiting = append([]*Request{r}, s.waiting...)
-		s.m.waiting.Add(1)
+		s.requeue(r)
 	}
+}
+
+// requeue closes a request's sequence and puts it back at the queue's
+// front, to be computed again from its first token.
+func (s *Scheduler) requeue(r *Request) {
+	s.closeSeq(r)
+	r.computed = 0
+	s.waiting = append([]*Request{r}, s.waiting...)
+	s.m.waiting.Add(1)
 }
 
 // forgetPinned ends the hold of a step prepared ahead on a kvd that has
@@ -565,10 +571,7 @@ func (s *Scheduler) preempt(batch []item) []item {
 		return nil
 	}
 	s.running = s.running[:len(s.running)-1]
-	s.closeSeq(victim)
-	victim.computed = 0
-	s.waiting = append([]*Request{victim}, s.waiting...)
-	s.m.waiting.Add(1)
+	s.requeue(victim)
 	s.m.preemptions.Add(context.Background(), 1)
 	s.preempted++
 	s.log.Debug("preempted", "request", victim.id, "tokens", len(victim.tokens))
