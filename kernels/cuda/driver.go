@@ -198,13 +198,11 @@ static CUresult kvd_cuIpcOpenMemHandle(kvd_cu *d, CUdeviceptr *p, const void *h)
 	return d->cuIpcOpenMemHandle(p, handle, 1); // CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS
 }
 static CUresult kvd_cuIpcCloseMemHandle(kvd_cu *d, CUdeviceptr p) { return d->cuIpcCloseMemHandle(p); }
-static CUresult kvd_cuEventCreateIPC(kvd_cu *d, CUevent *e) { return d->cuEventCreate(e, 2 | 4); } // DISABLE_TIMING | INTERPROCESS
+static CUresult kvd_cuEventCreate(kvd_cu *d, CUevent *e, unsigned flags) { return d->cuEventCreate(e, flags); }
 static CUresult kvd_cuEventDestroy(kvd_cu *d, CUevent e) { return d->cuEventDestroy(e); }
 static CUresult kvd_cuEventRecord(kvd_cu *d, CUevent e, CUstream s) { return d->cuEventRecord(e, s); }
 static CUresult kvd_cuEventSynchronize(kvd_cu *d, CUevent e) { return d->cuEventSynchronize(e); }
 static CUresult kvd_cuEventQuery(kvd_cu *d, CUevent e) { return d->cuEventQuery(e); }
-static CUresult kvd_cuEventCreateTiming(kvd_cu *d, CUevent *e) { return d->cuEventCreate(e, 0); } // CU_EVENT_DEFAULT: records time
-static CUresult kvd_cuEventCreateSync(kvd_cu *d, CUevent *e) { return d->cuEventCreate(e, 2); } // CU_EVENT_DISABLE_TIMING
 // A staged upload on its own stream, then the consuming stream told to wait
 // for it: one cgo crossing for the three calls.
 static CUresult kvd_copyThenWait(kvd_cu *d, CUdeviceptr dst, const void *src, size_t n, CUstream cs, CUevent e, CUstream ws) {
@@ -605,38 +603,33 @@ func (c *Context) CloseIPCMem(p Ptr) error {
 // no timing).
 type Event struct{ e C.CUevent }
 
+// cuEventCreate's flags.
+const (
+	eventDefault       = 0 // records time
+	eventDisableTiming = 2
+	eventInterprocess  = 4 // needs eventDisableTiming
+)
+
 // NewIPCEvent creates an interprocess event.
 func (c *Context) NewIPCEvent() (Event, error) {
-	defer runtime.UnlockOSThread()
-	if err := c.enter(); err != nil {
-		return Event{}, err
-	}
-	var e C.CUevent
-	err := c.drv.check("cuEventCreate", C.kvd_cuEventCreateIPC(c.drv.d, &e))
-	return Event{e}, err
+	return c.newEvent(eventDisableTiming | eventInterprocess)
 }
 
 // NewTimingEvent creates an event that records when it happened, for
 // Elapsed (profiling; not interprocess).
-func (c *Context) NewTimingEvent() (Event, error) {
-	defer runtime.UnlockOSThread()
-	if err := c.enter(); err != nil {
-		return Event{}, err
-	}
-	var e C.CUevent
-	err := c.drv.check("cuEventCreate", C.kvd_cuEventCreateTiming(c.drv.d, &e))
-	return Event{e}, err
-}
+func (c *Context) NewTimingEvent() (Event, error) { return c.newEvent(eventDefault) }
 
 // NewEvent creates an event for ordering work between streams of this
 // process (no timing, not interprocess: the cheapest kind).
-func (c *Context) NewEvent() (Event, error) {
+func (c *Context) NewEvent() (Event, error) { return c.newEvent(eventDisableTiming) }
+
+func (c *Context) newEvent(flags uint) (Event, error) {
 	defer runtime.UnlockOSThread()
 	if err := c.enter(); err != nil {
 		return Event{}, err
 	}
 	var e C.CUevent
-	err := c.drv.check("cuEventCreate", C.kvd_cuEventCreateSync(c.drv.d, &e))
+	err := c.drv.check("cuEventCreate", C.kvd_cuEventCreate(c.drv.d, &e, C.unsigned(flags)))
 	return Event{e}, err
 }
 
