@@ -9,8 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime/pprof"
-	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -77,14 +75,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if *name == "" {
 		*name = filepath.Base(filepath.Clean(*dir))
 	}
-	if path := os.Getenv("KVD_CPUPROFILE"); path != "" { // for developers: where the gateway's time goes; %s in the path is "gateway" (kvd's "kvd"), so that both started with one environment write apart
-		f, err := os.Create(strings.ReplaceAll(path, "%s", "gateway"))
-		if err != nil {
-			return err
-		}
-		pprof.StartCPUProfile(f)
-		defer pprof.StopCPUProfile()
+	stopProfile, err := observability.CPUProfile("gateway") // KVD_CPUPROFILE, for developers
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	shutdown, err := observability.Setup(ctx, "gateway")
 	if err != nil {
 		return err

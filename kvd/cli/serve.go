@@ -8,9 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/pprof"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -105,14 +103,11 @@ func serve(args []string, out io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if path := os.Getenv("KVD_CPUPROFILE"); path != "" { // for developers: where kvd's time goes; %s in the path is "kvd" (the gateway's "gateway")
-		f, err := os.Create(strings.ReplaceAll(path, "%s", "kvd"))
-		if err != nil {
-			return err
-		}
-		pprof.StartCPUProfile(f)
-		defer pprof.StopCPUProfile()
+	stopProfile, err := observability.CPUProfile("kvd") // KVD_CPUPROFILE, for developers
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	shutdown, err := observability.Setup(ctx, "kvd")
 	if err != nil {
 		return err
