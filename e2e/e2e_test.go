@@ -18,12 +18,6 @@ import (
 
 var modes = []string{"sidecar", "embedded"}
 
-// syncModes are the stacks the suite and TestPreemption run on besides
-// modes, whose gateways schedule each step while the one before runs (the
-// default): the same with --async-scheduling=false (each step scheduled
-// after the one before returns), whose outputs must not differ.
-var syncModes = []string{"sidecar", "embedded"}
-
 // suiteStack is one stack TestSuite and TestPreemption run on.
 type suiteStack struct {
 	name, mode string
@@ -32,13 +26,15 @@ type suiteStack struct {
 }
 
 // stacks names each stack TestSuite and TestPreemption run: every mode,
-// then every sync mode with --async-scheduling=false.
+// whose gateway schedules each step while the one before runs (the
+// default), then every mode with --async-scheduling=false (each step
+// scheduled after the one before returns), whose outputs must not differ.
 func stacks() []suiteStack {
 	var out []suiteStack
 	for _, m := range modes {
 		out = append(out, suiteStack{m, m, nil, true})
 	}
-	for _, m := range syncModes {
+	for _, m := range modes {
 		out = append(out, suiteStack{m + ", sync scheduling", m, []string{"--async-scheduling=false"}, false})
 	}
 	return out

@@ -230,11 +230,11 @@ func (s *stack) complete(t *testing.T, body map[string]any) completion {
 	return c
 }
 
-// ids reads "token_id:N" names back into ids.
 // tokenKey is a token id's name with return_tokens_as_token_ids, as
 // top_logprobs keys it (ids reads it back).
 func tokenKey(id int32) string { return "token_id:" + strconv.Itoa(int(id)) }
 
+// ids reads "token_id:N" names back into ids.
 func ids(t *testing.T, names []string) []int32 {
 	t.Helper()
 	out := make([]int32, len(names))
